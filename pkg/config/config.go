@@ -1,0 +1,804 @@
+// Package config loads and validates sindrid's TOML configuration file.
+//
+// The keys at the top level and in the [http] and [oauth] sections keep
+// the names used by GoCardless's Draupnir, so an existing Draupnir
+// configuration needs few changes. config.toml.example at the root of the
+// repository documents every key; the doc comments on the fields below
+// mirror it.
+//
+// Load reads a file, applies defaults and validates it. Every problem is
+// reported as a *Error whose message is one line naming the key and saying
+// what to fix; when a file has several problems they are joined with
+// errors.Join (one per line), and errors.As(err, &cfgErr) yields the first.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Allowed values of Config.Environment.
+const (
+	EnvProduction  = "production"
+	EnvDevelopment = "development"
+	EnvTest        = "test"
+)
+
+// Allowed values of StorageConfig.Driver.
+const (
+	DriverAuto  = "auto"
+	DriverBTRFS = "btrfs"
+	DriverZFS   = "zfs"
+)
+
+// Defaults. Default returns a Config holding these.
+const (
+	DefaultEnvironment           = EnvProduction
+	DefaultPublicHostname        = "localhost"
+	DefaultListenAddress         = ":8443"
+	DefaultInsecureListenAddress = "127.0.0.1:8080"
+	DefaultMaxBodyBytes          = 1 << 20 // 1MiB
+	DefaultOAuthAuthURL          = "https://accounts.google.com/o/oauth2/auth"
+	DefaultOAuthTokenURL         = "https://oauth2.googleapis.com/token"
+	DefaultOAuthUserinfoURL      = "https://openidconnect.googleapis.com/v1/userinfo"
+	DefaultStorageDriver         = DriverAuto
+	DefaultLoopbackSize          = 20 << 30 // 20GiB
+	DefaultPostgresBinDir        = "/usr/lib/postgresql/{version}/bin"
+	DefaultPostgresUser          = "postgres"
+	DefaultMinPort               = 15432
+	DefaultMaxPort               = 16432
+	DefaultSharedBuffers         = "32MB"
+	DefaultInstanceTTL           = 24 * time.Hour
+	DefaultMaxInstanceTTL        = 168 * time.Hour
+	DefaultExpiryInterval        = 30 * time.Second
+
+	// LoopbackFileSuffix is appended to data_path to form the default
+	// storage.loopback_file.
+	LoopbackFileSuffix = ".btrfs.img"
+	// VersionPlaceholder in postgres.bin_dir is replaced by the major
+	// version of a data directory; see Config.BinDir.
+	VersionPlaceholder = "{version}"
+
+	// MinLoopbackSize is the smallest storage.loopback_size accepted
+	// (other than 0, which disables the loopback file).
+	MinLoopbackSize = 256 << 20 // 256MiB
+	// MinSharedSecretLength is the shortest shared_secret accepted outside
+	// environment = "development".
+	MinSharedSecretLength = 16
+)
+
+// DefaultOAuthScopes is the default value of oauth.scopes.
+var DefaultOAuthScopes = []string{"openid", "email"}
+
+// Config is the whole configuration file.
+type Config struct {
+	// Environment is one of "production" (default), "development" or
+	// "test". In development, a short shared_secret is accepted.
+	Environment string `toml:"environment"`
+
+	// DataPath is the directory holding everything sindrid stores:
+	// images, instances, uploads, backups and (without database_url) the
+	// embedded metadata Postgres. Required; must be an absolute path.
+	DataPath string `toml:"data_path"`
+
+	// DatabaseURL is a libpq URL (postgres:// or postgresql://) of the
+	// metadata database. Empty (default) means sindrid runs its own
+	// embedded metadata Postgres under data_path/meta.
+	DatabaseURL string `toml:"database_url"`
+
+	// SharedSecret authenticates trusted clients (automation) that send
+	// it as their access token. Required; at least 16 characters outside
+	// environment = "development".
+	SharedSecret string `toml:"shared_secret"`
+
+	// TrustedUserEmailDomain, when set (e.g. "@example.com"), is the
+	// e-mail domain OAuth users must belong to. Must start with "@".
+	TrustedUserEmailDomain string `toml:"trusted_user_email_domain"`
+
+	// PublicHostname is the host name or IP address clients use to reach
+	// instances; it is put into the connection details handed out.
+	// Default "localhost". No scheme, port or slash.
+	PublicHostname string `toml:"public_hostname"`
+
+	HTTP      HTTPConfig      `toml:"http"`
+	OAuth     OAuthConfig     `toml:"oauth"`
+	Storage   StorageConfig   `toml:"storage"`
+	Postgres  PostgresConfig  `toml:"postgres"`
+	Instances InstancesConfig `toml:"instances"`
+	Uploads   UploadsConfig   `toml:"uploads"`
+
+	// file is the path Load read, used to prefix error messages.
+	file string
+}
+
+// HTTPConfig is the [http] section: the API server.
+type HTTPConfig struct {
+	// ListenAddress is the host:port the HTTPS API listens on
+	// (default ":8443"). Plain HTTP when no TLS certificate is set.
+	ListenAddress string `toml:"listen_address"`
+
+	// InsecureListenAddress is an extra plain-HTTP host:port (default
+	// "127.0.0.1:8080", meant for local clients). Empty disables it.
+	InsecureListenAddress string `toml:"insecure_listen_address"`
+
+	// TLSCertificate is the PEM certificate (chain) file. Set both
+	// tls_certificate and tls_private_key or neither; the files must exist
+	// and be readable.
+	TLSCertificate string `toml:"tls_certificate"`
+
+	// TLSPrivateKey is the PEM private key file of TLSCertificate.
+	TLSPrivateKey string `toml:"tls_private_key"`
+
+	// MaxBodyBytes limits the size of JSON request bodies (default 1MiB).
+	// A size such as "1MiB" or a number of bytes.
+	MaxBodyBytes ByteSize `toml:"max_body_bytes"`
+}
+
+// OAuthConfig is the [oauth] section: login of human users. OAuth is
+// enabled when client_id is set; client_secret and redirect_url are then
+// required.
+type OAuthConfig struct {
+	// ClientID is the OAuth client ID. Empty (default) disables OAuth.
+	ClientID string `toml:"client_id"`
+
+	// ClientSecret is the OAuth client secret.
+	ClientSecret string `toml:"client_secret"`
+
+	// RedirectURL is the absolute http(s) URL the provider redirects to
+	// after login, e.g. "https://sindri.example.com:8443/oauth_callback".
+	RedirectURL string `toml:"redirect_url"`
+
+	// AuthURL is the provider's authorization endpoint (default Google's).
+	AuthURL string `toml:"auth_url"`
+
+	// TokenURL is the provider's token endpoint (default Google's).
+	TokenURL string `toml:"token_url"`
+
+	// UserinfoURL is the provider's OpenID Connect userinfo endpoint,
+	// used to learn the user's e-mail address (default Google's).
+	UserinfoURL string `toml:"userinfo_url"`
+
+	// Scopes requested at login (default ["openid", "email"]).
+	Scopes []string `toml:"scopes"`
+}
+
+// StorageConfig is the [storage] section: where images and instances live.
+type StorageConfig struct {
+	// Driver is "auto" (default: use whatever file system data_path is
+	// on, or the loopback BTRFS file), "btrfs" or "zfs".
+	Driver string `toml:"driver"`
+
+	// ZFSDataset is the dataset holding images and instances, e.g.
+	// "tank/sindri". Required when driver = "zfs".
+	ZFSDataset string `toml:"zfs_dataset"`
+
+	// LoopbackSize is the size of the embedded loopback BTRFS file
+	// created when data_path is on neither BTRFS nor ZFS (default
+	// "20GiB"). "0" or "" disables it; at least 256MiB when set.
+	LoopbackSize ByteSize `toml:"loopback_size"`
+
+	// LoopbackFile is the path of that loopback file. Default: data_path
+	// followed by ".btrfs.img". Must be absolute and not inside data_path.
+	LoopbackFile string `toml:"loopback_file"`
+}
+
+// PostgresConfig is the [postgres] section: the postmasters of instances.
+type PostgresConfig struct {
+	// BinDir is the directory of the Postgres binaries (default
+	// "/usr/lib/postgresql/{version}/bin"); "{version}" is replaced by the
+	// major version of each data directory. See Config.BinDir.
+	BinDir string `toml:"bin_dir"`
+
+	// User is the OS user postmasters run as (default "postgres"). Must
+	// not be root.
+	User string `toml:"user"`
+
+	// MinPort and MaxPort bound the ports given to instances: the range is
+	// [min_port, max_port) (defaults 15432 and 16432), with
+	// 1024 <= min_port < max_port <= 65536.
+	MinPort int `toml:"min_port"`
+	MaxPort int `toml:"max_port"`
+
+	// SharedBuffers is passed to each instance's Postgres as
+	// shared_buffers (default "32MB"), in Postgres's own units
+	// (B, kB, MB, GB, TB).
+	SharedBuffers string `toml:"shared_buffers"`
+
+	// AllowSuperuser lets instance users be Postgres superusers
+	// (default false).
+	AllowSuperuser bool `toml:"allow_superuser"`
+}
+
+// InstancesConfig is the [instances] section: lifetime of clones.
+type InstancesConfig struct {
+	// DefaultTTL is how long an instance lives when its creator does not
+	// say (Go duration, default "24h"); "0" means no expiry.
+	DefaultTTL time.Duration `toml:"default_ttl"`
+
+	// MaxTTL is the longest lifetime a client may ask for (default
+	// "168h"); "0" means no limit. default_ttl must not exceed it.
+	MaxTTL time.Duration `toml:"max_ttl"`
+
+	// ExpiryInterval is how often expired instances are destroyed
+	// (default "30s", at least "1s").
+	ExpiryInterval time.Duration `toml:"expiry_interval"`
+}
+
+// UploadsConfig is the [uploads] section: uploads of data directories.
+type UploadsConfig struct {
+	// AuthorizedKeysFile is the authorized_keys file of the account that
+	// uploads data directories with scp (optional; absolute path).
+	AuthorizedKeysFile string `toml:"authorized_keys_file"`
+}
+
+// Default returns a Config holding every default. DataPath and
+// SharedSecret are empty, so it does not validate until they are set.
+// LoopbackFile is empty and means data_path + ".btrfs.img" (Load fills it
+// in; see LoopbackFilePath).
+func Default() *Config {
+	return &Config{
+		Environment:    DefaultEnvironment,
+		PublicHostname: DefaultPublicHostname,
+		HTTP: HTTPConfig{
+			ListenAddress:         DefaultListenAddress,
+			InsecureListenAddress: DefaultInsecureListenAddress,
+			MaxBodyBytes:          DefaultMaxBodyBytes,
+		},
+		OAuth: OAuthConfig{
+			AuthURL:     DefaultOAuthAuthURL,
+			TokenURL:    DefaultOAuthTokenURL,
+			UserinfoURL: DefaultOAuthUserinfoURL,
+			Scopes:      slices.Clone(DefaultOAuthScopes),
+		},
+		Storage: StorageConfig{
+			Driver:       DefaultStorageDriver,
+			LoopbackSize: DefaultLoopbackSize,
+		},
+		Postgres: PostgresConfig{
+			BinDir:        DefaultPostgresBinDir,
+			User:          DefaultPostgresUser,
+			MinPort:       DefaultMinPort,
+			MaxPort:       DefaultMaxPort,
+			SharedBuffers: DefaultSharedBuffers,
+		},
+		Instances: InstancesConfig{
+			DefaultTTL:     DefaultInstanceTTL,
+			MaxTTL:         DefaultMaxInstanceTTL,
+			ExpiryInterval: DefaultExpiryInterval,
+		},
+	}
+}
+
+// Load reads the TOML file at path, applies defaults and validates it.
+// Errors are *Error values (joined with errors.Join when there are
+// several), each one line.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		cause := err
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			cause = pe.Err
+		}
+		return nil, &Error{File: path, Msg: "cannot read config file: " + oneLine(cause.Error()), Err: err}
+	}
+	c, errs := decode(path, string(data))
+	if c == nil {
+		return nil, errors.Join(errs...)
+	}
+	c.normalize()
+	if err := c.Validate(); err != nil {
+		errs = append(errs, unjoin(err)...)
+	}
+	if len(errs) > 0 {
+		return nil, joinErrors(errs)
+	}
+	return c, nil
+}
+
+// durationKeys are the keys decoded into time.Duration.
+var durationKeys = map[string]bool{
+	"instances.default_ttl":     true,
+	"instances.max_ttl":         true,
+	"instances.expiry_interval": true,
+}
+
+// decode parses data over Default() and reports unknown keys and integer
+// durations. It returns a nil Config when the file could not be decoded.
+func decode(file, data string) (*Config, []error) {
+	c := Default()
+	c.file = file
+	md, err := toml.Decode(data, c)
+	if err != nil {
+		return nil, []error{decodeError(file, err)}
+	}
+
+	var errs []error
+	undecoded := md.Undecoded()
+	seen := make(map[string]bool, len(undecoded))
+	for _, k := range undecoded {
+		seen[k.String()] = true
+	}
+outer:
+	for _, k := range undecoded {
+		// Report an unknown table once, not each key inside it.
+		for i := 1; i < len(k); i++ {
+			if seen[k[:i].String()] {
+				continue outer
+			}
+		}
+		errs = append(errs, &Error{File: file, Key: k.String(), Msg: fmt.Sprintf("unknown key %q", k.String())})
+	}
+
+	// BurntSushi/toml decodes a TOML integer into a time.Duration as
+	// nanoseconds, which is never what is meant (except 0).
+	for _, d := range []struct {
+		section, name string
+		val           time.Duration
+	}{
+		{"instances", "default_ttl", c.Instances.DefaultTTL},
+		{"instances", "max_ttl", c.Instances.MaxTTL},
+		{"instances", "expiry_interval", c.Instances.ExpiryInterval},
+	} {
+		if md.Type(d.section, d.name) == "Integer" && d.val != 0 {
+			key := d.section + "." + d.name
+			errs = append(errs, &Error{File: file, Key: key, Msg: fmt.Sprintf(
+				"%s must be a duration string such as \"24h\", \"90m\" or \"30s\" (got the integer %d)", key, int64(d.val))})
+		}
+	}
+	return c, errs
+}
+
+var decodeErrRE = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "([^"]*)"\))?: (.*)$`)
+
+var incompatibleRE = regexp.MustCompile(`^incompatible types: TOML value has type (\w+); destination has type (\w+)$`)
+
+// decodeError turns an error of toml.Decode into a one-line *Error.
+func decodeError(file string, err error) *Error {
+	e := &Error{File: file, Err: err}
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		e.Line = pe.Position.Line
+		e.Key = pe.LastKey
+		e.Msg = oneLine(pe.Message)
+	} else if m := decodeErrRE.FindStringSubmatch(oneLine(err.Error())); m != nil {
+		e.Line, _ = strconv.Atoi(m[1])
+		e.Key = m[2]
+		e.Msg = m[3]
+	} else {
+		e.Msg = oneLine(strings.TrimPrefix(err.Error(), "toml: "))
+		return e
+	}
+	if e.Key == "" {
+		return e
+	}
+	switch msg := e.Msg; {
+	case durationKeys[e.Key] && strings.HasPrefix(msg, "invalid duration: "):
+		e.Msg = fmt.Sprintf("%s: %s is not a duration (use a Go duration such as \"24h\", \"90m\" or \"30s\")",
+			e.Key, strings.TrimPrefix(msg, "invalid duration: "))
+	case incompatibleRE.MatchString(msg):
+		m := incompatibleRE.FindStringSubmatch(msg)
+		e.Msg = fmt.Sprintf("%s must be %s, not %s", e.Key, typeName(m[2]), typeName(m[1]))
+	case strings.Contains(msg, "expected table"):
+		e.Msg = fmt.Sprintf("%s must be a table ([%s])", e.Key, e.Key)
+	default:
+		e.Msg = e.Key + ": " + msg
+	}
+	return e
+}
+
+func typeName(t string) string {
+	switch t {
+	case "integer", "int64":
+		return "an integer"
+	case "float", "float64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool", "boolean":
+		return "true or false"
+	case "slice", "array":
+		return "an array"
+	case "map", "struct":
+		return "a table"
+	}
+	return "a " + t
+}
+
+// normalize cleans paths and fills in defaults that depend on other keys.
+func (c *Config) normalize() {
+	if c.DataPath != "" {
+		c.DataPath = filepath.Clean(c.DataPath)
+	}
+	// Derive loopback_file only from a usable data_path, so that a bad
+	// data_path is reported once.
+	if c.Storage.LoopbackFile == "" && filepath.IsAbs(c.DataPath) && c.DataPath != "/" {
+		c.Storage.LoopbackFile = c.DataPath + LoopbackFileSuffix
+	}
+}
+
+// BinDir returns postgres.bin_dir with "{version}" replaced by major
+// (e.g. "16").
+func (c *Config) BinDir(major string) string {
+	return strings.ReplaceAll(c.Postgres.BinDir, VersionPlaceholder, major)
+}
+
+// MetaDir is data_path/meta, home of the embedded metadata Postgres.
+func (c *Config) MetaDir() string { return filepath.Join(c.DataPath, "meta") }
+
+// UploadsDir is data_path/image_uploads, where uploaded data directories
+// arrive.
+func (c *Config) UploadsDir() string { return filepath.Join(c.DataPath, "image_uploads") }
+
+// BackupsDir is data_path/backups.
+func (c *Config) BackupsDir() string { return filepath.Join(c.DataPath, "backups") }
+
+// LoopbackFilePath is storage.loopback_file, or its default
+// data_path + ".btrfs.img" when empty ("" when data_path is empty too).
+func (c *Config) LoopbackFilePath() string {
+	if c.Storage.LoopbackFile != "" || c.DataPath == "" {
+		return c.Storage.LoopbackFile
+	}
+	return filepath.Clean(c.DataPath) + LoopbackFileSuffix
+}
+
+// EmbeddedMetadataDB reports whether sindrid runs its own metadata
+// Postgres (database_url is empty).
+func (c *Config) EmbeddedMetadataDB() bool { return c.DatabaseURL == "" }
+
+// OAuthEnabled reports whether oauth.client_id is set.
+func (c *Config) OAuthEnabled() bool { return c.OAuth.ClientID != "" }
+
+// Validate checks every value. It returns nil, a *Error, or several
+// *Error joined with errors.Join (one per line, in file order).
+func (c *Config) Validate() error {
+	v := &validator{file: c.file}
+	c.validateTop(v)
+	c.validateHTTP(v)
+	c.validateOAuth(v)
+	c.validateStorage(v)
+	c.validatePostgres(v)
+	c.validateInstances(v)
+	c.validateUploads(v)
+	return joinErrors(v.errs)
+}
+
+type validator struct {
+	file string
+	errs []error
+}
+
+func (v *validator) errorf(key, format string, args ...any) {
+	v.errs = append(v.errs, &Error{File: v.file, Key: key, Msg: oneLine(fmt.Sprintf(format, args...))})
+}
+
+func (c *Config) validateTop(v *validator) {
+	switch c.Environment {
+	case EnvProduction, EnvDevelopment, EnvTest:
+	default:
+		v.errorf("environment", "environment must be %q, %q or %q (got %q)", EnvProduction, EnvDevelopment, EnvTest, c.Environment)
+	}
+
+	switch {
+	case c.DataPath == "":
+		v.errorf("data_path", "data_path is required (the directory where sindrid keeps its data, e.g. \"/var/lib/sindri\")")
+	case !filepath.IsAbs(c.DataPath):
+		v.errorf("data_path", "data_path must be an absolute path (got %q)", c.DataPath)
+	case filepath.Clean(c.DataPath) == "/":
+		v.errorf("data_path", "data_path must not be the root directory; use a directory such as \"/var/lib/sindri\"")
+	}
+
+	if c.DatabaseURL != "" {
+		// Never echo the URL: it may hold a password.
+		u, err := url.Parse(c.DatabaseURL)
+		switch {
+		case err != nil:
+			v.errorf("database_url", "database_url is not a valid URL; use postgres://user:password@host:port/dbname or leave it empty for the embedded database")
+		case u.Scheme != "postgres" && u.Scheme != "postgresql":
+			v.errorf("database_url", "database_url must start with postgres:// or postgresql:// (got scheme %q)", u.Scheme)
+		}
+	}
+
+	switch {
+	case c.SharedSecret == "":
+		v.errorf("shared_secret", "shared_secret is required (generate one with: openssl rand -hex 32)")
+	case c.Environment != EnvDevelopment && len(c.SharedSecret) < MinSharedSecretLength:
+		v.errorf("shared_secret", "shared_secret must be at least %d characters outside environment = %q (got %d; generate one with: openssl rand -hex 32)",
+			MinSharedSecretLength, EnvDevelopment, len(c.SharedSecret))
+	}
+
+	if d := c.TrustedUserEmailDomain; d != "" {
+		rest, ok := strings.CutPrefix(d, "@")
+		if !ok || rest == "" || strings.ContainsAny(rest, "@ \t") || !validHostname(rest) {
+			v.errorf("trusted_user_email_domain", "trusted_user_email_domain must be an e-mail domain starting with \"@\", such as \"@example.com\" (got %q)", d)
+		}
+	}
+
+	if h := c.PublicHostname; h == "" {
+		v.errorf("public_hostname", "public_hostname must not be empty (the host name clients use to reach instances; default %q)", DefaultPublicHostname)
+	} else if net.ParseIP(h) == nil && !validHostname(h) {
+		v.errorf("public_hostname", "public_hostname must be a bare host name or IP address, without scheme, port or path (got %q)", h)
+	}
+}
+
+func (c *Config) validateHTTP(v *validator) {
+	if c.HTTP.ListenAddress == "" {
+		v.errorf("http.listen_address", "http.listen_address must not be empty (a host:port such as %q)", DefaultListenAddress)
+	} else if msg := checkHostPort(c.HTTP.ListenAddress); msg != "" {
+		v.errorf("http.listen_address", "http.listen_address %s (got %q)", msg, c.HTTP.ListenAddress)
+	}
+	if a := c.HTTP.InsecureListenAddress; a != "" {
+		if msg := checkHostPort(a); msg != "" {
+			v.errorf("http.insecure_listen_address", "http.insecure_listen_address %s, or empty to disable it (got %q)", msg, a)
+		}
+	}
+
+	cert, key := c.HTTP.TLSCertificate, c.HTTP.TLSPrivateKey
+	switch {
+	case cert != "" && key == "":
+		v.errorf("http.tls_private_key", "http.tls_private_key must be set when http.tls_certificate is set")
+	case cert == "" && key != "":
+		v.errorf("http.tls_certificate", "http.tls_certificate must be set when http.tls_private_key is set")
+	}
+	if cert != "" {
+		if msg := checkReadableFile(cert); msg != "" {
+			v.errorf("http.tls_certificate", "http.tls_certificate %q %s", cert, msg)
+		}
+	}
+	if key != "" {
+		if msg := checkReadableFile(key); msg != "" {
+			v.errorf("http.tls_private_key", "http.tls_private_key %q %s", key, msg)
+		}
+	}
+
+	if c.HTTP.MaxBodyBytes <= 0 {
+		v.errorf("http.max_body_bytes", "http.max_body_bytes must be a positive size such as \"1MiB\" (got %d)", int64(c.HTTP.MaxBodyBytes))
+	}
+}
+
+func (c *Config) validateOAuth(v *validator) {
+	o := &c.OAuth
+	if o.ClientID != "" {
+		if o.ClientSecret == "" {
+			v.errorf("oauth.client_secret", "oauth.client_secret is required when oauth.client_id is set")
+		}
+		if o.RedirectURL == "" {
+			v.errorf("oauth.redirect_url", "oauth.redirect_url is required when oauth.client_id is set (e.g. \"https://sindri.example.com:8443/oauth_callback\")")
+		}
+		for _, f := range []struct{ key, val string }{
+			{"oauth.auth_url", o.AuthURL}, {"oauth.token_url", o.TokenURL}, {"oauth.userinfo_url", o.UserinfoURL},
+		} {
+			if f.val == "" {
+				v.errorf(f.key, "%s is required when oauth.client_id is set", f.key)
+			}
+		}
+		if len(o.Scopes) == 0 {
+			v.errorf("oauth.scopes", "oauth.scopes must not be empty when oauth.client_id is set (e.g. [\"openid\", \"email\"])")
+		}
+	} else if o.ClientSecret != "" {
+		v.errorf("oauth.client_id", "oauth.client_id must be set when oauth.client_secret is set")
+	}
+	for _, f := range []struct{ key, val string }{
+		{"oauth.redirect_url", o.RedirectURL}, {"oauth.auth_url", o.AuthURL},
+		{"oauth.token_url", o.TokenURL}, {"oauth.userinfo_url", o.UserinfoURL},
+	} {
+		if f.val != "" && !isHTTPURL(f.val) {
+			v.errorf(f.key, "%s must be an absolute http:// or https:// URL (got %q)", f.key, f.val)
+		}
+	}
+	for _, s := range o.Scopes {
+		if s == "" || strings.ContainsAny(s, " \t\r\n\"\\") {
+			v.errorf("oauth.scopes", "oauth.scopes must be non-empty words without spaces (got %q)", s)
+			break
+		}
+	}
+}
+
+var zfsComponentRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]+$`)
+
+func (c *Config) validateStorage(v *validator) {
+	s := &c.Storage
+	switch s.Driver {
+	case DriverAuto, DriverBTRFS, DriverZFS:
+	default:
+		v.errorf("storage.driver", "storage.driver must be %q, %q or %q (got %q)", DriverAuto, DriverBTRFS, DriverZFS, s.Driver)
+	}
+
+	if s.ZFSDataset == "" {
+		if s.Driver == DriverZFS {
+			v.errorf("storage.zfs_dataset", "storage.zfs_dataset is required when storage.driver = %q (a dataset such as \"tank/sindri\")", DriverZFS)
+		}
+	} else if msg := checkZFSDataset(s.ZFSDataset); msg != "" {
+		v.errorf("storage.zfs_dataset", "storage.zfs_dataset must be a dataset name such as \"tank/sindri\": %s (got %q)", msg, s.ZFSDataset)
+	}
+
+	if s.LoopbackSize < 0 {
+		v.errorf("storage.loopback_size", "storage.loopback_size must not be negative (got %d)", int64(s.LoopbackSize))
+	} else if s.LoopbackSize > 0 && s.LoopbackSize < MinLoopbackSize {
+		v.errorf("storage.loopback_size", "storage.loopback_size must be at least 256MiB, or 0 to disable the loopback file (got %s)", s.LoopbackSize)
+	}
+
+	if f := s.LoopbackFile; f != "" {
+		if !filepath.IsAbs(f) {
+			v.errorf("storage.loopback_file", "storage.loopback_file must be an absolute path (got %q)", f)
+		} else if filepath.IsAbs(c.DataPath) && isWithin(c.DataPath, f) {
+			v.errorf("storage.loopback_file", "storage.loopback_file must not be inside data_path %q (got %q)", c.DataPath, f)
+		}
+	}
+}
+
+func checkZFSDataset(name string) string {
+	switch {
+	case strings.HasPrefix(name, "/"):
+		return "no leading \"/\""
+	case strings.HasSuffix(name, "/"):
+		return "no trailing \"/\""
+	case strings.Contains(name, "@"):
+		return "no \"@\" (that names a snapshot)"
+	case strings.Contains(name, "#"):
+		return "no \"#\" (that names a bookmark)"
+	case strings.ContainsAny(name, " \t\r\n"):
+		return "no spaces"
+	}
+	for i, part := range strings.Split(name, "/") {
+		switch {
+		case part == "":
+			return "no empty component (\"//\")"
+		case part == "." || part == "..":
+			return "no \".\" or \"..\" component"
+		case !zfsComponentRE.MatchString(part):
+			return "only letters, digits and _ - . : in each component"
+		case i == 0 && !(part[0] >= 'A' && part[0] <= 'Z' || part[0] >= 'a' && part[0] <= 'z'):
+			return "the pool name must start with a letter"
+		}
+	}
+	if strings.Contains(name, "..") {
+		return "no \"..\""
+	}
+	return ""
+}
+
+var sharedBuffersRE = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?\s*(B|kB|MB|GB|TB)?$`)
+
+func (c *Config) validatePostgres(v *validator) {
+	p := &c.Postgres
+	if p.BinDir == "" {
+		v.errorf("postgres.bin_dir", "postgres.bin_dir must not be empty (default %q)", DefaultPostgresBinDir)
+	} else if !filepath.IsAbs(p.BinDir) {
+		v.errorf("postgres.bin_dir", "postgres.bin_dir must be an absolute path (got %q)", p.BinDir)
+	}
+
+	switch p.User {
+	case "":
+		v.errorf("postgres.user", "postgres.user must not be empty (the OS user postmasters run as; default %q)", DefaultPostgresUser)
+	case "root", "0":
+		v.errorf("postgres.user", "postgres.user must not be root (Postgres refuses to run as root; default %q)", DefaultPostgresUser)
+	}
+
+	portsOK := true
+	if p.MinPort < 1024 || p.MinPort > 65535 {
+		v.errorf("postgres.min_port", "postgres.min_port must be between 1024 and 65535 (got %d)", p.MinPort)
+		portsOK = false
+	}
+	if p.MaxPort < 1025 || p.MaxPort > 65536 {
+		v.errorf("postgres.max_port", "postgres.max_port must be between 1025 and 65536 (got %d; the range excludes max_port)", p.MaxPort)
+		portsOK = false
+	}
+	if portsOK && p.MinPort >= p.MaxPort {
+		v.errorf("postgres.min_port", "postgres.min_port must be below postgres.max_port (got %d and %d)", p.MinPort, p.MaxPort)
+	}
+
+	if p.SharedBuffers == "" {
+		v.errorf("postgres.shared_buffers", "postgres.shared_buffers must not be empty (default %q)", DefaultSharedBuffers)
+	} else if !sharedBuffersRE.MatchString(p.SharedBuffers) {
+		v.errorf("postgres.shared_buffers", "postgres.shared_buffers must be a Postgres memory size such as \"32MB\" (units B, kB, MB, GB, TB; case matters) (got %q)", p.SharedBuffers)
+	}
+}
+
+func (c *Config) validateInstances(v *validator) {
+	in := &c.Instances
+	if in.DefaultTTL < 0 {
+		v.errorf("instances.default_ttl", "instances.default_ttl must not be negative (got %q; 0 means no expiry)", in.DefaultTTL.String())
+	}
+	if in.MaxTTL < 0 {
+		v.errorf("instances.max_ttl", "instances.max_ttl must not be negative (got %q; 0 means no limit)", in.MaxTTL.String())
+	}
+	if in.MaxTTL > 0 && in.DefaultTTL >= 0 {
+		if in.DefaultTTL == 0 {
+			v.errorf("instances.default_ttl", "instances.default_ttl must not be 0 (no expiry) when instances.max_ttl is set (got max_ttl %q)", in.MaxTTL.String())
+		} else if in.DefaultTTL > in.MaxTTL {
+			v.errorf("instances.default_ttl", "instances.default_ttl must not exceed instances.max_ttl (got %q and %q)", in.DefaultTTL.String(), in.MaxTTL.String())
+		}
+	}
+	if in.ExpiryInterval < time.Second {
+		v.errorf("instances.expiry_interval", "instances.expiry_interval must be at least \"1s\" (got %q)", in.ExpiryInterval.String())
+	}
+}
+
+func (c *Config) validateUploads(v *validator) {
+	if f := c.Uploads.AuthorizedKeysFile; f != "" && !filepath.IsAbs(f) {
+		v.errorf("uploads.authorized_keys_file", "uploads.authorized_keys_file must be an absolute path (got %q)", f)
+	}
+}
+
+// checkHostPort returns "" when addr is a valid host:port with a numeric
+// port in 1-65535, else what is wrong.
+func checkHostPort(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "must be host:port, such as \":8443\" or \"127.0.0.1:8080\""
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "must have a port between 1 and 65535"
+	}
+	return ""
+}
+
+// checkReadableFile returns "" when path is a regular file that can be
+// opened for reading, else what is wrong.
+func checkReadableFile(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "cannot be read: " + oneLine(err.Error())
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "cannot be read: " + oneLine(err.Error())
+	}
+	if st.IsDir() {
+		return "is a directory, not a file"
+	}
+	return ""
+}
+
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// validHostname reports whether h is a DNS host name (letters, digits and
+// hyphens in dot-separated labels).
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isWithin reports whether path is dir or inside it (both absolute).
+func isWithin(dir, path string) bool {
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
+	if err != nil {
+		return false
+	}
+	return rel == "." || (rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)))
+}
