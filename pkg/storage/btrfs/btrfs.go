@@ -1,0 +1,314 @@
+//go:build linux
+
+// Package btrfs stores sindri's volumes as BTRFS subvolumes and its images
+// as read-only BTRFS snapshots, through the kernel's ioctls
+// (github.com/containerd/btrfs/v2).
+//
+// Under the root directory:
+//
+//	volumes/<name>   writable subvolumes (uploads, clones)
+//	images/<name>    read-only snapshots
+//
+// BTRFS does not refuse to delete a snapshot that has snapshots of its own,
+// so the driver keeps that rule itself: a volume's subvolume records the
+// UUID of the image it was cloned from (its parent UUID), and an image with
+// any volume naming it as parent is not destroyed.
+package btrfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	cbtrfs "github.com/containerd/btrfs/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/sindri-db/sindri/pkg/storage"
+)
+
+const (
+	volumesDir = "volumes"
+	imagesDir  = "images"
+)
+
+// Driver implements storage.Driver on a directory of a BTRFS filesystem.
+type Driver struct {
+	root  string
+	locks storage.NameLocks
+}
+
+var _ storage.Driver = (*Driver)(nil)
+
+// New opens the driver on root, which must be on BTRFS. It makes root and
+// its volumes/ and images/ directories and turns on quota accounting (for
+// ExclusiveBytes) when they are missing.
+func New(root string) (*Driver, error) {
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return nil, err
+	}
+	if err := IsBtrfs(root); err != nil {
+		return nil, err
+	}
+	for _, dir := range []string{volumesDir, imagesDir} {
+		// 0711: the Postgres user must reach into its own data directory.
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o711); err != nil {
+			return nil, err
+		}
+	}
+	if err := enableQuota(root); err != nil {
+		return nil, err
+	}
+	return &Driver{root: root}, nil
+}
+
+// IsBtrfs reports whether path is on a BTRFS filesystem.
+func IsBtrfs(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if st.Type != unix.BTRFS_SUPER_MAGIC {
+		return fmt.Errorf("%s is not on a BTRFS filesystem", path)
+	}
+	return nil
+}
+
+func (d *Driver) Name() string { return "btrfs" }
+
+func (d *Driver) volumePath(name string) string { return filepath.Join(d.root, volumesDir, name) }
+func (d *Driver) imagePath(name string) string  { return filepath.Join(d.root, imagesDir, name) }
+
+// lookup tells which kind of entry name is, or ErrNotFound.
+func (d *Driver) lookup(name string) (storage.Kind, string, error) {
+	for _, c := range []struct {
+		kind storage.Kind
+		path string
+	}{{storage.KindVolume, d.volumePath(name)}, {storage.KindImage, d.imagePath(name)}} {
+		if _, err := os.Lstat(c.path); err == nil {
+			return c.kind, c.path, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return "", "", err
+		}
+	}
+	return "", "", storage.NotFound(name)
+}
+
+func (d *Driver) requireFree(name string) error {
+	if _, _, err := d.lookup(name); err == nil {
+		return storage.Exists(name)
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+func (d *Driver) Create(ctx context.Context, volume string) (storage.Entry, error) {
+	if err := storage.ValidateName(volume); err != nil {
+		return storage.Entry{}, err
+	}
+	defer d.locks.Acquire([]string{volume}, nil)()
+	if err := d.requireFree(volume); err != nil {
+		return storage.Entry{}, err
+	}
+	path := d.volumePath(volume)
+	if err := cbtrfs.SubvolCreate(path); err != nil {
+		return storage.Entry{}, fmt.Errorf("creating volume %q: %w", volume, err)
+	}
+	return storage.Entry{Name: volume, Kind: storage.KindVolume, Path: path}, nil
+}
+
+func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entry, error) {
+	for _, n := range []string{volume, image} {
+		if err := storage.ValidateName(n); err != nil {
+			return storage.Entry{}, err
+		}
+	}
+	defer d.locks.Acquire([]string{volume, image}, nil)()
+	kind, src, err := d.lookup(volume)
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	if kind != storage.KindVolume {
+		return storage.Entry{}, storage.WrongKind(volume, storage.KindVolume)
+	}
+	dst := d.imagePath(image)
+	srcInfo, err := cbtrfs.SubvolInfo(src)
+	if err != nil {
+		return storage.Entry{}, fmt.Errorf("reading volume %q: %w", volume, err)
+	}
+	if imgInfo, err := cbtrfs.SubvolInfo(dst); err == nil {
+		// A freeze that stopped after the snapshot: the image is this
+		// volume's snapshot, so only the volume's removal is left to do.
+		if imgInfo.ParentUUID != srcInfo.UUID {
+			return storage.Entry{}, storage.Exists(image)
+		}
+	} else if err := d.requireFree(image); err != nil {
+		return storage.Entry{}, err
+	} else if err := cbtrfs.SubvolSnapshot(dst, src, true); err != nil {
+		return storage.Entry{}, fmt.Errorf("freezing volume %q into image %q: %w", volume, image, err)
+	}
+	if err := cbtrfs.SubvolDelete(src); err != nil {
+		return storage.Entry{}, fmt.Errorf("removing frozen volume %q: %w", volume, err)
+	}
+	return storage.Entry{Name: image, Kind: storage.KindImage, Path: dst}, nil
+}
+
+func (d *Driver) Clone(ctx context.Context, image, volume string) (storage.Entry, error) {
+	for _, n := range []string{image, volume} {
+		if err := storage.ValidateName(n); err != nil {
+			return storage.Entry{}, err
+		}
+	}
+	defer d.locks.Acquire([]string{volume}, []string{image})()
+	kind, src, err := d.lookup(image)
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	if kind != storage.KindImage {
+		return storage.Entry{}, storage.WrongKind(image, storage.KindImage)
+	}
+	if err := d.requireFree(volume); err != nil {
+		return storage.Entry{}, err
+	}
+	dst := d.volumePath(volume)
+	if err := cbtrfs.SubvolSnapshot(dst, src, false); err != nil {
+		return storage.Entry{}, fmt.Errorf("cloning image %q into volume %q: %w", image, volume, err)
+	}
+	return storage.Entry{Name: volume, Kind: storage.KindVolume, Origin: image, Path: dst}, nil
+}
+
+func (d *Driver) Destroy(ctx context.Context, name string) error {
+	if err := storage.ValidateName(name); err != nil {
+		return err
+	}
+	defer d.locks.Acquire([]string{name}, nil)()
+	kind, path, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	if kind == storage.KindImage {
+		entries, err := d.list()
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Origin == name {
+				return fmt.Errorf("%w (%q is one)", storage.HasClones(name), e.Name)
+			}
+		}
+	}
+	if err := cbtrfs.SubvolDelete(path); err != nil {
+		return fmt.Errorf("destroying %s %q: %w", kind, name, err)
+	}
+	return nil
+}
+
+func (d *Driver) Get(ctx context.Context, name string) (storage.Entry, error) {
+	if err := storage.ValidateName(name); err != nil {
+		return storage.Entry{}, err
+	}
+	entries, err := d.list()
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	for _, e := range entries {
+		if e.Name == name {
+			return e, nil
+		}
+	}
+	return storage.Entry{}, storage.NotFound(name)
+}
+
+func (d *Driver) List(ctx context.Context) ([]storage.Entry, error) {
+	return d.list()
+}
+
+// subvolumes returns every subvolume of the filesystem by id. (The
+// library's Info.Path leaves out plain directories between subvolumes, so
+// entries are matched by id, not by path.)
+func (d *Driver) subvolumes() (map[uint64]cbtrfs.Info, error) {
+	infos, err := cbtrfs.SubvolList(d.root)
+	if err != nil {
+		return nil, fmt.Errorf("listing subvolumes of %s: %w", d.root, err)
+	}
+	byID := make(map[uint64]cbtrfs.Info, len(infos))
+	for _, info := range infos {
+		byID[info.ID] = info
+	}
+	return byID, nil
+}
+
+func (d *Driver) list() ([]storage.Entry, error) {
+	subvols, err := d.subvolumes()
+	if err != nil {
+		return nil, err
+	}
+	imageByUUID := map[string]string{}
+	var entries []storage.Entry
+	for _, c := range []struct {
+		kind storage.Kind
+		dir  string
+	}{{storage.KindImage, imagesDir}, {storage.KindVolume, volumesDir}} {
+		dirents, err := os.ReadDir(filepath.Join(d.root, c.dir))
+		if err != nil {
+			return nil, err
+		}
+		for _, de := range dirents {
+			path := filepath.Join(d.root, c.dir, de.Name())
+			if !de.IsDir() || storage.ValidateName(de.Name()) != nil {
+				continue // not ours
+			}
+			id, err := cbtrfs.SubvolID(path)
+			if err != nil {
+				return nil, err
+			}
+			info, ok := subvols[id]
+			if !ok || info.DirID == 0 {
+				continue // a plain directory, not a subvolume
+			}
+			e := storage.Entry{Name: de.Name(), Kind: c.kind, Path: path}
+			if c.kind == storage.KindImage {
+				imageByUUID[info.UUID] = e.Name
+			} else {
+				e.Origin = imageByUUID[info.ParentUUID]
+			}
+			entries = append(entries, e)
+		}
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+	return entries, nil
+}
+
+func (d *Driver) ExclusiveBytes(ctx context.Context, name string) (int64, error) {
+	if err := storage.ValidateName(name); err != nil {
+		return 0, err
+	}
+	_, path, err := d.lookup(name)
+	if err != nil {
+		return 0, err
+	}
+	id, err := cbtrfs.SubvolID(path)
+	if err != nil {
+		return 0, err
+	}
+	usage, err := exclusiveBytes(d.root)
+	if err != nil {
+		return 0, err
+	}
+	excl, ok := usage[id]
+	if !ok {
+		return 0, fmt.Errorf("no quota group for %q (subvolume %d); is quota accounting on?", name, id)
+	}
+	return excl, nil
+}
+
+func (d *Driver) Capacity(ctx context.Context) (storage.Capacity, error) {
+	return storage.StatCapacity(d.root)
+}

@@ -1,0 +1,123 @@
+// Package storage keeps sindri's data directories on a copy-on-write
+// filesystem: writable volumes and the read-only images they are frozen into.
+//
+// # Lifecycle
+//
+// A Driver manages named entries of two kinds:
+//
+//   - A volume is a writable directory. Create makes an empty one, which is
+//     where an upload lands; Clone makes one that starts with an image's
+//     bytes, which is where an instance's Postgres runs. A clone costs disk
+//     only for the blocks written into it after the clone.
+//
+//   - An image is a read-only snapshot. Freeze turns a volume into an image
+//     of a new name: the volume's content becomes the image and the volume is
+//     gone. Nothing can write into an image: a write fails with EROFS.
+//
+//     Create(v)  ──▶ volume v (empty, writable)
+//     Freeze(v, i) ──▶ image i (read-only); volume v no longer exists
+//     Clone(i, c) ──▶ volume c (writable, starts with i's bytes)
+//     Destroy(c) ──▶ c is gone; i and its other clones are untouched
+//     Destroy(i) ──▶ refused with ErrHasClones while any clone of i exists
+//
+// Names are one path element made of lower-case letters, digits, '-', '_'
+// and '.', starting with a letter or digit, at most 64 bytes, with no '..'. Volumes and images share one namespace. Callers derive names from ids
+// ("image-3", "instance-7"); a name that breaks the rule is ErrInvalidName.
+//
+// Every step is atomic on disk as far as the filesystem allows, and the state
+// lives on the filesystem alone: a new Driver over the same place (as after
+// a restart) lists exactly what exists. A Driver is safe for concurrent use.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Kind tells a writable volume from a read-only image.
+type Kind string
+
+const (
+	KindVolume Kind = "volume"
+	KindImage  Kind = "image"
+)
+
+// Entry is a volume or an image.
+type Entry struct {
+	Name string
+	Kind Kind
+	// Origin is the image a volume was cloned from; empty for an image and
+	// for a volume made by Create.
+	Origin string
+	// Path is the directory holding the entry's files.
+	Path string
+}
+
+// Capacity is the size of the filesystem the driver stores into.
+type Capacity struct {
+	TotalBytes int64
+	FreeBytes  int64
+}
+
+// Driver is a copy-on-write store of volumes and images. See the package
+// documentation for the lifecycle.
+type Driver interface {
+	// Name is the driver's name as in the config: "btrfs" or "zfs".
+	Name() string
+	// Create makes an empty writable volume.
+	Create(ctx context.Context, volume string) (Entry, error)
+	// Freeze turns a volume into a read-only image named image. The volume
+	// is consumed.
+	Freeze(ctx context.Context, volume, image string) (Entry, error)
+	// Clone makes a writable volume that starts with the image's bytes.
+	Clone(ctx context.Context, image, volume string) (Entry, error)
+	// Destroy removes a volume, or an image that has no clones.
+	Destroy(ctx context.Context, name string) error
+	// Get returns one entry.
+	Get(ctx context.Context, name string) (Entry, error)
+	// List returns every volume and image, sorted by name.
+	List(ctx context.Context) ([]Entry, error)
+	// ExclusiveBytes is the disk an entry holds that nothing else shares:
+	// for a clone, what was written into it since the clone.
+	ExclusiveBytes(ctx context.Context, name string) (int64, error)
+	// Capacity reports the filesystem's total and free bytes.
+	Capacity(ctx context.Context) (Capacity, error)
+}
+
+// Classified errors; match them with errors.Is.
+var (
+	ErrNotFound    = errors.New("no such volume or image")
+	ErrExists      = errors.New("a volume or image of that name already exists")
+	ErrHasClones   = errors.New("the image has clones")
+	ErrBusy        = errors.New("the volume or image is in use")
+	ErrInvalidName = errors.New("invalid volume or image name")
+	ErrWrongKind   = errors.New("wrong kind of entry for this operation")
+)
+
+var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
+
+// ValidateName returns ErrInvalidName, wrapped with the reason, for a name
+// that is not a single safe path element.
+func ValidateName(name string) error {
+	if !namePattern.MatchString(name) || strings.Contains(name, "..") {
+		return fmt.Errorf("%w: %q (use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit, no '..')", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// entryError wraps a classified error with the entry's name.
+func entryError(kind error, name string) error {
+	return fmt.Errorf("%w: %q", kind, name)
+}
+
+// NotFound, Exists, HasClones and WrongKind build classified errors naming
+// the entry; drivers use them so that messages read alike.
+func NotFound(name string) error  { return entryError(ErrNotFound, name) }
+func Exists(name string) error    { return entryError(ErrExists, name) }
+func HasClones(name string) error { return entryError(ErrHasClones, name) }
+func WrongKind(name string, want Kind) error {
+	return fmt.Errorf("%w: %q is not a %s", ErrWrongKind, name, want)
+}

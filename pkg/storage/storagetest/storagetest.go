@@ -1,0 +1,588 @@
+// Package storagetest is the conformance suite that every storage driver
+// runs, each on a real filesystem that its test makes.
+package storagetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/sindri-db/sindri/pkg/storage"
+)
+
+// Factory makes a driver on a new, empty filesystem of at least size bytes.
+// The reopen function it returns makes a new driver object over the same
+// filesystem, as a restart of sindrid would.
+type Factory func(t testing.TB, size int64) (d storage.Driver, reopen func() storage.Driver)
+
+const (
+	smallFS = 512 << 20
+	largeFS = 1536 << 20
+)
+
+// Run runs every conformance test against the driver the factory makes.
+func Run(t *testing.T, factory Factory) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, Factory)
+	}{
+		{"CloneSeesImageBytes", testCloneSeesImageBytes},
+		{"CloneWritesAreIsolated", testCloneWritesAreIsolated},
+		{"ImageIsReadOnly", testImageIsReadOnly},
+		{"FreezeConsumesVolume", testFreezeConsumesVolume},
+		{"DestroyCloneLeavesImageAndSiblings", testDestroyCloneLeavesImageAndSiblings},
+		{"DestroyImageWithClonesRefused", testDestroyImageWithClonesRefused},
+		{"ClassifiedErrors", testClassifiedErrors},
+		{"InvalidNamesRejected", testInvalidNamesRejected},
+		{"ReopenListsWhatExists", testReopenListsWhatExists},
+		{"ConcurrentCloneDestroyLeavesNoStray", testConcurrentCloneDestroy},
+		{"HundredClonesAreThin", testHundredClonesAreThin},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })
+	}
+}
+
+var ctx = context.Background()
+
+// fixture is a small data directory: a few files in nested directories and
+// one larger file of random bytes.
+var fixture = map[string][]byte{
+	"PG_VERSION":        []byte("15\n"),
+	"base/1/1259":       bytes.Repeat([]byte("relation page "), 600),
+	"global/pg_control": randomBytes(8192),
+	"big.dat":           randomBytes(3 << 20),
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func writeFiles(t testing.TB, dir string, files map[string][]byte) {
+	t.Helper()
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// digest maps every regular file under dir to its sha256.
+func digest(t testing.TB, dir string) map[string][32]byte {
+	t.Helper()
+	out := map[string][32]byte{}
+	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !de.Type().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out[rel] = sha256.Sum256(data)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func fixtureDigest() map[string][32]byte {
+	out := map[string][32]byte{}
+	for name, data := range fixture {
+		out[name] = sha256.Sum256(data)
+	}
+	return out
+}
+
+func sameDigest(a, b map[string][32]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// makeImage creates a volume, fills it with files and freezes it.
+func makeImage(t testing.TB, d storage.Driver, name string, files map[string][]byte) storage.Entry {
+	t.Helper()
+	v, err := d.Create(ctx, name+"-upload")
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	writeFiles(t, v.Path, files)
+	img, err := d.Freeze(ctx, v.Name, name)
+	if err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	if img.Kind != storage.KindImage || img.Name != name {
+		t.Fatalf("Freeze returned %+v, want image %q", img, name)
+	}
+	return img
+}
+
+func mustClone(t testing.TB, d storage.Driver, image, name string) storage.Entry {
+	t.Helper()
+	c, err := d.Clone(ctx, image, name)
+	if err != nil {
+		t.Fatalf("Clone(%s, %s): %v", image, name, err)
+	}
+	if c.Kind != storage.KindVolume || c.Origin != image || c.Name != name {
+		t.Fatalf("Clone returned %+v, want volume %q from %q", c, name, image)
+	}
+	return c
+}
+
+func names(t testing.TB, d storage.Driver) []string {
+	t.Helper()
+	entries, err := d.List(ctx)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	var out []string
+	for _, e := range entries {
+		out = append(out, fmt.Sprintf("%s:%s<%s", e.Kind, e.Name, e.Origin))
+	}
+	return out
+}
+
+func testCloneSeesImageBytes(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	img := makeImage(t, d, "image-1", fixture)
+	if got := digest(t, img.Path); !sameDigest(got, fixtureDigest()) {
+		t.Fatalf("image content differs from what was written into its volume")
+	}
+	c := mustClone(t, d, "image-1", "instance-1")
+	if got := digest(t, c.Path); !sameDigest(got, fixtureDigest()) {
+		t.Fatalf("clone content differs from the image")
+	}
+}
+
+func testCloneWritesAreIsolated(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	img := makeImage(t, d, "image-1", fixture)
+	a := mustClone(t, d, "image-1", "instance-a")
+	b := mustClone(t, d, "image-1", "instance-b")
+
+	writeFiles(t, a.Path, map[string][]byte{"base/1/1259": []byte("changed"), "new-in-a": []byte("x")})
+	if err := os.Remove(filepath.Join(a.Path, "big.dat")); err != nil {
+		t.Fatal(err)
+	}
+	// A write into the middle of a file, as Postgres does to a page.
+	f, err := os.OpenFile(filepath.Join(a.Path, "global/pg_control"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("page"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if got := digest(t, img.Path); !sameDigest(got, fixtureDigest()) {
+		t.Errorf("a write in a clone changed the image")
+	}
+	if got := digest(t, b.Path); !sameDigest(got, fixtureDigest()) {
+		t.Errorf("a write in a clone changed its sibling")
+	}
+	if got := digest(t, a.Path); sameDigest(got, fixtureDigest()) {
+		t.Errorf("the clone's own writes are not visible in it")
+	}
+}
+
+func testImageIsReadOnly(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	img := makeImage(t, d, "image-1", fixture)
+	attempts := map[string]func() error{
+		"create a file": func() error { return os.WriteFile(filepath.Join(img.Path, "new"), []byte("x"), 0o644) },
+		"overwrite a file": func() error {
+			f, err := os.OpenFile(filepath.Join(img.Path, "PG_VERSION"), os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.Write([]byte("16\n"))
+			return err
+		},
+		"remove a file": func() error { return os.Remove(filepath.Join(img.Path, "big.dat")) },
+		"make a dir":    func() error { return os.Mkdir(filepath.Join(img.Path, "dir"), 0o755) },
+		"chmod":         func() error { return os.Chmod(filepath.Join(img.Path, "PG_VERSION"), 0o600) },
+	}
+	for what, attempt := range attempts {
+		if err := attempt(); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s in an image: got %v, want EROFS", what, err)
+		}
+	}
+	if got := digest(t, img.Path); !sameDigest(got, fixtureDigest()) {
+		t.Errorf("image content changed")
+	}
+}
+
+func testFreezeConsumesVolume(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	makeImage(t, d, "image-1", fixture)
+	if _, err := d.Get(ctx, "image-1-upload"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the frozen volume still exists: %v", err)
+	}
+	got, err := d.Get(ctx, "image-1")
+	if err != nil || got.Kind != storage.KindImage {
+		t.Fatalf("Get(image-1) = %+v, %v; want an image", got, err)
+	}
+}
+
+func testDestroyCloneLeavesImageAndSiblings(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	img := makeImage(t, d, "image-1", fixture)
+	a := mustClone(t, d, "image-1", "instance-a")
+	b := mustClone(t, d, "image-1", "instance-b")
+	writeFiles(t, b.Path, map[string][]byte{"only-in-b": []byte("b")})
+	if err := d.Destroy(ctx, a.Name); err != nil {
+		t.Fatalf("Destroy clone: %v", err)
+	}
+	if _, err := os.Stat(a.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("destroyed clone's directory remains: %v", err)
+	}
+	if _, err := d.Get(ctx, a.Name); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Get of destroyed clone: %v, want ErrNotFound", err)
+	}
+	if got := digest(t, img.Path); !sameDigest(got, fixtureDigest()) {
+		t.Errorf("image changed when a clone was destroyed")
+	}
+	want := fixtureDigest()
+	want["only-in-b"] = sha256.Sum256([]byte("b"))
+	if got := digest(t, b.Path); !sameDigest(got, want) {
+		t.Errorf("sibling changed when a clone was destroyed")
+	}
+	if got, want := names(t, d), []string{"image:image-1<", "volume:instance-b<image-1"}; !slices.Equal(got, want) {
+		t.Errorf("List = %v, want %v", got, want)
+	}
+}
+
+func testDestroyImageWithClonesRefused(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	img := makeImage(t, d, "image-1", fixture)
+	mustClone(t, d, "image-1", "instance-a")
+	err := d.Destroy(ctx, "image-1")
+	if !errors.Is(err, storage.ErrHasClones) {
+		t.Fatalf("Destroy of an image with a clone: %v, want ErrHasClones", err)
+	}
+	if got := digest(t, img.Path); !sameDigest(got, fixtureDigest()) {
+		t.Fatalf("refused destroy changed the image")
+	}
+	if err := d.Destroy(ctx, "instance-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, "image-1"); err != nil {
+		t.Fatalf("Destroy of an image without clones: %v", err)
+	}
+	if _, err := os.Stat(img.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("destroyed image's directory remains: %v", err)
+	}
+	if got := names(t, d); len(got) != 0 {
+		t.Errorf("List after destroying everything = %v", got)
+	}
+}
+
+func testClassifiedErrors(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	makeImage(t, d, "image-1", fixture)
+	if _, err := d.Create(ctx, "volume-1"); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		what string
+		err  error
+		want error
+	}{}
+	add := func(what string, err error, want error) {
+		cases = append(cases, struct {
+			what string
+			err  error
+			want error
+		}{what, err, want})
+	}
+	_, err := d.Create(ctx, "volume-1")
+	add("Create over a volume", err, storage.ErrExists)
+	_, err = d.Create(ctx, "image-1")
+	add("Create over an image", err, storage.ErrExists)
+	_, err = d.Clone(ctx, "image-1", "volume-1")
+	add("Clone over a volume", err, storage.ErrExists)
+	_, err = d.Clone(ctx, "no-such-image", "clone-1")
+	add("Clone of a missing image", err, storage.ErrNotFound)
+	_, err = d.Clone(ctx, "volume-1", "clone-2")
+	add("Clone of a volume", err, storage.ErrWrongKind)
+	_, err = d.Freeze(ctx, "volume-1", "image-1")
+	add("Freeze into an existing image", err, storage.ErrExists)
+	_, err = d.Freeze(ctx, "image-1", "image-2")
+	add("Freeze of an image", err, storage.ErrWrongKind)
+	_, err = d.Freeze(ctx, "no-such-volume", "image-3")
+	add("Freeze of a missing volume", err, storage.ErrNotFound)
+	add("Destroy of a missing entry", d.Destroy(ctx, "no-such-thing"), storage.ErrNotFound)
+	_, err = d.Get(ctx, "no-such-thing")
+	add("Get of a missing entry", err, storage.ErrNotFound)
+	_, err = d.ExclusiveBytes(ctx, "no-such-thing")
+	add("ExclusiveBytes of a missing entry", err, storage.ErrNotFound)
+	for _, c := range cases {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.what, c.err, c.want)
+		}
+	}
+	if got, want := names(t, d), []string{"image:image-1<", "volume:volume-1<"}; !slices.Equal(got, want) {
+		t.Errorf("failed calls changed what exists: List = %v, want %v", got, want)
+	}
+}
+
+func testInvalidNamesRejected(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	makeImage(t, d, "image-1", fixture)
+	if _, err := d.Create(ctx, "volume-1"); err != nil {
+		t.Fatal(err)
+	}
+	before := names(t, d)
+	bad := []string{"", ".", "..", "../x", "x/..", "a/b", "/abs", "a b", " a", "a\x00b", "a..b", "-x",
+		"UPPER", "a\nb", string(make([]byte, 65))}
+	for _, name := range bad {
+		calls := map[string]error{}
+		_, calls["Create"] = d.Create(ctx, name)
+		_, calls["Clone to"] = d.Clone(ctx, "image-1", name)
+		_, calls["Clone from"] = d.Clone(ctx, name, "clone-x")
+		_, calls["Freeze from"] = d.Freeze(ctx, name, "image-x")
+		_, calls["Freeze to"] = d.Freeze(ctx, "volume-1", name)
+		calls["Destroy"] = d.Destroy(ctx, name)
+		_, calls["Get"] = d.Get(ctx, name)
+		_, calls["ExclusiveBytes"] = d.ExclusiveBytes(ctx, name)
+		for call, err := range calls {
+			if !errors.Is(err, storage.ErrInvalidName) {
+				t.Errorf("%s(%q): got %v, want ErrInvalidName", call, name, err)
+			}
+		}
+	}
+	if after := names(t, d); !slices.Equal(before, after) {
+		t.Errorf("rejected names changed what exists: %v, then %v", before, after)
+	}
+}
+
+func testReopenListsWhatExists(t *testing.T, factory Factory) {
+	d, reopen := factory(t, smallFS)
+	makeImage(t, d, "image-1", fixture)
+	makeImage(t, d, "image-2", map[string][]byte{"PG_VERSION": []byte("16\n")})
+	mustClone(t, d, "image-1", "instance-1")
+	mustClone(t, d, "image-2", "instance-2")
+	if _, err := d.Create(ctx, "upload-3"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"image:image-1<", "image:image-2<", "volume:instance-1<image-1", "volume:instance-2<image-2", "volume:upload-3<"}
+	if got := names(t, d); !slices.Equal(got, want) {
+		t.Fatalf("List = %v, want %v", got, want)
+	}
+	d2 := reopen()
+	if got := names(t, d2); !slices.Equal(got, want) {
+		t.Fatalf("a new driver lists %v, want %v", got, want)
+	}
+	// The new driver object knows the relations too, not only the names.
+	if err := d2.Destroy(ctx, "image-1"); !errors.Is(err, storage.ErrHasClones) {
+		t.Fatalf("new driver destroyed an image with clones: %v", err)
+	}
+	c, err := d2.Get(ctx, "instance-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := digest(t, c.Path); !sameDigest(got, fixtureDigest()) {
+		t.Fatalf("clone content differs through the new driver")
+	}
+}
+
+func testConcurrentCloneDestroy(t *testing.T, factory Factory) {
+	d, reopen := factory(t, smallFS)
+	makeImage(t, d, "image-1", fixture)
+	const workers, rounds = 20, 3
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*rounds*2)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range rounds {
+				name := fmt.Sprintf("instance-%d-%d", w, r)
+				c, err := d.Clone(ctx, "image-1", name)
+				if err != nil {
+					errs <- fmt.Errorf("Clone %s: %w", name, err)
+					continue
+				}
+				if err := os.WriteFile(filepath.Join(c.Path, "mine"), []byte(name), 0o644); err != nil {
+					errs <- err
+				}
+				if err := d.Destroy(ctx, name); err != nil {
+					errs <- fmt.Errorf("Destroy %s: %w", name, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	want := []string{"image:image-1<"}
+	if got := names(t, d); !slices.Equal(got, want) {
+		t.Errorf("List after concurrent clones and destroys = %v, want %v", got, want)
+	}
+	if got := names(t, reopen()); !slices.Equal(got, want) {
+		t.Errorf("a new driver lists %v, want %v", got, want)
+	}
+}
+
+// testHundredClonesAreThin measures the filesystem's free space before and
+// after 100 clones of a 200 MB image.
+func testHundredClonesAreThin(t *testing.T, factory Factory) {
+	d, _ := factory(t, largeFS)
+	const imageBytes = 200 << 20
+	v, err := d.Create(ctx, "upload-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := randomBytes(1 << 20)
+	for i := range 20 {
+		f, err := os.Create(filepath.Join(v.Path, fmt.Sprintf("segment.%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range imageBytes / 20 / len(chunk) {
+			chunk[0], chunk[1] = byte(i), byte(j) // no two chunks alike
+			if _, err := f.Write(chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Sync()
+	before, err := d.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		mustClone(t, d, "image-1", fmt.Sprintf("instance-%d", i))
+	}
+	syscall.Sync()
+	after, err := d.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := before.FreeBytes - after.FreeBytes
+	var exclusive int64
+	for i := range 100 {
+		n, err := d.ExclusiveBytes(ctx, fmt.Sprintf("instance-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		exclusive += n
+	}
+	t.Logf("%s: 100 clones of a %d MB image: free space fell by %d bytes (%.2f%% of the image); their exclusive bytes sum to %d (%.2f%%)",
+		d.Name(), imageBytes>>20, added, 100*float64(added)/imageBytes, exclusive, 100*float64(exclusive)/imageBytes)
+	const limit = imageBytes / 20
+	if added >= limit {
+		t.Errorf("100 clones took %d bytes of free space, want under %d (5%% of the image)", added, limit)
+	}
+	if exclusive >= limit {
+		t.Errorf("100 clones hold %d exclusive bytes, want under %d (5%% of the image)", exclusive, limit)
+	}
+
+	// A clone's exclusive bytes grow by what is written into it, and only
+	// by that.
+	const written = 4 << 20
+	c, err := d.Get(ctx, "instance-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.Path, "new.dat"), randomBytes(written), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Sync()
+	excl, err := d.ExclusiveBytes(ctx, "instance-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if excl < written || excl > written+2<<20 {
+		t.Errorf("ExclusiveBytes after writing %d bytes into a clone = %d, want %d plus at most 2 MiB of metadata", written, excl, written)
+	}
+	other, err := d.ExclusiveBytes(ctx, "instance-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other > 1<<20 {
+		t.Errorf("ExclusiveBytes of an untouched clone = %d, want under 1 MiB", other)
+	}
+}
+
+// Bench measures the two steps an instance's life costs the storage layer:
+// cloning an image into a volume and destroying that volume. The image is
+// a 64 MB data directory of 1,000 files; a copy-on-write clone's cost does
+// not depend on it, which is the point.
+func Bench(b *testing.B, factory Factory) {
+	d, _ := factory(b, largeFS)
+	files := map[string][]byte{}
+	for i := range 1000 {
+		files[fmt.Sprintf("base/%d/%d", i%10, i)] = randomBytes(64 << 10)
+	}
+	makeImage(b, d, "image-1", files)
+
+	b.Run("Clone", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			name := fmt.Sprintf("clone-%d", i)
+			if _, err := d.Clone(ctx, "image-1", name); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			if err := d.Destroy(ctx, name); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("Destroy", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			name := fmt.Sprintf("destroy-%d", i)
+			b.StopTimer()
+			if _, err := d.Clone(ctx, "image-1", name); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			if err := d.Destroy(ctx, name); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
