@@ -81,7 +81,8 @@ type Driver interface {
 	// List returns every volume and image, sorted by name.
 	List(ctx context.Context) ([]Entry, error)
 	// ExclusiveBytes is the disk an entry holds that nothing else shares:
-	// for a clone, what was written into it since the clone.
+	// for a clone, what was written into it since the clone. On ZFS it
+	// counts writes once their transaction group has committed (seconds).
 	ExclusiveBytes(ctx context.Context, name string) (int64, error)
 	// Capacity reports the filesystem's total and free bytes.
 	Capacity(ctx context.Context) (Capacity, error)

@@ -118,7 +118,7 @@ func CompatDir(t testing.TB) string {
 
 // ZFSPool makes a ZFS pool in a sparse file under zfs-fuse (starting the
 // daemon when it is not running), puts scripts/zfs-fuse-compat first on PATH
-// as `zfs`, and returns the pool's name. Cleanup destroys the pool.
+// as `zfs` and `zpool`, and returns the pool's name. Cleanup destroys the pool.
 func ZFSPool(t testing.TB, size int64) string {
 	t.Helper()
 	requireRoot(t)
@@ -140,8 +140,16 @@ func ZFSPool(t testing.TB, size int64) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if _, err := Run(ctx, "zpool", "destroy", "-f", pool); err != nil {
-			t.Logf("destroying pool %s: %v", pool, err)
+		// zfs-fuse answers "pool is busy" for a moment after a mount.
+		var err error
+		for range 50 {
+			if _, err = Run(ctx, "zpool", "destroy", "-f", pool); err == nil || !strings.Contains(err.Error(), "busy") {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("destroying pool %s: %v", pool, err)
 		}
 	})
 	t.Setenv("PATH", CompatDir(t)+string(os.PathListSeparator)+os.Getenv("PATH"))

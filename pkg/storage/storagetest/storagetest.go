@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sindri-db/sindri/pkg/storage"
 )
@@ -531,9 +532,16 @@ func testHundredClonesAreThin(t *testing.T, factory Factory) {
 		t.Fatal(err)
 	}
 	syscall.Sync()
-	excl, err := d.ExclusiveBytes(ctx, "instance-0")
-	if err != nil {
-		t.Fatal(err)
+	// ZFS accounts a write when its transaction group commits, seconds
+	// later; wait for that, as a user re-running `zfs get used` would.
+	var excl int64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if excl, err = d.ExclusiveBytes(ctx, "instance-0"); err != nil {
+			t.Fatal(err)
+		}
+		if excl >= written || time.Now().After(deadline) {
+			break
+		}
 	}
 	if excl < written || excl > written+2<<20 {
 		t.Errorf("ExclusiveBytes after writing %d bytes into a clone = %d, want %d plus at most 2 MiB of metadata", written, excl, written)

@@ -1,0 +1,356 @@
+// Package zfs stores sindri's volumes and images as ZFS datasets under one
+// parent dataset, through the zfs command (github.com/mistifyio/go-zfs/v3).
+//
+// Under the parent dataset P:
+//
+//	P/volumes/<name>          writable filesystems (uploads, and clones
+//	                          whose origin is an image's snapshot)
+//	P/images/<name>           read-only filesystems (readonly=on)
+//	P/images/<name>@frozen    the snapshot clones are made from
+//
+// Freeze snapshots the volume, makes it read-only and renames it into
+// images/; the rename is the step that makes the image exist, so a freeze
+// cut short leaves either the volume (which Freeze finishes) or the image.
+package zfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	gozfs "github.com/mistifyio/go-zfs/v3"
+
+	"github.com/sindri-db/sindri/pkg/storage"
+)
+
+const (
+	volumesDataset = "volumes"
+	imagesDataset  = "images"
+	frozenSnapshot = "frozen"
+)
+
+// CommandTimeout bounds every zfs command the driver runs; go-zfs sends
+// SIGTERM at the deadline and SIGKILL after the grace period.
+const (
+	CommandTimeout = 2 * time.Minute
+	commandGrace   = 5 * time.Second
+)
+
+// Driver implements storage.Driver on a parent ZFS dataset.
+type Driver struct {
+	parent string
+	locks  storage.NameLocks
+}
+
+var _ storage.Driver = (*Driver)(nil)
+
+// New opens the driver on the parent dataset (for example "tank/sindri"),
+// creating it and its volumes and images children when they are missing.
+func New(parent string) (*Driver, error) {
+	parent = strings.Trim(parent, "/")
+	if parent == "" || strings.ContainsAny(parent, "@ \x00") || strings.Contains(parent, "..") {
+		return nil, fmt.Errorf("invalid ZFS parent dataset %q", parent)
+	}
+	gozfs.SetRunner(&gozfs.Runner{Timeout: CommandTimeout, Grace: commandGrace})
+	d := &Driver{parent: parent}
+	for _, ds := range []string{parent, d.volumes(), d.images()} {
+		if _, err := gozfs.GetDataset(ds); err == nil {
+			continue
+		} else if !errors.Is(classify(err, ds), storage.ErrNotFound) {
+			return nil, classify(err, ds)
+		}
+		if _, err := gozfs.CreateFilesystem(ds, nil); err != nil && !errors.Is(classify(err, ds), storage.ErrExists) {
+			return nil, fmt.Errorf("creating dataset %s: %w", ds, classify(err, ds))
+		}
+	}
+	return d, nil
+}
+
+func (d *Driver) Name() string { return "zfs" }
+
+func (d *Driver) volumes() string              { return d.parent + "/" + volumesDataset }
+func (d *Driver) images() string               { return d.parent + "/" + imagesDataset }
+func (d *Driver) volume(name string) string    { return d.volumes() + "/" + name }
+func (d *Driver) image(name string) string     { return d.images() + "/" + name }
+func (d *Driver) snapshot(image string) string { return d.image(image) + "@" + frozenSnapshot }
+
+// classify turns a zfs command's failure into the storage package's errors.
+// The zfs command tells only in words which failure it was.
+func classify(err error, name string) error {
+	var zerr *gozfs.Error
+	if !errors.As(err, &zerr) {
+		return err
+	}
+	msg := strings.TrimSpace(zerr.Stderr)
+	var kind error
+	switch {
+	case strings.Contains(msg, "does not exist"):
+		kind = storage.ErrNotFound
+	case strings.Contains(msg, "already exists"):
+		kind = storage.ErrExists
+	case strings.Contains(msg, "dependent clones"):
+		kind = storage.ErrHasClones
+	case strings.Contains(msg, "busy"):
+		kind = storage.ErrBusy
+	default:
+		return fmt.Errorf("%s: %s", zerr.Debug, msg)
+	}
+	return fmt.Errorf("%w: %q: %s", kind, name, msg)
+}
+
+// lookup tells which kind of entry name is, or ErrNotFound.
+func (d *Driver) lookup(name string) (storage.Kind, *gozfs.Dataset, error) {
+	for _, c := range []struct {
+		kind storage.Kind
+		ds   string
+	}{{storage.KindVolume, d.volume(name)}, {storage.KindImage, d.image(name)}} {
+		ds, err := gozfs.GetDataset(c.ds)
+		if err == nil {
+			return c.kind, ds, nil
+		}
+		if err := classify(err, name); !errors.Is(err, storage.ErrNotFound) {
+			return "", nil, err
+		}
+	}
+	return "", nil, storage.NotFound(name)
+}
+
+func (d *Driver) requireFree(name string) error {
+	if _, _, err := d.lookup(name); err == nil {
+		return storage.Exists(name)
+	} else if !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+func (d *Driver) Create(ctx context.Context, volume string) (storage.Entry, error) {
+	if err := storage.ValidateName(volume); err != nil {
+		return storage.Entry{}, err
+	}
+	defer d.locks.Acquire([]string{volume}, nil)()
+	if err := d.requireFree(volume); err != nil {
+		return storage.Entry{}, err
+	}
+	ds, err := gozfs.CreateFilesystem(d.volume(volume), nil)
+	if err != nil {
+		return storage.Entry{}, fmt.Errorf("creating volume: %w", classify(err, volume))
+	}
+	return storage.Entry{Name: volume, Kind: storage.KindVolume, Path: ds.Mountpoint}, nil
+}
+
+func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entry, error) {
+	for _, n := range []string{volume, image} {
+		if err := storage.ValidateName(n); err != nil {
+			return storage.Entry{}, err
+		}
+	}
+	defer d.locks.Acquire([]string{volume, image}, nil)()
+	kind, ds, err := d.lookup(volume)
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	if kind != storage.KindVolume {
+		return storage.Entry{}, storage.WrongKind(volume, storage.KindVolume)
+	}
+	if err := d.requireFree(image); err != nil {
+		return storage.Entry{}, err
+	}
+	// Snapshot first, then read-only, then the rename: until the rename the
+	// volume is still a volume, and a repeated Freeze picks up where the
+	// last one stopped.
+	snap := ds.Name + "@" + frozenSnapshot
+	if _, err := gozfs.GetDataset(snap); err != nil {
+		if _, err := ds.Snapshot(frozenSnapshot, false); err != nil && !errors.Is(classify(err, volume), storage.ErrExists) {
+			return storage.Entry{}, fmt.Errorf("snapshotting volume: %w", classify(err, volume))
+		}
+	}
+	if err := ds.SetProperty("readonly", "on"); err != nil {
+		return storage.Entry{}, fmt.Errorf("making volume read-only: %w", classify(err, volume))
+	}
+	// Unmounted for the rename, mounted again read-only after it: zfs-fuse
+	// refuses to rename a mounted dataset and mounts read-write unless told.
+	if err := unmount(ds); err != nil {
+		return storage.Entry{}, fmt.Errorf("unmounting volume: %w", classify(err, volume))
+	}
+	frozen, err := ds.Rename(d.image(image), false, false)
+	if err != nil {
+		return storage.Entry{}, fmt.Errorf("renaming volume into image: %w", classify(err, image))
+	}
+	if frozen, err = mountReadOnly(frozen); err != nil {
+		return storage.Entry{}, fmt.Errorf("mounting image: %w", classify(err, image))
+	}
+	return storage.Entry{Name: image, Kind: storage.KindImage, Path: frozen.Mountpoint}, nil
+}
+
+// retryBusy repeats op while the dataset is busy, for up to five seconds:
+// a filesystem that was just written can stay busy for a moment after its
+// last file is closed.
+func retryBusy(op func() error) error {
+	delay := 10 * time.Millisecond
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := op()
+		var zerr *gozfs.Error
+		if err == nil || !errors.As(err, &zerr) || !strings.Contains(zerr.Stderr, "busy") || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
+
+func isMounted(ds *gozfs.Dataset) (bool, error) {
+	v, err := ds.GetProperty("mounted")
+	return v == "yes", err
+}
+
+func unmount(ds *gozfs.Dataset) error {
+	mounted, err := isMounted(ds)
+	if err != nil || !mounted {
+		return err
+	}
+	return retryBusy(func() error {
+		_, err := ds.Unmount(false)
+		return err
+	})
+}
+
+func mountReadOnly(ds *gozfs.Dataset) (*gozfs.Dataset, error) {
+	mounted, err := isMounted(ds)
+	if err != nil || mounted {
+		return ds, err
+	}
+	return ds.Mount(false, []string{"ro"})
+}
+
+func (d *Driver) Clone(ctx context.Context, image, volume string) (storage.Entry, error) {
+	for _, n := range []string{image, volume} {
+		if err := storage.ValidateName(n); err != nil {
+			return storage.Entry{}, err
+		}
+	}
+	defer d.locks.Acquire([]string{volume}, []string{image})()
+	if err := d.requireFree(volume); err != nil {
+		return storage.Entry{}, err
+	}
+	snap, err := gozfs.GetDataset(d.snapshot(image))
+	if err != nil {
+		if _, kerr := gozfs.GetDataset(d.volume(image)); kerr == nil {
+			return storage.Entry{}, storage.WrongKind(image, storage.KindImage)
+		}
+		return storage.Entry{}, classify(err, image)
+	}
+	snap.Type = gozfs.DatasetSnapshot
+	ds, err := snap.Clone(d.volume(volume), nil)
+	if err != nil {
+		return storage.Entry{}, fmt.Errorf("cloning image: %w", classify(err, volume))
+	}
+	return storage.Entry{Name: volume, Kind: storage.KindVolume, Origin: image, Path: ds.Mountpoint}, nil
+}
+
+func (d *Driver) Destroy(ctx context.Context, name string) error {
+	if err := storage.ValidateName(name); err != nil {
+		return err
+	}
+	defer d.locks.Acquire([]string{name}, nil)()
+	kind, ds, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	if kind == storage.KindImage {
+		entries, err := d.list()
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Origin == name {
+				return fmt.Errorf("%w (%q is one)", storage.HasClones(name), e.Name)
+			}
+		}
+	}
+	// Recursive: an image's @frozen snapshot, or the snapshot a cut-short
+	// freeze left on a volume, goes with it.
+	err = retryBusy(func() error { return ds.Destroy(gozfs.DestroyRecursive | gozfs.DestroyForceUmount) })
+	if err != nil {
+		return fmt.Errorf("destroying %s: %w", kind, classify(err, name))
+	}
+	return nil
+}
+
+func (d *Driver) Get(ctx context.Context, name string) (storage.Entry, error) {
+	if err := storage.ValidateName(name); err != nil {
+		return storage.Entry{}, err
+	}
+	kind, ds, err := d.lookup(name)
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	return d.entry(kind, name, ds), nil
+}
+
+func (d *Driver) entry(kind storage.Kind, name string, ds *gozfs.Dataset) storage.Entry {
+	e := storage.Entry{Name: name, Kind: kind, Path: ds.Mountpoint}
+	if origin, ok := strings.CutPrefix(ds.Origin, d.images()+"/"); ok {
+		e.Origin = strings.TrimSuffix(origin, "@"+frozenSnapshot)
+	}
+	return e
+}
+
+func (d *Driver) List(ctx context.Context) ([]storage.Entry, error) {
+	return d.list()
+}
+
+func (d *Driver) list() ([]storage.Entry, error) {
+	all, err := gozfs.Filesystems(d.parent)
+	if err != nil {
+		return nil, classify(err, d.parent)
+	}
+	var entries []storage.Entry
+	for _, ds := range all {
+		rest, ok := strings.CutPrefix(ds.Name, d.parent+"/")
+		if !ok {
+			continue
+		}
+		var kind storage.Kind
+		name := ""
+		if n, ok := strings.CutPrefix(rest, volumesDataset+"/"); ok {
+			kind, name = storage.KindVolume, n
+		} else if n, ok := strings.CutPrefix(rest, imagesDataset+"/"); ok {
+			kind, name = storage.KindImage, n
+		}
+		if name == "" || storage.ValidateName(name) != nil {
+			continue // the volumes/images datasets themselves, or not ours
+		}
+		entries = append(entries, d.entry(kind, name, ds))
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
+	return entries, nil
+}
+
+func (d *Driver) ExclusiveBytes(ctx context.Context, name string) (int64, error) {
+	if err := storage.ValidateName(name); err != nil {
+		return 0, err
+	}
+	_, ds, err := d.lookup(name)
+	if err != nil {
+		return 0, err
+	}
+	// used counts the dataset's own blocks and its snapshots', never the
+	// blocks a clone shares with its origin.
+	return int64(ds.Used), nil
+}
+
+func (d *Driver) Capacity(ctx context.Context) (storage.Capacity, error) {
+	ds, err := gozfs.GetDataset(d.parent)
+	if err != nil {
+		return storage.Capacity{}, classify(err, d.parent)
+	}
+	return storage.Capacity{
+		TotalBytes: int64(ds.Used + ds.Avail),
+		FreeBytes:  int64(ds.Avail),
+	}, nil
+}
