@@ -1,0 +1,191 @@
+// Package spec drives the real sindrid and sindri binaries end to end.
+package spec
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var sindrid string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sindri-spec-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sindrid = filepath.Join(dir, "sindrid")
+	if out, err := exec.Command("go", "build", "-o", sindrid, "../cmd/sindrid").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building sindrid: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestConfigErrorsExitTwoWithOneLine(t *testing.T) {
+	data := t.TempDir()
+	base := fmt.Sprintf("data_path = %q\nshared_secret = \"0123456789abcdef0123\"\n", data)
+	cases := []struct {
+		name, config, want string
+	}{
+		{"unknown key", base + "[http]\nlisten_adress = \":1\"\n", `"http.listen_adress"`},
+		{"bad port range", base + "[postgres]\nmin_port = 7000\nmax_port = 6000\n", "postgres.min_port"},
+		{"bad driver", base + "[storage]\ndriver = \"ext4\"\n", "storage.driver"},
+		{"bad size", base + "[storage]\nloopback_size = \"lots\"\n", "storage.loopback_size"},
+		{"no shared secret", fmt.Sprintf("data_path = %q\n", data), "shared_secret"},
+		{"syntax", base + "[http\n", "to end table name"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command(sindrid, "-config", writeConfig(t, c.config))
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+				t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
+			}
+			msg := strings.TrimSpace(stderr.String())
+			if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, c.want) {
+				t.Fatalf("stderr = %q, want one line naming %s", msg, c.want)
+			}
+		})
+	}
+	t.Run("missing file", func(t *testing.T) {
+		err := exec.Command(sindrid, "-config", filepath.Join(t.TempDir(), "nope.toml")).Run()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("exit: %v, want status 2", err)
+		}
+	})
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// start runs sindrid until its health check answers, and returns a
+// function that stops it with SIGTERM and reports how it exited.
+func start(t *testing.T, configPath, addr string) (stop func() error) {
+	t.Helper()
+	cmd := exec.Command(sindrid, "-config", configPath)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		resp, err := http.Get("http://" + addr + "/health_check")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("sindrid exited before it was ready: %v\n%s", err, out.String())
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			t.Fatalf("sindrid not ready after 60s\n%s", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	stopped := false
+	stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("sindrid did not stop within 30s after SIGTERM\n%s", out.String())
+		}
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestStartsOnLoopbackBtrfsAndMountsItAgain(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount the loopback BTRFS")
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	t.Cleanup(func() { _ = exec.Command("umount", data).Run() })
+	addr := freePort(t)
+	cfg := writeConfig(t, fmt.Sprintf(`environment = "development"
+data_path = %q
+shared_secret = "dev-secret"
+[http]
+insecure_listen_address = %q
+[storage]
+loopback_size = "512MiB"
+`, data, addr))
+
+	stop := start(t, cfg, addr)
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Type != 0x9123683e {
+		t.Fatalf("data_path is not on BTRFS after start (statfs type %#x)", st.Type)
+	}
+	marker := filepath.Join(data, "marker")
+	if err := os.WriteFile(marker, []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("sindrid exit after SIGTERM: %v", err)
+	}
+
+	// As after a reboot: nothing mounted, the loopback file still there.
+	if out, err := exec.Command("umount", data).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v %s", err, out)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatalf("marker visible without the mount: %v", err)
+	}
+	stop = start(t, cfg, addr)
+	if got, err := os.ReadFile(marker); err != nil || string(got) != "kept" {
+		t.Fatalf("after restart the loopback filesystem is not back: %q, %v", got, err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("sindrid exit after SIGTERM: %v", err)
+	}
+}
