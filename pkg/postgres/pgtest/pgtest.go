@@ -1,0 +1,214 @@
+// Package pgtest starts real PostgreSQL clusters for tests: a data
+// directory made by initdb once per test binary and copied for each test,
+// configured and started by package postgres, stopped at cleanup.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+)
+
+// BinPattern is Debian's layout of PostgreSQL binaries.
+const BinPattern = "/usr/lib/postgresql/{version}/bin"
+
+// Major is the PostgreSQL version the tests use.
+const Major = "15"
+
+// Dir makes a directory that the postgres OS user can traverse (a
+// t.TempDir is private to root) and removes it at cleanup.
+func Dir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sindri-pgtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// Owner is the postgres OS user; tests skip when not run as root.
+func Owner(t testing.TB) postgres.OSUser {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run PostgreSQL as the postgres user")
+	}
+	u, err := postgres.LookupUser("postgres")
+	if err != nil {
+		t.Fatalf("%v (make deps installs postgresql-15, which makes the user)", err)
+	}
+	return u
+}
+
+// BinDir is the directory of the test version's binaries.
+func BinDir(t testing.TB) string {
+	t.Helper()
+	dir, err := postgres.BinDir(BinPattern, Major)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// FreePort returns a TCP port that nothing listens on right now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+var template struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Template is an initdb'd, never started data directory, made once per
+// test binary; copy it, don't start it.
+func Template(t testing.TB) string {
+	t.Helper()
+	owner := Owner(t)
+	template.once.Do(func() {
+		dir, err := os.MkdirTemp("", "sindri-pgtemplate-")
+		if err != nil {
+			template.err = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		template.dir = filepath.Join(dir, "data")
+		template.err = postgres.InitDB(context.Background(), BinDir(t), template.dir, owner)
+	})
+	if template.err != nil {
+		t.Fatal(template.err)
+	}
+	return template.dir
+}
+
+// CopyTemplate copies the template data directory to dst (which must not
+// exist), keeping owners and modes.
+func CopyTemplate(t testing.TB, dst string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", Template(t), dst).CombinedOutput(); err != nil {
+		t.Fatalf("copying the template data directory: %v %s", err, out)
+	}
+}
+
+// ClientFiles are an instance's client TLS files, as a client writes them.
+type ClientFiles struct{ CA, Cert, Key string }
+
+// Instance is a running cluster set up as sindri sets up an instance.
+type Instance struct {
+	DataDir, SocketDir string
+	Port               int
+	BinDir             string
+	Owner              postgres.OSUser
+	Process            *postgres.Process
+	Settings           postgres.Settings
+	PasswordRole       string
+	Password           string
+	Certificates       postgres.Certificates
+	ClientFiles        ClientFiles
+}
+
+// StartInstance copies the template, configures it with fresh TLS
+// material and a password role, starts it and waits until it is ready.
+// Cleanup stops it.
+func StartInstance(t testing.TB) *Instance {
+	t.Helper()
+	owner := Owner(t)
+	base := Dir(t)
+	i := &Instance{
+		DataDir:      filepath.Join(base, "data"),
+		SocketDir:    filepath.Join(base, "socket"),
+		Port:         FreePort(t),
+		BinDir:       BinDir(t),
+		Owner:        owner,
+		PasswordRole: "sindri",
+		Password:     "test-password-123",
+	}
+	CopyTemplate(t, i.DataDir)
+	if err := os.Mkdir(i.SocketDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Chown(i.SocketDir, false); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := postgres.NewCertificates([]string{"localhost", "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i.Certificates = certs
+	i.Settings = postgres.Settings{
+		Port: i.Port, ListenAddresses: "*", SocketDir: i.SocketDir, SharedBuffers: "16MB",
+		TLS: &certs, PasswordRole: i.PasswordRole, ClusterName: "pgtest",
+	}
+	i.ClientFiles = writeClientFiles(t, base, certs)
+	i.Configure(t)
+	i.Restart(t)
+	if err := postgres.SetUpClientRoles(context.Background(), i.SocketURL(), i.PasswordRole, i.Password); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := postgres.Stop(context.Background(), i.DataDir, 10*time.Second); err != nil {
+			t.Errorf("stopping the test cluster: %v", err)
+		}
+	})
+	return i
+}
+
+// Configure writes sindri's settings into the data directory.
+func (i *Instance) Configure(t testing.TB) {
+	t.Helper()
+	if err := postgres.Configure(i.DataDir, i.Settings, i.Owner); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Restart starts the postmaster (again) and waits until it is ready.
+func (i *Instance) Restart(t testing.TB) {
+	t.Helper()
+	p, err := postgres.Start(i.BinDir, i.DataDir, i.Owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i.Process = p
+	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := postgres.WaitReady(c, p, i.DataDir, i.SocketDir, i.Port, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SocketURL reaches the cluster as the superuser over its private socket.
+func (i *Instance) SocketURL() string {
+	return postgres.SocketURL(i.SocketDir, i.Port, "postgres", "postgres")
+}
+
+func writeClientFiles(t testing.TB, dir string, c postgres.Certificates) ClientFiles {
+	t.Helper()
+	f := ClientFiles{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, "client.crt"), Key: filepath.Join(dir, "client.key")}
+	for path, content := range map[string]string{f.CA: c.CA, f.Cert: c.ClientCert, f.Key: c.ClientKey} {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// String names the instance in test logs.
+func (i *Instance) String() string { return fmt.Sprintf("cluster on port %d (%s)", i.Port, i.DataDir) }

@@ -1,0 +1,140 @@
+// Package postgres knows PostgreSQL and nothing else: which binaries serve
+// a data directory, the settings sindri writes into it, TLS material,
+// starting a postmaster as the configured OS user on a port and a private
+// socket directory, waiting until it accepts connections, stopping it, and
+// telling whether one is alive.
+//
+// Postmasters are started detached (a session of their own) so that they
+// outlive sindrid; a later sindrid adopts them by their postmaster.pid.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Classified errors; match them with errors.Is.
+var (
+	ErrNotDataDir     = errors.New("not a PostgreSQL data directory")
+	ErrVersionMissing = errors.New("PostgreSQL binaries for this major version are not installed")
+	ErrNotRunning     = errors.New("no postmaster is running")
+)
+
+// VersionPlaceholder is replaced by a data directory's major version in a
+// binary directory pattern such as /usr/lib/postgresql/{version}/bin.
+const VersionPlaceholder = "{version}"
+
+// MajorVersion reads the data directory's PG_VERSION.
+func MajorVersion(dataDir string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("%w: %s has no PG_VERSION", ErrNotDataDir, dataDir)
+	}
+	if err != nil {
+		return "", err
+	}
+	major := strings.TrimSpace(string(data))
+	if _, err := strconv.ParseFloat(major, 64); err != nil || major == "" {
+		return "", fmt.Errorf("%w: %s has PG_VERSION %q", ErrNotDataDir, dataDir, major)
+	}
+	return major, nil
+}
+
+// BinDir returns the directory of the binaries for a major version, from a
+// pattern with {version} in it, after checking that postgres is there.
+func BinDir(pattern, major string) (string, error) {
+	dir := strings.ReplaceAll(pattern, VersionPlaceholder, major)
+	if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
+		return "", fmt.Errorf("%w: PostgreSQL %s (no %s)", ErrVersionMissing, major, filepath.Join(dir, "postgres"))
+	}
+	return dir, nil
+}
+
+// BinDirFor is BinDir for the version of a data directory.
+func BinDirFor(pattern, dataDir string) (string, error) {
+	major, err := MajorVersion(dataDir)
+	if err != nil {
+		return "", err
+	}
+	return BinDir(pattern, major)
+}
+
+// OSUser is the operating-system account postmasters run as.
+type OSUser struct {
+	Name     string
+	UID, GID uint32
+	Home     string
+}
+
+// LookupUser finds the account; Postgres refuses to run as root.
+func LookupUser(name string) (OSUser, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return OSUser{}, fmt.Errorf("postgres.user %q: %w", name, err)
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return OSUser{}, err
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return OSUser{}, err
+	}
+	if uid == 0 {
+		return OSUser{}, fmt.Errorf("postgres.user %q is root; PostgreSQL refuses to run as root", name)
+	}
+	return OSUser{Name: name, UID: uint32(uid), GID: uint32(gid), Home: u.HomeDir}, nil
+}
+
+// Chown gives path, and everything under it when recursive, to the user.
+func (u OSUser) Chown(path string, recursive bool) error {
+	if !recursive {
+		return os.Lchown(path, int(u.UID), int(u.GID))
+	}
+	return filepath.Walk(path, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, int(u.UID), int(u.GID))
+	})
+}
+
+// SetUpClientRoles makes the roles clients log in as, through a superuser
+// connection: ClientRole (certificate logins) and passwordRole with
+// password, a member of ClientRole so that it has the same grants. Neither
+// is a superuser. Existing roles are altered to match.
+func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password string) error {
+	conn, err := pgx.Connect(ctx, superuserURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	ident := pgx.Identifier{ClientRole}.Sanitize()
+	pwIdent := pgx.Identifier{passwordRole}.Sanitize()
+	stmts := []string{
+		fmt.Sprintf(`DO $$BEGIN
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
+		END$$`, literal(ClientRole), ident, literal(passwordRole), pwIdent),
+		fmt.Sprintf(`ALTER ROLE %s LOGIN NOSUPERUSER NOREPLICATION NOBYPASSRLS`, ident),
+		fmt.Sprintf(`ALTER ROLE %s LOGIN NOSUPERUSER NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, literal(password)),
+		fmt.Sprintf(`GRANT %s TO %s`, ident, pwIdent),
+	}
+	for _, stmt := range stmts {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("setting up client roles: %w", err)
+		}
+	}
+	return nil
+}
+
+// literal quotes s as an SQL string literal.
+func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

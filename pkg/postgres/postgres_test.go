@@ -1,0 +1,202 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+)
+
+var ctx = context.Background()
+
+const binPattern = "/usr/lib/postgresql/{version}/bin"
+
+func TestMajorVersionAndBinDir(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := postgres.MajorVersion(dir); !errors.Is(err, postgres.ErrNotDataDir) {
+		t.Fatalf("a directory without PG_VERSION: %v, want ErrNotDataDir", err)
+	}
+	if _, err := postgres.BinDirFor(binPattern, dir); !errors.Is(err, postgres.ErrNotDataDir) {
+		t.Fatalf("BinDirFor a directory without PG_VERSION: %v, want ErrNotDataDir", err)
+	}
+	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("garbage\n"), 0o644)
+	if _, err := postgres.MajorVersion(dir); !errors.Is(err, postgres.ErrNotDataDir) {
+		t.Fatalf("PG_VERSION 'garbage': %v, want ErrNotDataDir", err)
+	}
+	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9.6\n"), 0o644)
+	_, err := postgres.BinDirFor(binPattern, dir)
+	if !errors.Is(err, postgres.ErrVersionMissing) || !strings.Contains(err.Error(), "PostgreSQL 9.6") {
+		t.Fatalf("a major that is not installed: %v, want ErrVersionMissing naming 9.6", err)
+	}
+	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("15\n"), 0o644)
+	if got, err := postgres.BinDirFor(binPattern, dir); err != nil || got != "/usr/lib/postgresql/15/bin" {
+		t.Fatalf("BinDirFor 15 = %q, %v", got, err)
+	}
+}
+
+func TestLookupUserRefusesRoot(t *testing.T) {
+	if _, err := postgres.LookupUser("root"); err == nil {
+		t.Fatal("LookupUser accepted root")
+	}
+}
+
+// connect logs in over TCP and returns the result of a query, or the error.
+func query(t *testing.T, connString, sql string) (string, error) {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(c, connString)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	var out string
+	err = conn.QueryRow(c, sql).Scan(&out)
+	return out, err
+}
+
+func TestInstanceLoginsTLSAndPassword(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	tcp := fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres", c.Port)
+	cert := tcp + fmt.Sprintf(" user=%s sslmode=verify-ca sslrootcert=%s sslcert=%s sslkey=%s",
+		postgres.ClientRole, c.ClientFiles.CA, c.ClientFiles.Cert, c.ClientFiles.Key)
+	password := tcp + fmt.Sprintf(" user=%s password=%s sslmode=require", c.PasswordRole, c.Password)
+
+	for name, conn := range map[string]string{"client certificate": cert, "password": password} {
+		got, err := query(t, conn, "select rolsuper::text || ' ' || (select ssl from pg_stat_ssl where pid = pg_backend_pid())::text from pg_roles where rolname = current_user")
+		if err != nil {
+			t.Fatalf("%s login: %v", name, err)
+		}
+		if got != "false true" {
+			t.Errorf("%s login: rolsuper, ssl = %s; want false true", name, got)
+		}
+	}
+
+	refused := map[string]string{
+		"certificate role without TLS":              tcp + " user=draupnir sslmode=disable",
+		"certificate role, TLS without certificate": tcp + fmt.Sprintf(" user=draupnir sslmode=verify-ca sslrootcert=%s", c.ClientFiles.CA),
+		"password role without TLS":                 tcp + fmt.Sprintf(" user=%s password=%s sslmode=disable", c.PasswordRole, c.Password),
+		"wrong password":                            tcp + fmt.Sprintf(" user=%s password=nope sslmode=require", c.PasswordRole),
+		"superuser over TCP":                        tcp + " user=postgres sslmode=require",
+		"superuser with client cert":                tcp + fmt.Sprintf(" user=postgres sslmode=verify-ca sslrootcert=%s sslcert=%s sslkey=%s", c.ClientFiles.CA, c.ClientFiles.Cert, c.ClientFiles.Key),
+	}
+	for name, conn := range refused {
+		if _, err := query(t, conn, "select 1::text"); err == nil {
+			t.Errorf("%s: logged in, want refused", name)
+		}
+	}
+}
+
+func TestKilledPostmasterIsSeenDeadAndStartsAgain(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	st, err := postgres.Status(c.DataDir)
+	if err != nil || !st.Alive || st.PID != c.Process.PID || st.Status != "ready" {
+		t.Fatalf("Status = %+v, %v; want alive, ready, pid %d", st, err, c.Process.PID)
+	}
+	if err := syscall.Kill(c.Process.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Process.Exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Exited not closed 5s after SIGKILL")
+	}
+	st, err = postgres.Status(c.DataDir)
+	if err != nil || st.Alive {
+		t.Fatalf("after SIGKILL Status = %+v, %v; want a postmaster.pid whose process is dead", st, err)
+	}
+	// The postmaster.pid it left does not keep a new one from starting.
+	c.Restart(t)
+	if _, err := query(t, c.SocketURL(), "select 1::text"); err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+}
+
+func TestStopEndsThePostmaster(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	if err := postgres.Stop(ctx, c.DataDir, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Process.Exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("postmaster still there after Stop")
+	}
+	if _, err := postgres.Status(c.DataDir); !errors.Is(err, postgres.ErrNotRunning) {
+		t.Fatalf("Status after a clean stop: %v, want ErrNotRunning", err)
+	}
+	if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", c.Port), time.Second); err == nil {
+		conn.Close()
+		t.Fatalf("port %d still accepts connections", c.Port)
+	}
+	// Stopping what is stopped is no error.
+	if err := postgres.Stop(ctx, c.DataDir, time.Second); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+}
+
+func TestRunningSeesZombies(t *testing.T) {
+	// A child that exits and is not waited for stays a zombie: signal 0
+	// still succeeds, Running must not.
+	pid, err := syscall.ForkExec("/bin/true", []string{"true"}, &syscall.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if strings.Contains(string(data), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d never became a zombie: %s", pid, data)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("kill(pid, 0) on a zombie: %v (the test assumes it succeeds)", err)
+	}
+	if postgres.Running(pid) {
+		t.Fatal("Running says a zombie is alive")
+	}
+	var ws syscall.WaitStatus
+	syscall.Wait4(pid, &ws, 0, nil)
+}
+
+func TestConfigureKeepsUserConfAndIsIdempotent(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	c.Configure(t)
+	conf, err := os.ReadFile(filepath.Join(c.DataDir, "postgresql.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(conf), postgres.IncludeLine); n != 1 {
+		t.Fatalf("postgresql.conf has the include line %d times after two Configure calls", n)
+	}
+	// sindri's settings are in force: the port, and no archiving.
+	got, err := query(t, c.SocketURL(), "select current_setting('port') || ' ' || current_setting('archive_mode') || ' ' || current_setting('listen_addresses')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%d off *", c.Port); got != want {
+		t.Fatalf("settings = %q, want %q", got, want)
+	}
+	info, err := os.Stat(filepath.Join(c.DataDir, postgres.ServerKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("server key mode %v, want 0600", info.Mode().Perm())
+	}
+}

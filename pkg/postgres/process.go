@@ -1,0 +1,302 @@
+package postgres
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Process is a postmaster that this sindrid started. Exited is closed when
+// it ends (this sindrid reaps it); a postmaster adopted after a restart has
+// no Process, only its pid.
+type Process struct {
+	PID    int
+	Exited <-chan struct{}
+	err    error
+}
+
+// Err is how the process ended, once Exited is closed.
+func (p *Process) Err() error { return p.err }
+
+// Start runs the data directory's postmaster as owner, in a session of its
+// own so that it outlives sindrid, with stderr appended to the data
+// directory's log file. It returns once the process runs, not once it is
+// ready: see WaitReady. A postmaster.pid left by a dead postmaster (a
+// crash, or a zombie nobody reaps) is removed first.
+func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
+	if st, err := Status(dataDir); err == nil && st.Alive {
+		return nil, fmt.Errorf("a postmaster (pid %d) already runs on %s", st.PID, dataDir)
+	}
+	if err := removeStalePIDFile(dataDir); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dataDir, LogFile)
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close()
+	if err := os.Chown(logPath, int(owner.UID), int(owner.GID)); err != nil {
+		return nil, err
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	cmd := exec.Command(filepath.Join(binDir, "postgres"), "-D", dataDir)
+	cmd.Dir = dataDir
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + owner.Home}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:     true,
+		Credential: &syscall.Credential{Uid: owner.UID, Gid: owner.GID},
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting postgres on %s: %w", dataDir, err)
+	}
+	exited := make(chan struct{})
+	p := &Process{PID: cmd.Process.Pid, Exited: exited}
+	go func() {
+		p.err = cmd.Wait()
+		close(exited)
+	}()
+	return p, nil
+}
+
+func removeStalePIDFile(dataDir string) error {
+	pidFile := filepath.Join(dataDir, "postmaster.pid")
+	if _, err := os.Stat(pidFile); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := os.Remove(pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// ProcessState is what /proc says of a pid: whether it exists, its state
+// letter (Z for a zombie) and its command name.
+func processState(pid int) (state byte, comm string, ok bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, "", false
+	}
+	// pid (comm) state ...; comm may hold spaces and parentheses.
+	open, close := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 0 || close < open || close+2 >= len(data) {
+		return 0, "", false
+	}
+	return data[close+2], string(data[open+1 : close]), true
+}
+
+// Running tells whether pid is a live postgres process: it exists, is not
+// a zombie, and runs the postgres binary.
+func Running(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	state, comm, ok := processState(pid)
+	return ok && state != 'Z' && state != 'X' && (comm == "postgres" || comm == "postmaster")
+}
+
+// PIDFile is what a postmaster.pid says.
+type PIDFile struct {
+	PID       int
+	DataDir   string
+	Port      int
+	SocketDir string
+	Status    string // "starting", "ready", "stopping", "standby"
+}
+
+// ReadPIDFile parses the data directory's postmaster.pid.
+func ReadPIDFile(dataDir string) (PIDFile, error) {
+	data, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return PIDFile{}, fmt.Errorf("%w on %s (no postmaster.pid)", ErrNotRunning, dataDir)
+	}
+	if err != nil {
+		return PIDFile{}, err
+	}
+	var lines []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	line := func(i int) string {
+		if i < len(lines) {
+			return strings.TrimSpace(lines[i])
+		}
+		return ""
+	}
+	pid, err := strconv.Atoi(line(0))
+	if err != nil {
+		return PIDFile{}, fmt.Errorf("postmaster.pid of %s: bad pid %q", dataDir, line(0))
+	}
+	port, _ := strconv.Atoi(line(3))
+	return PIDFile{PID: pid, DataDir: line(1), Port: port, SocketDir: line(4), Status: line(7)}, nil
+}
+
+// ClusterStatus combines the postmaster.pid with the process table.
+type ClusterStatus struct {
+	PIDFile
+	// Alive: the pid of postmaster.pid is a running postgres process.
+	Alive bool
+}
+
+// Status reads postmaster.pid and checks its process: alive means a
+// running postgres whose working directory is this data directory (so a
+// reused pid is not taken for it). No postmaster.pid is ErrNotRunning.
+func Status(dataDir string) (ClusterStatus, error) {
+	pf, err := ReadPIDFile(dataDir)
+	if err != nil {
+		return ClusterStatus{}, err
+	}
+	alive := Running(pf.PID)
+	if alive {
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pf.PID))
+		abs, _ := filepath.Abs(dataDir)
+		alive = err == nil && filepath.Clean(cwd) == filepath.Clean(abs)
+	}
+	return ClusterStatus{PIDFile: pf, Alive: alive}, nil
+}
+
+// SocketURL is a libpq URL that reaches the cluster over its unix socket
+// as user (trusted there: the socket directory is private).
+func SocketURL(socketDir string, port int, user, database string) string {
+	return fmt.Sprintf("postgres://%s@/%s?host=%s&port=%d&sslmode=disable", user, database, socketDir, port)
+}
+
+// pollInterval is how often readiness is retried: the cost of a failed
+// attempt is one connect(2) on a unix socket.
+const pollInterval = 2 * time.Millisecond
+
+// WaitReady returns once the cluster accepts a connection over its unix
+// socket, trying every 2 ms; it fails early when the process ends.
+func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port int, user string) error {
+	url := SocketURL(socketDir, port, user, "postgres")
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return err
+	}
+	var lastErr error
+	for {
+		if p != nil {
+			select {
+			case <-p.Exited:
+				return fmt.Errorf("postgres on %s exited while starting (%v): %s", dataDir, p.Err(), LogTail(dataDir, 5))
+			default:
+			}
+		}
+		attempt, cancel := context.WithTimeout(ctx, time.Second)
+		conn, err := pgx.ConnectConfig(attempt, cfg)
+		cancel()
+		if err == nil {
+			conn.Close(ctx)
+			return nil
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("postgres on %s not ready: %w (last attempt: %v)", dataDir, ctx.Err(), lastErr)
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// Stop shuts the postmaster down: fast shutdown (SIGINT: sessions are
+// rolled back, a checkpoint is written), then immediate (SIGQUIT) when it
+// has not ended within timeout, then SIGKILL of its process group.
+func Stop(ctx context.Context, dataDir string, timeout time.Duration) error {
+	pf, err := ReadPIDFile(dataDir)
+	if errors.Is(err, ErrNotRunning) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return StopPID(ctx, pf.PID, timeout)
+}
+
+// StopPID is Stop for a known postmaster pid.
+func StopPID(ctx context.Context, pid int, timeout time.Duration) error {
+	steps := []struct {
+		sig  syscall.Signal
+		wait time.Duration
+	}{{syscall.SIGINT, timeout}, {syscall.SIGQUIT, 5 * time.Second}}
+	for _, step := range steps {
+		if !Running(pid) {
+			return nil
+		}
+		if err := syscall.Kill(pid, step.sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return err
+		}
+		if waitGone(ctx, pid, step.wait) {
+			return nil
+		}
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	if waitGone(ctx, pid, 5*time.Second) {
+		return nil
+	}
+	return fmt.Errorf("postmaster %d did not stop", pid)
+}
+
+func waitGone(ctx context.Context, pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for Running(pid) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// LogTail returns the last n lines of the data directory's log file.
+func LogTail(dataDir string, n int) string {
+	data, err := os.ReadFile(filepath.Join(dataDir, LogFile))
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// InitDB makes a new data directory as owner, with superuser "postgres";
+// authentication is sindri's hba file, written by Configure.
+func InitDB(ctx context.Context, binDir, dataDir string, owner OSUser) error {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	if err := owner.Chown(dataDir, false); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
+		"-D", dataDir, "-U", "postgres", "--auth-local=trust", "--auth-host=reject",
+		"-E", "UTF8", "--locale=C.UTF-8", "--no-instructions")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + owner.Home}
+	cmd.Dir = dataDir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: owner.UID, Gid: owner.GID}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb %s: %w: %s", dataDir, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
