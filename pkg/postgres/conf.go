@@ -39,6 +39,9 @@ type Settings struct {
 	PasswordRole string
 	// ClusterName shows in the process titles, e.g. "sindri-instance-7".
 	ClusterName string
+	// Clone applies cloneDefaults: cheap, and cut off from the server the
+	// data came from. The metadata cluster keeps Postgres's durable ones.
+	Clone bool
 }
 
 // cloneDefaults are the settings that make a clone cheap to start and run
@@ -103,8 +106,10 @@ func Configure(dataDir string, s Settings, owner OSUser) error {
 	if s.ClusterName != "" {
 		settings["cluster_name"] = quote(s.ClusterName)
 	}
-	for k, v := range cloneDefaults {
-		settings[k] = v
+	if s.Clone {
+		for k, v := range cloneDefaults {
+			settings[k] = v
+		}
 	}
 	files := map[string]string{}
 	if s.TLS != nil {

@@ -138,3 +138,21 @@ func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password 
 
 // literal quotes s as an SQL string literal.
 func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// NewestMajor returns the highest major version whose binaries the
+// pattern finds, for making a new cluster.
+func NewestMajor(pattern string) (string, error) {
+	matches, _ := filepath.Glob(filepath.Join(strings.ReplaceAll(pattern, VersionPlaceholder, "*"), "postgres"))
+	best, bestNum := "", -1.0
+	for _, m := range matches {
+		rel := strings.TrimPrefix(m, strings.SplitN(pattern, VersionPlaceholder, 2)[0])
+		major := strings.SplitN(rel, "/", 2)[0]
+		if n, err := strconv.ParseFloat(major, 64); err == nil && n > bestNum {
+			best, bestNum = major, n
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("%w: no PostgreSQL binaries match %s", ErrVersionMissing, pattern)
+	}
+	return best, nil
+}

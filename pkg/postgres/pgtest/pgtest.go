@@ -155,7 +155,7 @@ func StartInstance(t testing.TB) *Instance {
 	i.Certificates = certs
 	i.Settings = postgres.Settings{
 		Port: i.Port, ListenAddresses: "*", SocketDir: i.SocketDir, SharedBuffers: "16MB",
-		TLS: &certs, PasswordRole: i.PasswordRole, ClusterName: "pgtest",
+		TLS: &certs, PasswordRole: i.PasswordRole, ClusterName: "pgtest", Clone: true,
 	}
 	i.ClientFiles = writeClientFiles(t, base, certs)
 	i.Configure(t)

@@ -1,0 +1,122 @@
+// Package metadb runs sindrid's own metadata PostgreSQL, the embedded
+// default when no database_url is configured: a cluster under
+// data_path/meta reachable only through a private unix socket.
+package metadb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+)
+
+// Database is the name of sindri's database in the cluster.
+const Database = "sindri"
+
+// port only names the socket file: the cluster listens on no TCP address.
+const port = 5432
+
+// Cluster is the running metadata cluster.
+type Cluster struct {
+	dataDir, socketDir string
+	process            *postgres.Process
+	log                *slog.Logger
+}
+
+// Start makes the cluster under dir when it is missing (initdb with the
+// newest installed PostgreSQL), starts it, or adopts it when a previous
+// sindrid left it running, and makes sure sindri's database exists.
+func Start(ctx context.Context, dir, binPattern string, owner postgres.OSUser, log *slog.Logger) (*Cluster, error) {
+	c := &Cluster{dataDir: filepath.Join(dir, "data"), socketDir: filepath.Join(dir, "socket"), log: log}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{c.socketDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+		if err := owner.Chown(d, false); err != nil {
+			return nil, err
+		}
+	}
+	var binDir string
+	if _, err := postgres.MajorVersion(c.dataDir); errors.Is(err, postgres.ErrNotDataDir) {
+		major, err := postgres.NewestMajor(binPattern)
+		if err != nil {
+			return nil, err
+		}
+		if binDir, err = postgres.BinDir(binPattern, major); err != nil {
+			return nil, err
+		}
+		os.RemoveAll(c.dataDir) // what a cut-short initdb left
+		if err := postgres.InitDB(ctx, binDir, c.dataDir, owner); err != nil {
+			return nil, err
+		}
+		log.Info("metadb: made the metadata cluster", "data_dir", c.dataDir, "pg_version", major)
+	} else if err != nil {
+		return nil, err
+	} else if binDir, err = postgres.BinDirFor(binPattern, c.dataDir); err != nil {
+		return nil, err
+	}
+
+	if st, err := postgres.Status(c.dataDir); err == nil && st.Alive {
+		log.Info("metadb: adopting the running metadata cluster", "pid", st.PID)
+	} else {
+		settings := postgres.Settings{Port: port, ListenAddresses: "", SocketDir: c.socketDir, SharedBuffers: "64MB", ClusterName: "sindri-metadata"}
+		if err := postgres.Configure(c.dataDir, settings, owner); err != nil {
+			return nil, err
+		}
+		p, err := postgres.Start(binDir, c.dataDir, owner)
+		if err != nil {
+			return nil, err
+		}
+		c.process = p
+	}
+	ready, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := postgres.WaitReady(ready, c.process, c.dataDir, c.socketDir, port, "postgres"); err != nil {
+		return nil, err
+	}
+	if err := c.createDatabase(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) createDatabase(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, postgres.SocketURL(c.socketDir, port, "postgres", "postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "select exists (select from pg_database where datname = $1)", Database).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err = conn.Exec(ctx, "create database "+pgx.Identifier{Database}.Sanitize())
+	return err
+}
+
+// URL is the libpq URL of sindri's database.
+func (c *Cluster) URL() string {
+	return postgres.SocketURL(c.socketDir, port, "postgres", Database)
+}
+
+// Stop shuts the cluster down (fast shutdown, then immediate).
+func (c *Cluster) Stop(ctx context.Context) error {
+	if err := postgres.Stop(ctx, c.dataDir, 30*time.Second); err != nil {
+		return fmt.Errorf("stopping the metadata cluster: %w", err)
+	}
+	c.log.Info("metadb: stopped")
+	return nil
+}
