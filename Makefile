@@ -27,7 +27,7 @@ test: deps lint
 # Storage benchmarks: clone and destroy on each driver, 10 runs each, for
 # medians (feed the output to benchstat).
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).
