@@ -1,0 +1,94 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// BackupStatus is a backup's place in its lifecycle.
+type BackupStatus string
+
+// Backup statuses.
+const (
+	BackupRunning BackupStatus = "running"
+	BackupDone    BackupStatus = "done"
+	BackupFailed  BackupStatus = "failed"
+)
+
+// Backup is an archive of an instance's or an image's data. It outlives
+// its source: InstanceID and ImageID are not foreign keys.
+type Backup struct {
+	ID         int64        `db:"id"`
+	InstanceID int64        `db:"instance_id"` // exactly one of InstanceID
+	ImageID    int64        `db:"image_id"`    // and ImageID is set
+	Status     BackupStatus `db:"status"`
+	Error      string       `db:"error"`
+	Path       string       `db:"path"`
+	SizeBytes  int64        `db:"size_bytes"`
+	SHA256     string       `db:"sha256"`
+	CreatedAt  time.Time    `db:"created_at"`
+	UpdatedAt  time.Time    `db:"updated_at"`
+}
+
+// BackupInput is what CreateBackup records; the backup starts running.
+// Exactly one of InstanceID and ImageID must be set (else ErrInvalid).
+type BackupInput struct {
+	InstanceID int64
+	ImageID    int64
+	Path       string // may be set later by SetBackupDone
+}
+
+// BackupFilter selects backups: zero fields match anything.
+type BackupFilter struct {
+	InstanceID int64
+	ImageID    int64
+}
+
+const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
+	coalesce(image_id, 0) as image_id, status, coalesce(error, '') as error,
+	coalesce(path, '') as path, coalesce(size_bytes, 0) as size_bytes,
+	coalesce(sha256, '') as sha256, created_at, updated_at`
+
+// CreateBackup records a new running backup.
+func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error) {
+	b, err := get[Backup](ctx, s, `insert into backups (instance_id, image_id, path)
+		values ($1, $2, $3) returning `+backupColumns,
+		nullInt(in.InstanceID), nullInt(in.ImageID), nullText(in.Path))
+	return b, wrap(err, "create backup")
+}
+
+// GetBackup reads one backup.
+func (s *Store) GetBackup(ctx context.Context, id int64) (Backup, error) {
+	b, err := get[Backup](ctx, s, `select `+backupColumns+` from backups where id = $1`, id)
+	return b, wrap(err, "get backup %d", id)
+}
+
+// ListBackups reads the backups f selects, newest first.
+func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]Backup, error) {
+	bs, err := list[Backup](ctx, s, `select `+backupColumns+` from backups
+		where ($1 = 0 or instance_id = $1) and ($2 = 0 or image_id = $2)
+		order by id desc`, f.InstanceID, f.ImageID)
+	return bs, wrap(err, "list backups")
+}
+
+// SetBackupStatus sets a backup's status and error ("" clears it).
+func (s *Store) SetBackupStatus(ctx context.Context, id int64, status BackupStatus, errText string) error {
+	tag, err := s.pool.Exec(ctx, `update backups set status = $2, error = $3 where id = $1`,
+		id, status, nullText(errText))
+	return affected(tag, err, "set backup %d status", id)
+}
+
+// SetBackupDone records a finished backup: done, where it is, its size and
+// SHA-256 (hex), no error.
+func (s *Store) SetBackupDone(ctx context.Context, id int64, path string, sizeBytes int64, sha256 string) error {
+	tag, err := s.pool.Exec(ctx, `update backups set status = 'done', error = null,
+		path = $2, size_bytes = $3, sha256 = $4 where id = $1`,
+		id, nullText(path), sizeBytes, nullText(sha256))
+	return affected(tag, err, "set backup %d done", id)
+}
+
+// DeleteBackup deletes a backup's row.
+func (s *Store) DeleteBackup(ctx context.Context, id int64) error {
+	tag, err := s.pool.Exec(ctx, `delete from backups where id = $1`, id)
+	return affected(tag, err, "delete backup %d", id)
+}

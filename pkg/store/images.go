@@ -1,0 +1,92 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// ImageStatus is an image's place in its lifecycle.
+type ImageStatus string
+
+// Image statuses.
+const (
+	ImagePending    ImageStatus = "pending"    // created, data being uploaded
+	ImageFinalising ImageStatus = "finalising" // upload done, being made read-only
+	ImageReady      ImageStatus = "ready"      // instances can be cloned from it
+	ImageFailed     ImageStatus = "failed"     // see Error
+)
+
+// Image is an uploaded data directory kept as a read-only image.
+type Image struct {
+	ID                  int64       `db:"id"`
+	Name                string      `db:"name"`
+	Status              ImageStatus `db:"status"`
+	Error               string      `db:"error"`
+	PGVersion           string      `db:"pg_version"`
+	SizeBytes           int64       `db:"size_bytes"`
+	BackedUpAt          time.Time   `db:"backed_up_at"`
+	AnonymisationScript string      `db:"anonymisation_script"`
+	SourceURL           string      `db:"source_url"`
+	BackupID            int64       `db:"backup_id"` // 0: none
+	CreatedAt           time.Time   `db:"created_at"`
+	UpdatedAt           time.Time   `db:"updated_at"`
+}
+
+// ImageInput is what CreateImage records; the image starts pending.
+type ImageInput struct {
+	Name                string
+	BackedUpAt          time.Time
+	AnonymisationScript string
+	SourceURL           string
+	BackupID            int64 // 0: none
+}
+
+const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
+	coalesce(pg_version, '') as pg_version, coalesce(size_bytes, 0) as size_bytes, backed_up_at,
+	coalesce(anonymisation_script, '') as anonymisation_script,
+	coalesce(source_url, '') as source_url, coalesce(backup_id, 0) as backup_id,
+	created_at, updated_at`
+
+// CreateImage records a new pending image.
+func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
+	img, err := get[Image](ctx, s, `insert into images
+		(name, backed_up_at, anonymisation_script, source_url, backup_id)
+		values ($1, $2, $3, $4, $5) returning `+imageColumns,
+		nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
+		nullText(in.SourceURL), nullInt(in.BackupID))
+	return img, wrap(err, "create image")
+}
+
+// GetImage reads one image.
+func (s *Store) GetImage(ctx context.Context, id int64) (Image, error) {
+	img, err := get[Image](ctx, s, `select `+imageColumns+` from images where id = $1`, id)
+	return img, wrap(err, "get image %d", id)
+}
+
+// ListImages reads every image, newest first.
+func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
+	imgs, err := list[Image](ctx, s, `select `+imageColumns+` from images order by id desc`)
+	return imgs, wrap(err, "list images")
+}
+
+// SetImageStatus sets an image's status and error ("" clears it).
+func (s *Store) SetImageStatus(ctx context.Context, id int64, status ImageStatus, errText string) error {
+	tag, err := s.pool.Exec(ctx, `update images set status = $2, error = $3 where id = $1`,
+		id, status, nullText(errText))
+	return affected(tag, err, "set image %d status", id)
+}
+
+// MarkImageReady records a finalised image: ready, its PostgreSQL version
+// and size, no error.
+func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64) error {
+	tag, err := s.pool.Exec(ctx, `update images
+		set status = 'ready', error = null, pg_version = $2, size_bytes = $3 where id = $1`,
+		id, nullText(pgVersion), sizeBytes)
+	return affected(tag, err, "mark image %d ready", id)
+}
+
+// DeleteImage deletes an image's row; ErrInUse while instances reference it.
+func (s *Store) DeleteImage(ctx context.Context, id int64) error {
+	tag, err := s.pool.Exec(ctx, `delete from images where id = $1`, id)
+	return affected(tag, err, "delete image %d", id)
+}

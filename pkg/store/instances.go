@@ -1,0 +1,154 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// InstanceStatus is an instance's place in its lifecycle.
+type InstanceStatus string
+
+// Instance statuses.
+const (
+	InstanceCreating   InstanceStatus = "creating"   // clone, port, certificates, start under way
+	InstanceRunning    InstanceStatus = "running"    // its server accepts connections
+	InstanceStopped    InstanceStatus = "stopped"    // its server is not running
+	InstanceFailed     InstanceStatus = "failed"     // see Error
+	InstanceDestroying InstanceStatus = "destroying" // being torn down; the row goes last
+)
+
+// Credentials are what a client needs to connect to an instance.
+type Credentials struct {
+	Username          string `db:"username"`
+	Password          string `db:"password"`
+	CACertificate     string `db:"ca_certificate"`
+	ServerCertificate string `db:"server_certificate"`
+	ServerKey         string `db:"server_key"`
+	ClientCertificate string `db:"client_certificate"`
+	ClientKey         string `db:"client_key"`
+}
+
+// Instance is a writable clone of an image served by its own PostgreSQL.
+type Instance struct {
+	ID      int64          `db:"id"`
+	ImageID int64          `db:"image_id"`
+	Owner   string         `db:"owner"` // an e-mail, or "upload"
+	Status  InstanceStatus `db:"status"`
+	Port    int            `db:"port"` // 0: not allocated
+	Credentials
+	Error     string     `db:"error"`
+	PID       int        `db:"pid"`        // 0: none recorded
+	ExpiresAt *time.Time `db:"expires_at"` // nil: never
+	Protected bool       `db:"protected"`  // never expires while set
+	CreatedAt time.Time  `db:"created_at"`
+	UpdatedAt time.Time  `db:"updated_at"`
+}
+
+// InstanceInput is what CreateInstance records; the instance starts
+// creating, with no port.
+type InstanceInput struct {
+	ImageID   int64
+	Owner     string
+	ExpiresAt *time.Time
+	Protected bool
+}
+
+const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
+	coalesce(username, '') as username, coalesce(password, '') as password,
+	coalesce(ca_certificate, '') as ca_certificate,
+	coalesce(server_certificate, '') as server_certificate,
+	coalesce(server_key, '') as server_key,
+	coalesce(client_certificate, '') as client_certificate,
+	coalesce(client_key, '') as client_key,
+	coalesce(error, '') as error, coalesce(pid, 0) as pid,
+	expires_at, protected, created_at, updated_at`
+
+// CreateInstance records a new instance of an image; ErrNotFound if the
+// image does not exist.
+func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance, error) {
+	inst, err := get[Instance](ctx, s, `insert into instances
+		(image_id, owner, expires_at, protected) values ($1, $2, $3, $4)
+		returning `+instanceColumns,
+		in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected)
+	if pgCode(err) == "23503" { // the image is missing, not in use
+		return inst, fmt.Errorf("store: create instance of image %d: %w: %w", in.ImageID, ErrNotFound, err)
+	}
+	return inst, wrap(err, "create instance of image %d", in.ImageID)
+}
+
+// GetInstance reads one instance.
+func (s *Store) GetInstance(ctx context.Context, id int64) (Instance, error) {
+	inst, err := get[Instance](ctx, s, `select `+instanceColumns+` from instances where id = $1`, id)
+	return inst, wrap(err, "get instance %d", id)
+}
+
+// ListInstances reads the instances of owner ("" for everyone's), oldest
+// first.
+func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, error) {
+	insts, err := list[Instance](ctx, s, `select `+instanceColumns+` from instances
+		where $1 = '' or owner = $1 order by id`, owner)
+	return insts, wrap(err, "list instances")
+}
+
+// SetInstanceStatus sets an instance's status and error ("" clears it).
+func (s *Store) SetInstanceStatus(ctx context.Context, id int64, status InstanceStatus, errText string) error {
+	tag, err := s.pool.Exec(ctx, `update instances set status = $2, error = $3 where id = $1`,
+		id, status, nullText(errText))
+	return affected(tag, err, "set instance %d status", id)
+}
+
+// SetInstancePID records the process id of an instance's postmaster (0
+// clears it).
+func (s *Store) SetInstancePID(ctx context.Context, id int64, pid int) error {
+	tag, err := s.pool.Exec(ctx, `update instances set pid = $2 where id = $1`, id, nullInt(pid))
+	return affected(tag, err, "set instance %d pid", id)
+}
+
+// SetInstanceCredentials records an instance's user, password and TLS
+// material.
+func (s *Store) SetInstanceCredentials(ctx context.Context, id int64, c Credentials) error {
+	tag, err := s.pool.Exec(ctx, `update instances set username = $2, password = $3,
+		ca_certificate = $4, server_certificate = $5, server_key = $6,
+		client_certificate = $7, client_key = $8 where id = $1`,
+		id, nullText(c.Username), nullText(c.Password), nullText(c.CACertificate),
+		nullText(c.ServerCertificate), nullText(c.ServerKey),
+		nullText(c.ClientCertificate), nullText(c.ClientKey))
+	return affected(tag, err, "set instance %d credentials", id)
+}
+
+// SetInstanceExpiry changes when an instance expires and whether it is
+// protected. A nil argument leaves that column as it is; a pointer to the
+// zero time clears the expiry (never expires).
+func (s *Store) SetInstanceExpiry(ctx context.Context, id int64, expiresAt *time.Time, protected *bool) error {
+	var at *time.Time
+	if expiresAt != nil && !expiresAt.IsZero() {
+		at = utc(expiresAt)
+	}
+	tag, err := s.pool.Exec(ctx, `update instances set
+		expires_at = case when $2::boolean then $3::timestamptz else expires_at end,
+		protected = coalesce($4::boolean, protected)
+		where id = $1`, id, expiresAt != nil, at, protected)
+	return affected(tag, err, "set instance %d expiry", id)
+}
+
+// DeleteInstance deletes an instance's row, freeing its port.
+func (s *Store) DeleteInstance(ctx context.Context, id int64) error {
+	tag, err := s.pool.Exec(ctx, `delete from instances where id = $1`, id)
+	return affected(tag, err, "delete instance %d", id)
+}
+
+// CountInstancesOfImage counts the instances cloned from an image.
+func (s *Store) CountInstancesOfImage(ctx context.Context, imageID int64) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `select count(*) from instances where image_id = $1`, imageID).Scan(&n)
+	return n, wrap(err, "count instances of image %d", imageID)
+}
+
+// ExpiredInstances reads the unprotected instances whose expires_at is at
+// or before now, whatever their status, soonest expired first.
+func (s *Store) ExpiredInstances(ctx context.Context, now time.Time) ([]Instance, error) {
+	insts, err := list[Instance](ctx, s, `select `+instanceColumns+` from instances
+		where expires_at <= $1 and not protected order by expires_at, id`, now.UTC())
+	return insts, wrap(err, "expired instances")
+}
