@@ -300,3 +300,59 @@ func InitDB(ctx context.Context, binDir, dataDir string, owner OSUser) error {
 	}
 	return nil
 }
+
+// Postmasters finds the live postgres processes working in dataDir whose
+// parent is not one of them: the postmasters, found even before (or
+// without) a postmaster.pid, as when the sindrid that started one died
+// during its start.
+func Postmasters(dataDir string) []int {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil
+	}
+	procs, _ := os.ReadDir("/proc")
+	inDir := map[int]int{} // pid → parent pid
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || !Running(pid) {
+			continue
+		}
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil || filepath.Clean(cwd) != abs {
+			continue
+		}
+		inDir[pid] = parentPID(pid)
+	}
+	var out []int
+	for pid, ppid := range inDir {
+		if _, child := inDir[ppid]; !child {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func parentPID(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
+// StopAll stops every postmaster working in dataDir, whether or not its
+// postmaster.pid says so.
+func StopAll(ctx context.Context, dataDir string, timeout time.Duration) error {
+	if err := Stop(ctx, dataDir, timeout); err != nil {
+		return err
+	}
+	var errs []error
+	for _, pid := range Postmasters(dataDir) {
+		errs = append(errs, StopPID(ctx, pid, timeout))
+	}
+	return errors.Join(errs...)
+}

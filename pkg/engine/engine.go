@@ -1,0 +1,419 @@
+// Package engine is the one place that knows the order of things: it
+// records each step's intent in the store before it touches volumes or
+// processes, holds a lock per instance while it works on one, undoes what
+// a failed step left, and reconciles store, volumes and postmasters after a
+// crash or on a timer.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// Classified errors of the engine, for errors.Is; the API maps them.
+var (
+	ErrImageNotReady = errors.New("image is not ready")
+	ErrNotFound      = errors.New("not found")
+	ErrNoPort        = errors.New("no free port")
+)
+
+// PasswordRole is the role an instance's database_url logs in as.
+const PasswordRole = "sindri"
+
+// Options configure an Engine.
+type Options struct {
+	Store   *store.Store
+	Storage storage.Driver
+	// Owner is the OS user postmasters run as.
+	Owner postgres.OSUser
+	// BinPattern finds binaries by major version: /usr/lib/postgresql/{version}/bin.
+	BinPattern string
+	// MinPort and MaxPort bound instance ports: [MinPort, MaxPort).
+	MinPort, MaxPort int
+	// PublicHostname goes into the server certificates and URLs.
+	PublicHostname string
+	SharedBuffers  string
+	// RunDir holds each instance's private socket directory; a short path
+	// such as /run/sindri, since a socket's path has at most 107 bytes.
+	RunDir string
+	Logger *slog.Logger
+
+	// OrphanGrace is how long a volume that no instance references stays
+	// before reconcile removes it.
+	OrphanGrace time.Duration
+	// SupervisePeriod is how often the supervisor checks postmasters.
+	SupervisePeriod time.Duration
+	// MaxCrashes within CrashWindow mark an instance failed.
+	MaxCrashes  int
+	CrashWindow time.Duration
+	// StartTimeout bounds a postmaster's start.
+	StartTimeout time.Duration
+
+	// CrashAt names a step of CreateInstance at which the process kills
+	// itself with SIGKILL: a fault tests cannot cause otherwise.
+	CrashAt string
+}
+
+// Engine runs instances' lifecycles.
+type Engine struct {
+	opts  Options
+	log   *slog.Logger
+	locks keyedMutex
+
+	mu       sync.Mutex
+	watched  map[int64]*watch
+	orphans  map[string]time.Time // volume name → first seen unreferenced
+	children map[int64]*postgres.Process
+}
+
+// New returns an engine; call Reconcile, then Run.
+func New(opts Options) *Engine {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.SupervisePeriod == 0 {
+		opts.SupervisePeriod = 500 * time.Millisecond
+	}
+	if opts.MaxCrashes == 0 {
+		opts.MaxCrashes = 5
+	}
+	if opts.CrashWindow == 0 {
+		opts.CrashWindow = time.Minute
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 2 * time.Minute
+	}
+	return &Engine{
+		opts:     opts,
+		log:      opts.Logger,
+		watched:  map[int64]*watch{},
+		orphans:  map[string]time.Time{},
+		children: map[int64]*postgres.Process{},
+	}
+}
+
+// ImageVolume and InstanceVolume name an image's and an instance's entry
+// in storage; names come from ids, never from user input.
+func ImageVolume(id int64) string    { return "image-" + strconv.FormatInt(id, 10) }
+func InstanceVolume(id int64) string { return "instance-" + strconv.FormatInt(id, 10) }
+
+func instanceIDOf(volume string) (int64, bool) {
+	s, ok := strings.CutPrefix(volume, "instance-")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	return id, err == nil && id > 0
+}
+
+// socketDir is kept short: a unix socket's path has at most 107 bytes.
+func (e *Engine) socketDir(id int64) string {
+	return filepath.Join(e.opts.RunDir, strconv.FormatInt(id, 10))
+}
+
+// step is where CreateInstance records progress; a test can make the
+// process die there.
+func (e *Engine) step(name string, id int64) {
+	e.log.Debug("engine: step", "step", name, "instance_id", id)
+	if e.opts.CrashAt == name {
+		e.log.Warn("engine: crashing on purpose", "step", name, "instance_id", id)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
+// CreateSteps are CreateInstance's steps in order, for crash tests.
+var CreateSteps = []string{"recorded", "credentials", "port", "cloned", "configured", "started", "ready"}
+
+// InstanceRequest is what a caller asks for.
+type InstanceRequest struct {
+	ImageID   int64
+	Owner     string
+	ExpiresAt *time.Time
+	Protected bool
+}
+
+// CreateInstance clones the image and starts Postgres on the clone. It
+// returns once the instance accepts connections. On failure it undoes what
+// it did; after a crash, Reconcile does.
+func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store.Instance, error) {
+	img, err := e.opts.Store.GetImage(ctx, req.ImageID)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Instance{}, fmt.Errorf("%w: image %d", ErrNotFound, req.ImageID)
+	}
+	if err != nil {
+		return store.Instance{}, err
+	}
+	if img.Status != store.ImageReady {
+		return store.Instance{}, fmt.Errorf("%w: image %d is %s", ErrImageNotReady, img.ID, img.Status)
+	}
+	inst, err := e.opts.Store.CreateInstance(ctx, store.InstanceInput{
+		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
+	})
+	if err != nil {
+		return store.Instance{}, err
+	}
+	unlock := e.locks.Lock(inst.ID)
+	defer unlock()
+	e.step("recorded", inst.ID)
+	started := time.Now()
+	if err := e.build(ctx, &inst); err != nil {
+		e.log.Error("engine: instance creation failed; undoing", "instance_id", inst.ID, "err", err)
+		if uerr := e.teardown(context.WithoutCancel(ctx), inst.ID); uerr != nil {
+			e.log.Error("engine: undoing a failed creation", "instance_id", inst.ID, "err", uerr)
+		}
+		return store.Instance{}, err
+	}
+	e.log.Info("engine: instance ready", "instance_id", inst.ID, "image_id", inst.ImageID,
+		"port", inst.Port, "duration_ms", time.Since(started).Milliseconds())
+	return inst, nil
+}
+
+func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
+	creds, err := newCredentials(e.opts.PublicHostname)
+	if err != nil {
+		return err
+	}
+	if err := e.opts.Store.SetInstanceCredentials(ctx, inst.ID, creds); err != nil {
+		return err
+	}
+	inst.Credentials = creds
+	e.step("credentials", inst.ID)
+
+	port, err := e.opts.Store.AllocatePort(ctx, inst.ID, e.opts.MinPort, e.opts.MaxPort, portIsFree)
+	if errors.Is(err, store.ErrPortsExhausted) {
+		return fmt.Errorf("%w in [%d, %d)", ErrNoPort, e.opts.MinPort, e.opts.MaxPort)
+	}
+	if err != nil {
+		return err
+	}
+	inst.Port = port
+	e.step("port", inst.ID)
+
+	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID)); err != nil {
+		return fmt.Errorf("cloning image %d: %w", inst.ImageID, err)
+	}
+	e.step("cloned", inst.ID)
+
+	if err := e.start(ctx, *inst, true); err != nil {
+		return err
+	}
+	if err := e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceRunning, ""); err != nil {
+		return err
+	}
+	inst.Status = store.InstanceRunning
+	e.watch(inst.ID)
+	return nil
+}
+
+// start configures and starts the instance's postmaster and waits until it
+// accepts connections; firstStart also sets up the client roles.
+func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool) error {
+	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(inst.ID))
+	if err != nil {
+		return err
+	}
+	binDir, err := postgres.BinDirFor(e.opts.BinPattern, vol.Path)
+	if err != nil {
+		return err
+	}
+	sock := e.socketDir(inst.ID)
+	if err := os.MkdirAll(sock, 0o700); err != nil {
+		return err
+	}
+	if err := e.opts.Owner.Chown(sock, false); err != nil {
+		return err
+	}
+	// The clone's root came from the image; Postgres wants its data
+	// directory private to its owner.
+	if err := e.opts.Owner.Chown(vol.Path, false); err != nil {
+		return err
+	}
+	if err := os.Chmod(vol.Path, 0o700); err != nil {
+		return err
+	}
+	certs := postgres.Certificates{
+		CA: inst.CACertificate, ServerCert: inst.ServerCertificate, ServerKey: inst.ServerKey,
+		ClientCert: inst.ClientCertificate, ClientKey: inst.ClientKey,
+	}
+	settings := postgres.Settings{
+		Port: inst.Port, ListenAddresses: "*", SocketDir: sock, SharedBuffers: e.opts.SharedBuffers,
+		TLS: &certs, PasswordRole: PasswordRole, ClusterName: InstanceVolume(inst.ID), Clone: true,
+	}
+	if err := postgres.Configure(vol.Path, settings, e.opts.Owner); err != nil {
+		return err
+	}
+	if firstStart {
+		e.step("configured", inst.ID)
+	}
+	p, err := postgres.Start(binDir, vol.Path, e.opts.Owner)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.children[inst.ID] = p
+	e.mu.Unlock()
+	if err := e.opts.Store.SetInstancePID(ctx, inst.ID, p.PID); err != nil {
+		return err
+	}
+	if firstStart {
+		e.step("started", inst.ID)
+	}
+	ready, cancel := context.WithTimeout(ctx, e.opts.StartTimeout)
+	defer cancel()
+	if err := postgres.WaitReady(ready, p, vol.Path, sock, inst.Port, "postgres"); err != nil {
+		return err
+	}
+	if firstStart {
+		url := postgres.SocketURL(sock, inst.Port, "postgres", "postgres")
+		if err := postgres.SetUpClientRoles(ctx, url, PasswordRole, inst.Password); err != nil {
+			return err
+		}
+		e.step("ready", inst.ID)
+	}
+	return nil
+}
+
+func newCredentials(hostname string) (store.Credentials, error) {
+	hosts := []string{hostname}
+	for _, h := range []string{"localhost", "127.0.0.1"} {
+		if h != hostname {
+			hosts = append(hosts, h)
+		}
+	}
+	certs, err := postgres.NewCertificates(hosts)
+	if err != nil {
+		return store.Credentials{}, err
+	}
+	secret := make([]byte, 24)
+	if _, err := rand.Read(secret); err != nil {
+		return store.Credentials{}, err
+	}
+	return store.Credentials{
+		Username:          PasswordRole,
+		Password:          base64.RawURLEncoding.EncodeToString(secret),
+		CACertificate:     certs.CA,
+		ServerCertificate: certs.ServerCert,
+		ServerKey:         certs.ServerKey,
+		ClientCertificate: certs.ClientCert,
+		ClientKey:         certs.ClientKey,
+	}, nil
+}
+
+// portIsFree checks by binding that nothing listens on the port, on every
+// address (instances listen on all of them).
+func portIsFree(port int) bool {
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// DestroyInstance stops the instance's postmaster, destroys its volume and
+// deletes its record, which frees its port.
+func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
+	unlock := e.locks.Lock(id)
+	defer unlock()
+	if _, err := e.opts.Store.GetInstance(ctx, id); errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: instance %d", ErrNotFound, id)
+	} else if err != nil {
+		return err
+	}
+	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceDestroying, ""); err != nil {
+		return err
+	}
+	return e.teardown(ctx, id)
+}
+
+// teardown removes whatever an instance has, in the reverse order of
+// creation; each step tolerates what is already gone.
+func (e *Engine) teardown(ctx context.Context, id int64) error {
+	e.unwatch(id)
+	name := InstanceVolume(id)
+	if err := e.stopVolume(ctx, name); err != nil {
+		return err
+	}
+	if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("destroying volume %s: %w", name, err)
+	}
+	if err := os.RemoveAll(e.socketDir(id)); err != nil {
+		return err
+	}
+	if err := e.opts.Store.DeleteInstance(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	e.mu.Lock()
+	delete(e.children, id)
+	e.mu.Unlock()
+	e.log.Info("engine: instance destroyed", "instance_id", id)
+	return nil
+}
+
+// stopVolume stops a postmaster running on the volume, if any.
+func (e *Engine) stopVolume(ctx context.Context, name string) error {
+	vol, err := e.opts.Storage.Get(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := postgres.StopAll(ctx, vol.Path, 10*time.Second); err != nil {
+		return fmt.Errorf("stopping the postmaster of %s: %w", name, err)
+	}
+	return nil
+}
+
+// keyedMutex is a mutex per id.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[int64]*sync.Mutex
+}
+
+func (k *keyedMutex) get(id int64) *sync.Mutex {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.locks == nil {
+		k.locks = map[int64]*sync.Mutex{}
+	}
+	m := k.locks[id]
+	if m == nil {
+		m = &sync.Mutex{}
+		k.locks[id] = m
+	}
+	return m
+}
+
+// Lock waits for id's lock and returns its release.
+func (k *keyedMutex) Lock(id int64) func() {
+	m := k.get(id)
+	m.Lock()
+	return m.Unlock
+}
+
+// TryLock takes id's lock if it is free.
+func (k *keyedMutex) TryLock(id int64) (func(), bool) {
+	m := k.get(id)
+	if !m.TryLock() {
+		return nil, false
+	}
+	return m.Unlock, true
+}

@@ -1,0 +1,618 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/metadb"
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/storage/btrfs"
+	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/testfs"
+)
+
+var ctx = context.Background()
+
+// The test binary doubles as a short-lived sindrid: with these variables
+// set it creates one instance and exits, or is killed on the way.
+const (
+	childEnv   = "SINDRI_ENGINE_TEST_CHILD"
+	crashEnv   = "SINDRI_ENGINE_TEST_CRASH_AT"
+	dbEnv      = "SINDRI_ENGINE_TEST_DB"
+	rootEnv    = "SINDRI_ENGINE_TEST_ROOT"
+	runDirEnv  = "SINDRI_ENGINE_TEST_RUNDIR"
+	portsEnv   = "SINDRI_ENGINE_TEST_PORTS"
+	childImage = 1
+)
+
+var meta *metadb.Cluster
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(childMain())
+	}
+	code := func() int {
+		flag.Parse()
+		if os.Geteuid() != 0 {
+			return m.Run() // the tests skip themselves
+		}
+		dir, err := os.MkdirTemp("", "sindri-engine-meta-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		os.Chmod(dir, 0o755)
+		owner, err := postgres.LookupUser("postgres")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		meta, err = metadb.Start(ctx, filepath.Join(dir, "meta"), pgtest.BinPattern, owner, quietLogger())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer meta.Stop(ctx)
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func quietLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// world is one test's metadata database, filesystem and image.
+type world struct {
+	dbURL   string
+	store   *store.Store
+	root    string
+	storage storage.Driver
+	runDir  string
+	owner   postgres.OSUser
+	minPort int
+	maxPort int
+}
+
+var dbCounter atomic.Int64
+
+func newWorld(t *testing.T, ports int) *world {
+	t.Helper()
+	owner := pgtest.Owner(t)
+	conn, err := pgx.Connect(ctx, meta.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("engine_test_%d_%d", os.Getpid(), dbCounter.Add(1))
+	if _, err := conn.Exec(ctx, "create database "+name); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	w := &world{dbURL: strings.Replace(meta.URL(), "/"+metadb.Database+"?", "/"+name+"?", 1), owner: owner}
+	if w.store, err = store.Open(ctx, w.dbURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.store.Close)
+	if _, err := w.store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mnt := testfs.Btrfs(t, 2<<30)
+	// The postgres user must reach the data directories under the mount.
+	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	w.root = filepath.Join(mnt, "sindri")
+	if w.storage, err = btrfs.New(w.root); err != nil {
+		t.Fatal(err)
+	}
+	if w.runDir, err = os.MkdirTemp("", "sr"); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(w.runDir, 0o711)
+	t.Cleanup(func() { os.RemoveAll(w.runDir) })
+	w.minPort = pgtest.FreePort(t)
+	w.maxPort = w.minPort + ports
+	w.makeImage(t, childImage, "")
+	t.Cleanup(func() { w.stopAll(t) })
+	return w
+}
+
+// makeImage freezes a copy of the template data directory into image id,
+// with PG_VERSION replaced when pgVersion is set ("-" removes it).
+func (w *world) makeImage(t *testing.T, id int64, pgVersion string) {
+	t.Helper()
+	img, err := w.store.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.ID != id {
+		t.Fatalf("image id %d, want %d", img.ID, id)
+	}
+	vol, err := w.storage.Create(ctx, fmt.Sprintf("upload-%d", id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", pgtest.Template(t)+"/.", vol.Path).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	switch pgVersion {
+	case "":
+	case "-":
+		os.Remove(filepath.Join(vol.Path, "PG_VERSION"))
+	default:
+		os.WriteFile(filepath.Join(vol.Path, "PG_VERSION"), []byte(pgVersion+"\n"), 0o600)
+	}
+	w.owner.Chown(vol.Path, false)
+	os.Chmod(vol.Path, 0o700)
+	if _, err := w.storage.Freeze(ctx, vol.Name, engine.ImageVolume(id)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.store.MarkImageReady(ctx, id, "15", 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (w *world) options() engine.Options {
+	return engine.Options{
+		Store: w.store, Storage: w.storage, Owner: w.owner, BinPattern: pgtest.BinPattern,
+		MinPort: w.minPort, MaxPort: w.maxPort, PublicHostname: "localhost", SharedBuffers: "16MB",
+		RunDir: w.runDir, Logger: quietLogger(), SupervisePeriod: 200 * time.Millisecond,
+	}
+}
+
+// stopAll stops every postmaster left on the test's filesystem, so that
+// its unmount succeeds.
+func (w *world) stopAll(t *testing.T) {
+	entries, _ := w.storage.List(ctx)
+	for _, e := range entries {
+		if e.Kind == storage.KindVolume {
+			postgres.Stop(ctx, e.Path, 5*time.Second)
+		}
+	}
+}
+
+// postmastersUnder lists the live postgres processes whose working
+// directory is under dir.
+func postmastersUnder(dir string) []int {
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || !postgres.Running(pid) {
+			continue
+		}
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err == nil && strings.HasPrefix(cwd, dir+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func certConn(t *testing.T, inst store.Instance) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{"ca.crt": inst.CACertificate, "client.crt": inst.ClientCertificate, "client.key": inst.ClientKey}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("host=localhost port=%d dbname=postgres user=draupnir sslmode=verify-ca sslrootcert=%s sslcert=%s sslkey=%s",
+		inst.Port, filepath.Join(dir, "ca.crt"), filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
+}
+
+func passwordConn(inst store.Instance) string {
+	return fmt.Sprintf("postgres://%s:%s@localhost:%d/postgres?sslmode=require", inst.Username, inst.Password, inst.Port)
+}
+
+func sql(t *testing.T, conn, query string) (string, error) {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	db, err := pgx.Connect(c, conn)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close(ctx)
+	var out string
+	err = db.QueryRow(c, query).Scan(&out)
+	return out, err
+}
+
+func mustSQL(t *testing.T, conn, query string) string {
+	t.Helper()
+	out, err := sql(t, conn, query)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return out
+}
+
+func execSQL(t *testing.T, conn, stmt string) {
+	t.Helper()
+	db, err := pgx.Connect(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	if _, err := db.Exec(ctx, stmt); err != nil {
+		t.Fatalf("%s: %v", stmt, err)
+	}
+}
+
+func volumeNames(t *testing.T, d storage.Driver) []string {
+	t.Helper()
+	entries, err := d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name)
+	}
+	return names
+}
+
+func TestCreateLoginIsolationDestroy(t *testing.T) {
+	w := newWorld(t, 10)
+	e := engine.New(w.options())
+	a, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "a@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "b@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Status != store.InstanceRunning || a.Port == b.Port || a.Port < w.minPort || a.Port >= w.maxPort {
+		t.Fatalf("instances %+v and %+v: want running, distinct ports in range", a, b)
+	}
+	for name, conn := range map[string]string{"certificate": certConn(t, a), "password": passwordConn(a)} {
+		if got := mustSQL(t, conn, "select rolsuper::text from pg_roles where rolname = current_user"); got != "false" {
+			t.Errorf("%s login is a superuser", name)
+		}
+	}
+	// Grants are the image's business (finalise); here the superuser, over
+	// the private socket, makes a table the client roles may write.
+	superuser := postgres.SocketURL(filepath.Join(w.runDir, strconv.FormatInt(a.ID, 10)), a.Port, "postgres", "postgres")
+	execSQL(t, superuser, "create table only_in_a (x int); grant all on only_in_a to draupnir")
+	execSQL(t, passwordConn(a), "insert into only_in_a values (1)")
+	if got := mustSQL(t, certConn(t, a), "select count(*)::text from only_in_a"); got != "1" {
+		t.Fatalf("the certificate login does not see the password login's table: %s", got)
+	}
+	if _, err := sql(t, passwordConn(b), "select count(*)::text from only_in_a"); err == nil {
+		t.Fatal("a table made in one instance is visible in another")
+	}
+
+	if err := e.DestroyInstance(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", a.Port), time.Second); err == nil {
+		c.Close()
+		t.Fatalf("port %d still accepts connections after destroy", a.Port)
+	}
+	if _, err := w.store.GetInstance(ctx, a.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("record after destroy: %v", err)
+	}
+	if got, want := volumeNames(t, w.storage), []string{"image-1", "instance-2"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("volumes after destroy: %v, want %v", got, want)
+	}
+	if err := e.DestroyInstance(ctx, a.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("second destroy: %v, want ErrNotFound", err)
+	}
+}
+
+func TestKilledPostmasterAnswersAgainWithinTwoSeconds(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	go e.Run(run, time.Minute)
+
+	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	st, err := postgres.Status(vol.Path)
+	if err != nil || !st.Alive {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	killed := time.Now()
+	syscall.Kill(st.PID, syscall.SIGKILL)
+	for {
+		if _, err := sql(t, passwordConn(inst), "select 'ok'"); err == nil {
+			break
+		}
+		if time.Since(killed) > 2*time.Second {
+			t.Fatalf("instance not answering 2s after kill -9 of its postmaster")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("answering again %d ms after kill -9", time.Since(killed).Milliseconds())
+	if st2, _ := postgres.Status(vol.Path); st2.PID == st.PID {
+		t.Fatal("same pid: the postmaster was not restarted")
+	}
+}
+
+func TestRepeatedCrashesMarkTheInstanceFailed(t *testing.T) {
+	w := newWorld(t, 5)
+	opts := w.options()
+	opts.MaxCrashes = 3
+	e := engine.New(opts)
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	go e.Run(run, time.Minute)
+	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, err := w.store.GetInstance(ctx, inst.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status == store.InstanceFailed {
+			if !strings.Contains(got.Error, "crashed 3 times") || !strings.Contains(got.Error, "database system") {
+				t.Fatalf("error %q: want the crash count and the log's last lines", got.Error)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance still %s after repeated crashes", got.Status)
+		}
+		if st, err := postgres.Status(vol.Path); err == nil && st.Alive {
+			syscall.Kill(st.PID, syscall.SIGKILL)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Reconcile frees the port of a failed instance.
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.store.GetInstance(ctx, inst.ID); got.Port != 0 {
+		t.Fatalf("failed instance still holds port %d", got.Port)
+	}
+}
+
+// childMain is the short-lived sindrid: it creates one instance of image 1
+// and exits 0, unless CrashAt kills it first.
+func childMain() int {
+	ports := strings.Split(os.Getenv(portsEnv), "-")
+	minPort, _ := strconv.Atoi(ports[0])
+	maxPort, _ := strconv.Atoi(ports[1])
+	s, err := store.Open(ctx, os.Getenv(dbEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	d, err := btrfs.New(os.Getenv(rootEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	owner, _ := postgres.LookupUser("postgres")
+	e := engine.New(engine.Options{
+		Store: s, Storage: d, Owner: owner, BinPattern: pgtest.BinPattern, MinPort: minPort, MaxPort: maxPort,
+		PublicHostname: "localhost", SharedBuffers: "16MB", RunDir: os.Getenv(runDirEnv),
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)), CrashAt: os.Getenv(crashEnv),
+	})
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "upload"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 3
+	}
+	fmt.Println(inst.ID)
+	return 0
+}
+
+func (w *world) runChild(t *testing.T, crashAt string) (stdout string, err error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=1", crashEnv+"="+crashAt, dbEnv+"="+w.dbURL,
+		rootEnv+"="+w.root, runDirEnv+"="+w.runDir, fmt.Sprintf("%s=%d-%d", portsEnv, w.minPort, w.maxPort))
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	if testing.Verbose() {
+		t.Logf("child (crash at %q): %v\n%s", crashAt, err, errOut.String())
+	}
+	return out.String(), err
+}
+
+func TestSIGKILLAtEachCreationStepLeavesNothingHalfMade(t *testing.T) {
+	for _, step := range engine.CreateSteps {
+		t.Run(step, func(t *testing.T) {
+			w := newWorld(t, 5)
+			_, err := w.runChild(t, step)
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("child did not die by SIGKILL at %s: %v", step, err)
+			}
+			// A new sindrid starts and reconciles.
+			e := engine.New(w.options())
+			if err := e.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			instances, err := w.store.ListInstances(ctx, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(instances) != 0 {
+				t.Fatalf("after a crash at %s and reconcile: %+v, want the creation undone", step, instances)
+			}
+			if got := volumeNames(t, w.storage); strings.Join(got, ",") != "image-1" {
+				t.Fatalf("volumes left: %v, want only image-1", got)
+			}
+			if pids := postmastersUnder(w.root); len(pids) != 0 {
+				t.Fatalf("postmasters left running: %v", pids)
+			}
+			for p := w.minPort; p < w.maxPort; p++ {
+				if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), 200*time.Millisecond); err == nil {
+					c.Close()
+					t.Fatalf("port %d still in use", p)
+				}
+			}
+			// And creation works again, on the lowest port.
+			inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if inst.Port != w.minPort {
+				t.Fatalf("new instance on port %d, want the freed %d", inst.Port, w.minPort)
+			}
+		})
+	}
+}
+
+func TestRestartAdoptsRunningInstances(t *testing.T) {
+	w := newWorld(t, 5)
+	out, err := w.runChild(t, "")
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	id, _ := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	inst, err := w.store.GetInstance(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The sindrid that made it has exited; the instance keeps answering.
+	if got := mustSQL(t, passwordConn(inst), "select 'ok'"); got != "ok" {
+		t.Fatal(got)
+	}
+	e := engine.New(w.options())
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, err := w.store.GetInstance(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(id))
+	st, _ := postgres.Status(vol.Path)
+	if after.Status != store.InstanceRunning || st.PID != inst.PID || after.PID != inst.PID {
+		t.Fatalf("after restart: status %s, pid %d (recorded %d), want running with the same pid %d", after.Status, st.PID, after.PID, inst.PID)
+	}
+	mustSQL(t, certConn(t, inst), "select 'ok'")
+
+	// A postmaster that died while no sindrid ran is started by the next.
+	postgres.Stop(ctx, vol.Path, 5*time.Second)
+	e = engine.New(w.options())
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustSQL(t, passwordConn(inst), "select 'ok'")
+}
+
+func TestFiftyInstancesAtOnce(t *testing.T) {
+	w := newWorld(t, 60)
+	e := engine.New(w.options())
+	const n = 50
+	var wg sync.WaitGroup
+	insts := make([]store.Instance, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			insts[i], errs[i] = e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("instance %d: %v", i, err)
+		}
+	}
+	for _, inst := range insts {
+		if got := mustSQL(t, passwordConn(inst), "select current_setting('port')"); got != strconv.Itoa(inst.Port) {
+			t.Fatalf("instance %d answers on port %s, want %d", inst.ID, got, inst.Port)
+		}
+	}
+	for _, inst := range insts {
+		if err := e.DestroyInstance(ctx, inst.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pids := postmastersUnder(w.root); len(pids) != 0 {
+		t.Fatalf("postmasters left: %v", pids)
+	}
+}
+
+func TestClassifiedCreationErrorsLeaveNothing(t *testing.T) {
+	w := newWorld(t, 1)
+	w.makeImage(t, 2, "9.6")
+	w.makeImage(t, 3, "-")
+	e := engine.New(w.options())
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 2, Owner: "upload"}); !errors.Is(err, postgres.ErrVersionMissing) || !strings.Contains(err.Error(), "9.6") {
+		t.Errorf("image of PostgreSQL 9.6: %v, want ErrVersionMissing naming 9.6", err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 3, Owner: "upload"}); !errors.Is(err, postgres.ErrNotDataDir) {
+		t.Errorf("image without PG_VERSION: %v, want ErrNotDataDir", err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 99, Owner: "upload"}); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("missing image: %v, want ErrNotFound", err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"}); !errors.Is(err, engine.ErrNoPort) {
+		t.Errorf("second instance with one port: %v, want ErrNoPort", err)
+	}
+	instances, _ := w.store.ListInstances(ctx, "")
+	if len(instances) != 1 {
+		t.Fatalf("failed creations left records: %+v", instances)
+	}
+	if got := volumeNames(t, w.storage); strings.Join(got, ",") != "image-1,image-2,image-3,instance-"+strconv.FormatInt(instances[0].ID, 10) {
+		t.Fatalf("volumes: %v", got)
+	}
+}
+
+func TestOrphanVolumesAreRemovedAfterGrace(t *testing.T) {
+	w := newWorld(t, 3)
+	if _, err := w.storage.Clone(ctx, "image-1", "instance-999"); err != nil {
+		t.Fatal(err)
+	}
+	opts := w.options()
+	opts.OrphanGrace = time.Hour
+	if err := engine.New(opts).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.storage.Get(ctx, "instance-999"); err != nil {
+		t.Fatalf("orphan removed before its grace period: %v", err)
+	}
+	opts.OrphanGrace = 0
+	if err := engine.New(opts).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.storage.Get(ctx, "instance-999"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("orphan volume still there after the grace period: %v", err)
+	}
+}

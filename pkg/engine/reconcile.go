@@ -1,0 +1,269 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// watch is the supervisor's record of a running instance.
+type watch struct {
+	crashes   []time.Time // deaths within the crash window
+	restartAt time.Time   // when a death seen is due for its restart
+}
+
+func (e *Engine) watch(id int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.watched[id] == nil {
+		e.watched[id] = &watch{}
+	}
+}
+
+func (e *Engine) unwatch(id int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.watched, id)
+}
+
+// Run supervises running instances every SupervisePeriod and reconciles
+// every reconcileEvery, until ctx ends. Instance postmasters keep running
+// after it returns.
+func (e *Engine) Run(ctx context.Context, reconcileEvery time.Duration) {
+	tick := time.NewTicker(e.opts.SupervisePeriod)
+	defer tick.Stop()
+	reconcile := time.NewTicker(reconcileEvery)
+	defer reconcile.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			e.supervise(ctx)
+		case <-reconcile.C:
+			if err := e.Reconcile(ctx); err != nil {
+				e.log.Error("engine: reconcile", "err", err)
+			}
+		}
+	}
+}
+
+// supervise restarts dead postmasters of running instances, with backoff,
+// and marks an instance failed when it crashed MaxCrashes times within
+// CrashWindow.
+func (e *Engine) supervise(ctx context.Context) {
+	e.mu.Lock()
+	ids := make([]int64, 0, len(e.watched))
+	for id := range e.watched {
+		ids = append(ids, id)
+	}
+	e.mu.Unlock()
+	for _, id := range ids {
+		unlock, ok := e.locks.TryLock(id)
+		if !ok {
+			continue // an operation is under way on it
+		}
+		go func() {
+			defer unlock()
+			e.superviseOne(ctx, id)
+		}()
+	}
+}
+
+func (e *Engine) superviseOne(ctx context.Context, id int64) {
+	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(id))
+	if err != nil {
+		e.log.Error("engine: supervising", "instance_id", id, "err", err)
+		return
+	}
+	if st, err := postgres.Status(vol.Path); err == nil && st.Alive {
+		return
+	}
+	now := time.Now()
+	e.mu.Lock()
+	w := e.watched[id]
+	if w == nil {
+		e.mu.Unlock()
+		return
+	}
+	if w.restartAt.IsZero() { // a death not seen before
+		recent := w.crashes[:0]
+		for _, t := range w.crashes {
+			if now.Sub(t) < e.opts.CrashWindow {
+				recent = append(recent, t)
+			}
+		}
+		w.crashes = append(recent, now)
+		// The first restart is at once; then after 1 s, 2 s, 4 s, ...
+		var delay time.Duration
+		if n := len(w.crashes); n > 1 {
+			delay = time.Second << min(n-2, 5)
+		}
+		w.restartAt = now.Add(delay)
+	}
+	crashes := len(w.crashes)
+	wait := now.Before(w.restartAt)
+	if !wait {
+		w.restartAt = time.Time{}
+	}
+	e.mu.Unlock()
+
+	if crashes >= e.opts.MaxCrashes {
+		e.unwatch(id)
+		msg := fmt.Sprintf("postgres crashed %d times within %s; last log lines:\n%s", crashes, e.opts.CrashWindow, postgres.LogTail(vol.Path, 20))
+		e.log.Error("engine: instance failed", "instance_id", id, "crashes", crashes)
+		if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceFailed, msg); err != nil {
+			e.log.Error("engine: marking instance failed", "instance_id", id, "err", err)
+		}
+		return
+	}
+	if wait {
+		return
+	}
+	e.log.Warn("engine: postmaster died; restarting", "instance_id", id, "crashes_in_window", crashes)
+	inst, err := e.opts.Store.GetInstance(ctx, id)
+	if err != nil {
+		e.log.Error("engine: restarting", "instance_id", id, "err", err)
+		return
+	}
+	if err := e.start(ctx, inst, false); err != nil {
+		e.log.Error("engine: restart failed", "instance_id", id, "err", err)
+	}
+}
+
+// Reconcile makes store, volumes and postmasters agree:
+//   - an instance still "creating" that nobody is creating (the process that
+//     was died) is undone, and one "destroying" is finished;
+//   - a running instance gets its postmaster started when it is not alive,
+//     and adopted (same pid, no restart) when it is;
+//   - an instance whose volume is gone is marked failed, and a failed one
+//     gives up its port;
+//   - a volume no instance references is removed once it has been seen so
+//     for OrphanGrace, its postmaster stopped first.
+func (e *Engine) Reconcile(ctx context.Context) error {
+	instances, err := e.opts.Store.ListInstances(ctx, "")
+	if err != nil {
+		return err
+	}
+	entries, err := e.opts.Storage.List(ctx)
+	if err != nil {
+		return err
+	}
+	volumes := map[string]storage.Entry{}
+	for _, v := range entries {
+		volumes[v.Name] = v
+	}
+	referenced := map[string]bool{}
+	var errs []error
+	for _, inst := range instances {
+		referenced[InstanceVolume(inst.ID)] = true
+		unlock, ok := e.locks.TryLock(inst.ID)
+		if !ok {
+			continue // an operation is under way on it
+		}
+		if err := e.reconcileOne(ctx, inst, volumes); err != nil {
+			errs = append(errs, fmt.Errorf("instance %d: %w", inst.ID, err))
+		}
+		unlock()
+	}
+	e.removeOrphans(ctx, entries, referenced)
+	return errors.Join(errs...)
+}
+
+func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes map[string]storage.Entry) error {
+	name := InstanceVolume(inst.ID)
+	vol, hasVolume := volumes[name]
+	switch inst.Status {
+	case store.InstanceCreating:
+		e.log.Warn("engine: undoing an instance creation cut short", "instance_id", inst.ID)
+		return e.teardown(ctx, inst.ID)
+	case store.InstanceDestroying:
+		e.log.Warn("engine: finishing an instance destruction cut short", "instance_id", inst.ID)
+		return e.teardown(ctx, inst.ID)
+	case store.InstanceFailed:
+		if inst.Port != 0 {
+			if hasVolume {
+				if err := postgres.Stop(ctx, vol.Path, 10*time.Second); err != nil {
+					return err
+				}
+			}
+			e.log.Info("engine: freeing the port of a failed instance", "instance_id", inst.ID, "port", inst.Port)
+			return e.opts.Store.ReleasePort(ctx, inst.ID)
+		}
+		return nil
+	case store.InstanceRunning:
+	default:
+		return nil
+	}
+	if !hasVolume {
+		e.unwatch(inst.ID)
+		e.log.Error("engine: the volume of a running instance is gone", "instance_id", inst.ID)
+		return e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceFailed, "its volume "+name+" is gone")
+	}
+	if st, err := postgres.Status(vol.Path); err == nil && st.Alive {
+		if st.PID != inst.PID {
+			if err := e.opts.Store.SetInstancePID(ctx, inst.ID, st.PID); err != nil {
+				return err
+			}
+		}
+		e.mu.Lock()
+		_, known := e.watched[inst.ID]
+		e.mu.Unlock()
+		if !known {
+			e.log.Info("engine: adopted a running instance", "instance_id", inst.ID, "pid", st.PID, "port", inst.Port)
+		}
+		e.watch(inst.ID)
+		return nil
+	}
+	e.log.Info("engine: starting an instance whose postmaster is not running", "instance_id", inst.ID)
+	if err := e.start(ctx, inst, false); err != nil {
+		msg := fmt.Sprintf("starting postgres: %v", err)
+		e.unwatch(inst.ID)
+		return errors.Join(err, e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceFailed, msg))
+	}
+	e.watch(inst.ID)
+	return nil
+}
+
+func (e *Engine) removeOrphans(ctx context.Context, entries []storage.Entry, referenced map[string]bool) {
+	now := time.Now()
+	seen := map[string]bool{}
+	for _, v := range entries {
+		if _, ok := instanceIDOf(v.Name); !ok || v.Kind != storage.KindVolume || referenced[v.Name] {
+			continue
+		}
+		seen[v.Name] = true
+		e.mu.Lock()
+		first, ok := e.orphans[v.Name]
+		if !ok {
+			first = now
+			e.orphans[v.Name] = now
+		}
+		e.mu.Unlock()
+		if now.Sub(first) < e.opts.OrphanGrace {
+			continue
+		}
+		e.log.Warn("engine: removing a volume no instance references", "volume", v.Name, "unreferenced_for", now.Sub(first).String())
+		if err := e.stopVolume(ctx, v.Name); err != nil {
+			e.log.Error("engine: removing an orphan volume", "volume", v.Name, "err", err)
+			continue
+		}
+		if err := e.opts.Storage.Destroy(ctx, v.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			e.log.Error("engine: removing an orphan volume", "volume", v.Name, "err", err)
+			continue
+		}
+		seen[v.Name] = false
+	}
+	e.mu.Lock()
+	for name := range e.orphans {
+		if !seen[name] {
+			delete(e.orphans, name)
+		}
+	}
+	e.mu.Unlock()
+}
