@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
 )
 
 var sindrid string
@@ -146,9 +148,15 @@ func TestStartsOnLoopbackBtrfsAndMountsItAgain(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount the loopback BTRFS")
 	}
-	data := filepath.Join(t.TempDir(), "data")
+	base := t.TempDir()
+	data := filepath.Join(base, "data")
 	t.Cleanup(func() { _ = exec.Command("umount", data).Run() })
 	addr := freePort(t)
+	socketDir, err := os.MkdirTemp("", "ss")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(socketDir) })
 	cfg := writeConfig(t, fmt.Sprintf(`environment = "development"
 data_path = %q
 shared_secret = "dev-secret"
@@ -156,7 +164,21 @@ shared_secret = "dev-secret"
 insecure_listen_address = %q
 [storage]
 loopback_size = "512MiB"
-`, data, addr))
+[postgres]
+socket_dir = %q
+`, data, addr, socketDir))
+
+	// The postgres user cannot pass a private temporary directory, and
+	// sindrid says which one to open.
+	cmd := exec.Command(sindrid, "-config", cfg)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "chmod o+x") {
+		t.Fatalf("sindrid with a data_path the postgres user cannot reach: %v\n%s", err, out)
+	}
+	exec.Command("umount", data).Run()
+	for d := base; d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
 
 	stop := start(t, cfg, addr)
 	var st syscall.Statfs_t
@@ -170,8 +192,15 @@ loopback_size = "512MiB"
 	if err := os.WriteFile(marker, []byte("kept"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	metaData := filepath.Join(data, "meta", "data")
+	if st, err := postgres.Status(metaData); err != nil || !st.Alive {
+		t.Fatalf("embedded metadata Postgres not running: %+v, %v", st, err)
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("sindrid exit after SIGTERM: %v", err)
+	}
+	if pids := postgres.Postmasters(metaData); len(pids) != 0 {
+		t.Fatalf("the embedded metadata Postgres outlived sindrid: %v", pids)
 	}
 
 	// As after a reboot: nothing mounted, the loopback file still there.

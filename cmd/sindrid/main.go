@@ -18,8 +18,12 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/config"
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/metadb"
+	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/setup"
+	"github.com/sindri-db/sindri/pkg/store"
 	"github.com/sindri-db/sindri/pkg/version"
 )
 
@@ -63,10 +67,15 @@ type Main struct {
 	ConfigPath string
 	Config     *config.Config
 	Storage    storage.Driver
+	Meta       *metadb.Cluster
+	Store      *store.Store
+	Engine     *engine.Engine
 
 	logger *slog.Logger
 	stderr io.Writer
 	health *http.Server
+	stop   context.CancelFunc
+	done   chan struct{}
 }
 
 func NewMain(stderr io.Writer) *Main {
@@ -98,7 +107,9 @@ func (m *Main) ParseFlags(args []string) error {
 }
 
 // Run opens the storage (making and mounting the loopback BTRFS when it is
-// the embedded default) and starts serving.
+// the embedded default), the metadata store (starting the embedded
+// metadata Postgres when no database_url is set), reconciles instances
+// with what is on disk, and starts supervising them.
 func (m *Main) Run(ctx context.Context) error {
 	cfg := m.Config
 	m.logger.Info("sindrid: starting", "version", version.Version, "config", m.ConfigPath, "data_path", cfg.DataPath)
@@ -118,15 +129,56 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
-	entries, err := driver.List(ctx)
-	if err != nil {
-		return fmt.Errorf("storage: %w", err)
-	}
-	m.logger.Info("sindrid: storage ready", "driver", driver.Name(), "entries", len(entries),
+	m.logger.Info("sindrid: storage ready", "driver", driver.Name(),
 		"total_bytes", capacity.TotalBytes, "free_bytes", capacity.FreeBytes)
 
-	// Not yet: the metadata store, the Postgres supervisor and the API
-	// (issues 3 and 4). Until then only the health check answers.
+	owner, err := postgres.LookupUser(cfg.Postgres.User)
+	if err != nil {
+		return err
+	}
+	if err := owner.CheckReach(cfg.DataPath); err != nil {
+		return err
+	}
+	databaseURL := cfg.DatabaseURL
+	if cfg.EmbeddedMetadataDB() {
+		if m.Meta, err = metadb.Start(ctx, cfg.MetaDir(), cfg.Postgres.BinDir, owner, m.logger); err != nil {
+			return fmt.Errorf("embedded metadata database: %w", err)
+		}
+		databaseURL = m.Meta.URL()
+	}
+	if m.Store, err = store.Open(ctx, databaseURL); err != nil {
+		return err
+	}
+	applied, err := m.Store.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied))
+
+	if err := os.MkdirAll(cfg.Postgres.SocketDir, 0o711); err != nil {
+		return fmt.Errorf("postgres.socket_dir: %w", err)
+	}
+	m.Engine = engine.New(engine.Options{
+		Store: m.Store, Storage: driver, Owner: owner, BinPattern: cfg.Postgres.BinDir,
+		MinPort: cfg.Postgres.MinPort, MaxPort: cfg.Postgres.MaxPort,
+		PublicHostname: cfg.PublicHostname, SharedBuffers: cfg.Postgres.SharedBuffers,
+		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
+		Logger: m.logger, OrphanGrace: 10 * time.Minute,
+	})
+	if err := m.Engine.Reconcile(ctx); err != nil {
+		// What could not be reconciled is logged and retried every minute;
+		// the rest of sindrid serves meanwhile.
+		m.logger.Error("sindrid: reconcile at start", "err", err)
+	}
+	engineCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	m.stop, m.done = stop, make(chan struct{})
+	go func() {
+		defer close(m.done)
+		m.Engine.Run(engineCtx, time.Minute)
+	}()
+
+	// Not yet: the JSON:API server (issue 4). Until then only the health
+	// check answers.
 	if addr := cfg.HTTP.InsecureListenAddress; addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -145,16 +197,29 @@ func (m *Main) Run(ctx context.Context) error {
 		}()
 		m.logger.Info("sindrid: health check listening", "address", ln.Addr().String())
 	}
-	m.logger.Warn("sindrid: not yet: the metadata store, instance supervisor and JSON:API server come with the next issues; only storage and GET /health_check run")
+	m.logger.Warn("sindrid: not yet: the JSON:API server comes with the next issue; storage, the metadata store and instance supervision run, and GET /health_check answers")
 	return nil
 }
 
-// Close stops serving. Storage needs no closing: its state is on disk.
+// Close stops serving and supervising, closes the store and stops the
+// embedded metadata Postgres. Instance postmasters keep running: the next
+// start adopts them.
 func (m *Main) Close() error {
-	if m.health == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return m.health.Shutdown(ctx)
+	var errs []error
+	if m.health != nil {
+		errs = append(errs, m.health.Shutdown(ctx))
+	}
+	if m.stop != nil {
+		m.stop()
+		<-m.done
+	}
+	if m.Store != nil {
+		m.Store.Close()
+	}
+	if m.Meta != nil {
+		errs = append(errs, m.Meta.Stop(ctx))
+	}
+	return errors.Join(errs...)
 }

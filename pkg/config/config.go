@@ -60,6 +60,7 @@ const (
 	DefaultMinPort               = 15432
 	DefaultMaxPort               = 16432
 	DefaultSharedBuffers         = "32MB"
+	DefaultSocketDir             = "/run/sindri"
 	DefaultInstanceTTL           = 24 * time.Hour
 	DefaultMaxInstanceTTL        = 168 * time.Hour
 	DefaultExpiryInterval        = 30 * time.Second
@@ -219,6 +220,11 @@ type PostgresConfig struct {
 	// AllowSuperuser lets instance users be Postgres superusers
 	// (default false).
 	AllowSuperuser bool `toml:"allow_superuser"`
+
+	// SocketDir holds each instance's private unix socket directory
+	// (default "/run/sindri"). Keep it short: a socket path has at most
+	// 107 bytes.
+	SocketDir string `toml:"socket_dir"`
 }
 
 // InstancesConfig is the [instances] section: lifetime of clones.
@@ -272,6 +278,7 @@ func Default() *Config {
 			MinPort:       DefaultMinPort,
 			MaxPort:       DefaultMaxPort,
 			SharedBuffers: DefaultSharedBuffers,
+			SocketDir:     DefaultSocketDir,
 		},
 		Instances: InstancesConfig{
 			DefaultTTL:     DefaultInstanceTTL,
@@ -700,6 +707,9 @@ func (c *Config) validatePostgres(v *validator) {
 		v.errorf("postgres.min_port", "postgres.min_port must be below postgres.max_port (got %d and %d)", p.MinPort, p.MaxPort)
 	}
 
+	if !filepath.IsAbs(p.SocketDir) || len(p.SocketDir) > 80 {
+		v.errorf("postgres.socket_dir", "postgres.socket_dir must be an absolute path of at most 80 bytes (a unix socket path has at most 107) (got %q)", p.SocketDir)
+	}
 	if p.SharedBuffers == "" {
 		v.errorf("postgres.shared_buffers", "postgres.shared_buffers must not be empty (default %q)", DefaultSharedBuffers)
 	} else if !sharedBuffersRE.MatchString(p.SharedBuffers) {

@@ -74,6 +74,7 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"postgres.max_port", c.Postgres.MaxPort, 16432},
 		{"postgres.shared_buffers", c.Postgres.SharedBuffers, "32MB"},
 		{"postgres.allow_superuser", c.Postgres.AllowSuperuser, false},
+		{"postgres.socket_dir", c.Postgres.SocketDir, "/run/sindri"},
 		{"instances.default_ttl", c.Instances.DefaultTTL, 24 * time.Hour},
 		{"instances.max_ttl", c.Instances.MaxTTL, 168 * time.Hour},
 		{"instances.expiry_interval", c.Instances.ExpiryInterval, 30 * time.Second},
@@ -276,6 +277,8 @@ func TestInvalidValues(t *testing.T) {
 		{name: "port not an integer", file: "[postgres]\nmin_port = \"15432\"", key: "postgres.min_port", want: "postgres.min_port must be an integer, not a string"},
 		{name: "shared_buffers empty", file: "[postgres]\nshared_buffers = \"\"", key: "postgres.shared_buffers", want: "must not be empty"},
 		{name: "shared_buffers unit case", file: "[postgres]\nshared_buffers = \"32mb\"", key: "postgres.shared_buffers", want: "case matters"},
+		{name: "socket_dir relative", file: "[postgres]\nsocket_dir = \"run\"", key: "postgres.socket_dir", want: "must be an absolute path"},
+		{name: "socket_dir too long", file: "[postgres]\nsocket_dir = \"/" + strings.Repeat("x", 90) + "\"", key: "postgres.socket_dir", want: "at most 80 bytes"},
 		{name: "allow_superuser string", file: "[postgres]\nallow_superuser = \"yes\"", key: "postgres.allow_superuser", want: "must be true or false, not a string"},
 
 		// [instances]

@@ -49,6 +49,8 @@ type Options struct {
 	// PublicHostname goes into the server certificates and URLs.
 	PublicHostname string
 	SharedBuffers  string
+	// AllowSuperuser makes the client roles superusers (off by default).
+	AllowSuperuser bool
 	// RunDir holds each instance's private socket directory; a short path
 	// such as /run/sindri, since a socket's path has at most 107 bytes.
 	RunDir string
@@ -282,7 +284,7 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	}
 	if firstStart {
 		url := postgres.SocketURL(sock, inst.Port, "postgres", "postgres")
-		if err := postgres.SetUpClientRoles(ctx, url, PasswordRole, inst.Password); err != nil {
+		if err := postgres.SetUpClientRoles(ctx, url, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
 			return err
 		}
 		e.step("ready", inst.ID)

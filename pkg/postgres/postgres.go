@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -110,13 +111,18 @@ func (u OSUser) Chown(path string, recursive bool) error {
 // SetUpClientRoles makes the roles clients log in as, through a superuser
 // connection: ClientRole (certificate logins) and passwordRole with
 // password, a member of ClientRole so that it has the same grants. Neither
-// is a superuser. Existing roles are altered to match.
-func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password string) error {
+// is a superuser unless superuser is set (the allow_superuser setting).
+// Existing roles are altered to match.
+func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password string, superuser bool) error {
 	conn, err := pgx.Connect(ctx, superuserURL)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(ctx)
+	super := "NOSUPERUSER"
+	if superuser {
+		super = "SUPERUSER"
+	}
 	ident := pgx.Identifier{ClientRole}.Sanitize()
 	pwIdent := pgx.Identifier{passwordRole}.Sanitize()
 	stmts := []string{
@@ -124,8 +130,8 @@ func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password 
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
 		END$$`, literal(ClientRole), ident, literal(passwordRole), pwIdent),
-		fmt.Sprintf(`ALTER ROLE %s LOGIN NOSUPERUSER NOREPLICATION NOBYPASSRLS`, ident),
-		fmt.Sprintf(`ALTER ROLE %s LOGIN NOSUPERUSER NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, literal(password)),
+		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS`, ident, super),
+		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, super, literal(password)),
 		fmt.Sprintf(`GRANT %s TO %s`, ident, pwIdent),
 	}
 	for _, stmt := range stmts {
@@ -155,4 +161,29 @@ func NewestMajor(pattern string) (string, error) {
 		return "", fmt.Errorf("%w: no PostgreSQL binaries match %s", ErrVersionMissing, pattern)
 	}
 	return best, nil
+}
+
+// CheckReach tells, in a sentence that says what to change, when the user
+// cannot reach path because a directory on the way denies it search
+// permission.
+func (u OSUser) CheckReach(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+		info, err := os.Stat(dir)
+		if err != nil {
+			return err
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		mode := info.Mode().Perm()
+		reachable := mode&0o001 != 0 || (ok && st.Uid == u.UID && mode&0o100 != 0) || (ok && st.Gid == u.GID && mode&0o010 != 0)
+		if !reachable {
+			return fmt.Errorf("the %s user cannot reach %s: %s is mode %04o; allow it with chmod o+x %s", u.Name, path, dir, mode, dir)
+		}
+		if dir == "/" {
+			return nil
+		}
+	}
 }

@@ -160,7 +160,7 @@ func StartInstance(t testing.TB) *Instance {
 	i.ClientFiles = writeClientFiles(t, base, certs)
 	i.Configure(t)
 	i.Restart(t)
-	if err := postgres.SetUpClientRoles(context.Background(), i.SocketURL(), i.PasswordRole, i.Password); err != nil {
+	if err := postgres.SetUpClientRoles(context.Background(), i.SocketURL(), i.PasswordRole, i.Password, false); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
