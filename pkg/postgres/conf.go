@@ -54,6 +54,9 @@ var cloneDefaults = map[string]string{
 	"archive_command":  "''",
 	"restore_command":  "''",
 	"primary_conninfo": "''",
+	// Subscriptions copied from the original must not start pulling from
+	// its publishers (and the launcher is one process less to start).
+	"max_logical_replication_workers": "0",
 	// Nobody replicates from a clone: minimal WAL is less to write.
 	"wal_level":       "minimal",
 	"max_wal_senders": "0",

@@ -178,15 +178,18 @@ func SocketURL(socketDir string, port int, user, database string) string {
 	return fmt.Sprintf("postgres://%s@/%s?host=%s&port=%d&sslmode=disable", user, database, socketDir, port)
 }
 
-// pollInterval is how often readiness is retried: the cost of a failed
-// attempt is one connect(2) on a unix socket.
-const pollInterval = 2 * time.Millisecond
+// pollInterval is how often readiness is checked.
+const pollInterval = time.Millisecond
 
 // WaitReady returns once the cluster accepts a connection over its unix
-// socket, trying every 2 ms; it fails early when the process ends.
+// socket. It first watches postmaster.pid, where the postmaster writes
+// "ready" the moment it accepts connections (a file read every
+// millisecond: connection attempts before that would each fork a backend
+// that only says "starting up", slowing the start they wait for), then
+// connects, retrying every millisecond until a connection succeeds. It
+// fails early when the process ends.
 func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port int, user string) error {
-	url := SocketURL(socketDir, port, user, "postgres")
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := pgx.ParseConfig(SocketURL(socketDir, port, user, "postgres"))
 	if err != nil {
 		return err
 	}
@@ -199,14 +202,18 @@ func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port 
 			default:
 			}
 		}
-		attempt, cancel := context.WithTimeout(ctx, time.Second)
-		conn, err := pgx.ConnectConfig(attempt, cfg)
-		cancel()
-		if err == nil {
-			conn.Close(ctx)
-			return nil
+		if pf, err := ReadPIDFile(dataDir); err != nil || pf.Status != "ready" {
+			lastErr = fmt.Errorf("postmaster.pid does not say ready yet")
+		} else {
+			attempt, cancel := context.WithTimeout(ctx, time.Second)
+			conn, err := pgx.ConnectConfig(attempt, cfg)
+			cancel()
+			if err == nil {
+				conn.Close(ctx)
+				return nil
+			}
+			lastErr = err
 		}
-		lastErr = err
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("postgres on %s not ready: %w (last attempt: %v)", dataDir, ctx.Err(), lastErr)
