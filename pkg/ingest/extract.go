@@ -1,0 +1,236 @@
+// Package ingest turns an uploaded archive into a data directory: it
+// extracts tar, tar.gz and tar.zst safely into a directory and finds the
+// PostgreSQL data directory inside.
+package ingest
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// ErrUnsafe is an archive entry that would reach outside the directory or
+// make something that is not a plain file, directory or inner link.
+// ErrNotArchive is input that is not a (compressed) tar archive.
+var (
+	ErrUnsafe     = errors.New("unsafe archive entry")
+	ErrNotArchive = errors.New("not a tar, tar.gz or tar.zst archive")
+)
+
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// Decompress returns a reader of the tar stream in r, which may be a plain
+// tar or one compressed with gzip or zstd (klauspost/compress: faster than
+// a cgo binding and no external zstd binary), told apart by magic bytes.
+func Decompress(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	head, err := br.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	switch {
+	case bytes.HasPrefix(head, gzipMagic):
+		z, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("%w: bad gzip header: %v", ErrNotArchive, err)
+		}
+		return z, nil
+	case bytes.HasPrefix(head, zstdMagic):
+		z, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("%w: bad zstd header: %v", ErrNotArchive, err)
+		}
+		return z.IOReadCloser(), nil
+	}
+	return io.NopCloser(br), nil
+}
+
+// Extract writes the archive read from r into dir, which must exist.
+// Every path is resolved under dir through os.Root, so that no entry and
+// no symbolic link made by an earlier entry leads outside it. It refuses
+// absolute names, "..", links whose target leaves the directory,
+// devices, FIFOs and sockets, and reports the entry. Owners are not kept
+// (the caller gives the tree to the postgres user); modes are, less
+// setuid, setgid and sticky bits.
+func Extract(ctx context.Context, r io.Reader, dir string) (entries int, err error) {
+	stream, err := Decompress(r)
+	if err != nil {
+		return 0, err
+	}
+	defer stream.Close()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	tr := tar.NewReader(stream)
+	for {
+		if err := ctx.Err(); err != nil {
+			return entries, err
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			if entries == 0 {
+				return 0, fmt.Errorf("%w: the archive is empty", ErrNotArchive)
+			}
+			return entries, nil
+		}
+		if err != nil {
+			if entries == 0 {
+				return 0, fmt.Errorf("%w: %v", ErrNotArchive, err)
+			}
+			return entries, fmt.Errorf("reading the archive after %d entries (truncated?): %w", entries, err)
+		}
+		name, err := safeName(hdr.Name)
+		if err != nil {
+			return entries, err
+		}
+		if name == "." {
+			continue
+		}
+		if err := extractEntry(root, tr, hdr, name); err != nil {
+			return entries, err
+		}
+		entries++
+	}
+}
+
+// safeName cleans an entry's name to a relative slash path, or refuses it.
+func safeName(name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("%w: empty or NUL in name %q", ErrUnsafe, name)
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", fmt.Errorf("%w: absolute path %q", ErrUnsafe, name)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("%w: %q climbs out with '..'", ErrUnsafe, name)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+// linkInside tells whether a symbolic link's target can only lead to
+// somewhere under the link's own directory: relative and without "..".
+// (A ".." that looks harmless on its own can escape through another link
+// named in the same path, so none is accepted.)
+func linkInside(target string) bool {
+	if target == "" || strings.HasPrefix(target, "/") {
+		return false
+	}
+	for _, part := range strings.Split(target, "/") {
+		if part == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) error {
+	mode := fs.FileMode(hdr.Mode).Perm()
+	if dir := path.Dir(name); dir != "." {
+		if err := root.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("%w: %q: %v", ErrUnsafe, name, err)
+		}
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: %q: %v", ErrUnsafe, name, err)
+		}
+		return root.Chmod(name, mode|0o700)
+	case tar.TypeReg, tar.TypeRegA:
+		f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
+		if err != nil {
+			return fmt.Errorf("%w: %q: %v", ErrUnsafe, name, err)
+		}
+		if _, err := io.Copy(f, tr); err != nil {
+			f.Close()
+			return fmt.Errorf("writing %q (truncated archive?): %w", name, err)
+		}
+		return f.Close()
+	case tar.TypeSymlink:
+		if !linkInside(hdr.Linkname) {
+			return fmt.Errorf("%w: symbolic link %q -> %q may lead outside the data directory (only relative links without '..' are accepted; tablespaces are not supported)", ErrUnsafe, name, hdr.Linkname)
+		}
+		return root.Symlink(hdr.Linkname, name)
+	case tar.TypeLink:
+		target, err := safeName(hdr.Linkname)
+		if err != nil {
+			return fmt.Errorf("%w: hard link %q -> %q leads outside the data directory", ErrUnsafe, name, hdr.Linkname)
+		}
+		if err := root.Link(target, name); err != nil {
+			return fmt.Errorf("%w: hard link %q -> %q: %v", ErrUnsafe, name, hdr.Linkname, err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%w: %q is a %s, not a file, directory or link", ErrUnsafe, name, typeName(hdr.Typeflag))
+	}
+}
+
+func typeName(flag byte) string {
+	switch flag {
+	case tar.TypeChar:
+		return "character device"
+	case tar.TypeBlock:
+		return "block device"
+	case tar.TypeFifo:
+		return "FIFO"
+	default:
+		return fmt.Sprintf("tar entry of type %q", flag)
+	}
+}
+
+// ErrNoDataDir is an archive without a PostgreSQL data directory.
+var ErrNoDataDir = errors.New("the archive holds no PostgreSQL data directory (no PG_VERSION at its top or one directory down)")
+
+// HoistDataDir makes dir itself the data directory when the archive put
+// it one directory down (data/PG_VERSION): the entries of that directory
+// move up. It returns ErrNoDataDir when neither level has PG_VERSION.
+func HoistDataDir(dir string) error {
+	if _, err := os.Lstat(path.Join(dir, "PG_VERSION")); err == nil {
+		return nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(entries) != 1 || !entries[0].IsDir() {
+		return ErrNoDataDir
+	}
+	inner := path.Join(dir, entries[0].Name())
+	if _, err := os.Lstat(path.Join(inner, "PG_VERSION")); err != nil {
+		return ErrNoDataDir
+	}
+	// Moved aside first, so that an entry named like the directory
+	// itself cannot collide.
+	aside := path.Join(dir, ".sindri-hoist")
+	if err := os.Rename(inner, aside); err != nil {
+		return err
+	}
+	children, err := os.ReadDir(aside)
+	if err != nil {
+		return err
+	}
+	for _, c := range children {
+		if err := os.Rename(path.Join(aside, c.Name()), path.Join(dir, c.Name())); err != nil {
+			return err
+		}
+	}
+	return os.Remove(aside)
+}
