@@ -51,6 +51,8 @@ type Options struct {
 	SharedBuffers  string
 	// AllowSuperuser makes the client roles superusers (off by default).
 	AllowSuperuser bool
+	// UploadsDir holds each image's upload directory (data_path/image_uploads).
+	UploadsDir string
 	// RunDir holds each instance's private socket directory; a short path
 	// such as /run/sindri, since a socket's path has at most 107 bytes.
 	RunDir string
@@ -74,14 +76,16 @@ type Options struct {
 
 // Engine runs instances' lifecycles.
 type Engine struct {
-	opts  Options
-	log   *slog.Logger
-	locks keyedMutex
+	opts       Options
+	log        *slog.Logger
+	locks      keyedMutex // per instance
+	imageLocks keyedMutex // per image
 
-	mu       sync.Mutex
-	watched  map[int64]*watch
-	orphans  map[string]time.Time // volume name → first seen unreferenced
-	children map[int64]*postgres.Process
+	mu         sync.Mutex
+	watched    map[int64]*watch
+	orphans    map[string]time.Time // volume name → first seen unreferenced
+	children   map[int64]*postgres.Process
+	finalising map[int64]*finaliseRun
 }
 
 // New returns an engine; call Reconcile, then Run.
@@ -102,11 +106,12 @@ func New(opts Options) *Engine {
 		opts.StartTimeout = 2 * time.Minute
 	}
 	return &Engine{
-		opts:     opts,
-		log:      opts.Logger,
-		watched:  map[int64]*watch{},
-		orphans:  map[string]time.Time{},
-		children: map[int64]*postgres.Process{},
+		opts:       opts,
+		log:        opts.Logger,
+		watched:    map[int64]*watch{},
+		orphans:    map[string]time.Time{},
+		children:   map[int64]*postgres.Process{},
+		finalising: map[int64]*finaliseRun{},
 	}
 }
 
@@ -184,6 +189,7 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 	}
 	e.log.Info("engine: instance ready", "instance_id", inst.ID, "image_id", inst.ImageID,
 		"port", inst.Port, "duration_ms", time.Since(started).Milliseconds())
+	e.audit(ctx, "create_instance", "instance", inst.ID, "ok", "")
 	return inst, nil
 }
 
@@ -342,7 +348,11 @@ func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
 	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceDestroying, ""); err != nil {
 		return err
 	}
-	return e.teardown(ctx, id)
+	if err := e.teardown(ctx, id); err != nil {
+		return err
+	}
+	e.audit(ctx, "destroy_instance", "instance", id, "ok", "")
+	return nil
 }
 
 // teardown removes whatever an instance has, in the reverse order of

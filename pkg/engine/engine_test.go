@@ -180,7 +180,8 @@ func (w *world) options() engine.Options {
 	return engine.Options{
 		Store: w.store, Storage: w.storage, Owner: w.owner, BinPattern: pgtest.BinPattern,
 		MinPort: w.minPort, MaxPort: w.maxPort, PublicHostname: "localhost", SharedBuffers: "16MB",
-		RunDir: w.runDir, Logger: quietLogger(), SupervisePeriod: 200 * time.Millisecond,
+		RunDir: w.runDir, UploadsDir: filepath.Join(w.root, "image_uploads"),
+		Logger: quietLogger(), SupervisePeriod: 200 * time.Millisecond,
 	}
 }
 

@@ -1,0 +1,507 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/ingest"
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// More classified errors of the engine.
+var (
+	ErrImageHasInstances = errors.New("image has instances")
+	ErrImageNotPending   = errors.New("image no longer accepts uploads")
+	ErrFinaliseFailed    = errors.New("finalising the image failed")
+)
+
+// UploadVolume names the writable volume an image's data is prepared in
+// before it is frozen.
+func UploadVolume(id int64) string { return "upload-" + strconv.FormatInt(id, 10) }
+
+// UploadFile is the name of the tarball that PUT /images/{id}/upload
+// writes into the image's upload directory; scp may add others.
+const UploadFile = "upload.tar"
+
+// ImageRequest is what a caller asks for when creating an image.
+type ImageRequest struct {
+	Name                string
+	BackedUpAt          time.Time
+	AnonymisationScript string
+}
+
+func (e *Engine) uploadDir(id int64) string {
+	return filepath.Join(e.opts.UploadsDir, strconv.FormatInt(id, 10))
+}
+
+// CreateImage records a pending image and makes its upload directory and
+// its empty upload volume.
+func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image, error) {
+	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
+		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
+	})
+	if err != nil {
+		return store.Image{}, err
+	}
+	unlock := e.imageLocks.Lock(img.ID)
+	defer unlock()
+	if err := os.MkdirAll(e.uploadDir(img.ID), 0o750); err != nil {
+		return store.Image{}, err
+	}
+	if _, err := e.opts.Storage.Create(ctx, UploadVolume(img.ID)); err != nil && !errors.Is(err, storage.ErrExists) {
+		return store.Image{}, err
+	}
+	e.audit(ctx, "create_image", "image", img.ID, "ok", "")
+	return img, nil
+}
+
+// UploadImage streams body into the image's upload directory, replacing
+// an earlier upload. Only a pending or failed image takes uploads.
+func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int64, error) {
+	unlock := e.imageLocks.Lock(id)
+	defer unlock()
+	img, err := e.getImage(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if img.Status != store.ImagePending && img.Status != store.ImageFailed {
+		return 0, fmt.Errorf("%w: image %d is %s", ErrImageNotPending, id, img.Status)
+	}
+	dir := e.uploadDir(id)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return 0, err
+	}
+	tmp, err := os.CreateTemp(dir, ".upload-*")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(tmp.Name())
+	n, err := io.Copy(tmp, body)
+	if err != nil {
+		tmp.Close()
+		return n, fmt.Errorf("receiving the upload after %d bytes: %w", n, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return n, err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, UploadFile)); err != nil {
+		return n, err
+	}
+	e.log.Info("engine: image upload received", "image_id", id, "bytes", n)
+	return n, nil
+}
+
+func (e *Engine) getImage(ctx context.Context, id int64) (store.Image, error) {
+	img, err := e.opts.Store.GetImage(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return img, fmt.Errorf("%w: image %d", ErrNotFound, id)
+	}
+	return img, err
+}
+
+// finaliseRun is one finalise of an image that callers wait on together.
+type finaliseRun struct {
+	done chan struct{}
+	img  store.Image
+	err  error
+}
+
+// FinaliseImage prepares the uploaded data directory and freezes it into
+// the image. It is idempotent: a ready image returns at once, and a call
+// while one runs waits for that one. The work is detached from ctx: a
+// caller that goes away does not stop it.
+func (e *Engine) FinaliseImage(ctx context.Context, id int64) (store.Image, error) {
+	img, err := e.getImage(ctx, id)
+	if err != nil {
+		return img, err
+	}
+	if img.Status == store.ImageReady {
+		return img, nil
+	}
+	e.mu.Lock()
+	run := e.finalising[id]
+	if run == nil {
+		run = &finaliseRun{done: make(chan struct{})}
+		e.finalising[id] = run
+		go func() {
+			run.img, run.err = e.finalise(context.WithoutCancel(ctx), id)
+			e.mu.Lock()
+			delete(e.finalising, id)
+			e.mu.Unlock()
+			close(run.done)
+		}()
+	}
+	e.mu.Unlock()
+	select {
+	case <-run.done:
+		return run.img, run.err
+	case <-ctx.Done():
+		return store.Image{}, ctx.Err()
+	}
+}
+
+func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
+	unlock := e.imageLocks.Lock(id)
+	defer unlock()
+	img, err := e.getImage(ctx, id)
+	if err != nil || img.Status == store.ImageReady {
+		return img, err
+	}
+	if err := e.opts.Store.SetImageStatus(ctx, id, store.ImageFinalising, ""); err != nil {
+		return img, err
+	}
+	started := time.Now()
+	pgVersion, size, err := e.prepare(ctx, img)
+	if err != nil {
+		msg := err.Error()
+		e.log.Error("engine: finalising failed", "image_id", id, "err", msg)
+		if serr := e.opts.Store.SetImageStatus(ctx, id, store.ImageFailed, msg); serr != nil {
+			return img, errors.Join(err, serr)
+		}
+		e.audit(ctx, "finalise_image", "image", id, "failed", msg)
+		return e.getImageOr(ctx, id, img), fmt.Errorf("%w: %s", ErrFinaliseFailed, msg)
+	}
+	if err := e.opts.Store.MarkImageReady(ctx, id, pgVersion, size); err != nil {
+		return img, err
+	}
+	e.log.Info("engine: image ready", "image_id", id, "pg_version", pgVersion, "size_bytes", size,
+		"duration_ms", time.Since(started).Milliseconds())
+	e.audit(ctx, "finalise_image", "image", id, "ok", "")
+	return e.getImageOr(ctx, id, img), nil
+}
+
+func (e *Engine) getImageOr(ctx context.Context, id int64, fallback store.Image) store.Image {
+	if img, err := e.opts.Store.GetImage(ctx, id); err == nil {
+		return img
+	}
+	return fallback
+}
+
+// prepare turns the upload into a clean data directory and freezes it:
+// a fresh upload volume, the archive extracted into it, the postmaster's
+// leftovers removed, a private start in which role draupnir gets read and
+// write on every database, the anonymisation script, a checkpoint and a
+// clean shutdown (so that clones start without crash recovery), then the
+// freeze. The upload itself is kept until the image is destroyed, so that
+// a failed finalise can be tried again.
+func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string, size int64, err error) {
+	archive, err := e.findArchive(img.ID)
+	if err != nil {
+		return "", 0, err
+	}
+	volName := UploadVolume(img.ID)
+	if err := e.opts.Storage.Destroy(ctx, volName); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return "", 0, err
+	}
+	vol, err := e.opts.Storage.Create(ctx, volName)
+	if err != nil {
+		return "", 0, err
+	}
+	f, err := os.Open(archive)
+	if err != nil {
+		return "", 0, err
+	}
+	_, err = ingest.Extract(ctx, f, vol.Path)
+	f.Close()
+	if err != nil {
+		return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive), err)
+	}
+	if err := ingest.HoistDataDir(vol.Path); err != nil {
+		return "", 0, err
+	}
+	pgVersion, err = postgres.MajorVersion(vol.Path)
+	if err != nil {
+		return "", 0, err
+	}
+	binDir, err := postgres.BinDir(e.opts.BinPattern, pgVersion)
+	if err != nil {
+		return "", 0, err
+	}
+	for _, leftover := range []string{"postmaster.pid", "postmaster.opts"} {
+		os.Remove(filepath.Join(vol.Path, leftover))
+	}
+	if err := e.opts.Owner.Chown(vol.Path, true); err != nil {
+		return "", 0, err
+	}
+	if err := os.Chmod(vol.Path, 0o700); err != nil {
+		return "", 0, err
+	}
+	if err := e.preparePrivately(ctx, img, vol.Path, binDir); err != nil {
+		return "", 0, err
+	}
+	size, err = dirSize(vol.Path)
+	if err != nil {
+		return "", 0, err
+	}
+	if _, err := e.opts.Storage.Freeze(ctx, volName, ImageVolume(img.ID)); err != nil {
+		return "", 0, err
+	}
+	return pgVersion, size, nil
+}
+
+// findArchive returns the upload: the HTTP upload, or else the single file
+// that scp put into the upload directory.
+func (e *Engine) findArchive(id int64) (string, error) {
+	dir := e.uploadDir(id)
+	if _, err := os.Stat(filepath.Join(dir, UploadFile)); err == nil {
+		return filepath.Join(dir, UploadFile), nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return "", err
+	}
+	var files []string
+	for _, de := range entries {
+		if de.Type().IsRegular() && !strings.HasPrefix(de.Name(), ".") {
+			files = append(files, de.Name())
+		}
+	}
+	switch len(files) {
+	case 0:
+		return "", fmt.Errorf("nothing was uploaded for image %d (PUT /images/%d/upload, or scp a tarball into %s)", id, id, dir)
+	case 1:
+		return filepath.Join(dir, files[0]), nil
+	}
+	return "", fmt.Errorf("image %d has %d uploaded files (%s); leave exactly one tarball", id, len(files), strings.Join(files, ", "))
+}
+
+// preparePrivately starts the data directory on a private socket only,
+// sets up role draupnir, runs the anonymisation script, checkpoints and
+// shuts down cleanly.
+func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir, binDir string) error {
+	sock := filepath.Join(e.opts.RunDir, "image-"+strconv.FormatInt(img.ID, 10))
+	if err := os.MkdirAll(sock, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(sock)
+	if err := e.opts.Owner.Chown(sock, false); err != nil {
+		return err
+	}
+	const port = 5432 // only names the socket file
+	settings := postgres.Settings{Port: port, ListenAddresses: "", SocketDir: sock,
+		SharedBuffers: e.opts.SharedBuffers, ClusterName: ImageVolume(img.ID), Clone: true}
+	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
+		return err
+	}
+	p, err := postgres.Start(binDir, dataDir, e.opts.Owner)
+	if err != nil {
+		return err
+	}
+	defer postgres.StopAll(context.WithoutCancel(ctx), dataDir, time.Minute)
+	// A backup that needs WAL replay recovers to consistency here; the
+	// wait allows for it.
+	ready, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	if err := postgres.WaitReady(ready, p, dataDir, sock, port, "postgres"); err != nil {
+		return err
+	}
+	url := postgres.SocketURL(sock, port, "postgres", "postgres")
+	if err := grantClientRole(ctx, url); err != nil {
+		return err
+	}
+	if img.AnonymisationScript != "" {
+		if err := e.anonymise(ctx, binDir, sock, port, img.AnonymisationScript); err != nil {
+			return err
+		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "CHECKPOINT")
+	conn.Close(ctx)
+	if err != nil {
+		return err
+	}
+	return postgres.Stop(ctx, dataDir, time.Minute)
+}
+
+// grantClientRole creates role draupnir (no login yet: each instance
+// gives it one) and, in every database that takes connections, read and
+// write on all tables, sequences and schemas, now and for objects the
+// owners make later; owners stay as they were.
+func grantClientRole(ctx context.Context, superuserURL string) error {
+	conn, err := pgx.Connect(ctx, superuserURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	role := pgx.Identifier{postgres.ClientRole}.Sanitize()
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`DO $$BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%s') THEN CREATE ROLE %s; END IF;
+	END$$`, postgres.ClientRole, role)); err != nil {
+		return err
+	}
+	rows, err := conn.Query(ctx, "select datname from pg_database where datallowconn order by datname")
+	if err != nil {
+		return err
+	}
+	databases, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	cfg := conn.Config()
+	for _, db := range databases {
+		dbCfg := cfg.Copy()
+		dbCfg.Database = db
+		dbConn, err := pgx.ConnectConfig(ctx, dbCfg)
+		if err != nil {
+			return fmt.Errorf("database %s: %w", db, err)
+		}
+		err = grantInDatabase(ctx, dbConn, role)
+		dbConn.Close(ctx)
+		if err != nil {
+			return fmt.Errorf("granting %s on database %s: %w", postgres.ClientRole, db, err)
+		}
+	}
+	return nil
+}
+
+func grantInDatabase(ctx context.Context, conn *pgx.Conn, role string) error {
+	rows, err := conn.Query(ctx, `select nspname, pg_get_userbyid(nspowner) from pg_namespace
+		where nspname not in ('pg_catalog', 'information_schema', 'pg_toast')
+		  and nspname not like 'pg_temp_%' and nspname not like 'pg_toast_temp_%'`)
+	if err != nil {
+		return err
+	}
+	type schema struct{ name, owner string }
+	schemas, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (schema, error) {
+		var s schema
+		return s, r.Scan(&s.name, &s.owner)
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, fmt.Sprintf("GRANT CONNECT, TEMPORARY, CREATE ON DATABASE %s TO %s",
+		pgx.Identifier{conn.Config().Database}.Sanitize(), role)); err != nil {
+		return err
+	}
+	for _, s := range schemas {
+		n, owner := pgx.Identifier{s.name}.Sanitize(), pgx.Identifier{s.owner}.Sanitize()
+		for _, stmt := range []string{
+			"GRANT USAGE, CREATE ON SCHEMA %[1]s TO %[2]s",
+			"GRANT ALL ON ALL TABLES IN SCHEMA %[1]s TO %[2]s",
+			"GRANT ALL ON ALL SEQUENCES IN SCHEMA %[1]s TO %[2]s",
+			"GRANT ALL ON ALL FUNCTIONS IN SCHEMA %[1]s TO %[2]s",
+			"ALTER DEFAULT PRIVILEGES FOR ROLE %[3]s IN SCHEMA %[1]s GRANT ALL ON TABLES TO %[2]s",
+			"ALTER DEFAULT PRIVILEGES FOR ROLE %[3]s IN SCHEMA %[1]s GRANT ALL ON SEQUENCES TO %[2]s",
+		} {
+			if _, err := conn.Exec(ctx, fmt.Sprintf(stmt, n, role, owner)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// anonymise runs the script with psql as the superuser, stopping at the
+// first error (its \c lines switch databases as they would for a person).
+func (e *Engine) anonymise(ctx context.Context, binDir, sock string, port int, script string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Hour)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+		"-h", sock, "-p", strconv.Itoa(port), "-U", "postgres", "-d", "postgres", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "PGOPTIONS=-c client_min_messages=warning"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.opts.Owner.UID, Gid: e.opts.Owner.GID}}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("the anonymisation script failed: %s", strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+func dirSize(dir string) (int64, error) {
+	var total int64
+	err := filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if info.Mode().IsRegular() {
+			total += info.Size()
+		}
+		return nil
+	})
+	return total, err
+}
+
+// DestroyImage destroys an image, its upload and its record. While it has
+// instances it is refused, unless force, which destroys them first.
+func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) error {
+	unlock := e.imageLocks.Lock(id)
+	defer unlock()
+	if _, err := e.getImage(ctx, id); err != nil {
+		return err
+	}
+	instances, err := e.opts.Store.ListInstances(ctx, "")
+	if err != nil {
+		return err
+	}
+	var of []store.Instance
+	for _, inst := range instances {
+		if inst.ImageID == id {
+			of = append(of, inst)
+		}
+	}
+	if len(of) > 0 && !force {
+		return fmt.Errorf("%w: image %d has %d instance(s)", ErrImageHasInstances, id, len(of))
+	}
+	for _, inst := range of {
+		if err := e.DestroyInstance(ctx, inst.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	for _, name := range []string{ImageVolume(id), UploadVolume(id)} {
+		if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+	}
+	if err := os.RemoveAll(e.uploadDir(id)); err != nil {
+		return err
+	}
+	if err := e.opts.Store.DeleteImage(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	e.audit(ctx, "destroy_image", "image", id, "ok", "")
+	return nil
+}
+
+// audit records an operation; a failure to record is logged, not fatal.
+func (e *Engine) audit(ctx context.Context, action, targetType string, targetID int64, outcome, detail string) {
+	err := e.opts.Store.Audit(ctx, store.AuditEntry{
+		Actor: actorFrom(ctx), Action: action, TargetType: targetType, TargetID: targetID,
+		Outcome: outcome, Detail: detail,
+	})
+	if err != nil {
+		e.log.Error("engine: audit", "action", action, "err", err)
+	}
+}
+
+type actorKey struct{}
+
+// WithActor names who acts for the audit log.
+func WithActor(ctx context.Context, actor string) context.Context {
+	return context.WithValue(ctx, actorKey{}, actor)
+}
+
+func actorFrom(ctx context.Context) string {
+	if a, ok := ctx.Value(actorKey{}).(string); ok && a != "" {
+		return a
+	}
+	return "sindrid"
+}

@@ -1,0 +1,161 @@
+package engine_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// sourceTarball is a tar.gz of a stopped data directory holding table
+// people (3 rows), made the way a user makes one: tar czf.
+func sourceTarball(t *testing.T) []byte {
+	t.Helper()
+	src := pgtest.StartInstance(t)
+	execSQL(t, src.SocketURL(), "create table people (id int primary key, email text); insert into people values (1, 'a@x'), (2, 'b@x'), (3, 'c@y')")
+	if err := postgres.Stop(ctx, src.DataDir, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("tar", "-C", filepath.Dir(src.DataDir), "-czf", "-", filepath.Base(src.DataDir)).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func newImage(t *testing.T, e *engine.Engine, script string, archive []byte) store.Image {
+	t.Helper()
+	img, err := e.CreateImage(ctx, engine.ImageRequest{BackedUpAt: time.Now(), AnonymisationScript: script})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.UploadImage(ctx, img.ID, bytes.NewReader(archive)); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestImageFromTarballToInstance(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	img := newImage(t, e, "", sourceTarball(t))
+
+	var wg sync.WaitGroup
+	results := make([]store.Image, 2)
+	errs := make([]error, 2)
+	for i := range 2 { // two callers of done share one finalise
+		wg.Add(1)
+		go func() { defer wg.Done(); results[i], errs[i] = e.FinaliseImage(ctx, img.ID) }()
+	}
+	wg.Wait()
+	for i := range 2 {
+		if errs[i] != nil || results[i].Status != store.ImageReady || results[i].PGVersion != "15" || results[i].SizeBytes <= 0 {
+			t.Fatalf("finalise %d: %+v, %v", i, results[i], errs[i])
+		}
+	}
+	if again, err := e.FinaliseImage(ctx, img.ID); err != nil || again.Status != store.ImageReady {
+		t.Fatalf("done on a ready image: %+v, %v", again, err)
+	}
+	if _, err := e.UploadImage(ctx, img.ID, strings.NewReader("x")); !errors.Is(err, engine.ErrImageNotPending) {
+		t.Fatalf("upload into a ready image: %v, want ErrImageNotPending", err)
+	}
+	frozen, _ := w.storage.Get(ctx, engine.ImageVolume(img.ID))
+	if err := os.WriteFile(filepath.Join(frozen.Path, "PG_VERSION"), []byte("16\n"), 0o600); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("writing into the image: %v, want EROFS", err)
+	}
+
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: img.ID, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustSQL(t, certConn(t, inst), "select count(*)::text from people"); got != "3" {
+		t.Fatalf("people in the clone: %s", got)
+	}
+	execSQL(t, passwordConn(inst), "insert into people values (4, 'd@x')")
+	execSQL(t, certConn(t, inst), "create table mine (x int)")
+
+	if err := e.DestroyImage(ctx, img.ID, false); !errors.Is(err, engine.ErrImageHasInstances) {
+		t.Fatalf("destroy with an instance: %v, want ErrImageHasInstances", err)
+	}
+	if err := e.DestroyImage(ctx, img.ID, true); err != nil {
+		t.Fatalf("forced destroy: %v", err)
+	}
+	if _, err := w.store.GetInstance(ctx, inst.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the instance outlived its forced image destroy: %v", err)
+	}
+	names := volumeNames(t, w.storage)
+	for _, n := range names {
+		if n != "image-1" { // the fixture image of newWorld
+			t.Fatalf("volumes left after destroying the image: %v", names)
+		}
+	}
+}
+
+func TestAnonymisationScript(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	archive := sourceTarball(t)
+
+	img := newImage(t, e, "\\c postgres\ndelete from people where email like '%@y';\n", archive)
+	if _, err := e.FinaliseImage(ctx, img.ID); err != nil {
+		t.Fatal(err)
+	}
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: img.ID, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustSQL(t, passwordConn(inst), "select string_agg(email, ',' order by id) from people"); got != "a@x,b@x" {
+		t.Fatalf("after anonymisation the clone has %s", got)
+	}
+
+	bad := newImage(t, e, "delete from no_such_table;\n", archive)
+	got, err := e.FinaliseImage(ctx, bad.ID)
+	if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed || !strings.Contains(got.Error, `relation "no_such_table" does not exist`) {
+		t.Fatalf("script with an SQL error: %+v, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(w.root, "image_uploads", "3", engine.UploadFile)); err != nil {
+		t.Fatalf("the upload of a failed image is gone: %v", err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: bad.ID, Owner: "upload"}); !errors.Is(err, engine.ErrImageNotReady) {
+		t.Fatalf("instance of a failed image: %v, want ErrImageNotReady", err)
+	}
+}
+
+func TestFinaliseFailuresSayWhy(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "README"), []byte("not a database"), 0o644)
+	notData, _ := exec.Command("tar", "-C", dir, "-cf", "-", ".").Output()
+	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9.6\n"), 0o644)
+	oldMajor, _ := exec.Command("tar", "-C", dir, "-cf", "-", ".").Output()
+	cases := map[string]struct {
+		archive []byte
+		says    string
+	}{
+		"not a data directory": {notData, "no PostgreSQL data directory"},
+		"a major not installed": {oldMajor, "PostgreSQL 9.6"},
+		"not an archive":        {[]byte(strings.Repeat("junk ", 200)), "not a tar"},
+	}
+	for name, c := range cases {
+		img := newImage(t, e, "", c.archive)
+		got, err := e.FinaliseImage(ctx, img.ID)
+		if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed || !strings.Contains(got.Error, c.says) {
+			t.Errorf("%s: %+v, %v; want failed saying %q", name, got, err, c.says)
+		}
+		if _, err := w.storage.Get(ctx, engine.ImageVolume(img.ID)); err == nil {
+			t.Errorf("%s: a failed finalise left an image volume", name)
+		}
+	}
+}
