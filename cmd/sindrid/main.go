@@ -163,6 +163,7 @@ func (m *Main) Run(ctx context.Context) error {
 		MinPort: cfg.Postgres.MinPort, MaxPort: cfg.Postgres.MaxPort,
 		PublicHostname: cfg.PublicHostname, SharedBuffers: cfg.Postgres.SharedBuffers,
 		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
+		UploadsDir: cfg.UploadsDir(), DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
 		Logger: m.logger, OrphanGrace: 10 * time.Minute,
 	})
 	if err := m.Engine.Reconcile(ctx); err != nil {
@@ -174,7 +175,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.stop, m.done = stop, make(chan struct{})
 	go func() {
 		defer close(m.done)
-		m.Engine.Run(engineCtx, time.Minute)
+		m.Engine.Run(engineCtx, time.Minute, cfg.Instances.ExpiryInterval)
 	}()
 
 	// Not yet: the JSON:API server (issue 4). Until then only the health

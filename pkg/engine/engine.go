@@ -69,6 +69,12 @@ type Options struct {
 	// StartTimeout bounds a postmaster's start.
 	StartTimeout time.Duration
 
+	// DefaultTTL is an instance's lifetime when its creator names none (0:
+	// no expiry); MaxTTL caps what a creator may ask for (0: no cap).
+	DefaultTTL, MaxTTL time.Duration
+	// Now is the clock (tests set it); nil means time.Now.
+	Now func() time.Time
+
 	// CrashAt names a step of CreateInstance at which the process kills
 	// itself with SIGKILL: a fault tests cannot cause otherwise.
 	CrashAt string
@@ -86,6 +92,7 @@ type Engine struct {
 	orphans    map[string]time.Time // volume name → first seen unreferenced
 	children   map[int64]*postgres.Process
 	finalising map[int64]*finaliseRun
+	cloneTimes cloneTimes
 }
 
 // New returns an engine; call Reconcile, then Run.
@@ -187,6 +194,7 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 		}
 		return store.Instance{}, err
 	}
+	e.cloneTimes.add(time.Since(started))
 	e.log.Info("engine: instance ready", "instance_id", inst.ID, "image_id", inst.ImageID,
 		"port", inst.Port, "duration_ms", time.Since(started).Milliseconds())
 	e.audit(ctx, "create_instance", "instance", inst.ID, "ok", "")

@@ -300,8 +300,7 @@ func TestCreateLoginIsolationDestroy(t *testing.T) {
 	}
 	// Grants are the image's business (finalise); here the superuser, over
 	// the private socket, makes a table the client roles may write.
-	superuser := postgres.SocketURL(filepath.Join(w.runDir, strconv.FormatInt(a.ID, 10)), a.Port, "postgres", "postgres")
-	execSQL(t, superuser, "create table only_in_a (x int); grant all on only_in_a to draupnir")
+	execSQL(t, w.superuserConn(a), "create table only_in_a (x int); grant all on only_in_a to draupnir")
 	execSQL(t, passwordConn(a), "insert into only_in_a values (1)")
 	if got := mustSQL(t, certConn(t, a), "select count(*)::text from only_in_a"); got != "1" {
 		t.Fatalf("the certificate login does not see the password login's table: %s", got)
@@ -337,7 +336,7 @@ func TestKilledPostmasterAnswersAgainWithinTwoSeconds(t *testing.T) {
 	}
 	run, stop := context.WithCancel(ctx)
 	defer stop()
-	go e.Run(run, time.Minute)
+	go e.Run(run, time.Minute, time.Minute)
 
 	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
 	st, err := postgres.Status(vol.Path)
@@ -372,7 +371,7 @@ func TestRepeatedCrashesMarkTheInstanceFailed(t *testing.T) {
 	}
 	run, stop := context.WithCancel(ctx)
 	defer stop()
-	go e.Run(run, time.Minute)
+	go e.Run(run, time.Minute, time.Minute)
 	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -616,4 +615,30 @@ func TestOrphanVolumesAreRemovedAfterGrace(t *testing.T) {
 	if _, err := w.storage.Get(ctx, "instance-999"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("orphan volume still there after the grace period: %v", err)
 	}
+}
+
+func stopPostgres(t *testing.T, dataDir string) {
+	t.Helper()
+	if err := postgres.StopAll(ctx, dataDir, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sqlQuiet(conn string) (string, error) {
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	db, err := pgx.Connect(c, conn)
+	if err != nil {
+		return "", err
+	}
+	defer db.Close(ctx)
+	var out string
+	err = db.QueryRow(c, "select 'ok'").Scan(&out)
+	return out, err
+}
+
+// superuserConn reaches an instance as the superuser over its private
+// socket, as sindrid does.
+func (w *world) superuserConn(inst store.Instance) string {
+	return postgres.SocketURL(filepath.Join(w.runDir, strconv.FormatInt(inst.ID, 10)), inst.Port, "postgres", "postgres")
 }

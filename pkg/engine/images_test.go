@@ -144,7 +144,7 @@ func TestFinaliseFailuresSayWhy(t *testing.T) {
 		archive []byte
 		says    string
 	}{
-		"not a data directory": {notData, "no PostgreSQL data directory"},
+		"not a data directory":  {notData, "no PostgreSQL data directory"},
 		"a major not installed": {oldMajor, "PostgreSQL 9.6"},
 		"not an archive":        {[]byte(strings.Repeat("junk ", 200)), "not a tar"},
 	}

@@ -31,20 +31,27 @@ func (e *Engine) unwatch(id int64) {
 	delete(e.watched, id)
 }
 
-// Run supervises running instances every SupervisePeriod and reconciles
-// every reconcileEvery, until ctx ends. Instance postmasters keep running
+// Run supervises running instances every SupervisePeriod, destroys expired
+// instances every expiryEvery and reconciles every reconcileEvery, until
+// ctx ends. Instance postmasters keep running
 // after it returns.
-func (e *Engine) Run(ctx context.Context, reconcileEvery time.Duration) {
+func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Duration) {
 	tick := time.NewTicker(e.opts.SupervisePeriod)
 	defer tick.Stop()
 	reconcile := time.NewTicker(reconcileEvery)
 	defer reconcile.Stop()
+	expiry := time.NewTicker(expiryEvery)
+	defer expiry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			e.supervise(ctx)
+		case <-expiry.C:
+			if _, err := e.DestroyExpired(ctx); err != nil {
+				e.log.Error("engine: destroying expired instances", "err", err)
+			}
 		case <-reconcile.C:
 			if err := e.Reconcile(ctx); err != nil {
 				e.log.Error("engine: reconcile", "err", err)
@@ -126,6 +133,10 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		return
 	}
 	e.log.Warn("engine: postmaster died; restarting", "instance_id", id, "crashes_in_window", crashes)
+	if err := postgres.KillLeftovers(ctx, vol.Path); err != nil {
+		e.log.Error("engine: clearing the dead postmaster's processes", "instance_id", id, "err", err)
+		return
+	}
 	inst, err := e.opts.Store.GetInstance(ctx, id)
 	if err != nil {
 		e.log.Error("engine: restarting", "instance_id", id, "err", err)
@@ -185,6 +196,12 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 	case store.InstanceDestroying:
 		e.log.Warn("engine: finishing an instance destruction cut short", "instance_id", inst.ID)
 		return e.teardown(ctx, inst.ID)
+	case store.InstanceResetting:
+		e.log.Warn("engine: finishing an instance reset cut short", "instance_id", inst.ID)
+		if err := e.reclone(ctx, inst); err != nil {
+			return errors.Join(err, e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceFailed, "reset failed: "+err.Error()))
+		}
+		return nil
 	case store.InstanceFailed:
 		if inst.Port != 0 {
 			if hasVolume {

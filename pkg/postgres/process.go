@@ -363,3 +363,35 @@ func StopAll(ctx context.Context, dataDir string, timeout time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
+
+// KillLeftovers kills, with SIGKILL, every postgres process still working
+// in dataDir once its postmaster is dead: backends and auxiliaries that
+// have not noticed yet would keep the old shared memory in use and make a
+// new postmaster refuse to start. It waits until they are gone.
+func KillLeftovers(ctx context.Context, dataDir string) error {
+	if st, err := Status(dataDir); err == nil && st.Alive {
+		return fmt.Errorf("the postmaster of %s (pid %d) is alive", dataDir, st.PID)
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return err
+	}
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || !Running(pid) {
+			continue
+		}
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && filepath.Clean(cwd) == abs {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			pids = append(pids, pid)
+		}
+	}
+	for _, pid := range pids {
+		if !waitGone(ctx, pid, 5*time.Second) {
+			return fmt.Errorf("process %d of %s did not end after SIGKILL", pid, dataDir)
+		}
+	}
+	return nil
+}

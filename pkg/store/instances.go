@@ -16,6 +16,7 @@ const (
 	InstanceStopped    InstanceStatus = "stopped"    // its server is not running
 	InstanceFailed     InstanceStatus = "failed"     // see Error
 	InstanceDestroying InstanceStatus = "destroying" // being torn down; the row goes last
+	InstanceResetting  InstanceStatus = "resetting"  // volume being cloned again from the image
 )
 
 // Credentials are what a client needs to connect to an instance.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -577,6 +578,22 @@ func Bench(b *testing.B, factory Factory) {
 			if err := d.Destroy(ctx, name); err != nil {
 				b.Fatal(err)
 			}
+			b.StartTimer()
+		}
+	})
+	// What a user without sindri does: copy the data directory.
+	b.Run("FullCopy", func(b *testing.B) {
+		img, err := d.Get(ctx, "image-1")
+		if err != nil {
+			b.Fatal(err)
+		}
+		dst := filepath.Join(b.TempDir(), "copy")
+		for i := 0; i < b.N; i++ {
+			if out, err := exec.Command("cp", "-a", "--reflink=never", img.Path, dst).CombinedOutput(); err != nil {
+				b.Fatalf("cp: %v %s", err, out)
+			}
+			b.StopTimer()
+			os.RemoveAll(dst)
 			b.StartTimer()
 		}
 	})

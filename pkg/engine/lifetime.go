@@ -1,0 +1,236 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// ErrTTLTooLong is a requested lifetime above the configured maximum;
+// ErrInvalid is a request that makes no sense (a negative TTL, a past
+// expiry).
+var (
+	ErrTTLTooLong = errors.New("requested lifetime is longer than the maximum")
+	ErrInvalid    = errors.New("invalid request")
+)
+
+// ExpiryFor turns a requested TTL (0: the default) into an expiry time,
+// nil meaning never.
+func (e *Engine) ExpiryFor(ttl time.Duration) (*time.Time, error) {
+	if ttl < 0 {
+		return nil, fmt.Errorf("%w: ttl %s is negative", ErrInvalid, ttl)
+	}
+	if ttl == 0 {
+		ttl = e.opts.DefaultTTL
+	}
+	if e.opts.MaxTTL > 0 && ttl > e.opts.MaxTTL {
+		return nil, fmt.Errorf("%w: ttl %s, maximum %s", ErrTTLTooLong, ttl, e.opts.MaxTTL)
+	}
+	if ttl == 0 {
+		return nil, nil
+	}
+	at := e.now().Add(ttl).UTC().Truncate(time.Second)
+	return &at, nil
+}
+
+func (e *Engine) now() time.Time {
+	if e.opts.Now != nil {
+		return e.opts.Now()
+	}
+	return time.Now()
+}
+
+// UpdateInstance changes an instance's expiry and protection; nil leaves
+// either as it is. An expiry beyond now + MaxTTL is refused.
+func (e *Engine) UpdateInstance(ctx context.Context, id int64, expiresAt *time.Time, protected *bool) (store.Instance, error) {
+	unlock := e.locks.Lock(id)
+	defer unlock()
+	if _, err := e.GetInstance(ctx, id); err != nil {
+		return store.Instance{}, err
+	}
+	if expiresAt != nil && !expiresAt.IsZero() {
+		if expiresAt.Before(e.now()) {
+			return store.Instance{}, fmt.Errorf("%w: expires_at %s is in the past", ErrInvalid, expiresAt.UTC().Format(time.RFC3339))
+		}
+		if e.opts.MaxTTL > 0 && expiresAt.After(e.now().Add(e.opts.MaxTTL)) {
+			return store.Instance{}, fmt.Errorf("%w: expires_at %s is more than %s away", ErrTTLTooLong, expiresAt.UTC().Format(time.RFC3339), e.opts.MaxTTL)
+		}
+	}
+	if expiresAt != nil && expiresAt.IsZero() && e.opts.MaxTTL > 0 {
+		return store.Instance{}, fmt.Errorf("%w: an instance cannot live forever while the maximum lifetime is %s (protect it instead)", ErrTTLTooLong, e.opts.MaxTTL)
+	}
+	if err := e.opts.Store.SetInstanceExpiry(ctx, id, expiresAt, protected); err != nil {
+		return store.Instance{}, err
+	}
+	e.audit(ctx, "update_instance", "instance", id, "ok", "")
+	return e.GetInstance(ctx, id)
+}
+
+// GetInstance reads one instance; ErrNotFound when there is none.
+func (e *Engine) GetInstance(ctx context.Context, id int64) (store.Instance, error) {
+	inst, err := e.opts.Store.GetInstance(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return inst, fmt.Errorf("%w: instance %d", ErrNotFound, id)
+	}
+	return inst, err
+}
+
+// ResetInstance throws away an instance's changes: its volume is cloned
+// again from the image and Postgres started on it, with the same id, port
+// and credentials. A reset cut short is finished by Reconcile.
+func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, error) {
+	unlock := e.locks.Lock(id)
+	defer unlock()
+	inst, err := e.GetInstance(ctx, id)
+	if err != nil {
+		return inst, err
+	}
+	if inst.Status == store.InstanceCreating || inst.Status == store.InstanceDestroying {
+		return inst, fmt.Errorf("%w: instance %d is %s", ErrInvalid, id, inst.Status)
+	}
+	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceResetting, ""); err != nil {
+		return inst, err
+	}
+	if err := e.reclone(ctx, inst); err != nil {
+		msg := fmt.Sprintf("reset failed: %v", err)
+		return inst, errors.Join(err, e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceFailed, msg))
+	}
+	e.audit(ctx, "reset_instance", "instance", id, "ok", "")
+	return e.GetInstance(ctx, id)
+}
+
+// reclone replaces the instance's volume with a fresh clone and starts it.
+func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
+	e.unwatch(inst.ID)
+	name := InstanceVolume(inst.ID)
+	if err := e.stopVolume(ctx, name); err != nil {
+		return err
+	}
+	if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), name); err != nil {
+		return err
+	}
+	if inst.Port == 0 { // a failed instance gave its port up
+		port, err := e.opts.Store.AllocatePort(ctx, inst.ID, e.opts.MinPort, e.opts.MaxPort, portIsFree)
+		if errors.Is(err, store.ErrPortsExhausted) {
+			return fmt.Errorf("%w in [%d, %d)", ErrNoPort, e.opts.MinPort, e.opts.MaxPort)
+		}
+		if err != nil {
+			return err
+		}
+		inst.Port = port
+	}
+	if err := e.start(ctx, inst, true); err != nil {
+		return err
+	}
+	if err := e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceRunning, ""); err != nil {
+		return err
+	}
+	e.watch(inst.ID)
+	return nil
+}
+
+// DestroyExpired destroys the instances past their expiry that are not
+// protected, and returns how many it destroyed.
+func (e *Engine) DestroyExpired(ctx context.Context) (int, error) {
+	expired, err := e.opts.Store.ExpiredInstances(ctx, e.now())
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	n := 0
+	for _, inst := range expired {
+		e.log.Info("engine: instance expired", "instance_id", inst.ID, "expires_at", inst.ExpiresAt)
+		err := e.DestroyInstance(WithActor(ctx, "expiry"), inst.ID)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, fmt.Errorf("instance %d: %w", inst.ID, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// cloneTimes keeps the durations of the latest instance creations.
+type cloneTimes struct {
+	mu     sync.Mutex
+	recent []time.Duration
+}
+
+func (c *cloneTimes) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recent = append(c.recent, d)
+	if len(c.recent) > 50 {
+		c.recent = c.recent[len(c.recent)-50:]
+	}
+}
+
+func (c *cloneTimes) median() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.recent) == 0 {
+		return 0
+	}
+	s := slices.Clone(c.recent)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// Status is what GET /status reports.
+type Status struct {
+	Healthy              bool
+	Problems             []string
+	StorageDriver        string
+	TotalBytes           int64
+	FreeBytes            int64
+	UsedByInstancesBytes int64
+	ImagesByStatus       map[string]int
+	InstancesByStatus    map[string]int
+	ExpectedCloningTime  time.Duration
+}
+
+// Status gathers the figures of GET /status. Degraded means an instance
+// or image failed, or the filesystem is nearly full.
+func (e *Engine) Status(ctx context.Context) (Status, error) {
+	st := Status{StorageDriver: e.opts.Storage.Name(), ImagesByStatus: map[string]int{}, InstancesByStatus: map[string]int{}}
+	capacity, err := e.opts.Storage.Capacity(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.TotalBytes, st.FreeBytes = capacity.TotalBytes, capacity.FreeBytes
+	images, err := e.opts.Store.ListImages(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, img := range images {
+		st.ImagesByStatus[string(img.Status)]++
+	}
+	instances, err := e.opts.Store.ListInstances(ctx, "")
+	if err != nil {
+		return st, err
+	}
+	for _, inst := range instances {
+		st.InstancesByStatus[string(inst.Status)]++
+		if n, err := e.opts.Storage.ExclusiveBytes(ctx, InstanceVolume(inst.ID)); err == nil {
+			st.UsedByInstancesBytes += n
+		}
+	}
+	st.ExpectedCloningTime = e.cloneTimes.median()
+	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
+		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))
+	}
+	if capacity.TotalBytes > 0 && capacity.FreeBytes < capacity.TotalBytes/20 {
+		st.Problems = append(st.Problems, "less than 5% of the disk is free")
+	}
+	st.Healthy = len(st.Problems) == 0
+	return st, nil
+}

@@ -1,0 +1,128 @@
+package engine_test
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+func TestResetThrowsAwayChangesKeepsIdentity(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, w.superuserConn(inst), "create table thrown_away (x int)")
+	before := mustSQL(t, certConn(t, inst), "select pg_postmaster_start_time()::text")
+	reset, err := e.ResetInstance(ctx, inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reset.ID != inst.ID || reset.Port != inst.Port || reset.Password != inst.Password || reset.ClientCertificate != inst.ClientCertificate || reset.Status != store.InstanceRunning {
+		t.Fatalf("after reset %+v; want the same id, port and credentials, running", reset)
+	}
+	if after := mustSQL(t, certConn(t, reset), "select pg_postmaster_start_time()::text"); after == before {
+		t.Fatal("the postmaster was not restarted by the reset")
+	}
+	if got := mustSQL(t, passwordConn(reset), "select count(*)::text from pg_tables where tablename = 'thrown_away'"); got != "0" {
+		t.Fatal("the table made before the reset is still there")
+	}
+}
+
+func TestResetCutShortIsFinishedByReconcile(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if sindrid died in the middle of a reset: marked, volume gone.
+	w.store.SetInstanceStatus(ctx, inst.ID, store.InstanceResetting, "")
+	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	stopPostgres(t, vol.Path)
+	if err := w.storage.Destroy(ctx, engine.InstanceVolume(inst.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.New(w.options()).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := w.store.GetInstance(ctx, inst.ID)
+	if got.Status != store.InstanceRunning || got.Port != inst.Port {
+		t.Fatalf("after reconcile: %s on port %d", got.Status, got.Port)
+	}
+	mustSQL(t, passwordConn(inst), "select 'ok'")
+}
+
+func TestExpiryAndTTLs(t *testing.T) {
+	w := newWorld(t, 5)
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC).UnixNano())
+	opts := w.options()
+	opts.DefaultTTL, opts.MaxTTL = time.Hour, 24*time.Hour
+	opts.Now = func() time.Time { return time.Unix(0, now.Load()) }
+	e := engine.New(opts)
+
+	if _, err := e.ExpiryFor(48 * time.Hour); !errors.Is(err, engine.ErrTTLTooLong) {
+		t.Fatalf("ttl above the maximum: %v", err)
+	}
+	if _, err := e.ExpiryFor(-time.Minute); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("negative ttl: %v", err)
+	}
+	def, _ := e.ExpiryFor(0)
+	if want := opts.Now().Add(time.Hour); def == nil || !def.Equal(want) {
+		t.Fatalf("default expiry %v, want %v", def, want)
+	}
+	short, _ := e.ExpiryFor(30 * time.Minute)
+	a, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload", ExpiresAt: short})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload", ExpiresAt: short, Protected: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := opts.Now().Add(-time.Minute)
+	if _, err := e.UpdateInstance(ctx, a.ID, &past, nil); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("expiry in the past: %v", err)
+	}
+	far := opts.Now().Add(48 * time.Hour)
+	if _, err := e.UpdateInstance(ctx, a.ID, &far, nil); !errors.Is(err, engine.ErrTTLTooLong) {
+		t.Fatalf("expiry beyond the maximum: %v", err)
+	}
+
+	now.Add(int64(20 * time.Minute))
+	if n, err := e.DestroyExpired(ctx); err != nil || n != 0 {
+		t.Fatalf("before expiry: destroyed %d, %v", n, err)
+	}
+	now.Add(int64(20 * time.Minute))
+	if n, err := e.DestroyExpired(ctx); err != nil || n != 1 {
+		t.Fatalf("after expiry: destroyed %d, %v; want 1 (the other is protected)", n, err)
+	}
+	if _, err := w.store.GetInstance(ctx, a.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("expired instance still recorded: %v", err)
+	}
+	if _, err := sqlQuiet(passwordConn(a)); err == nil {
+		t.Fatal("expired instance still answers")
+	}
+	mustSQL(t, passwordConn(b), "select 'ok'")
+	unprotect := false
+	if _, err := e.UpdateInstance(ctx, b.ID, nil, &unprotect); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.DestroyExpired(ctx); n != 1 {
+		t.Fatalf("unprotected expired instance not destroyed")
+	}
+
+	st, err := e.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.StorageDriver != "btrfs" || st.ImagesByStatus["ready"] != 1 || len(st.InstancesByStatus) != 0 || st.ExpectedCloningTime <= 0 || st.TotalBytes <= 0 || !st.Healthy {
+		t.Fatalf("status %+v", st)
+	}
+}
