@@ -1,0 +1,180 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// Sentinels like the engine's.
+var (
+	errTestNotFound = errors.New("not found")
+	errTestNoPort   = errors.New("no free port")
+	errTestReplaced = errors.New("replaced")
+)
+
+func init() {
+	RegisterClass(errTestNotFound, 404, CodeNotFound, "Resource not found")
+	RegisterClass(errTestNoPort, 503, CodeNoFreePort, "No free port")
+	RegisterClass(errTestReplaced, 400, CodeBadRequest, "")
+	RegisterClass(errTestReplaced, 409, CodeConflict, "Conflict")
+}
+
+// writeErr renders err in a request with id "rid-1" and a captured log.
+func writeErr(t *testing.T, err error) (*httptest.ResponseRecorder, string) {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, nil))
+	h := requestID(logger)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, r, err)
+	}))
+	r := httptest.NewRequest("GET", "/images/3", nil)
+	r.Header.Set(RequestIDHeader, "rid-1")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w, logs.String()
+}
+
+func TestWriteErrorDocument(t *testing.T) {
+	w, _ := writeErr(t, NotFound("image 3 does not exist"))
+	if w.Code != 404 || w.Header().Get("Content-Type") != "application/vnd.api+json" {
+		t.Fatalf("%d %v", w.Code, w.Header())
+	}
+	var raw map[string][]map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &raw); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"status": "404", "code": "resource_not_found", "title": "Resource not found", "detail": "image 3 does not exist"}
+	if len(raw["errors"]) != 1 || fmt.Sprint(raw["errors"][0]) != fmt.Sprint(want) {
+		t.Errorf("got %s", w.Body)
+	}
+	// The status is a JSON string.
+	if !strings.Contains(w.Body.String(), `"status":"404"`) {
+		t.Errorf("%s", w.Body)
+	}
+}
+
+func TestWriteErrorClasses(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		err        error
+		status     int
+		code       string
+		detail     string // exact, if set
+		notInBody  string
+		logged     bool
+		notInCause string
+	}{
+		{name: "api error", err: ImageNotReady("image 3 is finalising"), status: 422, code: CodeImageNotReady, detail: "image 3 is finalising"},
+		{name: "wrapped api error", err: fmt.Errorf("ctx: %w", ImageHasInstances("image 3 has 2 instances")), status: 422, code: CodeImageHasInstances, detail: "image 3 has 2 instances"},
+		{name: "class 4xx shows the message", err: fmt.Errorf("image 3: %w", errTestNotFound), status: 404, code: CodeNotFound, detail: "image 3: not found"},
+		{name: "class 5xx hides the message", err: fmt.Errorf("ports 5432-5500 on /var/lib/sindri: %w", errTestNoPort), status: 503, code: CodeNoFreePort, notInBody: "/var/lib/sindri", logged: true},
+		{name: "class replaced", err: errTestReplaced, status: 409, code: CodeConflict},
+		{name: "ErrUnauthorized hides the reason", err: fmt.Errorf("token abc revoked: %w", ErrUnauthorized), status: 401, code: CodeUnauthorized, notInBody: "abc"},
+		{name: "MaxBytesError", err: fmt.Errorf("read: %w", &http.MaxBytesError{Limit: 10}), status: 413, code: CodeRequestTooLarge},
+		{name: "unknown is 500 without internals", err: errors.New(`pq: syntax error at "SELECT password FROM users"`), status: 500, code: CodeInternalServerError, notInBody: "SELECT", logged: true},
+		{name: "nil", err: nil, status: 500, code: CodeInternalServerError, logged: true},
+		{name: "503 constructors", err: NoDiskSpace("only 1 GB free"), status: 503, code: CodeNoDiskSpace, detail: "only 1 GB free"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, log := writeErr(t, tc.err)
+			detail := wantError(t, w, tc.status, tc.code)
+			if tc.detail != "" && detail != tc.detail {
+				t.Errorf("detail %q, want %q", detail, tc.detail)
+			}
+			if tc.notInBody != "" && strings.Contains(w.Body.String(), tc.notInBody) {
+				t.Errorf("body leaks %q: %s", tc.notInBody, w.Body)
+			}
+			if tc.status >= 500 && tc.detail == "" && !strings.Contains(detail, "rid-1") {
+				t.Errorf("5xx detail %q lacks the request id", detail)
+			}
+			if tc.logged {
+				if !strings.Contains(log, `"request_id":"rid-1"`) || (tc.err != nil && !strings.Contains(log, tc.notInBody)) {
+					t.Errorf("not logged with the request id and the real error: %s", log)
+				}
+			} else if log != "" {
+				t.Errorf("logged: %s", log)
+			}
+		})
+	}
+}
+
+func TestUnauthorizedHasWWWAuthenticate(t *testing.T) {
+	w, _ := writeErr(t, Unauthorized("no token"))
+	if w.Header().Get("WWW-Authenticate") == "" {
+		t.Errorf("no WWW-Authenticate")
+	}
+}
+
+func TestRegisterClassPanics(t *testing.T) {
+	for _, tc := range []struct {
+		target error
+		status int
+		code   string
+	}{{nil, 404, "x"}, {errors.New("e"), 200, "x"}, {errors.New("e"), 600, "x"}, {errors.New("e"), 404, ""}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("RegisterClass(%v, %d, %q) did not panic", tc.target, tc.status, tc.code)
+				}
+			}()
+			RegisterClass(tc.target, tc.status, tc.code, "")
+		}()
+	}
+}
+
+func TestErrorConstructors(t *testing.T) {
+	for _, tc := range []struct {
+		e      *Error
+		status int
+		code   string
+	}{
+		{BadRequest("d"), 400, "bad_request"},
+		{Unauthorized("d"), 401, "unauthorized"},
+		{Forbidden("d"), 403, "forbidden"},
+		{NotFound("d"), 404, "resource_not_found"},
+		{MethodNotAllowed("d"), 405, "method_not_allowed"},
+		{Conflict("d"), 409, "conflict"},
+		{MissingAPIVersionHeader(), 400, "missing_api_version_header"},
+		{InvalidAPIVersion("4.0.0"), 400, "invalid_api_version"},
+		{UnsupportedMediaType("d"), 415, "unsupported_media_type"},
+		{RequestTooLarge(5), 413, "request_too_large"},
+		{ImageNotReady("d"), 422, "image_not_ready"},
+		{ImageHasInstances("d"), 422, "image_has_instances"},
+		{ImageFinaliseFailed("d"), 422, "image_finalise_failed"},
+		{NoFreePort("d"), 503, "no_free_port"},
+		{NoDiskSpace("d"), 503, "no_disk_space"},
+		{InternalServerError("id"), 500, "internal_server_error"},
+		{NewError(418, "teapot", "", "d"), 418, "teapot"},
+	} {
+		if tc.e.Status != tc.status || tc.e.Code != tc.code || tc.e.Title == "" || tc.e.Detail == "" {
+			t.Errorf("%+v, want %d %s with title and detail", tc.e, tc.status, tc.code)
+		}
+		if !strings.Contains(tc.e.Error(), tc.code) {
+			t.Errorf("Error() = %q", tc.e.Error())
+		}
+	}
+}
+
+func TestWriteErrorAfterResponseStarted(t *testing.T) {
+	logs := &syncBuffer{}
+	h := requestID(slog.New(slog.NewJSONHandler(logs, nil)))(accessLog(discardLogger(), nil)(http.HandlerFunc(
+		func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(200)
+			w.Write([]byte("partial"))
+			WriteError(w, r, errors.New("late failure"))
+		})))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+	if w.Code != 200 || w.Body.String() != "partial" {
+		t.Errorf("%d %q", w.Code, w.Body)
+	}
+	if !strings.Contains(logs.String(), "late failure") {
+		t.Errorf("not logged: %s", logs)
+	}
+}
