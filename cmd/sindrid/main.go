@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,13 +15,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/api"
+	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/config"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/metadb"
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/servercert"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/setup"
 	"github.com/sindri-db/sindri/pkg/store"
@@ -71,11 +76,11 @@ type Main struct {
 	Store      *store.Store
 	Engine     *engine.Engine
 
-	logger *slog.Logger
-	stderr io.Writer
-	health *http.Server
-	stop   context.CancelFunc
-	done   chan struct{}
+	logger  *slog.Logger
+	stderr  io.Writer
+	servers []*http.Server
+	stop    context.CancelFunc
+	done    chan struct{}
 }
 
 func NewMain(stderr io.Writer) *Main {
@@ -178,28 +183,74 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Engine.Run(engineCtx, time.Minute, cfg.Instances.ExpiryInterval)
 	}()
 
-	// Not yet: the JSON:API server (issue 4). Until then only the health
-	// check answers.
+	authenticator, err := auth.NewFromConfig(cfg, m.Store, m.logger)
+	if err != nil {
+		return err
+	}
+	server := api.NewServer(api.Options{
+		Logger: m.logger, Authenticate: api.Authenticate(authenticator),
+		MaxBodyBytes: cfg.HTTP.MaxBodyBytes.Int64(),
+	})
+	(&api.Handlers{
+		Engine: m.Engine, Store: m.Store, Auth: authenticator,
+		PublicHostname: cfg.PublicHostname, Version: version.Version,
+	}).Register(server)
+
+	if err := m.listenTLS(server.Handler()); err != nil {
+		return err
+	}
 	if addr := cfg.HTTP.InsecureListenAddress; addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("listening on http.insecure_listen_address %s: %w", addr, err)
 		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("GET /health_check", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"status":"ok"}`)
-		})
-		m.health = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := m.health.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				m.logger.Error("sindrid: health check server", "err", err)
-			}
-		}()
-		m.logger.Info("sindrid: health check listening", "address", ln.Addr().String())
+		m.serve(api.NewHTTPServer(server.Handler(), api.Options{Logger: m.logger}), ln, "http")
 	}
-	m.logger.Warn("sindrid: not yet: the JSON:API server comes with the next issue; storage, the metadata store and instance supervision run, and GET /health_check answers")
 	return nil
+}
+
+// listenTLS serves HTTPS on listen_address with the configured
+// certificate or, without one, a self-signed certificate made once under
+// data_path/tls whose fingerprint is logged. In development, no
+// certificate means no HTTPS listener.
+func (m *Main) listenTLS(handler http.Handler) error {
+	cfg := m.Config
+	var cert tls.Certificate
+	var err error
+	switch {
+	case cfg.HTTP.TLSCertificate != "":
+		cert, err = servercert.Load(cfg.HTTP.TLSCertificate, cfg.HTTP.TLSPrivateKey)
+	case cfg.Environment == "development":
+		m.logger.Info("sindrid: no TLS certificate in development: only http.insecure_listen_address serves")
+		return nil
+	default:
+		cert, err = servercert.LoadOrCreate(filepath.Join(cfg.DataPath, "tls"), []string{cfg.PublicHostname, "localhost", "127.0.0.1"})
+		if err == nil {
+			m.logger.Warn("sindrid: serving HTTPS with a self-signed certificate; set http.tls_certificate for a real one",
+				"sha256_fingerprint", servercert.Fingerprint(cert))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("TLS certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.HTTP.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("listening on http.listen_address %s: %w", cfg.HTTP.ListenAddress, err)
+	}
+	srv := api.NewHTTPServer(handler, api.Options{Logger: m.logger})
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	m.serve(srv, tls.NewListener(ln, srv.TLSConfig), "https")
+	return nil
+}
+
+func (m *Main) serve(srv *http.Server, ln net.Listener, scheme string) {
+	m.servers = append(m.servers, srv)
+	m.logger.Info("sindrid: listening", "scheme", scheme, "address", ln.Addr().String())
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.logger.Error("sindrid: server", "scheme", scheme, "err", err)
+		}
+	}()
 }
 
 // Close stops serving and supervising, closes the store and stops the
@@ -209,8 +260,8 @@ func (m *Main) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
-	if m.health != nil {
-		errs = append(errs, m.health.Shutdown(ctx))
+	for _, srv := range m.servers {
+		errs = append(errs, srv.Shutdown(ctx))
 	}
 	if m.stop != nil {
 		m.stop()
