@@ -42,6 +42,18 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		if err := runToken(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "sindrid:", err)
+			var u usageError
+			var cerr *config.Error
+			if errors.As(err, &u) || errors.As(err, &cerr) {
+				os.Exit(exitUsage)
+			}
+			os.Exit(exitFailure)
+		}
+		return
+	}
 	m := NewMain(os.Stderr)
 	if err := m.ParseFlags(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -160,7 +172,14 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied))
 
+	// 0711: each postmaster must reach its own socket directory inside.
 	if err := os.MkdirAll(cfg.Postgres.SocketDir, 0o711); err != nil {
+		return fmt.Errorf("postgres.socket_dir: %w", err)
+	}
+	if err := os.Chmod(cfg.Postgres.SocketDir, 0o711); err != nil {
+		return fmt.Errorf("postgres.socket_dir: %w", err)
+	}
+	if err := owner.CheckReach(filepath.Join(cfg.Postgres.SocketDir, "x")); err != nil {
 		return fmt.Errorf("postgres.socket_dir: %w", err)
 	}
 	m.Engine = engine.New(engine.Options{

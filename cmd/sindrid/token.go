@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/auth"
+	"github.com/sindri-db/sindri/pkg/config"
+	"github.com/sindri-db/sindri/pkg/metadb"
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+const tokenUsage = `usage: sindrid token create --name NAME [-config FILE]
+       sindrid token list [-config FILE]
+       sindrid token revoke --name NAME [-config FILE]`
+
+// runToken manages named API tokens for CI jobs. The token is printed
+// once, on create; the store keeps only its hash.
+func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError(tokenUsage)
+	}
+	verb := args[0]
+	fs := flag.NewFlagSet("sindrid token "+verb, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "/etc/sindri/config.toml", "path of the TOML configuration file")
+	name := fs.String("name", "", "the token's name, such as ci-main")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError(err.Error())
+	}
+	if fs.NArg() > 0 || (verb != "list" && *name == "") {
+		return usageError(tokenUsage)
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	st, closeStore, err := openStore(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	a, err := auth.New(auth.Options{SharedSecret: cfg.SharedSecret, Store: st})
+	if err != nil {
+		return err
+	}
+	switch verb {
+	case "create":
+		token, _, err := a.CreateAPIToken(ctx, *name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, token)
+		fmt.Fprintf(stderr, "sindrid: token %q created; it is shown only now\n", *name)
+	case "list":
+		tokens, err := a.ListAPITokens(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tCREATED\tLAST USED")
+		for _, t := range tokens {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.CreatedAt.Format(time.RFC3339), lastUsed(t))
+		}
+		return tw.Flush()
+	case "revoke":
+		if err := a.RevokeAPIToken(ctx, *name); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("there is no token named %q", *name)
+			}
+			return err
+		}
+		fmt.Fprintf(stderr, "sindrid: token %q revoked\n", *name)
+	default:
+		return usageError(tokenUsage)
+	}
+	return nil
+}
+
+func lastUsed(t store.Token) string {
+	if t.LastUsedAt == nil {
+		return "never"
+	}
+	return t.LastUsedAt.Format(time.RFC3339)
+}
+
+// openStore reaches the metadata store: the configured database, or the
+// embedded cluster, which it adopts when sindrid runs and otherwise
+// starts and stops again when done.
+func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (*store.Store, func(), error) {
+	url := cfg.DatabaseURL
+	var stopMeta *metadb.Cluster // the embedded cluster when this command started it
+	if cfg.EmbeddedMetadataDB() {
+		owner, err := postgres.LookupUser(cfg.Postgres.User)
+		if err != nil {
+			return nil, nil, err
+		}
+		running := false
+		if st, err := postgres.Status(cfg.MetaDir() + "/data"); err == nil && st.Alive {
+			running = true
+		}
+		meta, err := metadb.Start(ctx, cfg.MetaDir(), cfg.Postgres.BinDir, owner, log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("embedded metadata database (is data_path mounted? start sindrid once first): %w", err)
+		}
+		if !running {
+			stopMeta = meta
+		}
+		url = meta.URL()
+	}
+	st, err := store.Open(ctx, url)
+	if err == nil {
+		_, err = st.Migrate(ctx)
+	}
+	closeAll := func() {
+		if st != nil {
+			st.Close()
+		}
+		if stopMeta != nil {
+			stopMeta.Stop(context.Background())
+		}
+	}
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return st, closeAll, nil
+}
+
+type usageError string
+
+func (u usageError) Error() string { return string(u) }
