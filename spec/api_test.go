@@ -426,6 +426,17 @@ func TestAPIEndToEnd(t *testing.T) {
 			t.Fatalf("health_check: %v", err)
 		}
 		resp.Body.Close()
+		resp, err = http.Get("http://" + s.http + "/metrics")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("metrics: %v", err)
+		}
+		metrics, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{"sindri_instance_ready_seconds_count", `sindri_instances{status="running"}`, "sindri_disk_free_bytes", `sindri_http_requests_total{code="201",method="POST"}`} {
+			if !strings.Contains(string(metrics), want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
 		// HTTPS with the self-signed certificate.
 		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 		resp, err = client.Get("https://" + s.https + "/health_check")

@@ -24,6 +24,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/config"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/metadb"
+	"github.com/sindri-db/sindri/pkg/metrics"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/servercert"
 	"github.com/sindri-db/sindri/pkg/storage"
@@ -87,6 +88,7 @@ type Main struct {
 	Meta       *metadb.Cluster
 	Store      *store.Store
 	Engine     *engine.Engine
+	Metrics    *metrics.Metrics
 
 	logger  *slog.Logger
 	stderr  io.Writer
@@ -182,8 +184,10 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := owner.CheckReach(filepath.Join(cfg.Postgres.SocketDir, "x")); err != nil {
 		return fmt.Errorf("postgres.socket_dir: %w", err)
 	}
+	m.Metrics = metrics.New(func(ctx context.Context) (engine.Status, error) { return m.Engine.Status(ctx) })
 	m.Engine = engine.New(engine.Options{
-		Store: m.Store, Storage: driver, Owner: owner, BinPattern: cfg.Postgres.BinDir,
+		ObserveInstanceReady: m.Metrics.ObserveInstanceReady,
+		Store:                m.Store, Storage: driver, Owner: owner, BinPattern: cfg.Postgres.BinDir,
 		MinPort: cfg.Postgres.MinPort, MaxPort: cfg.Postgres.MaxPort,
 		PublicHostname: cfg.PublicHostname, SharedBuffers: cfg.Postgres.SharedBuffers,
 		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
@@ -209,6 +213,8 @@ func (m *Main) Run(ctx context.Context) error {
 	server := api.NewServer(api.Options{
 		Logger: m.logger, Authenticate: api.Authenticate(authenticator),
 		MaxBodyBytes: cfg.HTTP.MaxBodyBytes.Int64(),
+		Metrics:      m.Metrics.Handler(),
+		Observe:      func(ri api.RequestInfo) { m.Metrics.ObserveRequest(ri.Method, ri.Status) },
 	})
 	(&api.Handlers{
 		Engine: m.Engine, Store: m.Store, Auth: authenticator,

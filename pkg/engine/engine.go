@@ -74,6 +74,8 @@ type Options struct {
 	DefaultTTL, MaxTTL time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
+	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
+	ObserveInstanceReady func(time.Duration)
 
 	// CrashAt names a step of CreateInstance at which the process kills
 	// itself with SIGKILL: a fault tests cannot cause otherwise.
@@ -195,6 +197,9 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 		return store.Instance{}, err
 	}
 	e.cloneTimes.add(time.Since(started))
+	if e.opts.ObserveInstanceReady != nil {
+		e.opts.ObserveInstanceReady(time.Since(started))
+	}
 	e.log.Info("engine: instance ready", "instance_id", inst.ID, "image_id", inst.ImageID,
 		"port", inst.Port, "duration_ms", time.Since(started).Milliseconds())
 	e.audit(ctx, "create_instance", "instance", inst.ID, "ok", "")

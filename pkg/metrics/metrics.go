@@ -1,0 +1,93 @@
+// Package metrics exposes sindrid's Prometheus metrics: how long instances
+// take to become ready, instances and images by status, disk space, and
+// HTTP requests.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+)
+
+// Metrics holds the registry and the metrics sindrid observes.
+type Metrics struct {
+	registry   *prometheus.Registry
+	cloneReady prometheus.Histogram
+	requests   *prometheus.CounterVec
+}
+
+// New registers the metrics; status is read at each scrape.
+func New(status func(context.Context) (engine.Status, error)) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		cloneReady: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sindri_instance_ready_seconds",
+			Help:    "Time from POST /instances to an instance that accepts connections.",
+			Buckets: []float64{0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10},
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sindri_http_requests_total",
+			Help: "HTTP requests by method and status code.",
+		}, []string{"method", "code"}),
+	}
+	m.registry.MustRegister(m.cloneReady, m.requests, &statusCollector{status: status},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in Prometheus's text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// ObserveInstanceReady records one instance creation's duration.
+func (m *Metrics) ObserveInstanceReady(d time.Duration) { m.cloneReady.Observe(d.Seconds()) }
+
+// ObserveRequest counts one HTTP request.
+func (m *Metrics) ObserveRequest(method string, status int) {
+	m.requests.WithLabelValues(method, strconv.Itoa(status)).Inc()
+}
+
+var (
+	instancesDesc = prometheus.NewDesc("sindri_instances", "Instances by status.", []string{"status"}, nil)
+	imagesDesc    = prometheus.NewDesc("sindri_images", "Images by status.", []string{"status"}, nil)
+	freeDesc      = prometheus.NewDesc("sindri_disk_free_bytes", "Free bytes on the storage filesystem.", nil, nil)
+	totalDesc     = prometheus.NewDesc("sindri_disk_total_bytes", "Size of the storage filesystem.", nil, nil)
+)
+
+// statusCollector reads the engine's figures at scrape time.
+type statusCollector struct {
+	status func(context.Context) (engine.Status, error)
+}
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- instancesDesc
+	ch <- imagesDesc
+	ch <- freeDesc
+	ch <- totalDesc
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.status(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(instancesDesc, err)
+		return
+	}
+	for _, s := range []string{"creating", "running", "stopped", "failed", "destroying", "resetting"} {
+		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(st.InstancesByStatus[s]), s)
+	}
+	for _, s := range []string{"pending", "finalising", "ready", "failed"} {
+		ch <- prometheus.MustNewConstMetric(imagesDesc, prometheus.GaugeValue, float64(st.ImagesByStatus[s]), s)
+	}
+	ch <- prometheus.MustNewConstMetric(freeDesc, prometheus.GaugeValue, float64(st.FreeBytes))
+	ch <- prometheus.MustNewConstMetric(totalDesc, prometheus.GaugeValue, float64(st.TotalBytes))
+}
