@@ -27,10 +27,14 @@ lint:
 test: deps lint
 	$(GO) test -p 1 -count=1 -timeout 45m $(PKGS)
 
-# Storage benchmarks: clone and destroy on each driver, 10 runs each, for
-# medians (feed the output to benchstat).
+# Benchmarks: clone, destroy and cp -a on each driver; clone to TLS login
+# against pg_ctl -w start (feed both to benchstat for medians); and the API
+# against a real sindrid with a pgbench image of SINDRI_BENCH_IMAGE_MB
+# (default 1024), beside CREATE DATABASE ... TEMPLATE.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
+	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
+	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 60m ./spec
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).

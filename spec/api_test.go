@@ -34,7 +34,13 @@ type server struct {
 	secret       string
 }
 
-func startServer(t *testing.T, extra string) *server {
+func startServer(t testing.TB, extra string) *server {
+	t.Helper()
+	return startServerSized(t, "2GiB", extra)
+}
+
+// startServerSized is startServer with a loopback filesystem of size.
+func startServerSized(t testing.TB, size, extra string) *server {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sindrid mounts a loopback BTRFS and runs Postgres")
@@ -57,7 +63,7 @@ trusted_user_email_domain = "@example.com"
 listen_address = %q
 insecure_listen_address = %q
 [storage]
-loopback_size = "2GiB"
+loopback_size = %q
 [postgres]
 socket_dir = %q
 min_port = %d
@@ -65,7 +71,7 @@ max_port = %d
 shared_buffers = "16MB"
 [instances]
 expiry_interval = "1s"
-%s`, s.data, s.secret, s.https, s.http, sock, minPort, minPort+30, extra)
+%s`, s.data, s.secret, s.https, s.http, size, sock, minPort, minPort+60, extra)
 	if err := os.WriteFile(s.config, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +90,7 @@ expiry_interval = "1s"
 
 // call makes a request with the version header (unless headers override
 // it) and returns the status and the body.
-func (s *server) call(t *testing.T, method, path, token string, body any, headers ...string) (int, []byte) {
+func (s *server) call(t testing.TB, method, path, token string, body any, headers ...string) (int, []byte) {
 	t.Helper()
 	var r io.Reader
 	switch b := body.(type) {
@@ -140,7 +146,7 @@ type resource struct {
 	Attributes map[string]any `json:"attributes"`
 }
 
-func decode(t *testing.T, body []byte) document {
+func decode(t testing.TB, body []byte) document {
 	t.Helper()
 	var d document
 	if err := json.Unmarshal(body, &d); err != nil {
@@ -149,7 +155,7 @@ func decode(t *testing.T, body []byte) document {
 	return d
 }
 
-func (d document) one(t *testing.T) resource {
+func (d document) one(t testing.TB) resource {
 	t.Helper()
 	var r resource
 	if err := json.Unmarshal(d.Data, &r); err != nil {
@@ -180,7 +186,7 @@ var tarballOnce struct {
 }
 
 // pgTarball is a tar.gz of a stopped data directory with table people.
-func pgTarball(t *testing.T) []byte {
+func pgTarball(t testing.TB) []byte {
 	t.Helper()
 	tarballOnce.Do(func() {
 		src := pgtest.StartInstance(t)
@@ -200,7 +206,7 @@ func pgTarball(t *testing.T) []byte {
 }
 
 // readyImage creates, uploads and finalises an image; it returns its id.
-func (s *server) readyImage(t *testing.T, script string) string {
+func (s *server) readyImage(t testing.TB, script string) string {
 	t.Helper()
 	status, body := s.call(t, "POST", "/images", s.secret, resourceBody("images", map[string]any{
 		"backed_up_at": "2026-11-01T12:00:00Z", "anonymisation_script": script}))
@@ -224,7 +230,7 @@ func (s *server) readyImage(t *testing.T, script string) string {
 	return img.ID
 }
 
-func (s *server) createInstance(t *testing.T, token, imageID string, extra map[string]any) (resource, resource) {
+func (s *server) createInstance(t testing.TB, token, imageID string, extra map[string]any) (resource, resource) {
 	t.Helper()
 	attrs := map[string]any{"image_id": imageID}
 	for k, v := range extra {
@@ -298,6 +304,24 @@ func TestAPIEndToEnd(t *testing.T) {
 		expectError(t, "no token", status, body, 401, "unauthorized")
 		status, body = s.call(t, "GET", "/instances", "wrong-token", nil)
 		expectError(t, "wrong token", status, body, 401, "unauthorized")
+
+		carol := s.token(t, "carol")
+		if status, body := s.call(t, "GET", "/instances", carol, nil); status != 200 {
+			t.Fatalf("a fresh API token: %d %s", status, body)
+		}
+		list, err := exec.Command(sindrid, "token", "list", "-config", s.config).Output()
+		if err != nil || !strings.Contains(string(list), "carol") || strings.Contains(string(list), carol) {
+			t.Fatalf("token list: %v\n%s", err, list)
+		}
+		if out, err := exec.Command(sindrid, "token", "revoke", "--name", "carol", "-config", s.config).CombinedOutput(); err != nil {
+			t.Fatalf("token revoke: %v %s", err, out)
+		}
+		status, body = s.call(t, "GET", "/instances", carol, nil)
+		expectError(t, "revoked token", status, body, 401, "unauthorized")
+		err = exec.Command(sindrid, "token", "create", "-config", s.config).Run()
+		if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 {
+			t.Fatalf("token create without --name: %v, want exit status 2", err)
+		}
 	})
 	t.Run("routes and ids", func(t *testing.T) {
 		status, body := s.call(t, "GET", "/nope", s.secret, nil)

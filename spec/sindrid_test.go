@@ -84,7 +84,7 @@ func TestConfigErrorsExitTwoWithOneLine(t *testing.T) {
 	})
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +96,7 @@ func freePort(t *testing.T) string {
 
 // start runs sindrid until its health check answers, and returns a
 // function that stops it with SIGTERM and reports how it exited.
-func start(t *testing.T, configPath, addr string) (stop func() error) {
+func start(t testing.TB, configPath, addr string) (stop func() error) {
 	t.Helper()
 	cmd := exec.Command(sindrid, "-config", configPath)
 	var out bytes.Buffer

@@ -298,12 +298,13 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	}
 	ready, cancel := context.WithTimeout(ctx, e.opts.StartTimeout)
 	defer cancel()
-	if err := postgres.WaitReady(ready, p, vol.Path, sock, inst.Port, "postgres"); err != nil {
+	conn, err := postgres.Ready(ready, p, vol.Path, sock, inst.Port, "postgres")
+	if err != nil {
 		return err
 	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	if firstStart {
-		url := postgres.SocketURL(sock, inst.Port, "postgres", "postgres")
-		if err := postgres.SetUpClientRoles(ctx, url, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
+		if err := postgres.SetUpClientRoles(ctx, conn, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
 			return err
 		}
 		e.step("ready", inst.ID)

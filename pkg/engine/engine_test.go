@@ -350,7 +350,8 @@ func TestKilledPostmasterAnswersAgainWithinTwoSeconds(t *testing.T) {
 			break
 		}
 		if time.Since(killed) > 2*time.Second {
-			t.Fatalf("instance not answering 2s after kill -9 of its postmaster")
+			_, err := sql(t, passwordConn(inst), "select 'ok'")
+			t.Fatalf("instance not answering 2s after kill -9 of its postmaster: %v\n%s", err, postgres.LogTail(vol.Path, 10))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -109,16 +109,11 @@ func (u OSUser) Chown(path string, recursive bool) error {
 }
 
 // SetUpClientRoles makes the roles clients log in as, through a superuser
-// connection: ClientRole (certificate logins) and passwordRole with
+// connection (the one Ready returned, which saves a connection): ClientRole (certificate logins) and passwordRole with
 // password, a member of ClientRole so that it has the same grants. Neither
 // is a superuser unless superuser is set (the allow_superuser setting).
 // Existing roles are altered to match.
-func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password string, superuser bool) error {
-	conn, err := pgx.Connect(ctx, superuserURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
+func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, password string, superuser bool) error {
 	super := "NOSUPERUSER"
 	if superuser {
 		super = "SUPERUSER"
@@ -126,6 +121,9 @@ func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password 
 	ident := pgx.Identifier{ClientRole}.Sanitize()
 	pwIdent := pgx.Identifier{passwordRole}.Sanitize()
 	stmts := []string{
+		// Clones run with synchronous_commit off; the roles must survive a
+		// crash right after they are made, or the instance is unusable.
+		"SET synchronous_commit = on",
 		fmt.Sprintf(`DO $$BEGIN
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
@@ -134,10 +132,9 @@ func SetUpClientRoles(ctx context.Context, superuserURL, passwordRole, password 
 		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, super, literal(password)),
 		fmt.Sprintf(`GRANT %s TO %s`, ident, pwIdent),
 	}
-	for _, stmt := range stmts {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("setting up client roles: %w", err)
-		}
+	// One round trip: the statements as a single simple-protocol batch.
+	if _, err := conn.Exec(ctx, strings.Join(stmts, ";\n"), pgx.QueryExecModeSimpleProtocol); err != nil {
+		return fmt.Errorf("setting up client roles: %w", err)
 	}
 	return nil
 }

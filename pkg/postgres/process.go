@@ -182,23 +182,34 @@ func SocketURL(socketDir string, port int, user, database string) string {
 const pollInterval = time.Millisecond
 
 // WaitReady returns once the cluster accepts a connection over its unix
-// socket. It first watches postmaster.pid, where the postmaster writes
-// "ready" the moment it accepts connections (a file read every
-// millisecond: connection attempts before that would each fork a backend
-// that only says "starting up", slowing the start they wait for), then
-// connects, retrying every millisecond until a connection succeeds. It
-// fails early when the process ends.
+// socket; see Ready.
 func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port int, user string) error {
-	cfg, err := pgx.ParseConfig(SocketURL(socketDir, port, user, "postgres"))
+	conn, err := Ready(ctx, p, dataDir, socketDir, port, user)
 	if err != nil {
 		return err
+	}
+	return conn.Close(ctx)
+}
+
+// Ready waits until the cluster accepts a connection over its unix socket
+// and returns that connection, for the caller's first statements. It
+// first watches postmaster.pid, where the postmaster writes "ready" the
+// moment it accepts connections (a file read every millisecond: connection
+// attempts before that would each fork a backend that only says "starting
+// up", slowing the start they wait for), then connects, retrying every
+// millisecond until a connection succeeds. It fails early when the process
+// ends.
+func Ready(ctx context.Context, p *Process, dataDir, socketDir string, port int, user string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(SocketURL(socketDir, port, user, "postgres"))
+	if err != nil {
+		return nil, err
 	}
 	var lastErr error
 	for {
 		if p != nil {
 			select {
 			case <-p.Exited:
-				return fmt.Errorf("postgres on %s exited while starting (%v): %s", dataDir, p.Err(), LogTail(dataDir, 5))
+				return nil, fmt.Errorf("postgres on %s exited while starting (%v): %s", dataDir, p.Err(), LogTail(dataDir, 5))
 			default:
 			}
 		}
@@ -209,14 +220,13 @@ func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port 
 			conn, err := pgx.ConnectConfig(attempt, cfg)
 			cancel()
 			if err == nil {
-				conn.Close(ctx)
-				return nil
+				return conn, nil
 			}
 			lastErr = err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("postgres on %s not ready: %w (last attempt: %v)", dataDir, ctx.Err(), lastErr)
+			return nil, fmt.Errorf("postgres on %s not ready: %w (last attempt: %v)", dataDir, ctx.Err(), lastErr)
 		case <-time.After(pollInterval):
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/sindri-db/sindri/pkg/postgres"
 )
 
@@ -160,7 +162,12 @@ func StartInstance(t testing.TB) *Instance {
 	i.ClientFiles = writeClientFiles(t, base, certs)
 	i.Configure(t)
 	i.Restart(t)
-	if err := postgres.SetUpClientRoles(context.Background(), i.SocketURL(), i.PasswordRole, i.Password, false); err != nil {
+	conn, err := pgx.Connect(context.Background(), i.SocketURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := postgres.SetUpClientRoles(context.Background(), conn, i.PasswordRole, i.Password, false); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
