@@ -21,9 +21,10 @@ lint:
 	$(GO) vet $(PKGS)
 
 # Every test, on real BTRFS, ZFS (zfs-fuse) and Postgres; needs root.
-# One package at a time (-p 1): on two cores, zfs-fuse's load beside the
-# engine's tests would stretch the time limits those tests assert (a
-# killed postmaster answers again within 2 s).
+# One package at a time (-p 1): several packages start dozens of Postgres
+# servers or drive zfs-fuse, and on two cores side by side they would make
+# the engine's time-bounded checks (a killed postmaster answers again
+# within 2 s) depend on their neighbours.
 test: deps lint
 	$(GO) test -p 1 -count=1 -timeout 45m $(PKGS)
 
