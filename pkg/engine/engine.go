@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,7 +93,7 @@ type Engine struct {
 	mu         sync.Mutex
 	watched    map[int64]*watch
 	orphans    map[string]time.Time // volume name → first seen unreferenced
-	children   map[int64]*postgres.Process
+	reconciled atomic.Bool          // the first Reconcile has run
 	finalising map[int64]*finaliseRun
 	cloneTimes cloneTimes
 }
@@ -119,7 +120,6 @@ func New(opts Options) *Engine {
 		log:        opts.Logger,
 		watched:    map[int64]*watch{},
 		orphans:    map[string]time.Time{},
-		children:   map[int64]*postgres.Process{},
 		finalising: map[int64]*finaliseRun{},
 	}
 }
@@ -287,9 +287,6 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
-	e.children[inst.ID] = p
-	e.mu.Unlock()
 	if err := e.opts.Store.SetInstancePID(ctx, inst.ID, p.PID); err != nil {
 		return err
 	}
@@ -386,9 +383,6 @@ func (e *Engine) teardown(ctx context.Context, id int64) error {
 	if err := e.opts.Store.DeleteInstance(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	e.mu.Lock()
-	delete(e.children, id)
-	e.mu.Unlock()
 	e.log.Info("engine: instance destroyed", "instance_id", id)
 	return nil
 }

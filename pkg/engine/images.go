@@ -231,7 +231,10 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
-	for _, leftover := range []string{"postmaster.pid", "postmaster.opts"} {
+	// The postmaster's leftovers, and the signal files that would make the
+	// private start a standby of the original (pg_basebackup -R) instead
+	// of recovering to consistency and opening.
+	for _, leftover := range []string{"postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal", "recovery.conf"} {
 		os.Remove(filepath.Join(vol.Path, leftover))
 	}
 	if err := e.opts.Owner.Chown(vol.Path, true); err != nil {

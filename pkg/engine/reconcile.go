@@ -171,14 +171,28 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	}
 	referenced := map[string]bool{}
 	var errs []error
-	for _, inst := range instances {
-		referenced[InstanceVolume(inst.ID)] = true
-		unlock, ok := e.locks.TryLock(inst.ID)
+	first := e.reconciled.CompareAndSwap(false, true)
+	for _, listed := range instances {
+		referenced[InstanceVolume(listed.ID)] = true
+		unlock, ok := e.locks.TryLock(listed.ID)
 		if !ok {
 			continue // an operation is under way on it
 		}
-		if err := e.reconcileOne(ctx, inst, volumes); err != nil {
-			errs = append(errs, fmt.Errorf("instance %d: %w", inst.ID, err))
+		// Read again under the lock: an operation may have finished since
+		// the list was made.
+		inst, err := e.opts.Store.GetInstance(ctx, listed.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			errs = append(errs, err)
+		case inst.Status == store.InstanceCreating && !first && e.now().Sub(inst.CreatedAt) < e.opts.StartTimeout+time.Minute:
+			// Possibly being created by this process, between its record
+			// and its lock; the first reconcile after a start undoes every
+			// creation, later ones only those older than any could take.
+		default:
+			if err := e.reconcileOne(ctx, inst, volumes); err != nil {
+				errs = append(errs, fmt.Errorf("instance %d: %w", inst.ID, err))
+			}
 		}
 		unlock()
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // Files sindri writes into a data directory. The user's postgresql.conf
@@ -133,7 +134,40 @@ func Configure(dataDir string, s Settings, owner OSUser) error {
 			return err
 		}
 	}
+	if err := overrideAutoConf(filepath.Join(dataDir, "postgresql.auto.conf"), settings, owner); err != nil {
+		return err
+	}
 	return addIncludeLine(filepath.Join(dataDir, "postgresql.conf"), owner)
+}
+
+// overrideAutoConf comments out the lines of postgresql.auto.conf (what
+// ALTER SYSTEM wrote) that set a key sindri sets: Postgres reads that file
+// after postgresql.conf, so an archive_command or port set there on the
+// original would otherwise win over sindri's include file.
+func overrideAutoConf(path string, settings map[string]string, owner OSUser) error {
+	data, err := readNoFollow(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(string(data), "\n")
+	changed := false
+	for i, line := range lines {
+		key, _, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		if _, ours := settings[strings.ToLower(strings.TrimSpace(key))]; ours {
+			lines[i] = "# overridden by sindri: " + line
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	return writeOwned(path, strings.Join(lines, "\n"), owner)
 }
 
 func renderConf(settings map[string]string) string {
@@ -168,21 +202,36 @@ func renderHBA(s Settings) string {
 }
 
 // writeOwned replaces a file atomically, mode 0600, owned by owner
-// (Postgres refuses a private key that other users can read).
+// (Postgres refuses a private key that other users can read), following
+// no link the postgres user may have put in the way.
 func writeOwned(path, content string, owner OSUser) error {
 	tmp := path + ".sindri-tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	if err := os.Chown(tmp, int(owner.UID), int(owner.GID)); err != nil {
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chown(int(owner.UID), int(owner.GID)); err != nil {
+		f.Close()
 		os.Remove(tmp)
 		return err
 	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// rename replaces a link at path itself, never its target.
 	return os.Rename(tmp, path)
 }
 
 func addIncludeLine(confPath string, owner OSUser) error {
-	data, err := os.ReadFile(confPath)
+	data, err := readNoFollow(confPath)
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}

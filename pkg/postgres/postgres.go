@@ -35,7 +35,7 @@ const VersionPlaceholder = "{version}"
 
 // MajorVersion reads the data directory's PG_VERSION.
 func MajorVersion(dataDir string) (string, error) {
-	data, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
+	data, err := readNoFollow(filepath.Join(dataDir, "PG_VERSION"))
 	if errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("%w: %s has no PG_VERSION", ErrNotDataDir, dataDir)
 	}

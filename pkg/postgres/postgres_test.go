@@ -200,3 +200,68 @@ func TestConfigureKeepsUserConfAndIsIdempotent(t *testing.T) {
 		t.Fatalf("server key mode %v, want 0600", info.Mode().Perm())
 	}
 }
+
+func TestLinksInTheDataDirectoryAreNotFollowed(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	if err := postgres.Stop(ctx, c.DataDir, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Files only root may touch, which the postgres user links to.
+	secret := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secret, []byte("root:only\n"), 0o600)
+	for _, name := range []string{postgres.LogFile, postgres.ConfFile, postgres.ServerKeyFile} {
+		p := filepath.Join(c.DataDir, name)
+		os.Remove(p)
+		if err := os.Symlink(secret, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink(secret, filepath.Join(c.DataDir, postgres.ServerKeyFile+".sindri-tmp"))
+	c.Configure(t)
+	c.Restart(t)
+	got, err := os.ReadFile(secret)
+	if err != nil || string(got) != "root:only\n" {
+		t.Fatalf("the linked file changed: %q %v", got, err)
+	}
+	var st syscall.Stat_t
+	syscall.Stat(secret, &st)
+	if st.Uid != 0 {
+		t.Fatalf("the linked file now belongs to uid %d", st.Uid)
+	}
+	if tail := postgres.LogTail(c.DataDir, 5); strings.Contains(tail, "root:only") {
+		t.Fatal("the log tail shows the linked file")
+	}
+	os.Remove(filepath.Join(c.DataDir, postgres.LogFile))
+	os.Symlink(secret, filepath.Join(c.DataDir, postgres.LogFile))
+	if tail := postgres.LogTail(c.DataDir, 5); strings.Contains(tail, "root:only") {
+		t.Fatal("LogTail followed a link")
+	}
+}
+
+func TestAlterSystemCannotOverrideSindri(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	execSQL := func(sql string) {
+		conn, err := pgx.Connect(ctx, c.SocketURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What the original server may have had set with ALTER SYSTEM.
+	execSQL("alter system set archive_mode = 'on'")
+	execSQL("alter system set archive_command = 'cp %p /production-archive/%f'")
+	execSQL("alter system set work_mem = '7MB'")
+	postgres.Stop(ctx, c.DataDir, 10*time.Second)
+	c.Configure(t)
+	c.Restart(t)
+	got, err := query(t, c.SocketURL(), "select current_setting('archive_mode') || ' ' || current_setting('archive_command') || ' ' || current_setting('work_mem')")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != "off (disabled) 7MB" {
+		t.Fatalf("settings after ALTER SYSTEM: %q; want archiving off and the user's other settings kept", got)
+	}
+}

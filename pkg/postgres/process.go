@@ -42,14 +42,11 @@ func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
 		return nil, err
 	}
 	logPath := filepath.Join(dataDir, LogFile)
-	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	log, err := openNoFollow(logPath, owner)
 	if err != nil {
 		return nil, err
 	}
 	defer log.Close()
-	if err := os.Chown(logPath, int(owner.UID), int(owner.GID)); err != nil {
-		return nil, err
-	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, err
@@ -122,7 +119,7 @@ type PIDFile struct {
 
 // ReadPIDFile parses the data directory's postmaster.pid.
 func ReadPIDFile(dataDir string) (PIDFile, error) {
-	data, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	data, err := readNoFollow(filepath.Join(dataDir, "postmaster.pid"))
 	if errors.Is(err, os.ErrNotExist) {
 		return PIDFile{}, fmt.Errorf("%w on %s (no postmaster.pid)", ErrNotRunning, dataDir)
 	}
@@ -163,13 +160,42 @@ func Status(dataDir string) (ClusterStatus, error) {
 	if err != nil {
 		return ClusterStatus{}, err
 	}
-	alive := Running(pf.PID)
-	if alive {
-		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pf.PID))
-		abs, _ := filepath.Abs(dataDir)
-		alive = err == nil && filepath.Clean(cwd) == filepath.Clean(abs)
+	return ClusterStatus{PIDFile: pf, Alive: Running(pf.PID) && worksIn(pf.PID, resolve(dataDir))}, nil
+}
+
+// resolve is dataDir as /proc shows a working directory: absolute, with
+// symbolic links resolved (data_path may be reached through one).
+func resolve(dataDir string) string {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return filepath.Clean(dataDir)
 	}
-	return ClusterStatus{PIDFile: pf, Alive: alive}, nil
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		return real
+	}
+	return abs
+}
+
+// worksIn tells whether pid's working directory is dir (resolved).
+func worksIn(pid int, dir string) bool {
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	return err == nil && filepath.Clean(cwd) == dir
+}
+
+// processesIn maps the live postgres processes working in dataDir to
+// their parents.
+func processesIn(dataDir string) map[int]int {
+	dir := resolve(dataDir)
+	procs, _ := os.ReadDir("/proc")
+	out := map[int]int{}
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || !Running(pid) || !worksIn(pid, dir) {
+			continue
+		}
+		out[pid] = parentPID(pid)
+	}
+	return out
 }
 
 // SocketURL is a libpq URL that reaches the cluster over its unix socket
@@ -236,14 +262,13 @@ func Ready(ctx context.Context, p *Process, dataDir, socketDir string, port int,
 // rolled back, a checkpoint is written), then immediate (SIGQUIT) when it
 // has not ended within timeout, then SIGKILL of its process group.
 func Stop(ctx context.Context, dataDir string, timeout time.Duration) error {
-	pf, err := ReadPIDFile(dataDir)
-	if errors.Is(err, ErrNotRunning) {
+	st, err := Status(dataDir)
+	if err != nil || !st.Alive {
+		// No postmaster.pid, an unreadable one, or one naming a process
+		// that is not this cluster's (a reused pid): nothing to signal.
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	return StopPID(ctx, pf.PID, timeout)
+	return StopPID(ctx, st.PID, timeout)
 }
 
 // StopPID is Stop for a known postmaster pid.
@@ -284,7 +309,7 @@ func waitGone(ctx context.Context, pid int, d time.Duration) bool {
 
 // LogTail returns the last n lines of the data directory's log file.
 func LogTail(dataDir string, n int) string {
-	data, err := os.ReadFile(filepath.Join(dataDir, LogFile))
+	data, err := readNoFollow(filepath.Join(dataDir, LogFile))
 	if err != nil {
 		return ""
 	}
@@ -323,22 +348,7 @@ func InitDB(ctx context.Context, binDir, dataDir string, owner OSUser) error {
 // without) a postmaster.pid, as when the sindrid that started one died
 // during its start.
 func Postmasters(dataDir string) []int {
-	abs, err := filepath.Abs(dataDir)
-	if err != nil {
-		return nil
-	}
-	procs, _ := os.ReadDir("/proc")
-	inDir := map[int]int{} // pid → parent pid
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil || !Running(pid) {
-			continue
-		}
-		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil || filepath.Clean(cwd) != abs {
-			continue
-		}
-		inDir[pid] = parentPID(pid)
-	}
+	inDir := processesIn(dataDir)
 	var out []int
 	for pid, ppid := range inDir {
 		if _, child := inDir[ppid]; !child {
@@ -382,21 +392,10 @@ func KillLeftovers(ctx context.Context, dataDir string) error {
 	if st, err := Status(dataDir); err == nil && st.Alive {
 		return fmt.Errorf("the postmaster of %s (pid %d) is alive", dataDir, st.PID)
 	}
-	abs, err := filepath.Abs(dataDir)
-	if err != nil {
-		return err
-	}
 	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil || !Running(pid) {
-			continue
-		}
-		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && filepath.Clean(cwd) == abs {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			pids = append(pids, pid)
-		}
+	for pid := range processesIn(dataDir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		pids = append(pids, pid)
 	}
 	for _, pid := range pids {
 		if !waitGone(ctx, pid, 5*time.Second) {
