@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -102,8 +103,14 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (*stor
 		if err != nil {
 			return nil, nil, err
 		}
+		// Never make a metadata cluster here: on an unmounted data_path it
+		// would be a throwaway one, and would keep the loopback from
+		// mounting.
+		if _, err := postgres.MajorVersion(filepath.Join(cfg.MetaDir(), "data")); err != nil {
+			return nil, nil, fmt.Errorf("no metadata database under %s: start sindrid once first (and check that data_path is mounted)", cfg.MetaDir())
+		}
 		running := false
-		if st, err := postgres.Status(cfg.MetaDir() + "/data"); err == nil && st.Alive {
+		if st, err := postgres.Status(filepath.Join(cfg.MetaDir(), "data")); err == nil && st.Alive {
 			running = true
 		}
 		meta, err := metadb.Start(ctx, cfg.MetaDir(), cfg.Postgres.BinDir, owner, log)

@@ -25,6 +25,7 @@ func init() {
 	RegisterClass(engine.ErrImageHasInstances, http.StatusUnprocessableEntity, CodeImageHasInstances, "Image has instances")
 	RegisterClass(engine.ErrFinaliseFailed, http.StatusUnprocessableEntity, CodeImageFinaliseFailed, "Image finalise failed")
 	RegisterClass(engine.ErrImageNotPending, http.StatusConflict, "image_not_pending", "Image does not accept uploads")
+	RegisterClass(engine.ErrUploadInterrupted, http.StatusBadRequest, CodeBadRequest, "Upload interrupted")
 	RegisterClass(engine.ErrNoPort, http.StatusServiceUnavailable, CodeNoFreePort, "No free port")
 	RegisterClass(syscall.ENOSPC, http.StatusServiceUnavailable, CodeNoDiskSpace, "No disk space")
 	RegisterClass(engine.ErrTTLTooLong, http.StatusBadRequest, CodeBadRequest, "Bad request")
@@ -141,9 +142,11 @@ func principal(r *http.Request) auth.Principal {
 	return p
 }
 
-// actorContext names the caller for the audit log.
+// actorContext names the caller for the audit log. Operations that change
+// things run detached from the request: a client that goes away does not
+// cut an instance's creation short (it expires by its TTL instead).
 func actorContext(r *http.Request) context.Context {
-	return engine.WithActor(r.Context(), principal(r).Owner())
+	return engine.WithActor(context.WithoutCancel(r.Context()), principal(r).Owner())
 }
 
 // requireUpload lets only the upload user (the shared secret) change

@@ -169,19 +169,7 @@ type InstanceRequest struct {
 // returns once the instance accepts connections. On failure it undoes what
 // it did; after a crash, Reconcile does.
 func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store.Instance, error) {
-	img, err := e.opts.Store.GetImage(ctx, req.ImageID)
-	if errors.Is(err, store.ErrNotFound) {
-		return store.Instance{}, fmt.Errorf("%w: image %d", ErrNotFound, req.ImageID)
-	}
-	if err != nil {
-		return store.Instance{}, err
-	}
-	if img.Status != store.ImageReady {
-		return store.Instance{}, fmt.Errorf("%w: image %d is %s", ErrImageNotReady, img.ID, img.Status)
-	}
-	inst, err := e.opts.Store.CreateInstance(ctx, store.InstanceInput{
-		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
-	})
+	inst, err := e.recordInstance(ctx, req)
 	if err != nil {
 		return store.Instance{}, err
 	}
@@ -206,6 +194,24 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 	return inst, nil
 }
 
+// recordInstance checks the image and records the instance under the
+// image's lock, so that a destroy of the image either sees the instance or
+// has already made the image unusable.
+func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store.Instance, error) {
+	unlock := e.imageLocks.Lock(req.ImageID)
+	defer unlock()
+	img, err := e.getImage(ctx, req.ImageID)
+	if err != nil {
+		return store.Instance{}, err
+	}
+	if img.Status != store.ImageReady {
+		return store.Instance{}, fmt.Errorf("%w: image %d is %s", ErrImageNotReady, img.ID, img.Status)
+	}
+	return e.opts.Store.CreateInstance(ctx, store.InstanceInput{
+		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
+	})
+}
+
 func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	creds, err := newCredentials(e.opts.PublicHostname)
 	if err != nil {
@@ -227,7 +233,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	inst.Port = port
 	e.step("port", inst.ID)
 
-	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID)); err != nil {
+	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID)); errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("%w: image %d is gone", ErrImageNotReady, inst.ImageID)
+	} else if err != nil {
 		return fmt.Errorf("cloning image %d: %w", inst.ImageID, err)
 	}
 	e.step("cloned", inst.ID)

@@ -27,6 +27,7 @@ var (
 	ErrImageHasInstances = errors.New("image has instances")
 	ErrImageNotPending   = errors.New("image no longer accepts uploads")
 	ErrFinaliseFailed    = errors.New("finalising the image failed")
+	ErrUploadInterrupted = errors.New("the upload was interrupted")
 )
 
 // UploadVolume names the writable volume an image's data is prepared in
@@ -72,19 +73,15 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 // UploadImage streams body into the image's upload directory, replacing
 // an earlier upload. Only a pending or failed image takes uploads.
 func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int64, error) {
-	unlock := e.imageLocks.Lock(id)
-	defer unlock()
-	img, err := e.getImage(ctx, id)
-	if err != nil {
+	if err := e.acceptsUpload(ctx, id); err != nil {
 		return 0, err
-	}
-	if img.Status != store.ImagePending && img.Status != store.ImageFailed {
-		return 0, fmt.Errorf("%w: image %d is %s", ErrImageNotPending, id, img.Status)
 	}
 	dir := e.uploadDir(id)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return 0, err
 	}
+	// Received without the image's lock (a slow upload must not hold up
+	// the image), then checked again and put in place under it.
 	tmp, err := os.CreateTemp(dir, ".upload-*")
 	if err != nil {
 		return 0, err
@@ -93,16 +90,33 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 	n, err := io.Copy(tmp, body)
 	if err != nil {
 		tmp.Close()
-		return n, fmt.Errorf("receiving the upload after %d bytes: %w", n, err)
+		return n, fmt.Errorf("%w after %d bytes: %v", ErrUploadInterrupted, n, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return n, err
+	}
+	unlock := e.imageLocks.Lock(id)
+	defer unlock()
+	if err := e.acceptsUpload(ctx, id); err != nil {
+		return 0, err
 	}
 	if err := os.Rename(tmp.Name(), filepath.Join(dir, UploadFile)); err != nil {
 		return n, err
 	}
 	e.log.Info("engine: image upload received", "image_id", id, "bytes", n)
 	return n, nil
+}
+
+// acceptsUpload tells whether the image takes an upload: pending or failed.
+func (e *Engine) acceptsUpload(ctx context.Context, id int64) error {
+	img, err := e.getImage(ctx, id)
+	if err != nil {
+		return err
+	}
+	if img.Status != store.ImagePending && img.Status != store.ImageFailed {
+		return fmt.Errorf("%w: image %d is %s", ErrImageNotPending, id, img.Status)
+	}
+	return nil
 }
 
 func (e *Engine) getImage(ctx context.Context, id int64) (store.Image, error) {
@@ -203,9 +217,16 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
+	// Start afresh: what an earlier try left (its private postmaster, if
+	// sindrid died during it; an image frozen just before a crash) goes.
 	volName := UploadVolume(img.ID)
-	if err := e.opts.Storage.Destroy(ctx, volName); err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return "", 0, err
+	for _, name := range []string{volName, ImageVolume(img.ID)} {
+		if err := e.stopVolume(ctx, name); err != nil {
+			return "", 0, err
+		}
+		if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return "", 0, err
+		}
 	}
 	vol, err := e.opts.Storage.Create(ctx, volName)
 	if err != nil {
@@ -477,7 +498,9 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) error {
 	if err := os.RemoveAll(e.uploadDir(id)); err != nil {
 		return err
 	}
-	if err := e.opts.Store.DeleteImage(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := e.opts.Store.DeleteImage(ctx, id); errors.Is(err, store.ErrInUse) {
+		return fmt.Errorf("%w: an instance of image %d was made meanwhile", ErrImageHasInstances, id)
+	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	e.audit(ctx, "destroy_image", "image", id, "ok", "")

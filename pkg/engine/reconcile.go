@@ -196,7 +196,34 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		}
 		unlock()
 	}
+	if first {
+		errs = append(errs, e.reconcileImages(ctx))
+	}
 	e.removeOrphans(ctx, entries, referenced)
+	return errors.Join(errs...)
+}
+
+// reconcileImages marks failed the images a crash left finalising (no
+// finalise runs before the first reconcile), stopping the private
+// postmaster it may have left, so that done can be tried again.
+func (e *Engine) reconcileImages(ctx context.Context) error {
+	images, err := e.opts.Store.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, img := range images {
+		if img.Status != store.ImageFinalising {
+			continue
+		}
+		e.log.Warn("engine: a finalise was cut short; marking the image failed", "image_id", img.ID)
+		if err := e.stopVolume(ctx, UploadVolume(img.ID)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
+			"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"))
+	}
 	return errors.Join(errs...)
 }
 

@@ -132,6 +132,19 @@ func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, passwor
 		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, super, literal(password)),
 		fmt.Sprintf(`GRANT %s TO %s`, ident, pwIdent),
 	}
+	if !superuser {
+		// Roles of these names may come with the original's data: nothing
+		// they were given there may lift them towards a superuser's powers.
+		stmts = append(stmts,
+			fmt.Sprintf(`ALTER ROLE %s NOCREATEROLE NOCREATEDB`, ident),
+			fmt.Sprintf(`ALTER ROLE %s NOCREATEROLE NOCREATEDB`, pwIdent),
+			fmt.Sprintf(`DO $$DECLARE r record; BEGIN
+				FOR r IN SELECT g.rolname AS grp, m.rolname AS mem FROM pg_auth_members a
+					JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
+					WHERE m.rolname IN (%[1]s, %[2]s) AND NOT (m.rolname = %[2]s AND g.rolname = %[1]s)
+				LOOP EXECUTE format('REVOKE %%I FROM %%I', r.grp, r.mem); END LOOP;
+			END$$`, literal(ClientRole), literal(passwordRole)))
+	}
 	// One round trip: the statements as a single simple-protocol batch.
 	if _, err := conn.Exec(ctx, strings.Join(stmts, ";\n"), pgx.QueryExecModeSimpleProtocol); err != nil {
 		return fmt.Errorf("setting up client roles: %w", err)
