@@ -235,11 +235,18 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) {
 	WriteResource(w, http.StatusCreated, imageResource(img))
 }
 
-func (h *Handlers) uploadImage(w http.ResponseWriter, r *http.Request) {
+// imageToChange is imageByPath for the routes that change an image, which
+// only the upload user may call.
+func (h *Handlers) imageToChange(r *http.Request) (store.Image, error) {
 	img, err := h.imageByPath(r)
 	if err == nil {
 		err = requireUpload(r)
 	}
+	return img, err
+}
+
+func (h *Handlers) uploadImage(w http.ResponseWriter, r *http.Request) {
+	img, err := h.imageToChange(r)
 	if err != nil {
 		WriteError(w, r, err)
 		return
@@ -257,10 +264,7 @@ func (h *Handlers) uploadImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handlers) finaliseImage(w http.ResponseWriter, r *http.Request) {
-	img, err := h.imageByPath(r)
-	if err == nil {
-		err = requireUpload(r)
-	}
+	img, err := h.imageToChange(r)
 	if err != nil {
 		WriteError(w, r, err)
 		return
@@ -274,10 +278,7 @@ func (h *Handlers) finaliseImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handlers) destroyImage(w http.ResponseWriter, r *http.Request) {
-	img, err := h.imageByPath(r)
-	if err == nil {
-		err = requireUpload(r)
-	}
+	img, err := h.imageToChange(r)
 	if err != nil {
 		WriteError(w, r, err)
 		return

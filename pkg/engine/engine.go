@@ -223,14 +223,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	inst.Credentials = creds
 	e.step("credentials", inst.ID)
 
-	port, err := e.opts.Store.AllocatePort(ctx, inst.ID, e.opts.MinPort, e.opts.MaxPort, portIsFree)
-	if errors.Is(err, store.ErrPortsExhausted) {
-		return fmt.Errorf("%w in [%d, %d)", ErrNoPort, e.opts.MinPort, e.opts.MaxPort)
-	}
-	if err != nil {
+	if inst.Port, err = e.allocatePort(ctx, inst.ID); err != nil {
 		return err
 	}
-	inst.Port = port
 	e.step("port", inst.ID)
 
 	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID)); errors.Is(err, storage.ErrNotFound) {
@@ -341,6 +336,15 @@ func newCredentials(hostname string) (store.Credentials, error) {
 		ClientCertificate: certs.ClientCert,
 		ClientKey:         certs.ClientKey,
 	}, nil
+}
+
+// allocatePort gives the instance a free port of the configured range.
+func (e *Engine) allocatePort(ctx context.Context, id int64) (int, error) {
+	port, err := e.opts.Store.AllocatePort(ctx, id, e.opts.MinPort, e.opts.MaxPort, portIsFree)
+	if errors.Is(err, store.ErrPortsExhausted) {
+		return 0, fmt.Errorf("%w in [%d, %d)", ErrNoPort, e.opts.MinPort, e.opts.MaxPort)
+	}
+	return port, err
 }
 
 // portIsFree checks by binding that nothing listens on the port, on every

@@ -3,9 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -14,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,12 +19,12 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/pkg/engine"
-	"github.com/sindri-db/sindri/pkg/metadb"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/btrfs"
 	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/store/storetest"
 	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
@@ -45,46 +42,14 @@ const (
 	childImage = 1
 )
 
-var meta *metadb.Cluster
-
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(childMain())
 	}
-	code := func() int {
-		flag.Parse()
-		if os.Geteuid() != 0 {
-			return m.Run() // the tests skip themselves
-		}
-		dir, err := os.MkdirTemp("", "sindri-engine-meta-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		os.Chmod(dir, 0o755)
-		owner, err := postgres.LookupUser("postgres")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		meta, err = metadb.Start(ctx, filepath.Join(dir, "meta"), pgtest.BinPattern, owner, quietLogger())
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer meta.Stop(ctx)
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(storetest.Main(m))
 }
 
-func quietLogger() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func quietLogger() *slog.Logger { return storetest.Logger() }
 
 // world is one test's metadata database, filesystem and image.
 type world struct {
@@ -98,28 +63,11 @@ type world struct {
 	maxPort int
 }
 
-var dbCounter atomic.Int64
-
 func newWorld(t *testing.T, ports int) *world {
 	t.Helper()
-	owner := pgtest.Owner(t)
-	conn, err := pgx.Connect(ctx, meta.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := fmt.Sprintf("engine_test_%d_%d", os.Getpid(), dbCounter.Add(1))
-	if _, err := conn.Exec(ctx, "create database "+name); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
-	w := &world{dbURL: strings.Replace(meta.URL(), "/"+metadb.Database+"?", "/"+name+"?", 1), owner: owner}
-	if w.store, err = store.Open(ctx, w.dbURL); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.store.Close)
-	if _, err := w.store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w := &world{owner: pgtest.Owner(t)}
+	w.store, w.dbURL = storetest.New(t)
+	var err error
 	mnt := testfs.Btrfs(t, 2<<30)
 	// The postgres user must reach the data directories under the mount.
 	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {

@@ -119,10 +119,7 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 		return err
 	}
 	if inst.Port == 0 { // a failed instance gave its port up
-		port, err := e.opts.Store.AllocatePort(ctx, inst.ID, e.opts.MinPort, e.opts.MaxPort, portIsFree)
-		if errors.Is(err, store.ErrPortsExhausted) {
-			return fmt.Errorf("%w in [%d, %d)", ErrNoPort, e.opts.MinPort, e.opts.MaxPort)
-		}
+		port, err := e.allocatePort(ctx, inst.ID)
 		if err != nil {
 			return err
 		}

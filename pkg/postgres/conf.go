@@ -81,6 +81,8 @@ var cloneDefaults = map[string]string{
 	"password_encryption": "'scram-sha-256'",
 }
 
+// quote makes s a single-quoted string, as both postgresql.conf and SQL
+// literals (with standard_conforming_strings) take it.
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // Configure writes sindri's include file, its hba and ident files and the

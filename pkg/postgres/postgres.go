@@ -127,9 +127,9 @@ func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, passwor
 		fmt.Sprintf(`DO $$BEGIN
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
-		END$$`, literal(ClientRole), ident, literal(passwordRole), pwIdent),
+		END$$`, quote(ClientRole), ident, quote(passwordRole), pwIdent),
 		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS`, ident, super),
-		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, super, literal(password)),
+		fmt.Sprintf(`ALTER ROLE %s LOGIN %s NOREPLICATION NOBYPASSRLS PASSWORD %s`, pwIdent, super, quote(password)),
 		fmt.Sprintf(`GRANT %s TO %s`, ident, pwIdent),
 	}
 	if !superuser {
@@ -143,7 +143,7 @@ func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, passwor
 					JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
 					WHERE m.rolname IN (%[1]s, %[2]s) AND NOT (m.rolname = %[2]s AND g.rolname = %[1]s)
 				LOOP EXECUTE format('REVOKE %%I FROM %%I', r.grp, r.mem); END LOOP;
-			END$$`, literal(ClientRole), literal(passwordRole)))
+			END$$`, quote(ClientRole), quote(passwordRole)))
 	}
 	// One round trip: the statements as a single simple-protocol batch.
 	if _, err := conn.Exec(ctx, strings.Join(stmts, ";\n"), pgx.QueryExecModeSimpleProtocol); err != nil {
@@ -151,9 +151,6 @@ func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, passwor
 	}
 	return nil
 }
-
-// literal quotes s as an SQL string literal.
-func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // NewestMajor returns the highest major version whose binaries the
 // pattern finds, for making a new cluster.

@@ -122,3 +122,23 @@ func HasClones(name string) error { return entryError(ErrHasClones, name) }
 func WrongKind(name string, want Kind) error {
 	return fmt.Errorf("%w: %q is not a %s", ErrWrongKind, name, want)
 }
+
+// ValidateNames is ValidateName for each name.
+func ValidateNames(names ...string) error {
+	for _, n := range names {
+		if err := ValidateName(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RefuseIfCloned returns ErrHasClones when an entry was cloned from image.
+func RefuseIfCloned(entries []Entry, image string) error {
+	for _, e := range entries {
+		if e.Origin == image {
+			return fmt.Errorf("%w (%q is one)", HasClones(image), e.Name)
+		}
+	}
+	return nil
+}

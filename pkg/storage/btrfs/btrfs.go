@@ -125,10 +125,8 @@ func (d *Driver) Create(ctx context.Context, volume string) (storage.Entry, erro
 }
 
 func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entry, error) {
-	for _, n := range []string{volume, image} {
-		if err := storage.ValidateName(n); err != nil {
-			return storage.Entry{}, err
-		}
+	if err := storage.ValidateNames(volume, image); err != nil {
+		return storage.Entry{}, err
 	}
 	defer d.locks.Acquire([]string{volume, image}, nil)()
 	kind, src, err := d.lookup(volume)
@@ -161,10 +159,8 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 }
 
 func (d *Driver) Clone(ctx context.Context, image, volume string) (storage.Entry, error) {
-	for _, n := range []string{image, volume} {
-		if err := storage.ValidateName(n); err != nil {
-			return storage.Entry{}, err
-		}
+	if err := storage.ValidateNames(image, volume); err != nil {
+		return storage.Entry{}, err
 	}
 	defer d.locks.Acquire([]string{volume}, []string{image})()
 	kind, src, err := d.lookup(image)
@@ -198,10 +194,8 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		for _, e := range entries {
-			if e.Origin == name {
-				return fmt.Errorf("%w (%q is one)", storage.HasClones(name), e.Name)
-			}
+		if err := storage.RefuseIfCloned(entries, name); err != nil {
+			return err
 		}
 	}
 	if err := cbtrfs.SubvolDelete(path); err != nil {

@@ -143,10 +143,8 @@ func (d *Driver) Create(ctx context.Context, volume string) (storage.Entry, erro
 }
 
 func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entry, error) {
-	for _, n := range []string{volume, image} {
-		if err := storage.ValidateName(n); err != nil {
-			return storage.Entry{}, err
-		}
+	if err := storage.ValidateNames(volume, image); err != nil {
+		return storage.Entry{}, err
 	}
 	defer d.locks.Acquire([]string{volume, image}, nil)()
 	kind, ds, err := d.lookup(volume)
@@ -228,10 +226,8 @@ func mountReadOnly(ds *gozfs.Dataset) (*gozfs.Dataset, error) {
 }
 
 func (d *Driver) Clone(ctx context.Context, image, volume string) (storage.Entry, error) {
-	for _, n := range []string{image, volume} {
-		if err := storage.ValidateName(n); err != nil {
-			return storage.Entry{}, err
-		}
+	if err := storage.ValidateNames(image, volume); err != nil {
+		return storage.Entry{}, err
 	}
 	defer d.locks.Acquire([]string{volume}, []string{image})()
 	if err := d.requireFree(volume); err != nil {
@@ -266,10 +262,8 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		for _, e := range entries {
-			if e.Origin == name {
-				return fmt.Errorf("%w (%q is one)", storage.HasClones(name), e.Name)
-			}
+		if err := storage.RefuseIfCloned(entries, name); err != nil {
+			return err
 		}
 	}
 	// Recursive: an image's @frozen snapshot, or the snapshot a cut-short
