@@ -32,6 +32,7 @@ type server struct {
 	config, data string
 	http, https  string
 	secret       string
+	stop         func() error
 }
 
 func startServer(t testing.TB, extra string) *server {
@@ -75,9 +76,9 @@ expiry_interval = "1s"
 	if err := os.WriteFile(s.config, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	stop := start(t, s.config, s.http)
+	s.stop = start(t, s.config, s.http)
 	t.Cleanup(func() {
-		stop()
+		s.stop()
 		// Instances outlive sindrid by design; the test stops them.
 		vols, _ := os.ReadDir(filepath.Join(s.data, "volumes"))
 		for _, v := range vols {
@@ -469,4 +470,34 @@ func TestAPIEndToEnd(t *testing.T) {
 		}
 		resp.Body.Close()
 	})
+}
+
+func TestRestartOfSindridKeepsAndAdoptsInstances(t *testing.T) {
+	s := startServer(t, "")
+	imageID := s.readyImage(t, "")
+	inst, creds := s.createInstance(t, s.secret, imageID, nil)
+	volume := filepath.Join(s.data, "volumes", "instance-"+inst.ID)
+	before, err := postgres.Status(volume)
+	if err != nil || !before.Alive {
+		t.Fatalf("instance postmaster: %+v %v", before, err)
+	}
+	if err := s.stop(); err != nil {
+		t.Fatalf("sindrid exit after SIGTERM: %v", err)
+	}
+	// sindrid is gone; the instance answers.
+	if got, err := query(certConnString(t, inst, creds), "select 'up'"); err != nil || got != "up" {
+		t.Fatalf("instance with sindrid stopped: %q %v", got, err)
+	}
+	s.stop = start(t, s.config, s.http)
+	after, err := postgres.Status(volume)
+	if err != nil || !after.Alive || after.PID != before.PID {
+		t.Fatalf("after restart: %+v %v; want the same postmaster (pid %d) adopted", after, err, before.PID)
+	}
+	status, body := s.call(t, "GET", "/instances/"+inst.ID, s.secret, nil)
+	if status != 200 || decode(t, body).one(t).Attributes["status"] != "running" {
+		t.Fatalf("GET after restart: %d %s", status, body)
+	}
+	if got, err := query(inst.Attributes["database_url"].(string), "select 'up'"); err != nil || got != "up" {
+		t.Fatalf("instance after restart: %q %v", got, err)
+	}
 }
