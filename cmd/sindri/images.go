@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/sindri-db/sindri/pkg/client"
+)
+
+func (a *app) imagesCmd() *cobra.Command {
+	list := &cobra.Command{
+		Use: "list", Short: "list the images, newest first", Args: args(),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			images, err := cl.ListImages(c.Context())
+			if err != nil {
+				return err
+			}
+			return a.showImages(images)
+		},
+	}
+	get := &cobra.Command{
+		Use: "get ID", Short: "show one image", Args: args("ID"),
+		RunE: func(c *cobra.Command, argv []string) error {
+			return a.withImage(c, argv[0], func(cl *client.Client, id int64) (*client.Image, error) {
+				return cl.GetImage(c.Context(), id)
+			})
+		},
+	}
+
+	var name, backedUpAt, script string
+	create := &cobra.Command{
+		Use: "create", Short: "create an image record to upload a data directory into", Args: args(),
+		RunE: func(c *cobra.Command, _ []string) error {
+			at := time.Now().UTC()
+			if backedUpAt != "" {
+				var err error
+				if at, err = time.Parse(time.RFC3339, backedUpAt); err != nil {
+					return usageError{fmt.Errorf("--backed-up-at %q is not an RFC 3339 time such as 2017-05-01T12:00:00Z", backedUpAt)}
+				}
+			}
+			var sql string
+			if script != "" {
+				data, err := os.ReadFile(script)
+				if err != nil {
+					return usageError{fmt.Errorf("--anonymisation-script: %w", err)}
+				}
+				sql = string(data)
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			img, err := cl.CreateImage(c.Context(), at, name, sql)
+			if err != nil {
+				return err
+			}
+			return a.showImage(img)
+		},
+	}
+	create.Flags().StringVar(&name, "name", "", "a label for the image")
+	create.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the data was backed up (RFC 3339; default now)")
+	create.Flags().StringVar(&script, "anonymisation-script", "", "a file of SQL run when the image is finalised")
+
+	upload := &cobra.Command{
+		Use: "upload ID FILE", Short: "upload a tarball (tar, tar.gz, tar.zst) of a data directory into an image",
+		Args: args("ID", "FILE"),
+		RunE: func(c *cobra.Command, argv []string) error {
+			id, err := parseID("image", argv[0])
+			if err != nil {
+				return err
+			}
+			f, err := os.Open(argv[1])
+			if err != nil {
+				return usageError{err}
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				return usageError{err}
+			}
+			if !fi.Mode().IsRegular() {
+				return usageError{fmt.Errorf("%s is not a regular file", argv[1])}
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			var r io.Reader = f
+			var bar *progressbar.ProgressBar
+			if isTerminal(os.Stderr) {
+				bar = progressbar.NewOptions64(fi.Size(),
+					progressbar.OptionSetWriter(os.Stderr),
+					progressbar.OptionSetDescription(fmt.Sprintf("uploading image %d", id)),
+					progressbar.OptionShowBytes(true),
+					progressbar.OptionSetWidth(30),
+					progressbar.OptionThrottle(100*time.Millisecond),
+					progressbar.OptionShowCount(),
+					progressbar.OptionClearOnFinish(),
+				)
+				r = io.TeeReader(f, bar)
+			}
+			img, err := cl.UploadImage(c.Context(), id, r, fi.Size())
+			if bar != nil {
+				bar.Finish()
+			}
+			if err != nil {
+				return err
+			}
+			return a.showImage(img)
+		},
+	}
+	finalise := &cobra.Command{
+		Use: "finalise ID", Aliases: []string{"finalize", "done"},
+		Short: "prepare, anonymise and snapshot an uploaded image; waits until it is ready", Args: args("ID"),
+		RunE: func(c *cobra.Command, argv []string) error {
+			return a.withImage(c, argv[0], func(cl *client.Client, id int64) (*client.Image, error) {
+				return cl.FinaliseImage(c.Context(), id)
+			})
+		},
+	}
+	var force bool
+	destroy := &cobra.Command{
+		Use: "destroy ID", Short: "destroy an image (--force: and its instances)", Args: args("ID"),
+		RunE: func(c *cobra.Command, argv []string) error {
+			id, err := parseID("image", argv[0])
+			if err != nil {
+				return err
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			if err := cl.DestroyImage(c.Context(), id, force); err != nil {
+				return err
+			}
+			if !a.json {
+				fmt.Fprintf(a.stdout, "image %d destroyed\n", id)
+			}
+			return nil
+		},
+	}
+	destroy.Flags().BoolVar(&force, "force", false, "destroy the image's instances too (upload user only)")
+	return group(&cobra.Command{Use: "images", Aliases: []string{"image"}, Short: "manage images"},
+		list, get, create, upload, finalise, destroy)
+}
+
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+func (a *app) withImage(c *cobra.Command, arg string, do func(*client.Client, int64) (*client.Image, error)) error {
+	id, err := parseID("image", arg)
+	if err != nil {
+		return err
+	}
+	cl, err := a.client()
+	if err != nil {
+		return err
+	}
+	img, err := do(cl, id)
+	if err != nil {
+		return err
+	}
+	return a.showImage(img)
+}
+
+func (a *app) showImages(images []client.Image) error {
+	if a.json {
+		if images == nil {
+			images = []client.Image{}
+		}
+		return a.printJSON(images)
+	}
+	w := a.table()
+	fmt.Fprintln(w, "ID\tNAME\tSTATUS\tPG\tSIZE\tBACKED UP AT\tCREATED AT")
+	for _, img := range images {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", img.ID, orDash(img.Name), img.Status, orDash(img.PGVersion),
+			bytesText(img.SizeBytes), when(img.BackedUpAt), when(img.CreatedAt))
+	}
+	return w.Flush()
+}
+
+func (a *app) showImage(img *client.Image) error {
+	if a.json {
+		return a.printJSON(img)
+	}
+	w := a.table()
+	fmt.Fprintf(w, "id\t%d\n", img.ID)
+	if img.Name != "" {
+		fmt.Fprintf(w, "name\t%s\n", img.Name)
+	}
+	fmt.Fprintf(w, "status\t%s\n", img.Status)
+	fmt.Fprintf(w, "ready\t%s\n", yesNo(img.Ready))
+	if img.Error != "" {
+		fmt.Fprintf(w, "error\t%s\n", img.Error)
+	}
+	fmt.Fprintf(w, "pg_version\t%s\n", orDash(img.PGVersion))
+	fmt.Fprintf(w, "size\t%s\n", bytesText(img.SizeBytes))
+	fmt.Fprintf(w, "backed_up_at\t%s\n", when(img.BackedUpAt))
+	fmt.Fprintf(w, "created_at\t%s\n", when(img.CreatedAt))
+	fmt.Fprintf(w, "updated_at\t%s\n", when(img.UpdatedAt))
+	return w.Flush()
+}
+
+// newestReadyImage is the ready image created last.
+func newestReadyImage(ctx context.Context, cl *client.Client) (*client.Image, error) {
+	images, err := cl.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ready []client.Image
+	for _, img := range images {
+		if img.Ready {
+			ready = append(ready, img)
+		}
+	}
+	if len(ready) == 0 {
+		return nil, failure{errors.New("there is no ready image on the server")}
+	}
+	sort.SliceStable(ready, func(i, j int) bool {
+		if !ready[i].CreatedAt.Equal(ready[j].CreatedAt) {
+			return ready[i].CreatedAt.After(ready[j].CreatedAt)
+		}
+		return ready[i].ID > ready[j].ID
+	})
+	return &ready[0], nil
+}
