@@ -15,6 +15,33 @@ import (
 type watch struct {
 	crashes   []time.Time // deaths within the crash window
 	restartAt time.Time   // when a death seen is due for its restart
+	path      string      // the data directory, once looked up
+}
+
+// watchedPath is the data directory of a watched instance, looked up in
+// storage once rather than at every tick.
+func (e *Engine) watchedPath(ctx context.Context, id int64) (string, error) {
+	e.mu.Lock()
+	w := e.watched[id]
+	path := ""
+	if w != nil {
+		path = w.path
+	}
+	e.mu.Unlock()
+	if w == nil {
+		return "", fmt.Errorf("instance %d is not watched", id)
+	}
+	if path != "" {
+		return path, nil
+	}
+	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(id))
+	if err != nil {
+		return "", err
+	}
+	e.mu.Lock()
+	w.path = vol.Path
+	e.mu.Unlock()
+	return vol.Path, nil
 }
 
 func (e *Engine) watch(id int64) {
@@ -83,12 +110,12 @@ func (e *Engine) supervise(ctx context.Context) {
 }
 
 func (e *Engine) superviseOne(ctx context.Context, id int64) {
-	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(id))
+	dataDir, err := e.watchedPath(ctx, id)
 	if err != nil {
 		e.log.Error("engine: supervising", "instance_id", id, "err", err)
 		return
 	}
-	if st, err := postgres.Status(vol.Path); err == nil && st.Alive {
+	if st, err := postgres.Status(dataDir); err == nil && st.Alive {
 		return
 	}
 	now := time.Now()
@@ -122,7 +149,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 
 	if crashes >= e.opts.MaxCrashes {
 		e.unwatch(id)
-		msg := fmt.Sprintf("postgres crashed %d times within %s; last log lines:\n%s", crashes, e.opts.CrashWindow, postgres.LogTail(vol.Path, 20))
+		msg := fmt.Sprintf("postgres crashed %d times within %s; last log lines:\n%s", crashes, e.opts.CrashWindow, postgres.LogTail(dataDir, 20))
 		e.log.Error("engine: instance failed", "instance_id", id, "crashes", crashes)
 		if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceFailed, msg); err != nil {
 			e.log.Error("engine: marking instance failed", "instance_id", id, "err", err)
@@ -133,7 +160,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		return
 	}
 	e.log.Warn("engine: postmaster died; restarting", "instance_id", id, "crashes_in_window", crashes)
-	if err := postgres.KillLeftovers(ctx, vol.Path); err != nil {
+	if err := postgres.KillLeftovers(ctx, dataDir); err != nil {
 		e.log.Error("engine: clearing the dead postmaster's processes", "instance_id", id, "err", err)
 		return
 	}
