@@ -15,7 +15,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -194,6 +196,7 @@ func (m *Main) Run(ctx context.Context) error {
 		UploadsDir: cfg.UploadsDir(), DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
 		Logger: m.logger, OrphanGrace: 10 * time.Minute,
 	})
+	m.setUploadAccount()
 	if err := m.Engine.Reconcile(ctx); err != nil {
 		// What could not be reconciled is logged and retried every minute;
 		// the rest of sindrid serves meanwhile.
@@ -232,6 +235,35 @@ func (m *Main) Run(ctx context.Context) error {
 		m.serve(api.NewHTTPServer(server.Handler(), api.Options{Logger: m.logger}), ln, "http")
 	}
 	return nil
+}
+
+// setUploadAccount looks up uploads.account and lets the engine give it
+// the upload directories of pending images; without the account, scp
+// uploads are off (PUT /images/{id}/upload still works).
+func (m *Main) setUploadAccount() {
+	name := m.Config.Uploads.Account
+	u, err := user.Lookup(name)
+	if err != nil {
+		m.logger.Warn("sindrid: no upload account: uploads by scp are off (see packaging/setup-upload-account)",
+			"uploads.account", name, "err", err)
+		return
+	}
+	uid, uerr := strconv.ParseUint(u.Uid, 10, 32)
+	gid, gerr := strconv.ParseUint(u.Gid, 10, 32)
+	if uerr != nil || gerr != nil || uid == 0 {
+		m.logger.Warn("sindrid: unusable upload account: uploads by scp are off",
+			"uploads.account", name, "uid", u.Uid, "gid", u.Gid)
+		return
+	}
+	warning, err := m.Engine.SetUploadAccount(engine.UploadAccount{Name: name, UID: uint32(uid), GID: uint32(gid)})
+	if err != nil {
+		m.logger.Warn("sindrid: uploads by scp are off", "uploads.account", name, "err", err)
+		return
+	}
+	if warning != "" {
+		m.logger.Warn("sindrid: "+warning, "uploads.account", name)
+	}
+	m.logger.Info("sindrid: uploads by scp on", "uploads.account", name, "chroot", m.Config.UploadsDir())
 }
 
 // listenTLS serves HTTPS on listen_address with the configured

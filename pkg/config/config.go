@@ -64,6 +64,7 @@ const (
 	DefaultInstanceTTL           = 24 * time.Hour
 	DefaultMaxInstanceTTL        = 168 * time.Hour
 	DefaultExpiryInterval        = 30 * time.Second
+	DefaultUploadAccount         = "sindri-upload"
 
 	// LoopbackFileSuffix is appended to data_path to form the default
 	// storage.loopback_file.
@@ -247,6 +248,10 @@ type UploadsConfig struct {
 	// AuthorizedKeysFile is the authorized_keys file of the account that
 	// uploads data directories with scp (optional; absolute path).
 	AuthorizedKeysFile string `toml:"authorized_keys_file"`
+	// Account is the OS account that uploads data directories with scp
+	// (default "sindri-upload"): each pending image's upload directory is
+	// made its own. Not root.
+	Account string `toml:"account"`
 }
 
 // Default returns a Config holding every default. DataPath and
@@ -284,6 +289,9 @@ func Default() *Config {
 			DefaultTTL:     DefaultInstanceTTL,
 			MaxTTL:         DefaultMaxInstanceTTL,
 			ExpiryInterval: DefaultExpiryInterval,
+		},
+		Uploads: UploadsConfig{
+			Account: DefaultUploadAccount,
 		},
 	}
 }
@@ -741,7 +749,18 @@ func (c *Config) validateUploads(v *validator) {
 	if f := c.Uploads.AuthorizedKeysFile; f != "" && !filepath.IsAbs(f) {
 		v.errorf("uploads.authorized_keys_file", "uploads.authorized_keys_file must be an absolute path (got %q)", f)
 	}
+	switch a := c.Uploads.Account; {
+	case a == "":
+		v.errorf("uploads.account", "uploads.account must not be empty (the OS account that uploads with scp; default %q)", DefaultUploadAccount)
+	case a == "root" || a == "0":
+		v.errorf("uploads.account", "uploads.account must not be root (default %q)", DefaultUploadAccount)
+	case !userNameRE.MatchString(a):
+		v.errorf("uploads.account", "uploads.account must be a user name: a lower-case letter or _, then up to 31 lower-case letters, digits, _ or - (got %q)", a)
+	}
 }
+
+// userNameRE is a portable user name as useradd accepts it by default.
+var userNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 // checkHostPort returns "" when addr is a valid host:port with a numeric
 // port in 1-65535, else what is wrong.

@@ -79,6 +79,7 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"instances.max_ttl", c.Instances.MaxTTL, 168 * time.Hour},
 		{"instances.expiry_interval", c.Instances.ExpiryInterval, 30 * time.Second},
 		{"uploads.authorized_keys_file", c.Uploads.AuthorizedKeysFile, ""},
+		{"uploads.account", c.Uploads.Account, "sindri-upload"},
 		{"BinDir(16)", c.BinDir("16"), "/usr/lib/postgresql/16/bin"},
 		{"MetaDir", c.MetaDir(), "/var/lib/sindri/meta"},
 		{"UploadsDir", c.UploadsDir(), "/var/lib/sindri/image_uploads"},
@@ -295,6 +296,12 @@ func TestInvalidValues(t *testing.T) {
 
 		// [uploads]
 		{name: "authorized_keys_file relative", file: "[uploads]\nauthorized_keys_file = \"authorized_keys\"", key: "uploads.authorized_keys_file", want: "absolute path"},
+		{name: "account empty", file: "[uploads]\naccount = \"\"", key: "uploads.account", want: "must not be empty"},
+		{name: "account root", file: "[uploads]\naccount = \"root\"", key: "uploads.account", want: "must not be root"},
+		{name: "account uid 0", file: "[uploads]\naccount = \"0\"", key: "uploads.account", want: "must not be root"},
+		{name: "account with slash", file: "[uploads]\naccount = \"../x\"", key: "uploads.account", want: "must be a user name"},
+		{name: "account upper case", file: "[uploads]\naccount = \"Upload\"", key: "uploads.account", want: "must be a user name"},
+		{name: "account integer", file: "[uploads]\naccount = 1000", key: "uploads.account", want: "uploads.account"},
 
 		// wrong shapes
 		{name: "section not a table", file: "http = 5", key: "http", want: "http must be a table ([http])"},
@@ -394,6 +401,8 @@ func TestValidValues(t *testing.T) {
 			check: func(c *Config) any { return c.Instances.DefaultTTL + c.Instances.MaxTTL }, want: time.Duration(0)},
 		{name: "authorized_keys_file", file: "[uploads]\nauthorized_keys_file = \"/home/up/.ssh/authorized_keys\"",
 			check: func(c *Config) any { return c.Uploads.AuthorizedKeysFile }, want: "/home/up/.ssh/authorized_keys"},
+		{name: "account", file: "[uploads]\naccount = \"db_upload-2\"",
+			check: func(c *Config) any { return c.Uploads.Account }, want: "db_upload-2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

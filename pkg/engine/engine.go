@@ -96,6 +96,7 @@ type Engine struct {
 	reconciled atomic.Bool          // the first Reconcile has run
 	finalising map[int64]*finaliseRun
 	cloneTimes cloneTimes
+	uploadAcct *UploadAccount // scp uploads; nil when off
 }
 
 // New returns an engine; call Reconcile, then Run.

@@ -63,6 +63,9 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	if err := os.MkdirAll(e.uploadDir(img.ID), 0o750); err != nil {
 		return store.Image{}, err
 	}
+	if err := e.openUploadDir(img.ID); err != nil {
+		return store.Image{}, err
+	}
 	if _, err := e.opts.Storage.Create(ctx, UploadVolume(img.ID)); err != nil && !errors.Is(err, storage.ErrExists) {
 		return store.Image{}, err
 	}
@@ -179,8 +182,18 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 		return img, err
 	}
 	started := time.Now()
-	pgVersion, size, err := e.prepare(ctx, img)
+	// From here on the upload account can no longer write the upload; a
+	// failure hands it back so that the user can upload again.
+	pgVersion, size, err := func() (string, int64, error) {
+		if err := e.closeUploadDir(id); err != nil {
+			return "", 0, err
+		}
+		return e.prepare(ctx, img)
+	}()
 	if err != nil {
+		if oerr := e.openUploadDir(id); oerr != nil {
+			e.log.Error("engine: giving the upload directory back to the upload account", "image_id", id, "err", oerr)
+		}
 		msg := err.Error()
 		e.log.Error("engine: finalising failed", "image_id", id, "err", msg)
 		if serr := e.opts.Store.SetImageStatus(ctx, id, store.ImageFailed, msg); serr != nil {
@@ -217,6 +230,7 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
+	defer archive.Close()
 	// Start afresh: what an earlier try left (its private postmaster, if
 	// sindrid died during it; an image frozen just before a crash) goes.
 	volName := UploadVolume(img.ID)
@@ -232,14 +246,10 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
-	f, err := os.Open(archive)
+	_, err = ingest.Extract(ctx, archive, vol.Path)
+	archive.Close()
 	if err != nil {
-		return "", 0, err
-	}
-	_, err = ingest.Extract(ctx, f, vol.Path)
-	f.Close()
-	if err != nil {
-		return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive), err)
+		return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
 	}
 	if err := ingest.HoistDataDir(vol.Path); err != nil {
 		return "", 0, err
@@ -277,30 +287,67 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	return pgVersion, size, nil
 }
 
-// findArchive returns the upload: the HTTP upload, or else the single file
-// that scp put into the upload directory.
-func (e *Engine) findArchive(id int64) (string, error) {
+// findArchive opens the upload: the HTTP upload, or else the single file
+// that scp put into the upload directory. The upload account can write
+// that directory, so nothing in it is trusted: a symbolic link (which
+// could point at a file only root may read) is never followed, and only a
+// regular file is taken.
+func (e *Engine) findArchive(id int64) (*os.File, error) {
 	dir := e.uploadDir(id)
-	if _, err := os.Stat(filepath.Join(dir, UploadFile)); err == nil {
-		return filepath.Join(dir, UploadFile), nil
+	if fi, err := os.Lstat(filepath.Join(dir, UploadFile)); err == nil && fi.Mode().IsRegular() {
+		return openRegular(filepath.Join(dir, UploadFile))
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil && !os.IsNotExist(err) {
-		return "", err
+		return nil, err
 	}
-	var files []string
+	var files, ignored []string
 	for _, de := range entries {
-		if de.Type().IsRegular() && !strings.HasPrefix(de.Name(), ".") {
+		switch {
+		case strings.HasPrefix(de.Name(), "."):
+		case de.Type().IsRegular():
 			files = append(files, de.Name())
+		case de.Type()&os.ModeSymlink != 0:
+			ignored = append(ignored, de.Name()+" (a symbolic link)")
+		case de.IsDir():
+			ignored = append(ignored, de.Name()+" (a directory)")
+		default:
+			ignored = append(ignored, de.Name()+" (not a regular file)")
 		}
 	}
 	switch len(files) {
 	case 0:
-		return "", fmt.Errorf("nothing was uploaded for image %d (PUT /images/%d/upload, or scp a tarball into %s)", id, id, dir)
+		if len(ignored) > 0 {
+			return nil, fmt.Errorf("image %d has no uploaded tarball: only %s, which is not taken; upload the tarball itself as a regular file", id, strings.Join(ignored, ", "))
+		}
+		return nil, fmt.Errorf("nothing was uploaded for image %d (PUT /images/%d/upload, or scp a tarball into %s)", id, id, dir)
 	case 1:
-		return filepath.Join(dir, files[0]), nil
+		return openRegular(filepath.Join(dir, files[0]))
 	}
-	return "", fmt.Errorf("image %d has %d uploaded files (%s); leave exactly one tarball", id, len(files), strings.Join(files, ", "))
+	return nil, fmt.Errorf("image %d has %d uploaded files (%s); leave exactly one tarball", id, len(files), strings.Join(files, ", "))
+}
+
+// openRegular opens path for reading without following a final symbolic
+// link (O_NOFOLLOW) or blocking on a FIFO (O_NONBLOCK), and refuses
+// anything but a regular file.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("the upload %s is a symbolic link, which is not followed; upload the tarball itself", filepath.Base(path))
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("the upload %s is not a regular file (%s); upload the tarball itself", filepath.Base(path), fi.Mode().Type())
+	}
+	return f, nil
 }
 
 // preparePrivately starts the data directory on a private socket only,
@@ -530,4 +577,97 @@ func actorFrom(ctx context.Context) string {
 		return a
 	}
 	return "sindrid"
+}
+
+// UploadAccount is the OS account that uploads with scp through sshd,
+// chrooted (ChrootDirectory) into the uploads directory.
+type UploadAccount struct {
+	Name     string
+	UID, GID uint32
+}
+
+// SetUploadAccount turns scp uploads on: from now on a pending or failed
+// image's upload directory is root:<account's group> 0770, writable by the
+// account but not its to chmod, and a finalising or ready image's is
+// root:root 0750. The uploads directory itself, sshd's ChrootDirectory, is
+// made root's, mode 0755; every directory above it must be root's and
+// not writable by group or others, or sshd refuses the chroot: what is
+// not is returned as a warning.
+func (e *Engine) SetUploadAccount(a UploadAccount) (warning string, err error) {
+	if a.UID == 0 {
+		return "", fmt.Errorf("upload account %q is root", a.Name)
+	}
+	dir := e.opts.UploadsDir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Lchown(dir, 0, 0); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	e.mu.Lock()
+	e.uploadAcct = &a
+	e.mu.Unlock()
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return "", err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if ok && st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+			warning = fmt.Sprintf("%s is not root's or is writable by group or others (%s): sshd will refuse to chroot the upload account into %s", p, fi.Mode().Perm(), dir)
+			break
+		}
+		if p == filepath.Dir(p) {
+			break
+		}
+	}
+	return warning, nil
+}
+
+// uploadAccount is the account set by SetUploadAccount; none means scp
+// uploads are off and upload directories stay root's.
+func (e *Engine) uploadAccount() (UploadAccount, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.uploadAcct == nil {
+		return UploadAccount{}, false
+	}
+	return *e.uploadAcct, true
+}
+
+// openUploadDir lets the upload account write the image's upload
+// directory (pending, or failed and to be uploaded again).
+func (e *Engine) openUploadDir(id int64) error {
+	a, ok := e.uploadAccount()
+	if !ok {
+		return nil
+	}
+	dir := e.uploadDir(id)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	if err := os.Lchown(dir, 0, int(a.GID)); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o770)
+}
+
+// closeUploadDir takes the image's upload directory back from the upload
+// account: root:root 0750, so that nothing more can be written into it
+// while it is finalised or once it is ready.
+func (e *Engine) closeUploadDir(id int64) error {
+	if _, ok := e.uploadAccount(); !ok {
+		return nil
+	}
+	dir := e.uploadDir(id)
+	if err := os.Lchown(dir, 0, 0); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := os.Chmod(dir, 0o750); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
 }

@@ -232,7 +232,9 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 
 // reconcileImages marks failed the images a crash left finalising (no
 // finalise runs before the first reconcile), stopping the private
-// postmaster it may have left, so that done can be tried again.
+// postmaster it may have left, so that done can be tried again; the upload
+// directories of pending and failed images are opened to the upload
+// account.
 func (e *Engine) reconcileImages(ctx context.Context) error {
 	images, err := e.opts.Store.ListImages(ctx)
 	if err != nil {
@@ -240,6 +242,10 @@ func (e *Engine) reconcileImages(ctx context.Context) error {
 	}
 	var errs []error
 	for _, img := range images {
+		if img.Status == store.ImagePending || img.Status == store.ImageFailed {
+			errs = append(errs, e.openUploadDir(img.ID)) // made before scp uploads were on
+			continue
+		}
 		if img.Status != store.ImageFinalising {
 			continue
 		}
@@ -249,7 +255,8 @@ func (e *Engine) reconcileImages(ctx context.Context) error {
 			continue
 		}
 		errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
-			"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"))
+			"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"),
+			e.openUploadDir(img.ID))
 	}
 	return errors.Join(errs...)
 }
