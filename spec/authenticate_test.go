@@ -1,0 +1,325 @@
+package spec
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const (
+	oauthClientID     = "sindri-spec-client"
+	oauthClientSecret = "sindri-spec-client-secret"
+)
+
+// oauthProvider is a loopback OAuth2/OIDC provider: authorize grants at
+// once (no human) and redirects to the client's redirect URI with a code,
+// token checks the client, the code, the redirect URI and PKCE, userinfo
+// answers with the e-mail address the test set.
+type oauthProvider struct {
+	srv *httptest.Server
+
+	mu          sync.Mutex
+	redirectURI string // what the client must use
+	email       string // of the next login
+	codes       map[string]oauthGrant
+	tokens      map[string]string // access token → e-mail
+}
+
+type oauthGrant struct {
+	email, redirectURI, challenge string
+}
+
+func newOAuthProvider(t *testing.T) *oauthProvider {
+	p := &oauthProvider{codes: map[string]oauthGrant{}, tokens: map[string]string{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /authorize", p.authorize)
+	mux.HandleFunc("POST /token", p.token)
+	mux.HandleFunc("GET /userinfo", p.userinfo)
+	p.srv = httptest.NewServer(mux)
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *oauthProvider) login(email string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.email = email
+}
+
+func oauthRandom() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (p *oauthProvider) authorize(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	q := r.URL.Query()
+	if q.Get("client_id") != oauthClientID || q.Get("response_type") != "code" || q.Get("redirect_uri") != p.redirectURI {
+		http.Error(w, "bad authorization request: "+r.URL.RawQuery, http.StatusBadRequest)
+		return
+	}
+	if q.Get("state") == "" || !strings.Contains(q.Get("scope"), "email") {
+		http.Error(w, "no state or no email scope", http.StatusBadRequest)
+		return
+	}
+	if q.Get("code_challenge") != "" && q.Get("code_challenge_method") != "S256" {
+		http.Error(w, "only S256", http.StatusBadRequest)
+		return
+	}
+	code := oauthRandom()
+	p.codes[code] = oauthGrant{email: p.email, redirectURI: q.Get("redirect_uri"), challenge: q.Get("code_challenge")}
+	back, _ := url.Parse(p.redirectURI)
+	back.RawQuery = url.Values{"state": {q.Get("state")}, "code": {code}}.Encode()
+	http.Redirect(w, r, back.String(), http.StatusFound)
+}
+
+func oauthTokenError(w http.ResponseWriter, status int, code string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"error":%q}`, code)
+}
+
+func (p *oauthProvider) token(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := r.ParseForm(); err != nil {
+		oauthTokenError(w, 400, "invalid_request")
+		return
+	}
+	id, secret, ok := r.BasicAuth()
+	if ok {
+		id, _ = url.QueryUnescape(id)
+		secret, _ = url.QueryUnescape(secret)
+	} else {
+		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+	}
+	if id != oauthClientID || secret != oauthClientSecret {
+		oauthTokenError(w, 401, "invalid_client")
+		return
+	}
+	code := r.PostForm.Get("code")
+	g, ok := p.codes[code]
+	delete(p.codes, code) // codes are single-use
+	if r.PostForm.Get("grant_type") != "authorization_code" || !ok || r.PostForm.Get("redirect_uri") != g.redirectURI {
+		oauthTokenError(w, 400, "invalid_grant")
+		return
+	}
+	if g.challenge != "" {
+		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
+		if base64.RawURLEncoding.EncodeToString(sum[:]) != g.challenge {
+			oauthTokenError(w, 400, "invalid_grant")
+			return
+		}
+	}
+	access := oauthRandom()
+	p.tokens[access] = g.email
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3600}`, access)
+}
+
+func (p *oauthProvider) userinfo(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	email, ok := p.tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+	if !ok {
+		http.Error(w, "bad token", http.StatusUnauthorized)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{"sub": email, "email": email, "email_verified": true})
+}
+
+// startOAuthServer starts sindrid, then restarts it with an [oauth]
+// section whose redirect_url is its own /oauth_callback (the address is
+// known only once startServer picked it) and whose endpoints are p's.
+func startOAuthServer(t *testing.T, p *oauthProvider) *server {
+	t.Helper()
+	s := startServer(t, "")
+	if err := s.stop(); err != nil {
+		t.Fatalf("sindrid exit after SIGTERM: %v", err)
+	}
+	p.redirectURI = "http://" + s.http + "/oauth_callback"
+	f, err := os.OpenFile(s.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "\n[oauth]\nclient_id = %q\nclient_secret = %q\nredirect_url = %q\nauth_url = %q\ntoken_url = %q\nuserinfo_url = %q\n",
+		oauthClientID, oauthClientSecret, p.redirectURI, p.srv.URL+"/authorize", p.srv.URL+"/token", p.srv.URL+"/userinfo")
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.stop = start(t, s.config, s.http)
+	return s
+}
+
+// authenticate runs `sindri authenticate --no-browser` as u, plays the
+// browser with the URL it prints (following the redirects across sindrid
+// and the provider), and returns the command's stdout, stderr and exit
+// code, and the status of the page the browser ended on.
+func (u *cliUser) authenticate(t *testing.T) (stdout, stderr string, code, page int) {
+	t.Helper()
+	cmd := exec.Command(u.bin, "authenticate", "--no-browser")
+	cmd.Env = u.env
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errOut bytes.Buffer
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killer := time.AfterFunc(100*time.Second, func() { cmd.Process.Kill() })
+	defer killer.Stop()
+
+	var out strings.Builder
+	sc := bufio.NewScanner(pipe)
+	loginURL := ""
+	for loginURL == "" && sc.Scan() {
+		line := sc.Text()
+		out.WriteString(line + "\n")
+		if strings.HasPrefix(strings.TrimSpace(line), "http") {
+			loginURL = strings.TrimSpace(line)
+		}
+	}
+	if loginURL != "" {
+		if !strings.HasPrefix(loginURL, "http://"+cliServerAddr(u)+"/authenticate?state=") {
+			t.Errorf("login URL %q, want http://%s/authenticate?state=…", loginURL, cliServerAddr(u))
+		}
+		browser := &http.Client{Timeout: 30 * time.Second}
+		resp, err := browser.Get(loginURL)
+		if err != nil {
+			t.Errorf("browser: GET %s: %v", loginURL, err)
+		} else {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			page = resp.StatusCode
+			t.Logf("browser ended on %s: %d %s", resp.Request.URL, resp.StatusCode, bytes.TrimSpace(body))
+		}
+	}
+	rest, _ := io.ReadAll(pipe)
+	out.Write(rest)
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("sindri authenticate: %v", err)
+	}
+	if loginURL == "" {
+		t.Fatalf("sindri authenticate printed no URL (exit %d)\nstdout: %s\nstderr: %s", code, out.String(), errOut.String())
+	}
+	return out.String(), errOut.String(), code, page
+}
+
+// cliServerAddr is the host:port of the SINDRI_URL in u's environment.
+func cliServerAddr(u *cliUser) string {
+	for _, e := range u.env {
+		if v, ok := strings.CutPrefix(e, "SINDRI_URL=http://"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func TestAuthenticate(t *testing.T) {
+	p := newOAuthProvider(t)
+	s := startOAuthServer(t, p)
+	serverURL := "http://" + s.http
+
+	t.Run("login", func(t *testing.T) {
+		p.login("ada@example.com")
+		u := newCLIUser(t, serverURL, "")
+		out, errOut, code, page := u.authenticate(t)
+		if code != 0 {
+			t.Fatalf("sindri authenticate: exit %d, want 0\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		if page != http.StatusOK {
+			t.Errorf("browser's last page: %d, want 200", page)
+		}
+		if errOut != "" {
+			t.Errorf("stderr %q, want nothing", errOut)
+		}
+		if !strings.Contains(out, "Logged in") {
+			t.Errorf("stdout %q, want a line saying the login worked", out)
+		}
+		path := filepath.Join(u.configDir(), "config.json")
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", path, fi.Mode().Perm())
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct{ URL, Token string }
+		if err := json.Unmarshal(data, &cfg); err != nil {
+			t.Fatalf("%s: %v\n%s", path, err, data)
+		}
+		if cfg.Token == "" || cfg.Token == s.secret {
+			t.Fatalf("%s: token %q, want the token the server issued", path, cfg.Token)
+		}
+		if strings.Contains(out, cfg.Token) {
+			t.Errorf("stdout shows the token: %q", out)
+		}
+		// The stored token works (SINDRI_TOKEN is unset).
+		u.ok("instances", "list")
+		// And the API accepts it as the bearer.
+		if status, body := s.call(t, "GET", "/instances", cfg.Token, nil); status != http.StatusOK {
+			t.Errorf("GET /instances with the stored token: %d %s", status, body)
+		}
+	})
+
+	t.Run("domain refused", func(t *testing.T) {
+		p.login("mallory@elsewhere.org")
+		u := newCLIUser(t, serverURL, "")
+		out, errOut, code, page := u.authenticate(t)
+		if code != 1 {
+			t.Fatalf("sindri authenticate: exit %d, want 1\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		if page != http.StatusForbidden {
+			t.Errorf("browser's last page: %d, want 403", page)
+		}
+		line := strings.TrimSuffix(errOut, "\n")
+		if line == "" || strings.Contains(line, "\n") || !strings.HasPrefix(line, "sindri: ") {
+			t.Errorf("stderr %q, want one line starting with \"sindri: \"", errOut)
+		}
+		for _, want := range []string{"E-mail domain not trusted", "mallory@elsewhere.org", "@example.com"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("stderr %q, want it to contain %q", line, want)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(u.configDir(), "config.json")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("config file after a refused login: %v, want none", err)
+		}
+	})
+
+	t.Run("usage", func(t *testing.T) {
+		u := newCLIUser(t, "", "")
+		u.fails(2, []string{"no server URL"}, "authenticate", "--no-browser")
+		u = newCLIUser(t, serverURL, "")
+		u.fails(2, []string{"unknown flag"}, "authenticate", "--bogus")
+	})
+}
