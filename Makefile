@@ -44,3 +44,16 @@ run: deps build
 
 clean:
 	rm -rf $(BIN)
+
+# Debian package bin/sindri_$(VERSION)_amd64.deb (packaging/nfpm.yaml):
+# both binaries (the client static, without cgo), the systemd unit, the
+# example configuration and the scp upload set-up. nfpm is pinned and
+# fetched through the Go module proxy.
+VERSION ?= 0.1.0
+NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
+
+.PHONY: deb
+deb:
+	GOOS=linux GOARCH=amd64 $(GO) build -o $(BIN)/sindrid ./cmd/sindrid
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o $(BIN)/sindri ./cmd/sindri
+	VERSION=$(VERSION) $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(BIN)/sindri_$(VERSION)_amd64.deb
