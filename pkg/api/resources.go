@@ -220,17 +220,23 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, BadRequest("attribute backed_up_at is required (an RFC 3339 time such as 2017-05-01T12:00:00Z)"))
 		return
 	}
-	if attrs.SourceURL != "" || attrs.BackupID != nil {
+	if attrs.BackupID != nil {
 		WriteError(w, r, NewError(http.StatusNotImplemented, "not_implemented", "Not implemented",
-			"images from source_url or backup_id are not supported yet; upload a tarball with PUT /images/{id}/upload"))
+			"images from backup_id are not supported yet; upload a tarball with PUT /images/{id}/upload or give source_url"))
 		return
 	}
 	img, err := h.Engine.CreateImage(actorContext(r), engine.ImageRequest{
 		Name: attrs.Name, BackedUpAt: *attrs.BackedUpAt, AnonymisationScript: attrs.AnonymisationScript,
+		SourceURL: attrs.SourceURL,
 	})
 	if err != nil {
 		WriteError(w, r, err)
 		return
+	}
+	if attrs.SourceURL != "" {
+		// The pull and the finalise run on without the request; done and
+		// GET /images/{id} join or watch that same run.
+		go h.Engine.FinaliseImage(context.WithoutCancel(actorContext(r)), img.ID)
 	}
 	WriteResource(w, http.StatusCreated, imageResource(img))
 }

@@ -6,15 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sindri-db/sindri/pkg/ingest"
 	"github.com/sindri-db/sindri/pkg/postgres"
@@ -43,6 +46,10 @@ type ImageRequest struct {
 	Name                string
 	BackedUpAt          time.Time
 	AnonymisationScript string
+	// SourceURL, when set, is a libpq connection string (postgres:// URL
+	// or key=value) of a running server that finalising pulls the data
+	// from with pg_basebackup instead of taking an uploaded tarball.
+	SourceURL string
 }
 
 func (e *Engine) uploadDir(id int64) string {
@@ -52,8 +59,14 @@ func (e *Engine) uploadDir(id int64) string {
 // CreateImage records a pending image and makes its upload directory and
 // its empty upload volume.
 func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image, error) {
+	if req.SourceURL != "" {
+		if _, err := parseSource(req.SourceURL); err != nil {
+			return store.Image{}, err
+		}
+	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
+		SourceURL: req.SourceURL,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -226,11 +239,17 @@ func (e *Engine) getImageOr(ctx context.Context, id int64, fallback store.Image)
 // freeze. The upload itself is kept until the image is destroyed, so that
 // a failed finalise can be tried again.
 func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string, size int64, err error) {
+	// An image made from a source server pulls its data with
+	// pg_basebackup, unless a tarball was uploaded for it after all.
 	archive, err := e.findArchive(img.ID)
-	if err != nil {
+	if err != nil && img.SourceURL == "" {
 		return "", 0, err
 	}
-	defer archive.Close()
+	if err == nil {
+		defer archive.Close()
+	} else {
+		archive = nil
+	}
 	// Start afresh: what an earlier try left (its private postmaster, if
 	// sindrid died during it; an image frozen just before a crash) goes.
 	volName := UploadVolume(img.ID)
@@ -246,10 +265,14 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
-	_, err = ingest.Extract(ctx, archive, vol.Path)
-	archive.Close()
-	if err != nil {
-		return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
+	if archive != nil {
+		_, err = ingest.Extract(ctx, archive, vol.Path)
+		archive.Close()
+		if err != nil {
+			return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
+		}
+	} else if err := e.pullBaseBackup(ctx, img.SourceURL, vol.Path); err != nil {
+		return "", 0, err
 	}
 	if err := ingest.HoistDataDir(vol.Path); err != nil {
 		return "", 0, err
@@ -669,5 +692,134 @@ func (e *Engine) closeUploadDir(id int64) error {
 	if err := os.Chmod(dir, 0o750); err != nil && !os.IsNotExist(err) {
 		return err
 	}
+	return nil
+}
+
+// PullTimeout bounds one pg_basebackup from an image's source server.
+const PullTimeout = 4 * time.Hour
+
+// source is a parsed source_url: the connection string handed to
+// pg_basebackup, without its password, which goes in PGPASSWORD instead
+// (so that it shows in no process list), and is kept out of every message.
+type source struct {
+	connString string
+	password   string
+}
+
+// redact removes the source's password from a message, whatever quoted it.
+func (s source) redact(msg string) string {
+	if s.password == "" {
+		return msg
+	}
+	msg = strings.ReplaceAll(msg, s.password, "********")
+	if esc := url.QueryEscape(s.password); esc != s.password {
+		msg = strings.ReplaceAll(msg, esc, "********")
+	}
+	if esc := url.PathEscape(s.password); esc != s.password {
+		msg = strings.ReplaceAll(msg, esc, "********")
+	}
+	return msg
+}
+
+// passwordSetting is a password=... setting of a key=value connection
+// string: a value unquoted or in single quotes with backslash escapes.
+var (
+	passwordSetting = regexp.MustCompile(`(^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)`)
+	backslashEscape = regexp.MustCompile(`\\(.)`)
+)
+
+// parseSource checks a source_url: a postgres:// or postgresql:// URL, or
+// a key=value connection string. The error never repeats the text, which
+// may hold a password.
+func parseSource(s string) (source, error) {
+	invalid := fmt.Errorf("%w: source_url is not a PostgreSQL connection string; give a URL such as postgres://user:password@host:5432/postgres, or key=value settings such as host=db.example.com user=replicator", ErrInvalid)
+	var src source
+	switch {
+	case strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://"):
+		u, err := url.Parse(s)
+		if err != nil {
+			return src, invalid
+		}
+		if u.User != nil {
+			if pw, ok := u.User.Password(); ok {
+				src.password = pw
+				u.User = url.User(u.User.Username())
+			}
+		}
+		if q := u.Query(); q.Has("password") {
+			src.password = q.Get("password")
+			q.Del("password")
+			u.RawQuery = q.Encode()
+		}
+		src.connString = u.String()
+	case strings.Contains(s, "="):
+		for _, m := range passwordSetting.FindAllStringSubmatch(s, -1) {
+			v := m[2]
+			if strings.HasPrefix(v, "'") && strings.HasSuffix(v, "'") && len(v) >= 2 {
+				v = v[1 : len(v)-1]
+			}
+			src.password = backslashEscape.ReplaceAllString(v, "$1")
+		}
+		src.connString = strings.TrimSpace(passwordSetting.ReplaceAllString(s, "$1"))
+	default:
+		return src, invalid
+	}
+	if _, err := pgconn.ParseConfig(s); err != nil {
+		return src, invalid
+	}
+	return src, nil
+}
+
+// pullBaseBackup fills the empty data directory dir with pg_basebackup
+// (the newest installed major: it reads older servers too) from the
+// image's source server, as the postgres OS user, streaming the WAL the
+// backup needs so that the private start recovers to consistency.
+func (e *Engine) pullBaseBackup(ctx context.Context, sourceURL, dir string) error {
+	src, err := parseSource(sourceURL)
+	if err != nil {
+		return err
+	}
+	major, err := postgres.NewestMajor(e.opts.BinPattern)
+	if err != nil {
+		return err
+	}
+	binDir, err := postgres.BinDir(e.opts.BinPattern, major)
+	if err != nil {
+		return err
+	}
+	if err := e.opts.Owner.Chown(dir, false); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, PullTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_basebackup"),
+		"-d", src.connString, "-D", dir, "-X", "stream", "--checkpoint=fast", "--no-password")
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "PGPASSFILE=/dev/null", "PGSERVICEFILE=/dev/null"}
+	if src.password != "" {
+		cmd.Env = append(cmd.Env, "PGPASSWORD="+src.password)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.opts.Owner.UID, Gid: e.opts.Owner.GID}}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	started := time.Now()
+	e.log.Info("engine: pulling a base backup", "source", src.connString)
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(out.String())
+		if len(msg) > 4096 {
+			msg = "..." + msg[len(msg)-4096:]
+		}
+		if msg == "" {
+			msg = err.Error()
+		}
+		if ctx.Err() == context.DeadlineExceeded {
+			msg = fmt.Sprintf("gave up after %s: %s", PullTimeout, msg)
+		}
+		return errors.New(src.redact(fmt.Sprintf("pg_basebackup from %s failed: %s", src.connString, msg)))
+	}
+	e.log.Info("engine: base backup pulled", "source", src.connString, "duration_ms", time.Since(started).Milliseconds())
 	return nil
 }
