@@ -46,7 +46,13 @@ func startServerSized(t testing.TB, size, extra string) *server {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sindrid mounts a loopback BTRFS and runs Postgres")
 	}
-	base := pgtest.Dir(t)
+	return startServerIn(t, pgtest.Dir(t), size, extra)
+}
+
+// startServerIn is startServerSized with data_path and the config under
+// base, a directory the caller chose.
+func startServerIn(t testing.TB, base, size, extra string) *server {
+	t.Helper()
 	sock, err := os.MkdirTemp("", "ss")
 	if err != nil {
 		t.Fatal(err)

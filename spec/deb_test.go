@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,59 +250,4 @@ func readUnit(t *testing.T, path string) map[string]string {
 		t.Fatal(err)
 	}
 	return m
-}
-
-// startArgv is start with a whole command line: it runs argv until the
-// health check on addr answers and returns a function that stops it with
-// SIGTERM and reports how it exited.
-func startArgv(t *testing.T, argv []string, addr string) (stop func() error) {
-	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	deadline := time.After(60 * time.Second)
-	for ready := false; !ready; {
-		if resp, err := http.Get("http://" + addr + "/health_check"); err == nil {
-			resp.Body.Close()
-			ready = resp.StatusCode == 200
-		}
-		if ready {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("%s exited before it was ready: %v\n%s", argv[0], err, out.String())
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			<-done
-			t.Fatalf("%s not ready after 60s\n%s", argv[0], out.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	stopped := false
-	stop = func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-done:
-			if err != nil {
-				return fmt.Errorf("%w\n%s", err, out.String())
-			}
-			return nil
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			return fmt.Errorf("%s did not stop within 30s after SIGTERM\n%s", argv[0], out.String())
-		}
-	}
-	t.Cleanup(func() { _ = stop() })
-	return stop
 }

@@ -16,55 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 )
 
 const uploadAccount = "sindri-upload"
-
-// startServerAt is startServer with data_path under base, a directory the
-// caller chose (sshd's ChrootDirectory needs every directory above
-// data_path/image_uploads root's and not writable by others, which a
-// directory under /tmp is not).
-func startServerAt(t testing.TB, base, extra string) *server {
-	t.Helper()
-	sock, err := os.MkdirTemp("", "ss")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sock) })
-	minPort := pgtest.FreePort(t)
-	s := &server{data: filepath.Join(base, "data"), http: freePort(t), https: freePort(t), secret: "spec-shared-secret-0123456789abcdef"}
-	s.config = filepath.Join(base, "config.toml")
-	body := fmt.Sprintf(`environment = "test"
-data_path = %q
-shared_secret = %q
-public_hostname = "localhost"
-[http]
-listen_address = %q
-insecure_listen_address = %q
-[storage]
-loopback_size = "2GiB"
-[postgres]
-socket_dir = %q
-min_port = %d
-max_port = %d
-shared_buffers = "16MB"
-%s`, s.data, s.secret, s.https, s.http, sock, minPort, minPort+60, extra)
-	if err := os.WriteFile(s.config, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.stop = start(t, s.config, s.http)
-	t.Cleanup(func() {
-		s.stop()
-		vols, _ := os.ReadDir(filepath.Join(s.data, "volumes"))
-		for _, v := range vols {
-			postgres.StopAll(context.Background(), filepath.Join(s.data, "volumes", v.Name()), 10*time.Second)
-		}
-		exec.Command("umount", s.data).Run()
-	})
-	return s
-}
 
 // sshd is a real OpenSSH server on 127.0.0.1 whose configuration includes
 // the packaged drop-in for the upload account.
@@ -291,7 +246,10 @@ func TestSCPUploadThroughChrootedSFTP(t *testing.T) {
 	}
 	accountGID, _ := strconv.ParseUint(u.Gid, 10, 32)
 
-	s := startServerAt(t, base, "")
+	// sshd's ChrootDirectory needs every directory above
+	// data_path/image_uploads root's and not writable by others, which a
+	// directory under /tmp is not: base is under /var/lib.
+	s := startServerIn(t, base, "2GiB", "")
 	uploads := filepath.Join(dataPath, "image_uploads")
 	if uid, _, perm := statOwner(t, uploads); uid != 0 || perm != 0o755 {
 		t.Fatalf("image_uploads: uid %d mode %v, want root's 0755 (sshd's ChrootDirectory)", uid, perm)

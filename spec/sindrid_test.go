@@ -3,7 +3,6 @@ package spec
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -94,11 +93,19 @@ func freePort(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// start runs sindrid until its health check answers, and returns a
-// function that stops it with SIGTERM and reports how it exited.
+// start runs sindrid with the config until its health check answers; see
+// startArgv.
 func start(t testing.TB, configPath, addr string) (stop func() error) {
 	t.Helper()
-	cmd := exec.Command(sindrid, "-config", configPath)
+	return startArgv(t, []string{sindrid, "-config", configPath}, addr)
+}
+
+// startArgv is start with a whole command line: it runs argv until the
+// health check on addr answers and returns a function that stops it with
+// SIGTERM and reports how it exited.
+func startArgv(t testing.TB, argv []string, addr string) (stop func() error) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -106,22 +113,22 @@ func start(t testing.TB, configPath, addr string) (stop func() error) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for {
-		resp, err := http.Get("http://" + addr + "/health_check")
-		if err == nil {
+	deadline := time.After(60 * time.Second)
+	for ready := false; !ready; {
+		if resp, err := http.Get("http://" + addr + "/health_check"); err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+			ready = resp.StatusCode == 200
+		}
+		if ready {
+			break
 		}
 		select {
 		case err := <-done:
-			t.Fatalf("sindrid exited before it was ready: %v\n%s", err, out.String())
-		case <-ctx.Done():
+			t.Fatalf("%s exited before it was ready: %v\n%s", argv[0], err, out.String())
+		case <-deadline:
 			_ = cmd.Process.Kill()
-			t.Fatalf("sindrid not ready after 60s\n%s", out.String())
+			<-done
+			t.Fatalf("%s not ready after 60s\n%s", argv[0], out.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -134,10 +141,14 @@ func start(t testing.TB, configPath, addr string) (stop func() error) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-done:
-			return err
+			if err != nil {
+				return fmt.Errorf("%w\n%s", err, out.String())
+			}
+			return nil
 		case <-time.After(30 * time.Second):
 			_ = cmd.Process.Kill()
-			return fmt.Errorf("sindrid did not stop within 30s after SIGTERM\n%s", out.String())
+			<-done
+			return fmt.Errorf("%s did not stop within 30s after SIGTERM\n%s", argv[0], out.String())
 		}
 	}
 	t.Cleanup(func() { _ = stop() })
