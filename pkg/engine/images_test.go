@@ -159,3 +159,25 @@ func TestFinaliseFailuresSayWhy(t *testing.T) {
 		}
 	}
 }
+
+func TestReadyImageWithoutItsVolumeIsMarkedFailed(t *testing.T) {
+	w := newWorld(t, 3)
+	// As if a destroy of image 1 died after its volume went.
+	if err := w.storage.Destroy(ctx, engine.ImageVolume(1)); err != nil {
+		t.Fatal(err)
+	}
+	e := engine.New(w.options())
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	img, err := w.store.GetImage(ctx, 1)
+	if err != nil || img.Status != store.ImageFailed || !strings.Contains(img.Error, "gone") {
+		t.Fatalf("image after reconcile: %+v, %v", img, err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"}); !errors.Is(err, engine.ErrImageNotReady) {
+		t.Fatalf("instance of it: %v, want ErrImageNotReady", err)
+	}
+	if err := e.DestroyImage(ctx, 1, false); err != nil {
+		t.Fatalf("destroying the broken image: %v", err)
+	}
+}

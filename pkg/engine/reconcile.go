@@ -224,7 +224,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		unlock()
 	}
 	if first {
-		errs = append(errs, e.reconcileImages(ctx))
+		errs = append(errs, e.reconcileImages(ctx, volumes))
 	}
 	e.removeOrphans(ctx, entries, referenced)
 	return errors.Join(errs...)
@@ -232,16 +232,23 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 
 // reconcileImages marks failed the images a crash left finalising (no
 // finalise runs before the first reconcile), stopping the private
-// postmaster it may have left, so that done can be tried again; the upload
-// directories of pending and failed images are opened to the upload
-// account.
-func (e *Engine) reconcileImages(ctx context.Context) error {
+// postmaster it may have left, so that done can be tried again; marks
+// failed a ready image whose volume is gone; and opens the upload
+// directories of pending and failed images to the upload account.
+func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage.Entry) error {
 	images, err := e.opts.Store.ListImages(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, img := range images {
+		if _, ok := volumes[ImageVolume(img.ID)]; img.Status == store.ImageReady && !ok {
+			// A destroy cut short after the volume went, or a lost disk.
+			e.log.Error("engine: a ready image has no volume; marking it failed", "image_id", img.ID)
+			errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
+				"its frozen data is gone (a destroy cut short?); destroy the image"))
+			continue
+		}
 		if img.Status == store.ImagePending || img.Status == store.ImageFailed {
 			errs = append(errs, e.openUploadDir(img.ID)) // made before scp uploads were on
 			continue
