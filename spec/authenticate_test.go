@@ -3,166 +3,38 @@ package spec
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sindri-db/sindri/pkg/auth/authtest"
 )
-
-const (
-	oauthClientID     = "sindri-spec-client"
-	oauthClientSecret = "sindri-spec-client-secret"
-)
-
-// oauthProvider is a loopback OAuth2/OIDC provider: authorize grants at
-// once (no human) and redirects to the client's redirect URI with a code,
-// token checks the client, the code, the redirect URI and PKCE, userinfo
-// answers with the e-mail address the test set.
-type oauthProvider struct {
-	srv *httptest.Server
-
-	mu          sync.Mutex
-	redirectURI string // what the client must use
-	email       string // of the next login
-	codes       map[string]oauthGrant
-	tokens      map[string]string // access token → e-mail
-}
-
-type oauthGrant struct {
-	email, redirectURI, challenge string
-}
-
-func newOAuthProvider(t *testing.T) *oauthProvider {
-	p := &oauthProvider{codes: map[string]oauthGrant{}, tokens: map[string]string{}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /authorize", p.authorize)
-	mux.HandleFunc("POST /token", p.token)
-	mux.HandleFunc("GET /userinfo", p.userinfo)
-	p.srv = httptest.NewServer(mux)
-	t.Cleanup(p.srv.Close)
-	return p
-}
-
-func (p *oauthProvider) login(email string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.email = email
-}
-
-func oauthRandom() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func (p *oauthProvider) authorize(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	q := r.URL.Query()
-	if q.Get("client_id") != oauthClientID || q.Get("response_type") != "code" || q.Get("redirect_uri") != p.redirectURI {
-		http.Error(w, "bad authorization request: "+r.URL.RawQuery, http.StatusBadRequest)
-		return
-	}
-	if q.Get("state") == "" || !strings.Contains(q.Get("scope"), "email") {
-		http.Error(w, "no state or no email scope", http.StatusBadRequest)
-		return
-	}
-	if q.Get("code_challenge") != "" && q.Get("code_challenge_method") != "S256" {
-		http.Error(w, "only S256", http.StatusBadRequest)
-		return
-	}
-	code := oauthRandom()
-	p.codes[code] = oauthGrant{email: p.email, redirectURI: q.Get("redirect_uri"), challenge: q.Get("code_challenge")}
-	back, _ := url.Parse(p.redirectURI)
-	back.RawQuery = url.Values{"state": {q.Get("state")}, "code": {code}}.Encode()
-	http.Redirect(w, r, back.String(), http.StatusFound)
-}
-
-func oauthTokenError(w http.ResponseWriter, status int, code string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	fmt.Fprintf(w, `{"error":%q}`, code)
-}
-
-func (p *oauthProvider) token(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := r.ParseForm(); err != nil {
-		oauthTokenError(w, 400, "invalid_request")
-		return
-	}
-	id, secret, ok := r.BasicAuth()
-	if ok {
-		id, _ = url.QueryUnescape(id)
-		secret, _ = url.QueryUnescape(secret)
-	} else {
-		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
-	}
-	if id != oauthClientID || secret != oauthClientSecret {
-		oauthTokenError(w, 401, "invalid_client")
-		return
-	}
-	code := r.PostForm.Get("code")
-	g, ok := p.codes[code]
-	delete(p.codes, code) // codes are single-use
-	if r.PostForm.Get("grant_type") != "authorization_code" || !ok || r.PostForm.Get("redirect_uri") != g.redirectURI {
-		oauthTokenError(w, 400, "invalid_grant")
-		return
-	}
-	if g.challenge != "" {
-		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
-		if base64.RawURLEncoding.EncodeToString(sum[:]) != g.challenge {
-			oauthTokenError(w, 400, "invalid_grant")
-			return
-		}
-	}
-	access := oauthRandom()
-	p.tokens[access] = g.email
-	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3600}`, access)
-}
-
-func (p *oauthProvider) userinfo(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	email, ok := p.tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
-	if !ok {
-		http.Error(w, "bad token", http.StatusUnauthorized)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]any{"sub": email, "email": email, "email_verified": true})
-}
 
 // startOAuthServer starts sindrid, then restarts it with an [oauth]
 // section whose redirect_url is its own /oauth_callback (the address is
 // known only once startServer picked it) and whose endpoints are p's.
-func startOAuthServer(t *testing.T, p *oauthProvider) *server {
+func startOAuthServer(t *testing.T, p *authtest.Provider) *server {
 	t.Helper()
 	s := startServer(t, "")
 	if err := s.stop(); err != nil {
 		t.Fatalf("sindrid exit after SIGTERM: %v", err)
 	}
-	p.redirectURI = "http://" + s.http + "/oauth_callback"
+	redirect := "http://" + s.http + "/oauth_callback"
+	p.SetRedirectURI(redirect)
 	f, err := os.OpenFile(s.config, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(f, "\n[oauth]\nclient_id = %q\nclient_secret = %q\nredirect_url = %q\nauth_url = %q\ntoken_url = %q\nuserinfo_url = %q\n",
-		oauthClientID, oauthClientSecret, p.redirectURI, p.srv.URL+"/authorize", p.srv.URL+"/token", p.srv.URL+"/userinfo")
+		authtest.ClientID, authtest.ClientSecret, redirect, p.AuthURL(), p.TokenURL(), p.UserinfoURL())
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -242,12 +114,12 @@ func cliServerAddr(u *cliUser) string {
 }
 
 func TestAuthenticate(t *testing.T) {
-	p := newOAuthProvider(t)
+	p := authtest.NewProvider(t)
 	s := startOAuthServer(t, p)
 	serverURL := "http://" + s.http
 
 	t.Run("login", func(t *testing.T) {
-		p.login("ada@example.com")
+		p.LoginEmail("ada@example.com")
 		u := newCLIUser(t, serverURL, "")
 		out, errOut, code, page := u.authenticate(t)
 		if code != 0 {
@@ -293,7 +165,7 @@ func TestAuthenticate(t *testing.T) {
 	})
 
 	t.Run("domain refused", func(t *testing.T) {
-		p.login("mallory@elsewhere.org")
+		p.LoginEmail("mallory@elsewhere.org")
 		u := newCLIUser(t, serverURL, "")
 		out, errOut, code, page := u.authenticate(t)
 		if code != 1 {

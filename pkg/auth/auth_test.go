@@ -2,7 +2,6 @@ package auth_test
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -21,155 +20,19 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/pkg/auth"
+	"github.com/sindri-db/sindri/pkg/auth/authtest"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
 var ctx = context.Background()
 
 const (
-	clientID     = "sindri-test-client"
-	clientSecret = "sindri-test-client-secret"
 	sharedSecret = "a-shared-secret-of-some-length"
+	clientID     = authtest.ClientID
+	clientSecret = authtest.ClientSecret
 )
 
-// provider is a small OAuth2/OIDC provider: authorize grants at once (or
-// refuses, as told), token checks the client, the code, the redirect URI
-// and PKCE, userinfo answers with the claims the test set.
-type provider struct {
-	t   *testing.T
-	srv *httptest.Server
-
-	mu          sync.Mutex
-	redirectURI string         // what the client must use
-	claims      map[string]any // userinfo of the next login
-	deny        string         // an error to redirect with instead of a code
-	codes       map[string]grant
-	tokens      map[string]map[string]any
-	exchanges   int
-	pkceSeen    int
-}
-
-type grant struct {
-	claims      map[string]any
-	redirectURI string
-	challenge   string
-}
-
-func newProvider(t *testing.T) *provider {
-	p := &provider{t: t, codes: map[string]grant{}, tokens: map[string]map[string]any{}}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /authorize", p.authorize)
-	mux.HandleFunc("POST /token", p.token)
-	mux.HandleFunc("GET /userinfo", p.userinfo)
-	p.srv = httptest.NewServer(mux)
-	t.Cleanup(p.srv.Close)
-	return p
-}
-
-func (p *provider) login(claims map[string]any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.claims, p.deny = claims, ""
-}
-
-func (p *provider) refuse(e string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.deny = e
-}
-
-func randomString() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func (p *provider) authorize(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	q := r.URL.Query()
-	if q.Get("client_id") != clientID || q.Get("response_type") != "code" || q.Get("redirect_uri") != p.redirectURI {
-		http.Error(w, "bad authorization request: "+r.URL.RawQuery, http.StatusBadRequest)
-		return
-	}
-	if q.Get("state") == "" || !strings.Contains(q.Get("scope"), "email") {
-		http.Error(w, "no state or no email scope", http.StatusBadRequest)
-		return
-	}
-	back, _ := url.Parse(p.redirectURI)
-	v := url.Values{"state": {q.Get("state")}}
-	if p.deny != "" {
-		v.Set("error", p.deny)
-		v.Set("error_description", "the user said no")
-	} else {
-		if q.Get("code_challenge") != "" && q.Get("code_challenge_method") != "S256" {
-			http.Error(w, "only S256", http.StatusBadRequest)
-			return
-		}
-		code := randomString()
-		p.codes[code] = grant{claims: p.claims, redirectURI: q.Get("redirect_uri"), challenge: q.Get("code_challenge")}
-		v.Set("code", code)
-	}
-	back.RawQuery = v.Encode()
-	http.Redirect(w, r, back.String(), http.StatusFound)
-}
-
-func tokenError(w http.ResponseWriter, status int, code string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	fmt.Fprintf(w, `{"error":%q}`, code)
-}
-
-func (p *provider) token(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := r.ParseForm(); err != nil {
-		tokenError(w, 400, "invalid_request")
-		return
-	}
-	id, secret, ok := r.BasicAuth()
-	if ok {
-		id, _ = url.QueryUnescape(id)
-		secret, _ = url.QueryUnescape(secret)
-	} else {
-		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
-	}
-	if id != clientID || secret != clientSecret {
-		tokenError(w, 401, "invalid_client")
-		return
-	}
-	g, ok := p.codes[r.PostForm.Get("code")]
-	delete(p.codes, r.PostForm.Get("code")) // codes are single-use
-	if r.PostForm.Get("grant_type") != "authorization_code" || !ok || r.PostForm.Get("redirect_uri") != g.redirectURI {
-		tokenError(w, 400, "invalid_grant")
-		return
-	}
-	if g.challenge != "" {
-		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
-		if base64.RawURLEncoding.EncodeToString(sum[:]) != g.challenge {
-			tokenError(w, 400, "invalid_grant")
-			return
-		}
-		p.pkceSeen++
-	}
-	p.exchanges++
-	access := randomString()
-	p.tokens[access] = g.claims
-	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3600}`, access)
-}
-
-func (p *provider) userinfo(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	claims, ok := p.tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
-	if !ok {
-		http.Error(w, "bad token", http.StatusUnauthorized)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(claims)
-}
+func randomString() string { return authtest.Random() }
 
 // env is one test's world: a store, a provider, an Authenticator and
 // sindri's OAuth routes on a loopback server.
@@ -177,7 +40,7 @@ type env struct {
 	t       *testing.T
 	store   *store.Store
 	dbURL   string
-	prov    *provider
+	prov    *authtest.Provider
 	auth    *auth.Authenticator
 	srv     *httptest.Server
 	browser *http.Client
@@ -187,12 +50,12 @@ type envOption func(*auth.Options)
 
 func newEnv(t *testing.T, options ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, prov: newProvider(t)}
+	e := &env{t: t, prov: authtest.NewProvider(t)}
 	e.store, e.dbURL = newStore(t)
 	mux := http.NewServeMux()
 	e.srv = httptest.NewServer(mux)
 	t.Cleanup(e.srv.Close)
-	e.prov.redirectURI = e.srv.URL + "/oauth_callback"
+	e.prov.SetRedirectURI(e.srv.URL + "/oauth_callback")
 	opts := auth.Options{
 		SharedSecret: sharedSecret,
 		EmailDomain:  "@example.com",
@@ -202,9 +65,9 @@ func newEnv(t *testing.T, options ...envOption) *env {
 			ClientID:     clientID,
 			ClientSecret: clientSecret,
 			RedirectURL:  e.srv.URL + "/oauth_callback",
-			AuthURL:      e.prov.srv.URL + "/authorize",
-			TokenURL:     e.prov.srv.URL + "/token",
-			UserinfoURL:  e.prov.srv.URL + "/userinfo",
+			AuthURL:      e.prov.AuthURL(),
+			TokenURL:     e.prov.TokenURL(),
+			UserinfoURL:  e.prov.UserinfoURL(),
 			Scopes:       []string{"openid", "email"},
 			WaitTimeout:  10 * time.Second,
 		},
@@ -443,7 +306,7 @@ func (e *env) checkStoredHashed(plaintext string) {
 
 func TestOAuthLogin(t *testing.T) {
 	e := newEnv(t)
-	e.prov.login(map[string]any{"email": "alice@example.com", "email_verified": true})
+	e.prov.Login(map[string]any{"email": "alice@example.com", "email_verified": true})
 	state := randomString()
 	waiting := e.wait(state)
 
@@ -475,9 +338,7 @@ func TestOAuthLogin(t *testing.T) {
 	if n := e.tokenRows(); n != 1 {
 		t.Errorf("%d tokens, want 1", n)
 	}
-	e.prov.mu.Lock()
-	pkce := e.prov.pkceSeen
-	e.prov.mu.Unlock()
+	pkce := e.prov.PKCESeen()
 	if pkce != 1 {
 		t.Errorf("PKCE verified %d times, want 1", pkce)
 	}
@@ -497,7 +358,7 @@ func TestOAuthLogin(t *testing.T) {
 
 func TestCallbackBeforeWait(t *testing.T) {
 	e := newEnv(t)
-	e.prov.login(map[string]any{"email": "bob@example.com"}) // no email_verified: accepted
+	e.prov.Login(map[string]any{"email": "bob@example.com"}) // no email_verified: accepted
 	state := randomString()
 	if page := e.browse(state); page.status != http.StatusOK {
 		t.Fatalf("callback page: %s", page)
@@ -529,7 +390,7 @@ func TestEmailDomain(t *testing.T) {
 	} {
 		t.Run(tc.email, func(t *testing.T) {
 			e := newEnv(t)
-			e.prov.login(map[string]any{"email": tc.email, "email_verified": true})
+			e.prov.Login(map[string]any{"email": tc.email, "email_verified": true})
 			state := randomString()
 			waiting := e.wait(state)
 			page := e.browse(state)
@@ -556,7 +417,7 @@ func TestEmailDomain(t *testing.T) {
 
 func TestAnyDomainWhenUnset(t *testing.T) {
 	e := newEnv(t, func(o *auth.Options) { o.EmailDomain = "" })
-	e.prov.login(map[string]any{"email": "dave@anywhere.org", "email_verified": true})
+	e.prov.Login(map[string]any{"email": "dave@anywhere.org", "email_verified": true})
 	state := randomString()
 	waiting := e.wait(state)
 	e.browse(state)
@@ -570,7 +431,7 @@ func TestUnverifiedEmail(t *testing.T) {
 	for _, verified := range []any{false, "false", "no"} {
 		t.Run(fmt.Sprint(verified), func(t *testing.T) {
 			e := newEnv(t)
-			e.prov.login(map[string]any{"email": "erin@example.com", "email_verified": verified})
+			e.prov.Login(map[string]any{"email": "erin@example.com", "email_verified": verified})
 			state := randomString()
 			waiting := e.wait(state)
 			page := e.browse(state)
@@ -587,7 +448,7 @@ func TestUnverifiedEmail(t *testing.T) {
 	}
 	t.Run("string true", func(t *testing.T) {
 		e := newEnv(t)
-		e.prov.login(map[string]any{"email": "erin@example.com", "email_verified": "true"})
+		e.prov.Login(map[string]any{"email": "erin@example.com", "email_verified": "true"})
 		state := randomString()
 		waiting := e.wait(state)
 		e.browse(state)
@@ -597,7 +458,7 @@ func TestUnverifiedEmail(t *testing.T) {
 
 func TestNoEmail(t *testing.T) {
 	e := newEnv(t)
-	e.prov.login(map[string]any{"sub": "1234"})
+	e.prov.Login(map[string]any{"sub": "1234"})
 	state := randomString()
 	waiting := e.wait(state)
 	e.browse(state)
@@ -609,7 +470,7 @@ func TestNoEmail(t *testing.T) {
 func TestProviderErrors(t *testing.T) {
 	t.Run("access denied", func(t *testing.T) {
 		e := newEnv(t)
-		e.prov.refuse("access_denied")
+		e.prov.Refuse("access_denied")
 		state := randomString()
 		waiting := e.wait(state)
 		page := e.browse(state)
@@ -622,7 +483,7 @@ func TestProviderErrors(t *testing.T) {
 	})
 	t.Run("server error", func(t *testing.T) {
 		e := newEnv(t)
-		e.prov.refuse("server_error")
+		e.prov.Refuse("server_error")
 		state := randomString()
 		waiting := e.wait(state)
 		e.browse(state)
@@ -632,7 +493,7 @@ func TestProviderErrors(t *testing.T) {
 	})
 	t.Run("wrong client secret", func(t *testing.T) {
 		e := newEnv(t, func(o *auth.Options) { o.OAuth.ClientSecret = "wrong" })
-		e.prov.login(map[string]any{"email": "frank@example.com"})
+		e.prov.Login(map[string]any{"email": "frank@example.com"})
 		state := randomString()
 		waiting := e.wait(state)
 		page := e.browse(state)
@@ -648,7 +509,7 @@ func TestProviderErrors(t *testing.T) {
 	})
 	t.Run("provider down", func(t *testing.T) {
 		e := newEnv(t, func(o *auth.Options) { o.OAuth.TokenURL = "http://127.0.0.1:1/token" })
-		e.prov.login(map[string]any{"email": "frank@example.com"})
+		e.prov.Login(map[string]any{"email": "frank@example.com"})
 		state := randomString()
 		waiting := e.wait(state)
 		e.browse(state)
@@ -661,7 +522,7 @@ func TestProviderErrors(t *testing.T) {
 func TestWaitTimeout(t *testing.T) {
 	const wait = 300 * time.Millisecond
 	e := newEnv(t, func(o *auth.Options) { o.OAuth.WaitTimeout = wait })
-	e.prov.login(map[string]any{"email": "gina@example.com"})
+	e.prov.Login(map[string]any{"email": "gina@example.com"})
 	state := randomString()
 
 	// The browser reaches the provider, then dawdles.
@@ -672,7 +533,7 @@ func TestWaitTimeout(t *testing.T) {
 		t.Fatalf("/authenticate: %s", first)
 	}
 	consent := first.header.Get("Location")
-	if !strings.HasPrefix(consent, e.prov.srv.URL+"/authorize?") || !strings.Contains(consent, "state="+state) {
+	if !strings.HasPrefix(consent, e.prov.AuthURL()+"?") || !strings.Contains(consent, "state="+state) {
 		t.Fatalf("redirected to %q", consent)
 	}
 
@@ -737,7 +598,7 @@ func TestClientGoesAway(t *testing.T) {
 
 func TestSecondWaiter(t *testing.T) {
 	e := newEnv(t)
-	e.prov.login(map[string]any{"email": "hank@example.com"})
+	e.prov.Login(map[string]any{"email": "hank@example.com"})
 	state := randomString()
 	first := e.wait(state)
 	if code := apiErrorOf(t, e.post("application/json", accessTokensBody(state)), http.StatusConflict); code != "oauth_state_in_use" {
@@ -761,7 +622,7 @@ func TestUnknownState(t *testing.T) {
 	}
 	// A state known only from a waiting client has no browser leg yet:
 	// a callback for it is refused and the client keeps waiting.
-	e.prov.login(map[string]any{"email": "ivy@example.com"})
+	e.prov.Login(map[string]any{"email": "ivy@example.com"})
 	state := randomString()
 	waiting := e.wait(state)
 	if r := e.get("/oauth_callback?code=forged&state=" + state); r.status != http.StatusBadRequest {
@@ -995,7 +856,7 @@ func TestMintedTokens(t *testing.T) {
 	}
 
 	// The login's tokens expire after TokenTTL.
-	e.prov.login(map[string]any{"email": "jane@example.com"})
+	e.prov.Login(map[string]any{"email": "jane@example.com"})
 	state := randomString()
 	waiting := e.wait(state)
 	e.browse(state)
@@ -1009,7 +870,7 @@ func TestMintedTokens(t *testing.T) {
 
 func TestTokensNeverExpire(t *testing.T) {
 	e := newEnv(t, func(o *auth.Options) { o.TokenTTL = -1 })
-	e.prov.login(map[string]any{"email": "kim@example.com"})
+	e.prov.Login(map[string]any{"email": "kim@example.com"})
 	state := randomString()
 	waiting := e.wait(state)
 	e.browse(state)
