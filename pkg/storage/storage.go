@@ -19,6 +19,13 @@
 //     Clone(i, c) ──▶ volume c (writable, starts with i's bytes)
 //     Destroy(c) ──▶ c is gone; i and its other clones are untouched
 //     Destroy(i) ──▶ refused with ErrHasClones while any clone of i exists
+//     Snapshot(c, s) ──▶ image s (read-only): c's bytes at this instant
+//
+// Snapshot is how a running instance is backed up without stopping it: the
+// copy is as consistent as the filesystem's snapshot, which is atomic on
+// both drivers, so Postgres recovers it like a crashed server. On ZFS the
+// snapshot pins its source: Destroy of the source is refused with
+// ErrHasClones until the snapshot is destroyed; on BTRFS it is not.
 //
 // Names are one path element made of lower-case letters, digits, '-', '_'
 // and '.', starting with a letter or digit, at most 64 bytes, with no '..'. Volumes and images share one namespace. Callers derive names from ids
@@ -74,6 +81,9 @@ type Driver interface {
 	Freeze(ctx context.Context, volume, image string) (Entry, error)
 	// Clone makes a writable volume that starts with the image's bytes.
 	Clone(ctx context.Context, image, volume string) (Entry, error)
+	// Snapshot makes a read-only image of a volume's or an image's bytes
+	// as they are now, without consuming or pausing the source.
+	Snapshot(ctx context.Context, source, image string) (Entry, error)
 	// Destroy removes a volume, or an image that has no clones.
 	Destroy(ctx context.Context, name string) error
 	// Get returns one entry.

@@ -180,6 +180,25 @@ func (d *Driver) Clone(ctx context.Context, image, volume string) (storage.Entry
 	return storage.Entry{Name: volume, Kind: storage.KindVolume, Origin: image, Path: dst}, nil
 }
 
+func (d *Driver) Snapshot(ctx context.Context, source, image string) (storage.Entry, error) {
+	if err := storage.ValidateNames(source, image); err != nil {
+		return storage.Entry{}, err
+	}
+	defer d.locks.Acquire([]string{image}, []string{source})()
+	_, src, err := d.lookup(source)
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	if err := d.requireFree(image); err != nil {
+		return storage.Entry{}, err
+	}
+	dst := d.imagePath(image)
+	if err := cbtrfs.SubvolSnapshot(dst, src, true); err != nil {
+		return storage.Entry{}, fmt.Errorf("snapshotting %q into image %q: %w", source, image, err)
+	}
+	return storage.Entry{Name: image, Kind: storage.KindImage, Path: dst}, nil
+}
+
 func (d *Driver) Destroy(ctx context.Context, name string) error {
 	if err := storage.ValidateName(name); err != nil {
 		return err

@@ -49,6 +49,7 @@ func Run(t *testing.T, factory Factory) {
 		{"ReopenListsWhatExists", testReopenListsWhatExists},
 		{"ConcurrentCloneDestroyLeavesNoStray", testConcurrentCloneDestroy},
 		{"HundredClonesAreThin", testHundredClonesAreThin},
+		{"SnapshotIsAPointInTimeCopy", testSnapshotIsAPointInTimeCopy},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })
@@ -245,6 +246,66 @@ func testImageIsReadOnly(t *testing.T, factory Factory) {
 	}
 	if got := digest(t, img.Path); !sameDigest(got, fixtureDigest()) {
 		t.Errorf("image content changed")
+	}
+}
+
+func testSnapshotIsAPointInTimeCopy(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	makeImage(t, d, "image-1", fixture)
+	c := mustClone(t, d, "image-1", "instance-1")
+	writeFiles(t, c.Path, map[string][]byte{"base/1/1259": []byte("changed before")})
+	want := digest(t, c.Path)
+
+	snap, err := d.Snapshot(ctx, "instance-1", "backup-1")
+	if err != nil {
+		t.Fatalf("Snapshot of a volume: %v", err)
+	}
+	if snap.Kind != storage.KindImage || snap.Name != "backup-1" {
+		t.Fatalf("Snapshot returned %+v, want image backup-1", snap)
+	}
+	writeFiles(t, c.Path, map[string][]byte{"base/1/1259": []byte("changed after"), "new": []byte("x")})
+	if got := digest(t, snap.Path); !sameDigest(got, want) {
+		t.Errorf("the snapshot does not hold the volume's bytes at the instant it was taken")
+	}
+	if err := os.WriteFile(filepath.Join(snap.Path, "x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("a write into the snapshot: %v, want EROFS", err)
+	}
+	if _, err := d.Snapshot(ctx, "instance-1", "backup-1"); !errors.Is(err, storage.ErrExists) {
+		t.Errorf("a second snapshot of the same name: %v, want ErrExists", err)
+	}
+	if _, err := d.Snapshot(ctx, "instance-9", "backup-9"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("snapshot of a missing volume: %v, want ErrNotFound", err)
+	}
+
+	imgSnap, err := d.Snapshot(ctx, "image-1", "backup-2")
+	if err != nil {
+		t.Fatalf("Snapshot of an image: %v", err)
+	}
+	if got := digest(t, imgSnap.Path); !sameDigest(got, fixtureDigest()) {
+		t.Errorf("the snapshot of an image differs from the image")
+	}
+
+	// While it exists the snapshot may pin its source (ZFS) or not
+	// (BTRFS); either way the snapshot stays whole.
+	if err := d.Destroy(ctx, "instance-1"); err != nil && !errors.Is(err, storage.ErrHasClones) {
+		t.Fatalf("Destroy of a snapshotted volume: %v, want success or ErrHasClones", err)
+	}
+	if got := digest(t, snap.Path); !sameDigest(got, want) {
+		t.Errorf("destroying the source changed the snapshot")
+	}
+	for _, name := range []string{"backup-1", "backup-2"} {
+		if err := d.Destroy(ctx, name); err != nil {
+			t.Fatalf("Destroy(%s): %v", name, err)
+		}
+	}
+	if err := d.Destroy(ctx, "instance-1"); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Destroy of the volume once its snapshot is gone: %v", err)
+	}
+	if err := d.Destroy(ctx, "image-1"); err != nil {
+		t.Fatalf("Destroy of the image once its snapshot and clone are gone: %v", err)
+	}
+	if got := names(t, d); len(got) != 0 {
+		t.Errorf("left after destroying everything: %v", got)
 	}
 }
 

@@ -8,6 +8,9 @@
 //	P/images/<name>           read-only filesystems (readonly=on)
 //	P/images/<name>@frozen    the snapshot clones are made from
 //
+//	P/volumes/<name>@<image> the origin of an image made by Snapshot from a
+//	                          volume (destroyed with that image)
+//
 // Freeze snapshots the volume, makes it read-only and renames it into
 // images/; the rename is the step that makes the image exist, so a freeze
 // cut short leaves either the volume (which Freeze finishes) or the image.
@@ -248,6 +251,73 @@ func (d *Driver) Clone(ctx context.Context, image, volume string) (storage.Entry
 	return storage.Entry{Name: volume, Kind: storage.KindVolume, Origin: image, Path: ds.Mountpoint}, nil
 }
 
+func (d *Driver) Snapshot(ctx context.Context, source, image string) (storage.Entry, error) {
+	if err := storage.ValidateNames(source, image); err != nil {
+		return storage.Entry{}, err
+	}
+	defer d.locks.Acquire([]string{image}, []string{source})()
+	kind, ds, err := d.lookup(source)
+	if err != nil {
+		return storage.Entry{}, err
+	}
+	if err := d.requireFree(image); err != nil {
+		return storage.Entry{}, err
+	}
+	origin := d.snapshot(source)
+	if kind == storage.KindVolume {
+		origin = ds.Name + "@" + image
+		if _, err := gozfs.GetDataset(origin); err == nil {
+			// Left by a Snapshot cut short: the instant it holds is gone.
+			if err := d.destroySnapshot(origin); err != nil {
+				return storage.Entry{}, err
+			}
+		}
+		if _, err := ds.Snapshot(image, false); err != nil {
+			return storage.Entry{}, fmt.Errorf("snapshotting volume: %w", classify(err, source))
+		}
+	}
+	entry, err := d.cloneReadOnly(origin, image)
+	if err != nil && kind == storage.KindVolume {
+		d.destroySnapshot(origin)
+	}
+	return entry, err
+}
+
+// cloneReadOnly makes image a read-only clone of the snapshot origin, with
+// the @frozen snapshot every image has.
+func (d *Driver) cloneReadOnly(origin, image string) (storage.Entry, error) {
+	snap, err := gozfs.GetDataset(origin)
+	if err != nil {
+		return storage.Entry{}, classify(err, image)
+	}
+	snap.Type = gozfs.DatasetSnapshot
+	clone, err := snap.Clone(d.image(image), map[string]string{"readonly": "on"})
+	if err != nil {
+		return storage.Entry{}, fmt.Errorf("cloning snapshot: %w", classify(err, image))
+	}
+	if _, err := clone.Snapshot(frozenSnapshot, false); err != nil {
+		clone.Destroy(gozfs.DestroyRecursive | gozfs.DestroyForceUmount)
+		return storage.Entry{}, fmt.Errorf("snapshotting image: %w", classify(err, image))
+	}
+	// zfs-fuse mounts a new clone read-write whatever readonly says.
+	if err := unmount(clone); err != nil {
+		return storage.Entry{}, classify(err, image)
+	}
+	if clone, err = mountReadOnly(clone); err != nil {
+		return storage.Entry{}, fmt.Errorf("mounting image: %w", classify(err, image))
+	}
+	return storage.Entry{Name: image, Kind: storage.KindImage, Path: clone.Mountpoint}, nil
+}
+
+func (d *Driver) destroySnapshot(name string) error {
+	snap, err := gozfs.GetDataset(name)
+	if err != nil {
+		return classify(err, name)
+	}
+	snap.Type = gozfs.DatasetSnapshot
+	return classify(retryBusy(func() error { return snap.Destroy(gozfs.DestroyDefault) }), name)
+}
+
 func (d *Driver) Destroy(ctx context.Context, name string) error {
 	if err := storage.ValidateName(name); err != nil {
 		return err
@@ -271,6 +341,13 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 	err = retryBusy(func() error { return ds.Destroy(gozfs.DestroyRecursive | gozfs.DestroyForceUmount) })
 	if err != nil {
 		return fmt.Errorf("destroying %s: %w", kind, classify(err, name))
+	}
+	// An image made by Snapshot from a volume leaves that volume's
+	// snapshot behind, which would keep pinning the volume.
+	if origin, ok := strings.CutPrefix(ds.Origin, d.volumes()+"/"); ok && strings.HasSuffix(origin, "@"+name) {
+		if err := d.destroySnapshot(ds.Origin); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("destroying the snapshot %s was made from: %w", name, err)
+		}
 	}
 	return nil
 }
