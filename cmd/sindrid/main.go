@@ -193,7 +193,8 @@ func (m *Main) Run(ctx context.Context) error {
 		MinPort: cfg.Postgres.MinPort, MaxPort: cfg.Postgres.MaxPort,
 		PublicHostname: cfg.PublicHostname, SharedBuffers: cfg.Postgres.SharedBuffers,
 		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
-		UploadsDir: cfg.UploadsDir(), DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
+		UploadsDir: cfg.UploadsDir(), BackupsDir: cfg.BackupsDir(),
+		DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
 		Logger: m.logger, OrphanGrace: 10 * time.Minute,
 	})
 	m.setUploadAccount()

@@ -54,6 +54,8 @@ type Options struct {
 	AllowSuperuser bool
 	// UploadsDir holds each image's upload directory (data_path/image_uploads).
 	UploadsDir string
+	// BackupsDir holds the backups' archives (data_path/backups).
+	BackupsDir string
 	// RunDir holds each instance's private socket directory; a short path
 	// such as /run/sindri, since a socket's path has at most 107 bytes.
 	RunDir string
@@ -95,6 +97,8 @@ type Engine struct {
 	orphans    map[string]time.Time // volume name → first seen unreferenced
 	reconciled atomic.Bool          // the first Reconcile has run
 	finalising map[int64]*finaliseRun
+	backups    map[int64]*backupRun
+	backupMu   sync.RWMutex // see CreateBackup
 	cloneTimes cloneTimes
 	uploadAcct *UploadAccount // scp uploads; nil when off
 }
@@ -122,6 +126,7 @@ func New(opts Options) *Engine {
 		watched:    map[int64]*watch{},
 		orphans:    map[string]time.Time{},
 		finalising: map[int64]*finaliseRun{},
+		backups:    map[int64]*backupRun{},
 	}
 }
 
@@ -387,7 +392,12 @@ func (e *Engine) teardown(ctx context.Context, id int64) error {
 	if err := e.stopVolume(ctx, name); err != nil {
 		return err
 	}
-	if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if err := e.opts.Storage.Destroy(ctx, name); errors.Is(err, storage.ErrHasClones) {
+		// On ZFS a backup's snapshot pins the volume while the backup is
+		// written; the volume, stopped and unreferenced, is then an orphan
+		// that reconcile removes.
+		e.log.Info("engine: volume kept until its backup is written", "volume", name)
+	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("destroying volume %s: %w", name, err)
 	}
 	if err := os.RemoveAll(e.socketDir(id)); err != nil {

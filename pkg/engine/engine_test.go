@@ -128,7 +128,7 @@ func (w *world) options() engine.Options {
 	return engine.Options{
 		Store: w.store, Storage: w.storage, Owner: w.owner, BinPattern: pgtest.BinPattern,
 		MinPort: w.minPort, MaxPort: w.maxPort, PublicHostname: "localhost", SharedBuffers: "16MB",
-		RunDir: w.runDir, UploadsDir: filepath.Join(w.root, "image_uploads"),
+		RunDir: w.runDir, UploadsDir: filepath.Join(w.root, "image_uploads"), BackupsDir: filepath.Join(w.root, "backups"),
 		Logger: quietLogger(), SupervisePeriod: 200 * time.Millisecond,
 	}
 }

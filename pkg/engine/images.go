@@ -50,6 +50,9 @@ type ImageRequest struct {
 	// or key=value) of a running server that finalising pulls the data
 	// from with pg_basebackup instead of taking an uploaded tarball.
 	SourceURL string
+	// BackupID, when set, names a finished backup whose archive becomes
+	// the image's upload: a restore.
+	BackupID int64
 }
 
 func (e *Engine) uploadDir(id int64) string {
@@ -64,9 +67,21 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 			return store.Image{}, err
 		}
 	}
+	if req.BackupID != 0 {
+		if req.SourceURL != "" {
+			return store.Image{}, fmt.Errorf("%w: give source_url or backup_id, not both", ErrInvalid)
+		}
+		b, err := e.GetBackup(ctx, req.BackupID)
+		if err != nil {
+			return store.Image{}, err
+		}
+		if b.Status != store.BackupDone {
+			return store.Image{}, fmt.Errorf("%w: backup %d is %s", ErrBackupNotDone, b.ID, b.Status)
+		}
+	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
-		SourceURL: req.SourceURL,
+		SourceURL: req.SourceURL, BackupID: req.BackupID,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -75,6 +90,11 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	defer unlock()
 	if err := os.MkdirAll(e.uploadDir(img.ID), 0o750); err != nil {
 		return store.Image{}, err
+	}
+	if req.BackupID != 0 {
+		if err := e.linkBackup(ctx, req.BackupID, e.uploadDir(img.ID)); err != nil {
+			return store.Image{}, errors.Join(err, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed, "restoring backup: "+err.Error()))
+		}
 	}
 	if err := e.openUploadDir(img.ID); err != nil {
 		return store.Image{}, err
@@ -561,7 +581,11 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) error {
 		}
 	}
 	for _, name := range []string{ImageVolume(id), UploadVolume(id)} {
-		if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		err := e.opts.Storage.Destroy(ctx, name)
+		if errors.Is(err, storage.ErrHasClones) && e.backupReads(ctx, name) {
+			return fmt.Errorf("%w: a backup of image %d is being written; destroy it once the backup is done", ErrBackupRunning, id)
+		}
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return err
 		}
 	}

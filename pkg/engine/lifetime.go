@@ -112,7 +112,9 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 	if err := e.stopVolume(ctx, name); err != nil {
 		return err
 	}
-	if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if err := e.opts.Storage.Destroy(ctx, name); errors.Is(err, storage.ErrHasClones) {
+		return fmt.Errorf("%w: a backup of instance %d is being written; reset it once the backup is done", ErrBackupRunning, inst.ID)
+	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
 	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), name); err != nil {

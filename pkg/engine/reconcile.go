@@ -227,6 +227,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		errs = append(errs, e.reconcileImages(ctx, volumes))
 	}
 	e.removeOrphans(ctx, entries, referenced)
+	errs = append(errs, e.reconcileBackups(ctx, entries))
 	return errors.Join(errs...)
 }
 

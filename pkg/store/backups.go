@@ -21,6 +21,7 @@ type Backup struct {
 	ID         int64        `db:"id"`
 	InstanceID int64        `db:"instance_id"` // exactly one of InstanceID
 	ImageID    int64        `db:"image_id"`    // and ImageID is set
+	Owner      string       `db:"owner"`       // an e-mail, a token's name, or "upload"
 	Status     BackupStatus `db:"status"`
 	Error      string       `db:"error"`
 	Path       string       `db:"path"`
@@ -35,6 +36,7 @@ type Backup struct {
 type BackupInput struct {
 	InstanceID int64
 	ImageID    int64
+	Owner      string // "" records "upload"
 	Path       string // may be set later by SetBackupDone
 }
 
@@ -42,18 +44,23 @@ type BackupInput struct {
 type BackupFilter struct {
 	InstanceID int64
 	ImageID    int64
+	Owner      string
 }
 
 const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
-	coalesce(image_id, 0) as image_id, status, coalesce(error, '') as error,
+	coalesce(image_id, 0) as image_id, owner, status, coalesce(error, '') as error,
 	coalesce(path, '') as path, coalesce(size_bytes, 0) as size_bytes,
 	coalesce(sha256, '') as sha256, created_at, updated_at`
 
 // CreateBackup records a new running backup.
 func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error) {
-	b, err := get[Backup](ctx, s, `insert into backups (instance_id, image_id, path)
-		values ($1, $2, $3) returning `+backupColumns,
-		nullInt(in.InstanceID), nullInt(in.ImageID), nullText(in.Path))
+	owner := in.Owner
+	if owner == "" {
+		owner = "upload"
+	}
+	b, err := get[Backup](ctx, s, `insert into backups (instance_id, image_id, owner, path)
+		values ($1, $2, $3, $4) returning `+backupColumns,
+		nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path))
 	return b, wrap(err, "create backup")
 }
 
@@ -67,7 +74,8 @@ func (s *Store) GetBackup(ctx context.Context, id int64) (Backup, error) {
 func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]Backup, error) {
 	bs, err := list[Backup](ctx, s, `select `+backupColumns+` from backups
 		where ($1 = 0 or instance_id = $1) and ($2 = 0 or image_id = $2)
-		order by id desc`, f.InstanceID, f.ImageID)
+		and ($3 = '' or owner = $3)
+		order by id desc`, f.InstanceID, f.ImageID, f.Owner)
 	return bs, wrap(err, "list backups")
 }
 

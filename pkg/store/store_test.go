@@ -482,8 +482,8 @@ func TestTokens(t *testing.T) {
 func TestBackups(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
-	b := must[Backup](t)(s.CreateBackup(ctx, BackupInput{InstanceID: 7}))
-	if b.Status != BackupRunning || b.InstanceID != 7 || b.ImageID != 0 || b.Path != "" {
+	b := must[Backup](t)(s.CreateBackup(ctx, BackupInput{InstanceID: 7, Owner: "ada@example.com"}))
+	if b.Status != BackupRunning || b.InstanceID != 7 || b.ImageID != 0 || b.Path != "" || b.Owner != "ada@example.com" {
 		t.Fatalf("created %+v", b)
 	}
 	img := must[Backup](t)(s.CreateBackup(ctx, BackupInput{ImageID: 3, Path: "/backups/3.tar"}))
@@ -508,6 +508,12 @@ func TestBackups(t *testing.T) {
 	}
 	if of := must[[]Backup](t)(s.ListBackups(ctx, BackupFilter{InstanceID: 7})); len(of) != 1 || of[0].ID != b.ID {
 		t.Fatalf("of instance 7: %+v", of)
+	}
+	if of := must[[]Backup](t)(s.ListBackups(ctx, BackupFilter{Owner: "ada@example.com"})); len(of) != 1 || of[0].ID != b.ID {
+		t.Errorf("ada's backups: %+v", of)
+	}
+	if img.Owner != "upload" {
+		t.Errorf("a backup recorded without an owner belongs to %q, want upload", img.Owner)
 	}
 	if of := must[[]Backup](t)(s.ListBackups(ctx, BackupFilter{ImageID: 3})); len(of) != 1 || of[0].ID != img.ID {
 		t.Fatalf("of image 3: %+v", of)

@@ -1,0 +1,478 @@
+package engine
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// Classified errors of backups.
+var (
+	ErrBackupNotDone  = errors.New("backup is not done")
+	ErrBackupRunning  = errors.New("a backup is reading it")
+	ErrNotBackupReady = errors.New("cannot be backed up now")
+)
+
+// BackupVolume names the read-only snapshot a backup is read from while
+// it is written.
+func BackupVolume(id int64) string { return "backup-" + strconv.FormatInt(id, 10) }
+
+func backupIDOf(name string) (int64, bool) {
+	rest, ok := strings.CutPrefix(name, "backup-")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	return id, err == nil && id > 0
+}
+
+// BackupFile is the name of a finished backup's archive in BackupsDir.
+func BackupFile(id int64) string { return strconv.FormatInt(id, 10) + ".tar.zst" }
+
+func (e *Engine) backupPath(id int64) string {
+	return filepath.Join(e.opts.BackupsDir, BackupFile(id))
+}
+
+func (e *Engine) backupTempPath(id int64) string {
+	return filepath.Join(e.opts.BackupsDir, "."+BackupFile(id)+".partial")
+}
+
+// BackupRequest names what to back up: exactly one of an instance and an
+// image.
+type BackupRequest struct {
+	InstanceID int64
+	ImageID    int64
+	Owner      string
+}
+
+// backupRun is a backup being written, which DeleteBackup can stop.
+type backupRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// CreateBackup takes a consistent copy of a running instance or a ready
+// image without stopping anything: a snapshot of its volume, taken under
+// its lock before this returns, so the backup holds the data as it was at
+// the call. The snapshot is then written as a tar.zst into BackupsDir in
+// the background, detached from ctx; the backup is running until it is
+// done (with its size and SHA-256) or failed.
+func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Backup, error) {
+	if (req.InstanceID == 0) == (req.ImageID == 0) {
+		return store.Backup{}, fmt.Errorf("%w: name exactly one of instance_id and image_id", ErrInvalid)
+	}
+	if err := os.MkdirAll(e.opts.BackupsDir, 0o700); err != nil {
+		return store.Backup{}, err
+	}
+	// Shared with other backups, exclusive to reconcile: a backup between
+	// its record and its registration must not look abandoned.
+	e.backupMu.RLock()
+	defer e.backupMu.RUnlock()
+	source, unlock, err := e.lockBackupSource(ctx, req)
+	if err != nil {
+		return store.Backup{}, err
+	}
+	defer unlock()
+	b, err := e.opts.Store.CreateBackup(ctx, store.BackupInput{
+		InstanceID: req.InstanceID, ImageID: req.ImageID, Owner: req.Owner,
+	})
+	if err != nil {
+		return b, err
+	}
+	snap, err := e.opts.Storage.Snapshot(ctx, source, BackupVolume(b.ID))
+	if err != nil {
+		msg := fmt.Sprintf("snapshotting %s: %v", source, err)
+		e.failBackup(ctx, b.ID, msg)
+		return b, fmt.Errorf("backup %d: %s", b.ID, msg)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	run := &backupRun{cancel: cancel, done: make(chan struct{})}
+	e.mu.Lock()
+	e.backups[b.ID] = run
+	e.mu.Unlock()
+	go func() {
+		defer close(run.done)
+		defer cancel()
+		e.writeBackup(runCtx, b.ID, snap)
+		e.mu.Lock()
+		delete(e.backups, b.ID)
+		e.mu.Unlock()
+	}()
+	e.log.Info("engine: backup started", "backup_id", b.ID, "source", source)
+	return b, nil
+}
+
+// lockBackupSource checks that the source can be backed up and holds its
+// lock; it returns the source's storage name and the lock's release.
+func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (string, func(), error) {
+	if req.ImageID != 0 {
+		unlock := e.imageLocks.Lock(req.ImageID)
+		img, err := e.getImage(ctx, req.ImageID)
+		if err == nil && img.Status != store.ImageReady {
+			err = fmt.Errorf("%w: image %d is %s; only a ready image can be backed up", ErrImageNotReady, img.ID, img.Status)
+		}
+		if err != nil {
+			unlock()
+			return "", nil, err
+		}
+		return ImageVolume(img.ID), unlock, nil
+	}
+	unlock := e.locks.Lock(req.InstanceID)
+	inst, err := e.GetInstance(ctx, req.InstanceID)
+	if err == nil {
+		switch inst.Status {
+		case store.InstanceRunning, store.InstanceStopped, store.InstanceFailed:
+		default:
+			err = fmt.Errorf("%w: instance %d is %s; try again once it is running", ErrNotBackupReady, inst.ID, inst.Status)
+		}
+	}
+	if err != nil {
+		unlock()
+		return "", nil, err
+	}
+	if inst.Status == store.InstanceRunning {
+		e.flushWAL(ctx, inst)
+	}
+	return InstanceVolume(inst.ID), unlock, nil
+}
+
+// flushWAL makes every commit so far durable before a snapshot. Clones
+// commit with synchronous_commit off, so the last commits' WAL may still
+// be in Postgres's buffers, where a snapshot cannot see it; one commit
+// with synchronous_commit on flushes the WAL up to it. Should it fail, the
+// snapshot is still consistent, only without those last commits.
+func (e *Engine) flushWAL(ctx context.Context, inst store.Instance) {
+	c, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(c, postgres.SocketURL(e.socketDir(inst.ID), inst.Port, "postgres", "postgres"))
+	if err == nil {
+		err = pgx.BeginFunc(c, conn, func(tx pgx.Tx) error {
+			// A commit flushes only if its transaction wrote WAL.
+			_, err := tx.Exec(c, "set local synchronous_commit = on; select pg_logical_emit_message(true, 'sindri', 'backup')")
+			return err
+		})
+		conn.Close(context.WithoutCancel(ctx))
+	}
+	if err != nil {
+		e.log.Warn("engine: flushing WAL before a backup's snapshot", "instance_id", inst.ID, "err", err)
+	}
+}
+
+func (e *Engine) failBackup(ctx context.Context, id int64, msg string) {
+	e.log.Error("engine: backup failed", "backup_id", id, "err", msg)
+	if err := e.opts.Store.SetBackupStatus(ctx, id, store.BackupFailed, msg); err != nil && !errors.Is(err, store.ErrNotFound) {
+		e.log.Error("engine: recording a failed backup", "backup_id", id, "err", err)
+	}
+	e.audit(ctx, "create_backup", "backup", id, "failed", msg)
+}
+
+// writeBackup archives the snapshot, records the outcome and destroys the
+// snapshot.
+func (e *Engine) writeBackup(ctx context.Context, id int64, snap storage.Entry) {
+	started := time.Now()
+	size, sum, err := e.archive(ctx, id, snap.Path)
+	if derr := e.opts.Storage.Destroy(context.WithoutCancel(ctx), snap.Name); derr != nil && !errors.Is(derr, storage.ErrNotFound) {
+		e.log.Error("engine: destroying a backup's snapshot; reconcile retries", "backup_id", id, "err", derr)
+	}
+	if ctx.Err() != nil {
+		return // deleted while being written
+	}
+	if err != nil {
+		e.failBackup(ctx, id, err.Error())
+		return
+	}
+	if err := e.opts.Store.SetBackupDone(ctx, id, e.backupPath(id), size, sum); err != nil {
+		e.log.Error("engine: recording a finished backup", "backup_id", id, "err", err)
+		return
+	}
+	e.log.Info("engine: backup done", "backup_id", id, "size_bytes", size,
+		"duration_ms", time.Since(started).Milliseconds())
+	e.audit(ctx, "create_backup", "backup", id, "ok", "")
+}
+
+// Not part of a backup: the postmaster's lock files, the instance's own
+// TLS key and log (the restore and each clone make theirs), and what
+// Postgres clears at start anyway.
+var backupSkips = map[string]bool{
+	"postmaster.pid": true, "postmaster.opts": true,
+	postgres.ServerKeyFile: true, postgres.LogFile: true,
+}
+
+var backupEmptied = map[string]bool{"pg_stat_tmp": true, "pg_dynshmem": true}
+
+// archive writes the data directory at dir as tar.zst into BackupsDir and
+// returns the archive's size and SHA-256 (hex). It writes a partial file
+// and renames it into place once synced.
+func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, string, error) {
+	tmp := e.backupTempPath(id)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, "", err
+	}
+	defer os.Remove(tmp)
+	defer f.Close()
+	hash := sha256.New()
+	counted := &countingWriter{w: io.MultiWriter(f, hash)}
+	zw, err := zstd.NewWriter(counted, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return 0, "", err
+	}
+	if err := writeTar(ctx, zw, dir); err != nil {
+		zw.Close()
+		return 0, "", fmt.Errorf("writing the backup: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return 0, "", fmt.Errorf("writing the backup: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, "", err
+	}
+	if err := f.Close(); err != nil {
+		return 0, "", err
+	}
+	if err := os.Rename(tmp, e.backupPath(id)); err != nil {
+		return 0, "", err
+	}
+	if err := syncDir(e.opts.BackupsDir); err != nil {
+		return 0, "", err
+	}
+	return counted.n, hex.EncodeToString(hash.Sum(nil)), nil
+}
+
+// writeTar writes dir's tree as a tar stream: directories, regular files
+// and symbolic links, with paths relative to dir, owners left out.
+func writeTar(ctx context.Context, w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	buf := make([]byte, 1<<20)
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil || rel == "." {
+			return err
+		}
+		parent := filepath.Dir(rel)
+		if (parent == "." && backupSkips[rel]) || backupEmptied[parent] || strings.HasPrefix(d.Name(), "pgsql_tmp") {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		link := ""
+		switch {
+		case info.Mode()&fs.ModeSymlink != 0:
+			if link, err = os.Readlink(path); err != nil {
+				return err
+			}
+		case info.IsDir(), info.Mode().IsRegular():
+		default:
+			return nil // sockets and the like are not data
+		}
+		hdr, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(rel)
+		if info.IsDir() {
+			hdr.Name += "/"
+		}
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		src, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		// A file cannot change in a snapshot, so its size is its length.
+		_, err = io.CopyBuffer(tw, io.LimitReader(src, hdr.Size), buf)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// GetBackup returns one backup.
+func (e *Engine) GetBackup(ctx context.Context, id int64) (store.Backup, error) {
+	b, err := e.opts.Store.GetBackup(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return b, fmt.Errorf("%w: backup %d", ErrNotFound, id)
+	}
+	return b, err
+}
+
+// OpenBackup opens a finished backup's archive for reading.
+func (e *Engine) OpenBackup(ctx context.Context, id int64) (*os.File, store.Backup, error) {
+	b, err := e.GetBackup(ctx, id)
+	if err != nil {
+		return nil, b, err
+	}
+	if b.Status != store.BackupDone {
+		return nil, b, fmt.Errorf("%w: backup %d is %s", ErrBackupNotDone, id, b.Status)
+	}
+	f, err := openRegular(e.backupPath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, b, fmt.Errorf("backup %d's archive %s is missing", id, e.backupPath(id))
+	}
+	return f, b, err
+}
+
+// DeleteBackup deletes a backup's archive and record; one being written
+// is stopped first. The image or instance it was taken of is not touched.
+func (e *Engine) DeleteBackup(ctx context.Context, id int64) error {
+	if _, err := e.GetBackup(ctx, id); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	run := e.backups[id]
+	e.mu.Unlock()
+	if run != nil {
+		run.cancel()
+		<-run.done
+	}
+	for _, path := range []string{e.backupPath(id), e.backupTempPath(id)} {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if err := e.opts.Storage.Destroy(ctx, BackupVolume(id)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	if err := e.opts.Store.DeleteBackup(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	e.audit(ctx, "delete_backup", "backup", id, "ok", "")
+	return nil
+}
+
+// linkBackup puts a finished backup's archive into an image's upload
+// directory, as if it had been uploaded: a hard link where the
+// filesystem allows, a copy where not.
+func (e *Engine) linkBackup(ctx context.Context, backupID int64, dir string) error {
+	src, b, err := e.OpenBackup(ctx, backupID)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst := filepath.Join(dir, UploadFile)
+	os.Remove(dst)
+	if err := os.Link(e.backupPath(b.ID), dst); err == nil {
+		return nil
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, src); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
+}
+
+// backupReads tells whether a backup's snapshot was cloned from image, as
+// on ZFS, where it then pins the image.
+func (e *Engine) backupReads(ctx context.Context, image string) bool {
+	entries, err := e.opts.Storage.List(ctx)
+	if err != nil {
+		return false
+	}
+	for _, entry := range entries {
+		if _, ok := backupIDOf(entry.Name); ok && entry.Origin == image {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcileBackups marks failed the backups no run of this process is
+// writing (sindrid stopped during them), and removes the partial files
+// and snapshots nothing is writing from.
+func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) error {
+	e.backupMu.Lock()
+	defer e.backupMu.Unlock()
+	e.mu.Lock()
+	running := map[int64]bool{}
+	for id := range e.backups {
+		running[id] = true
+	}
+	e.mu.Unlock()
+	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, b := range backups {
+		if b.Status != store.BackupRunning || running[b.ID] {
+			continue
+		}
+		msg := "sindrid stopped while the backup was being written; take it again"
+		if err := e.opts.Store.SetBackupStatus(ctx, b.ID, store.BackupFailed, msg); err != nil && !errors.Is(err, store.ErrNotFound) {
+			errs = append(errs, err)
+		}
+		if err := os.Remove(e.backupTempPath(b.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, entry := range entries {
+		if id, ok := backupIDOf(entry.Name); ok && entry.Kind == storage.KindImage && !running[id] {
+			e.log.Warn("engine: removing the snapshot of a backup that is no longer being written", "snapshot", entry.Name)
+			if err := e.opts.Storage.Destroy(ctx, entry.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
