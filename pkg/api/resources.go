@@ -44,6 +44,7 @@ type Image struct {
 	Error      string    `jsonapi:"attr,error,omitempty"`
 	PGVersion  string    `jsonapi:"attr,pg_version,omitempty"`
 	SizeBytes  int64     `jsonapi:"attr,size_bytes"`
+	BackupID   int64     `jsonapi:"attr,backup_id,omitempty"`
 	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601"`
 	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601"`
 }
@@ -116,6 +117,7 @@ func (h *Handlers) Register(s *Server) {
 	r.HandleFunc("/instances/{id}", h.destroyInstance).Methods(http.MethodDelete)
 	r.HandleFunc("/instances/{id}/reset", h.resetInstance).Methods(http.MethodPost)
 	r.HandleFunc("/status", h.status).Methods(http.MethodGet)
+	h.registerBackups(s)
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)
 		r.HandleFunc("/oauth_callback", h.Auth.HandleCallback).Methods(http.MethodGet)
@@ -162,7 +164,7 @@ func imageResource(img store.Image) *Image {
 	return &Image{
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
 		Status: string(img.Status), Error: img.Error, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
-		CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
+		BackupID: img.BackupID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }
 
@@ -220,22 +222,24 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, BadRequest("attribute backed_up_at is required (an RFC 3339 time such as 2017-05-01T12:00:00Z)"))
 		return
 	}
-	if attrs.BackupID != nil {
-		WriteError(w, r, NewError(http.StatusNotImplemented, "not_implemented", "Not implemented",
-			"images from backup_id are not supported yet; upload a tarball with PUT /images/{id}/upload or give source_url"))
-		return
-	}
-	img, err := h.Engine.CreateImage(actorContext(r), engine.ImageRequest{
+	req := engine.ImageRequest{
 		Name: attrs.Name, BackedUpAt: *attrs.BackedUpAt, AnonymisationScript: attrs.AnonymisationScript,
 		SourceURL: attrs.SourceURL,
-	})
+	}
+	if attrs.BackupID != nil {
+		req.BackupID = int64(*attrs.BackupID)
+	}
+	img, err := h.Engine.CreateImage(actorContext(r), req)
+	if errors.Is(err, engine.ErrNotFound) {
+		err = NotFound(fmt.Sprintf("there is no backup %d", req.BackupID))
+	}
 	if err != nil {
 		WriteError(w, r, err)
 		return
 	}
-	if attrs.SourceURL != "" {
-		// The pull and the finalise run on without the request; done and
-		// GET /images/{id} join or watch that same run.
+	if attrs.SourceURL != "" || attrs.BackupID != nil {
+		// The pull or the restore and the finalise run on without the
+		// request; done and GET /images/{id} join or watch that same run.
 		go h.Engine.FinaliseImage(context.WithoutCancel(actorContext(r)), img.ID)
 	}
 	WriteResource(w, http.StatusCreated, imageResource(img))
