@@ -305,6 +305,9 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
+	if err := checkBackupHasWAL(vol.Path); err != nil {
+		return "", 0, err
+	}
 	// The postmaster's leftovers, and the signal files that would make the
 	// private start a standby of the original (pg_basebackup -R) instead
 	// of recovering to consistency and opening.
@@ -846,4 +849,23 @@ func (e *Engine) pullBaseBackup(ctx context.Context, sourceURL, dir string) erro
 	}
 	e.log.Info("engine: base backup pulled", "source", src.connString, "duration_ms", time.Since(started).Milliseconds())
 	return nil
+}
+
+// walSegment is the name of a WAL segment file in pg_wal.
+var walSegment = regexp.MustCompile(`^[0-9A-F]{24}$`)
+
+// checkBackupHasWAL refuses an online backup (one with backup_label)
+// whose pg_wal holds no WAL segment: it cannot recover to consistency.
+// pg_basebackup -Ft puts the WAL in pg_wal.tar unless given -X fetch.
+func checkBackupHasWAL(dataDir string) error {
+	if _, err := os.Lstat(filepath.Join(dataDir, "backup_label")); err != nil {
+		return nil
+	}
+	entries, _ := os.ReadDir(filepath.Join(dataDir, "pg_wal"))
+	for _, de := range entries {
+		if de.Type().IsRegular() && walSegment.MatchString(de.Name()) {
+			return nil
+		}
+	}
+	return errors.New("the upload is an online backup (it has backup_label) without the WAL it needs: pg_wal/ holds no WAL segment. pg_basebackup -Ft writes the WAL to pg_wal.tar unless it is given -X fetch: take the backup with -X fetch, or put the files of pg_wal.tar into pg_wal/ of the data directory and upload that")
 }

@@ -132,34 +132,6 @@ func TestAnonymisationScript(t *testing.T) {
 	}
 }
 
-func TestFinaliseFailuresSayWhy(t *testing.T) {
-	w := newWorld(t, 5)
-	e := engine.New(w.options())
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "README"), []byte("not a database"), 0o644)
-	notData, _ := exec.Command("tar", "-C", dir, "-cf", "-", ".").Output()
-	os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("9.6\n"), 0o644)
-	oldMajor, _ := exec.Command("tar", "-C", dir, "-cf", "-", ".").Output()
-	cases := map[string]struct {
-		archive []byte
-		says    string
-	}{
-		"not a data directory":  {notData, "no PostgreSQL data directory"},
-		"a major not installed": {oldMajor, "PostgreSQL 9.6"},
-		"not an archive":        {[]byte(strings.Repeat("junk ", 200)), "not a tar"},
-	}
-	for name, c := range cases {
-		img := newImage(t, e, "", c.archive)
-		got, err := e.FinaliseImage(ctx, img.ID)
-		if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed || !strings.Contains(got.Error, c.says) {
-			t.Errorf("%s: %+v, %v; want failed saying %q", name, got, err, c.says)
-		}
-		if _, err := w.storage.Get(ctx, engine.ImageVolume(img.ID)); err == nil {
-			t.Errorf("%s: a failed finalise left an image volume", name)
-		}
-	}
-}
-
 func TestReadyImageWithoutItsVolumeIsMarkedFailed(t *testing.T) {
 	w := newWorld(t, 3)
 	// As if a destroy of image 1 died after its volume went.

@@ -77,15 +77,26 @@ func Extract(ctx context.Context, r io.Reader, dir string) (entries int, err err
 		return 0, err
 	}
 	defer root.Close()
-	tr := tar.NewReader(stream)
+	counted := &countingReader{r: stream}
+	tr := tar.NewReader(counted)
 	for {
 		if err := ctx.Err(); err != nil {
 			return entries, err
 		}
+		// What is left of the previous entry is read first, so that what
+		// Next reads is that entry's padding (under 512 bytes) and then
+		// the next header, or tar's end-of-archive marker: two zero blocks.
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return entries, fmt.Errorf("reading the archive after %d entries (truncated?): %w", entries, err)
+		}
+		before := counted.n
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			if entries == 0 {
 				return 0, fmt.Errorf("%w: the archive is empty", ErrNotArchive)
+			}
+			if counted.n-before < 1024 {
+				return entries, fmt.Errorf("the archive ends after %d entries without tar's end-of-archive marker: it was cut short (truncated); upload the whole tarball", entries)
 			}
 			return entries, nil
 		}
@@ -233,4 +244,16 @@ func HoistDataDir(dir string) error {
 		}
 	}
 	return os.Remove(aside)
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
