@@ -18,7 +18,7 @@ import (
 )
 
 // waitBackup polls until the backup is no longer running.
-func waitBackup(t *testing.T, e *engine.Engine, id int64) store.Backup {
+func waitBackup(t testing.TB, e *engine.Engine, id int64) store.Backup {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -36,7 +36,7 @@ func waitBackup(t *testing.T, e *engine.Engine, id int64) store.Backup {
 	}
 }
 
-func fileSHA256(t *testing.T, path string) (string, int64) {
+func fileSHA256(t testing.TB, path string) (string, int64) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -47,7 +47,7 @@ func fileSHA256(t *testing.T, path string) (string, int64) {
 }
 
 // restore makes an image from a backup, finalises it and clones it.
-func restore(t *testing.T, e *engine.Engine, backupID int64) (store.Image, store.Instance) {
+func restore(t testing.TB, e *engine.Engine, backupID int64) (store.Image, store.Instance) {
 	t.Helper()
 	img, err := e.CreateImage(ctx, engine.ImageRequest{BackedUpAt: time.Now(), BackupID: backupID})
 	if err != nil {

@@ -63,7 +63,7 @@ type world struct {
 	maxPort int
 }
 
-func newWorld(t *testing.T, ports int) *world {
+func newWorld(t testing.TB, ports int) *world {
 	t.Helper()
 	w := &world{owner: pgtest.Owner(t)}
 	w.store, w.dbURL = storetest.New(t)
@@ -91,7 +91,7 @@ func newWorld(t *testing.T, ports int) *world {
 
 // makeImage freezes a copy of the template data directory into image id,
 // with PG_VERSION replaced when pgVersion is set ("-" removes it).
-func (w *world) makeImage(t *testing.T, id int64, pgVersion string) {
+func (w *world) makeImage(t testing.TB, id int64, pgVersion string) {
 	t.Helper()
 	img, err := w.store.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
 	if err != nil {
@@ -135,7 +135,7 @@ func (w *world) options() engine.Options {
 
 // stopAll stops every postmaster left on the test's filesystem, so that
 // its unmount succeeds.
-func (w *world) stopAll(t *testing.T) {
+func (w *world) stopAll(t testing.TB) {
 	entries, _ := w.storage.List(ctx)
 	for _, e := range entries {
 		if e.Kind == storage.KindVolume {
@@ -179,7 +179,7 @@ func passwordConn(inst store.Instance) string {
 	return fmt.Sprintf("postgres://%s:%s@localhost:%d/postgres?sslmode=require", inst.Username, inst.Password, inst.Port)
 }
 
-func sql(t *testing.T, conn, query string) (string, error) {
+func sql(t testing.TB, conn, query string) (string, error) {
 	t.Helper()
 	c, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -193,7 +193,7 @@ func sql(t *testing.T, conn, query string) (string, error) {
 	return out, err
 }
 
-func mustSQL(t *testing.T, conn, query string) string {
+func mustSQL(t testing.TB, conn, query string) string {
 	t.Helper()
 	out, err := sql(t, conn, query)
 	if err != nil {
@@ -202,7 +202,7 @@ func mustSQL(t *testing.T, conn, query string) string {
 	return out
 }
 
-func execSQL(t *testing.T, conn, stmt string) {
+func execSQL(t testing.TB, conn, stmt string) {
 	t.Helper()
 	db, err := pgx.Connect(ctx, conn)
 	if err != nil {
