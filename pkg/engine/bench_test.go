@@ -34,7 +34,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 			b.Fatalf("SINDRI_BENCH_BACKUP_SCALE=%q: want a positive integer", v)
 		}
 	}
-	w := newWorld(b, 5)
+	w := newWorldSized(b, 5, 16<<30) // sparse: room for the data, its WAL and the restores
 	e := engine.New(w.options())
 	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
 	if err != nil {

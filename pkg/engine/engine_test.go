@@ -65,10 +65,16 @@ type world struct {
 
 func newWorld(t testing.TB, ports int) *world {
 	t.Helper()
+	return newWorldSized(t, ports, 2<<30)
+}
+
+// newWorldSized is newWorld on a loopback BTRFS of size bytes.
+func newWorldSized(t testing.TB, ports int, size int64) *world {
+	t.Helper()
 	w := &world{owner: pgtest.Owner(t)}
 	w.store, w.dbURL = storetest.New(t)
 	var err error
-	mnt := testfs.Btrfs(t, 2<<30)
+	mnt := testfs.Btrfs(t, size)
 	// The postgres user must reach the data directories under the mount.
 	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)

@@ -172,7 +172,10 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) e
 		}
 		if _, err := io.Copy(f, tr); err != nil {
 			f.Close()
-			return fmt.Errorf("writing %q (truncated archive?): %w", name, err)
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("the archive ends in the middle of %q: it was cut short (truncated); upload the whole tarball", name)
+			}
+			return fmt.Errorf("writing %q: %w", name, err)
 		}
 		return f.Close()
 	case tar.TypeSymlink:
