@@ -2,9 +2,9 @@ package spec
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -217,4 +217,3 @@ func containsID(t *testing.T, body []byte, id string) bool {
 	}
 	return false
 }
-

@@ -2,6 +2,8 @@ package spec
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -132,11 +134,24 @@ func (u *cliUser) fails(want int, msgs []string, args ...string) {
 }
 
 type cliImage struct {
-	ID        int64  `json:"id"`
-	Name      string `json:"name"`
-	Ready     bool   `json:"ready"`
-	Status    string `json:"status"`
-	PGVersion string `json:"pg_version"`
+	ID         int64  `json:"id"`
+	Name       string `json:"name"`
+	Ready      bool   `json:"ready"`
+	Status     string `json:"status"`
+	PGVersion  string `json:"pg_version"`
+	BackupID   int64  `json:"backup_id"`
+	BackedUpAt string `json:"backed_up_at"`
+}
+
+type cliBackup struct {
+	ID         int64  `json:"id"`
+	InstanceID int64  `json:"instance_id"`
+	ImageID    int64  `json:"image_id"`
+	Status     string `json:"status"`
+	Error      string `json:"error"`
+	SizeBytes  int64  `json:"size_bytes"`
+	SHA256     string `json:"sha256"`
+	CreatedAt  string `json:"created_at"`
 }
 
 type cliInstance struct {
@@ -423,4 +438,158 @@ func TestCLIEndToEnd(t *testing.T) {
 		u.fails(2, []string{"unknown key"}, "config", "set", "colour", "blue")
 		u.fails(2, []string{"url"}, "config", "set", "url", "not a url")
 	})
+}
+
+// TestCLIBackups backs up an instance with the CLI, downloads the backup
+// and restores it as an image, on a server of its own. A download over
+// an existing file is bad usage (exit 2, the file untouched) unless
+// --force.
+func TestCLIBackups(t *testing.T) {
+	s := startServer(t, "")
+	imageID := s.readyImage(t, "")
+	admin := newCLIUser(t, "http://"+s.http, s.secret)
+
+	var inst cliInstance
+	admin.okJSON(&inst, "instances", "create", imageID)
+	iid := strconv.FormatInt(inst.ID, 10)
+	if _, err := query(inst.DatabaseURL, "insert into people values (10, 'before@x') returning 'ok'"); err != nil {
+		t.Fatal(err)
+	}
+
+	var b cliBackup
+	admin.okJSON(&b, "backups", "create", "--instance", iid, "--wait")
+	if b.ID == 0 || b.InstanceID != inst.ID || b.ImageID != 0 || b.Status != "done" || b.SizeBytes <= 0 || len(b.SHA256) != 64 {
+		t.Fatalf("backups create --instance --wait --json: %+v", b)
+	}
+	bid := strconv.FormatInt(b.ID, 10)
+	// Written after the backup: not in it.
+	if _, err := query(inst.DatabaseURL, "insert into people values (11, 'after@x') returning 'ok'"); err != nil {
+		t.Fatal(err)
+	}
+	out := admin.ok("backups", "create", "--image", imageID)
+	if !strings.Contains(out, "image_id") || !strings.Contains(out, "backups get") {
+		t.Errorf("backups create --image: %s", out)
+	}
+
+	t.Run("list and get", func(t *testing.T) {
+		out := admin.ok("backups", "list")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "ID SOURCE STATUS SIZE CREATED AT" ||
+			!strings.HasPrefix(lines[2], bid+" ") || !strings.Contains(lines[2], "instance "+iid) || !strings.Contains(lines[2], "done") ||
+			!strings.Contains(lines[1], "image "+imageID) {
+			t.Errorf("backups list: %q", out)
+		}
+		var list []cliBackup
+		admin.okJSON(&list, "backups", "list")
+		if len(list) != 2 || list[1] != b || list[0].ImageID != int64(idNumber(t, imageID)) {
+			t.Errorf("backups list --json: %+v, want [image backup, %+v]", list, b)
+		}
+		var got cliBackup
+		admin.okJSON(&got, "backups", "get", bid)
+		if got != b {
+			t.Errorf("backups get --json: %+v, want %+v", got, b)
+		}
+		out = admin.ok("backups", "get", bid)
+		for _, want := range []string{"id " + bid, "instance_id " + iid, "status done", "sha256 " + b.SHA256} {
+			if !hasLine(out, want) {
+				t.Errorf("backups get: %q lacks a line %q", out, want)
+			}
+		}
+	})
+
+	t.Run("download", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "sindri-backup-"+bid+".tar.zst")
+		out, errOut, code := admin.shell(fmt.Sprintf("cd %q && sindri backups download %s", dir, bid))
+		if code != 0 || !strings.Contains(out, path) || !strings.Contains(out, b.SHA256) {
+			t.Fatalf("backups download: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+		}
+		archive, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(archive); hex.EncodeToString(sum[:]) != b.SHA256 || int64(len(archive)) != b.SizeBytes {
+			t.Errorf("the file: %d bytes, sha256 %x; the backup: %d bytes, %s", len(archive), sum, b.SizeBytes, b.SHA256)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+			t.Errorf("files in the directory: %v, want only the archive", entries)
+		}
+		admin.fails(2, []string{"already exists", "--force"}, "backups", "download", bid, "-o", path)
+		var dl struct {
+			File   string `json:"file"`
+			SHA256 string `json:"sha256"`
+			Size   int64  `json:"size_bytes"`
+		}
+		admin.okJSON(&dl, "backups", "download", bid, "-o", path, "--force")
+		if dl.File != path || dl.SHA256 != b.SHA256 || dl.Size != b.SizeBytes {
+			t.Errorf("backups download --force --json: %+v", dl)
+		}
+		out, errOut, code = admin.run("backups", "download", bid, "-o", "-")
+		if code != 0 || out != string(archive) || errOut != "" {
+			t.Errorf("backups download -o -: exit %d, %d bytes (want %d), stderr %q", code, len(out), len(archive), errOut)
+		}
+	})
+
+	t.Run("restore as an image", func(t *testing.T) {
+		var img cliImage
+		admin.okJSON(&img, "images", "create", "--backup", bid, "--name", "restored", "--wait")
+		if !img.Ready || img.Status != "ready" || img.BackupID != b.ID || img.Name != "restored" || img.BackedUpAt != b.CreatedAt {
+			t.Fatalf("images create --backup --wait --json: %+v", img)
+		}
+		if out := admin.ok("images", "get", strconv.FormatInt(img.ID, 10)); !hasLine(out, "backup_id "+bid) {
+			t.Errorf("images get of a restored image: %s", out)
+		}
+		var clone cliInstance
+		admin.okJSON(&clone, "instances", "create", strconv.FormatInt(img.ID, 10))
+		if got, err := query(clone.DatabaseURL, "select string_agg(id::text, ',' order by id) from people"); err != nil || got != "1,2,10" {
+			t.Errorf("people in a clone of the restored image: %q, %v; want 1,2,10", got, err)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		admin.fails(1, []string{"sindri: Resource not found: there is no backup 999"}, "backups", "get", "999")
+		admin.fails(1, []string{"Resource not found: there is no backup 999"}, "backups", "download", "999", "-o", t.TempDir())
+		admin.fails(1, []string{"Resource not found: there is no backup 999"}, "backups", "delete", "999")
+		admin.fails(1, []string{"Resource not found: there is no backup 999"}, "images", "create", "--backup", "999")
+		admin.fails(1, []string{"Resource not found: there is no instance 999"}, "backups", "create", "--instance", "999")
+		admin.fails(2, []string{"exactly one of --instance ID and --image ID"}, "backups", "create", "--instance", iid, "--image", imageID)
+		admin.fails(2, []string{"exactly one of --instance ID and --image ID"}, "backups", "create", "--wait")
+		admin.fails(2, []string{"not a positive number"}, "backups", "get", "seven")
+		admin.fails(2, []string{"--wait goes with --backup"}, "images", "create", "--wait")
+		admin.fails(2, []string{"usage: sindri backups download ID"}, "backups", "download")
+		var mine []cliBackup
+		newCLIUser(t, "http://"+s.http, s.token(t, "bob")).okJSON(&mine, "backups", "list")
+		if len(mine) != 0 {
+			t.Errorf("bob sees backups: %+v", mine)
+		}
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		var list []cliBackup
+		admin.okJSON(&list, "backups", "list")
+		for _, l := range list {
+			id := strconv.FormatInt(l.ID, 10)
+			if out := admin.ok("backups", "delete", id); strings.TrimSpace(out) != "backup "+id+" deleted" {
+				t.Errorf("backups delete: %q", out)
+			}
+		}
+		admin.fails(1, []string{"Resource not found: there is no backup " + bid}, "backups", "get", bid)
+		admin.okJSON(&list, "backups", "list")
+		if len(list) != 0 {
+			t.Errorf("backups list after deleting them all: %+v", list)
+		}
+		if got, err := query(inst.DatabaseURL, "select count(*)::text from people"); err != nil || got != "4" {
+			t.Errorf("the instance after deleting its backup: %q, %v", got, err)
+		}
+	})
+}
+
+// hasLine tells whether out has a line that is want, spaces aside.
+func hasLine(out, want string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Join(strings.Fields(line), " ") == want {
+			return true
+		}
+	}
+	return false
 }

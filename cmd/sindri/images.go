@@ -40,11 +40,32 @@ func (a *app) imagesCmd() *cobra.Command {
 		},
 	}
 
-	var name, backedUpAt, script string
+	var name, backedUpAt, script, backup string
+	var wait bool
 	create := &cobra.Command{
-		Use: "create", Short: "create an image record to upload a data directory into", Args: args(),
+		Use:   "create",
+		Short: "create an image record to upload a data directory into, or (--backup) restore a backup as an image",
+		Long: `create makes an image record to upload a data directory into (images upload,
+then images finalise).
+
+With --backup ID it restores a finished backup instead (upload user only):
+the backup's archive becomes the image's upload and the server starts
+finalising at once. --wait waits until the image is ready, as images
+finalise does (exit 1 if finalising fails); without it, images finalise ID
+waits later. --backed-up-at defaults to when the backup's data was backed
+up: when it was taken of an instance, the image's own for an image.`,
+		Args: args(),
 		RunE: func(c *cobra.Command, _ []string) error {
-			at := time.Now().UTC()
+			var backupID int64
+			if backup != "" {
+				var err error
+				if backupID, err = parseID("backup", backup); err != nil {
+					return err
+				}
+			} else if wait {
+				return usageError{errors.New("--wait goes with --backup: an image without one waits for an upload (then images finalise ID)")}
+			}
+			var at time.Time
 			if backedUpAt != "" {
 				var err error
 				if at, err = time.Parse(time.RFC3339, backedUpAt); err != nil {
@@ -63,16 +84,40 @@ func (a *app) imagesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			img, err := cl.CreateImage(c.Context(), at, name, sql)
+			var opts []client.ImageOption
+			if backupID != 0 {
+				opts = append(opts, client.FromBackup(backupID))
+				if at.IsZero() {
+					if at, err = backupTakenAt(c.Context(), cl, backupID); err != nil {
+						return err
+					}
+				}
+			}
+			if at.IsZero() {
+				at = time.Now().UTC()
+			}
+			img, err := cl.CreateImage(c.Context(), at, name, sql, opts...)
 			if err != nil {
 				return err
 			}
-			return a.showImage(img)
+			if wait {
+				// The server is finalising already; done joins that run.
+				if img, err = cl.FinaliseImage(c.Context(), img.ID); err != nil {
+					return err
+				}
+			}
+			if err := a.showImage(img); err != nil || a.json || backupID == 0 || wait {
+				return err
+			}
+			_, err = fmt.Fprintf(a.stdout, "\nfinalising; to wait until it is ready: sindri images finalise %d\n", img.ID)
+			return err
 		},
 	}
 	create.Flags().StringVar(&name, "name", "", "a label for the image")
-	create.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the data was backed up (RFC 3339; default now)")
+	create.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the data was backed up (RFC 3339; default now, or the backup's)")
 	create.Flags().StringVar(&script, "anonymisation-script", "", "a file of SQL run when the image is finalised")
+	create.Flags().StringVar(&backup, "backup", "", "restore finished backup `ID` as the image (upload user only)")
+	create.Flags().BoolVar(&wait, "wait", false, "with --backup: wait until the image is ready")
 
 	upload := &cobra.Command{
 		Use: "upload ID FILE", Short: "upload a tarball (tar, tar.gz, tar.zst) of a data directory into an image",
@@ -99,17 +144,8 @@ func (a *app) imagesCmd() *cobra.Command {
 				return err
 			}
 			var r io.Reader = f
-			var bar *progressbar.ProgressBar
-			if isTerminal(os.Stderr) {
-				bar = progressbar.NewOptions64(fi.Size(),
-					progressbar.OptionSetWriter(os.Stderr),
-					progressbar.OptionSetDescription(fmt.Sprintf("uploading image %d", id)),
-					progressbar.OptionShowBytes(true),
-					progressbar.OptionSetWidth(30),
-					progressbar.OptionThrottle(100*time.Millisecond),
-					progressbar.OptionShowCount(),
-					progressbar.OptionClearOnFinish(),
-				)
+			bar := progressBar(fi.Size(), fmt.Sprintf("uploading image %d", id))
+			if bar != nil {
 				r = io.TeeReader(f, bar)
 			}
 			img, err := cl.UploadImage(c.Context(), id, r, fi.Size())
@@ -157,7 +193,40 @@ func (a *app) imagesCmd() *cobra.Command {
 		list, get, create, upload, finalise, destroy)
 }
 
+// backupTakenAt is when the data in backup id was backed up: when the
+// backup was taken of an instance; for a backup of an image, the image's
+// backed_up_at while the image is there to ask.
+func backupTakenAt(ctx context.Context, cl *client.Client, id int64) (time.Time, error) {
+	b, err := cl.GetBackup(ctx, id)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if b.ImageID != 0 {
+		if img, err := cl.GetImage(ctx, b.ImageID); err == nil && !img.BackedUpAt.IsZero() {
+			return img.BackedUpAt, nil
+		}
+	}
+	return b.CreatedAt, nil
+}
+
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// progressBar is a progress bar of size bytes (-1: unknown) on stderr when
+// stderr is a terminal, else nil.
+func progressBar(size int64, description string) *progressbar.ProgressBar {
+	if !isTerminal(os.Stderr) {
+		return nil
+	}
+	return progressbar.NewOptions64(size,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription(description),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionShowCount(),
+		progressbar.OptionClearOnFinish(),
+	)
+}
 
 func (a *app) withImage(c *cobra.Command, arg string, do func(*client.Client, int64) (*client.Image, error)) error {
 	id, err := parseID("image", arg)
@@ -207,6 +276,9 @@ func (a *app) showImage(img *client.Image) error {
 	}
 	fmt.Fprintf(w, "pg_version\t%s\n", orDash(img.PGVersion))
 	fmt.Fprintf(w, "size\t%s\n", bytesText(img.SizeBytes))
+	if img.BackupID != 0 {
+		fmt.Fprintf(w, "backup_id\t%d\n", img.BackupID)
+	}
 	fmt.Fprintf(w, "backed_up_at\t%s\n", when(img.BackedUpAt))
 	fmt.Fprintf(w, "created_at\t%s\n", when(img.CreatedAt))
 	fmt.Fprintf(w, "updated_at\t%s\n", when(img.UpdatedAt))

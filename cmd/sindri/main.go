@@ -1,6 +1,6 @@
 // Command sindri is the client of a sindri server, in the style of
-// Draupnir's client: it manages images and instances (thin clones) and
-// sets up a shell to reach an instance with psql.
+// Draupnir's client: it manages images, instances (thin clones) and
+// backups, and sets up a shell to reach an instance with psql.
 //
 // Exit codes: 0 success; 1 the server answered with an error; 2 bad usage,
 // bad configuration, or the server cannot be reached.
@@ -72,7 +72,7 @@ Exit status: 0 ok, 1 the server refused, 2 bad usage or no connection.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 	})
-	root.AddCommand(a.configCmd(), a.imagesCmd(), a.instancesCmd(), a.envCmd(), a.newCmd(), a.statusCmd(), a.versionCmd(), a.authenticateCmd())
+	root.AddCommand(a.configCmd(), a.imagesCmd(), a.instancesCmd(), a.backupsCmd(), a.envCmd(), a.newCmd(), a.statusCmd(), a.versionCmd(), a.authenticateCmd())
 	return root
 }
 

@@ -131,6 +131,7 @@ type Image struct {
 	Error      string    `json:"error,omitempty"`
 	PGVersion  string    `json:"pg_version,omitempty"`
 	SizeBytes  int64     `json:"size_bytes"`
+	BackupID   int64     `json:"backup_id,omitempty"` // the backup it was restored from
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 }
@@ -196,15 +197,29 @@ func (c *Client) GetImage(ctx context.Context, id int64) (*Image, error) {
 	return c.image(ctx, http.MethodGet, fmt.Sprintf("/images/%d", id), nil)
 }
 
+// ImageOption sets an optional attribute of CreateImage's request.
+type ImageOption func(attrs map[string]any)
+
+// FromBackup makes CreateImage restore finished backup id (attribute
+// backup_id; the upload user only): the backup's archive becomes the
+// image's upload and the server starts finalising at once, without
+// waiting for the request. FinaliseImage then joins that run.
+func FromBackup(id int64) ImageOption {
+	return func(attrs map[string]any) { attrs["backup_id"] = strconv.FormatInt(id, 10) }
+}
+
 // CreateImage creates an image record and its empty upload volume;
 // name and anonymisationScript may be empty.
-func (c *Client) CreateImage(ctx context.Context, backedUpAt time.Time, name, anonymisationScript string) (*Image, error) {
+func (c *Client) CreateImage(ctx context.Context, backedUpAt time.Time, name, anonymisationScript string, opts ...ImageOption) (*Image, error) {
 	attrs := map[string]any{"backed_up_at": backedUpAt.UTC().Format(time.RFC3339)}
 	if name != "" {
 		attrs["name"] = name
 	}
 	if anonymisationScript != "" {
 		attrs["anonymisation_script"] = anonymisationScript
+	}
+	for _, o := range opts {
+		o(attrs)
 	}
 	return c.image(ctx, http.MethodPost, "/images", document("images", "", attrs))
 }
@@ -420,23 +435,30 @@ func (c *Client) do(req *http.Request) (*payload, error) {
 		jsonErr = json.Unmarshal(body, &doc)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		apiErr := &APIError{Status: resp.StatusCode}
-		if jsonErr == nil && len(doc.Errors) > 0 {
-			e := doc.Errors[0]
-			apiErr.Code, apiErr.Title, apiErr.Detail = e.Code, e.Title, e.Detail
-		} else {
-			apiErr.Title = http.StatusText(resp.StatusCode)
-			apiErr.Detail = strings.TrimSpace(string(body))
-			if len(apiErr.Detail) > 200 {
-				apiErr.Detail = apiErr.Detail[:200] + "…"
-			}
-		}
-		return nil, apiErr
+		return nil, errorFrom(resp.StatusCode, body)
 	}
 	if jsonErr != nil {
 		return nil, fmt.Errorf("%s %s: the server's answer is not JSON: %w", req.Method, req.URL.Path, jsonErr)
 	}
 	return &doc, nil
+}
+
+// errorFrom is the *APIError of a non-2xx answer with body: its first
+// JSON:API error, or the status text and the start of the body.
+func errorFrom(status int, body []byte) *APIError {
+	apiErr := &APIError{Status: status}
+	var doc payload
+	if json.Unmarshal(body, &doc) == nil && len(doc.Errors) > 0 {
+		e := doc.Errors[0]
+		apiErr.Code, apiErr.Title, apiErr.Detail = e.Code, e.Title, e.Detail
+		return apiErr
+	}
+	apiErr.Title = http.StatusText(status)
+	apiErr.Detail = strings.TrimSpace(string(body))
+	if len(apiErr.Detail) > 200 {
+		apiErr.Detail = apiErr.Detail[:200] + "…"
+	}
+	return apiErr
 }
 
 func (c *Client) noContent(ctx context.Context, method, path string) error {
