@@ -363,7 +363,7 @@ func (e *Engine) OpenBackup(ctx context.Context, id int64) (*os.File, store.Back
 	}
 	f, err := openRegular(e.backupPath(id))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, b, fmt.Errorf("backup %d's archive %s is missing", id, e.backupPath(id))
+		return nil, b, fmt.Errorf("%w: backup %d's archive is missing from %s; delete the backup and take it again", ErrBackupNotDone, id, e.opts.BackupsDir)
 	}
 	return f, b, err
 }
@@ -462,8 +462,12 @@ func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) 
 		if err := e.opts.Store.SetBackupStatus(ctx, b.ID, store.BackupFailed, msg); err != nil && !errors.Is(err, store.ErrNotFound) {
 			errs = append(errs, err)
 		}
-		if err := os.Remove(e.backupTempPath(b.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		// Its archive too, in case sindrid stopped between the rename and
+		// the record.
+		for _, path := range []string{e.backupTempPath(b.ID), e.backupPath(b.ID)} {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
 		}
 	}
 	for _, entry := range entries {

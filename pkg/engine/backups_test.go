@@ -250,6 +250,16 @@ func TestBackupCutShortBySindridIsFailedAtStart(t *testing.T) {
 	if err := os.WriteFile(partial, []byte("half an archive"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A second one died between renaming its archive into place and
+	// recording it done.
+	b2, err := w.store.CreateBackup(ctx, store.BackupInput{ImageID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renamed := filepath.Join(w.root, "backups", engine.BackupFile(b2.ID))
+	if err := os.WriteFile(renamed, []byte("a whole archive"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	e := engine.New(w.options())
 	if err := e.Reconcile(ctx); err != nil {
@@ -261,6 +271,12 @@ func TestBackupCutShortBySindridIsFailedAtStart(t *testing.T) {
 	}
 	if _, err := os.Stat(partial); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("partial archive: %v", err)
+	}
+	if got, err := e.GetBackup(ctx, b2.ID); err != nil || got.Status != store.BackupFailed {
+		t.Errorf("the backup cut short after its rename: %+v, %v", got, err)
+	}
+	if _, err := os.Stat(renamed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the archive of a backup never recorded done: %v", err)
 	}
 	if _, err := w.storage.Get(ctx, engine.BackupVolume(b.ID)); err == nil {
 		t.Errorf("the snapshot of the cut-short backup is left")
