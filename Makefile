@@ -13,8 +13,11 @@ all: build
 deps:
 	scripts/deps
 
+# sindrid and sindri; and sindri-upload-shell, what sshd runs for the
+# upload account, static (without cgo).
 build:
 	$(GO) build -o $(BIN)/ ./cmd/sindrid ./cmd/sindri
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/sindri-upload-shell
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -50,9 +53,9 @@ clean:
 	rm -rf $(BIN)
 
 # Debian package bin/sindri_$(VERSION)_amd64.deb (packaging/nfpm.yaml):
-# both binaries (the client static, without cgo), the systemd unit, the
-# example configuration and the scp upload set-up. nfpm is pinned and
-# fetched through the Go module proxy.
+# sindrid, sindri and sindri-upload-shell (the last two static, without
+# cgo), the systemd unit, the example configuration and the scp upload
+# set-up. nfpm is pinned and fetched through the Go module proxy.
 VERSION ?= 0.1.0
 NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
 
@@ -60,4 +63,5 @@ NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
 deb:
 	GOOS=linux GOARCH=amd64 $(GO) build -o $(BIN)/sindrid ./cmd/sindrid
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o $(BIN)/sindri ./cmd/sindri
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o $(BIN)/sindri-upload-shell ./cmd/sindri-upload-shell
 	VERSION=$(VERSION) $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(BIN)/sindri_$(VERSION)_amd64.deb

@@ -76,6 +76,7 @@ func TestDebPackage(t *testing.T) {
 	}{
 		{"/usr/bin/sindrid", 0o755},
 		{"/usr/bin/sindri", 0o755},
+		{"/usr/lib/sindri/sindri-upload-shell", 0o755},
 		{"/lib/systemd/system/sindrid.service", 0o644},
 		{"/etc/sindri", os.ModeDir | 0o750},
 		{"/etc/sindri/config.toml.example", 0o644},
@@ -115,6 +116,10 @@ func TestDebPackage(t *testing.T) {
 	}
 	if out, err := exec.Command("/usr/bin/sindri", "-h").CombinedOutput(); err != nil && len(out) == 0 {
 		t.Errorf("installed sindri does not run: %v", err)
+	}
+	// Without its uploads directory, sindri-upload-shell says how it is run.
+	if out, _ := exec.Command("/usr/lib/sindri/sindri-upload-shell").CombinedOutput(); !strings.Contains(string(out), "usage: sindri-upload-shell UPLOADS_DIR") {
+		t.Errorf("installed sindri-upload-shell: %q", out)
 	}
 
 	// The unit.
@@ -171,8 +176,10 @@ func TestDebPackage(t *testing.T) {
 			t.Errorf("%s is still there after dpkg --purge", f.path)
 		}
 	}
-	if _, err := os.Lstat("/usr/share/sindri"); err == nil {
-		t.Errorf("/usr/share/sindri is still there after dpkg --purge")
+	for _, dir := range []string{"/usr/share/sindri", "/usr/lib/sindri"} {
+		if _, err := os.Lstat(dir); err == nil {
+			t.Errorf("%s is still there after dpkg --purge", dir)
+		}
 	}
 	if out, err := exec.Command("dpkg-query", "-W", "-f", "${db:Status-Status}", "sindri").Output(); err == nil && strings.TrimSpace(string(out)) != "not-installed" {
 		t.Errorf("dpkg-query after purge: %q", out)

@@ -55,9 +55,9 @@ func runOK(t testing.TB, name string, args ...string) string {
 }
 
 // setupUploads runs packaging/setup-upload-account with its files under
-// etc (the account itself is a real system account, made once), and
-// starts sshd with the drop-in it installed.
-func setupUploads(t *testing.T, etc, dataPath string) *sshd {
+// etc and the shell binary shell (the account itself is a real system
+// account, made once), and starts sshd with the drop-in it installed.
+func setupUploads(t *testing.T, etc, dataPath, shell string) *sshd {
 	t.Helper()
 	setup, err := filepath.Abs("../packaging/setup-upload-account")
 	if err != nil {
@@ -65,7 +65,7 @@ func setupUploads(t *testing.T, etc, dataPath string) *sshd {
 	}
 	keys := filepath.Join(etc, "upload_authorized_keys")
 	env := append(os.Environ(), "SINDRI_DATA_PATH="+dataPath, "SINDRI_UPLOAD_AUTHORIZED_KEYS="+keys,
-		"SSHD_CONFIG_DIR="+filepath.Join(etc, "sshd_config.d"), "SSHD_RELOAD=no")
+		"SINDRI_UPLOAD_SHELL="+shell, "SSHD_CONFIG_DIR="+filepath.Join(etc, "sshd_config.d"), "SSHD_RELOAD=no")
 	runSetup := func() string {
 		cmd := exec.Command(setup)
 		cmd.Env = env
@@ -75,29 +75,41 @@ func setupUploads(t *testing.T, etc, dataPath string) *sshd {
 		}
 		return string(out)
 	}
-	runSetup()
-	if again := runSetup(); strings.Contains(again, "made") || strings.Contains(again, "installed") {
+	if out := runSetup(); strings.Contains(out, "warning") {
+		t.Errorf("setup-upload-account: %s", out)
+	}
+	// Leave the account as safe as the test found it: sshd lets no one in
+	// as an account whose shell is nologin.
+	t.Cleanup(func() {
+		exec.Command("usermod", "--shell", "/usr/sbin/nologin", "--home", "/nonexistent", uploadAccount).Run()
+	})
+	if again := runSetup(); strings.Contains(again, "made") || strings.Contains(again, "installed") || strings.Contains(again, "set the") {
 		t.Errorf("setup-upload-account run again changed things: %s", again)
 	}
 	u, err := user.Lookup(uploadAccount)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Uid == "0" || u.HomeDir != "/nonexistent" {
-		t.Fatalf("upload account: %+v", u)
+	if u.Uid == "0" || u.HomeDir != dataPath+"/image_uploads" {
+		t.Fatalf("upload account: %+v, want its home in %s/image_uploads", u, dataPath)
 	}
-	if shell := strings.TrimSpace(strings.Split(runOK(t, "getent", "passwd", uploadAccount), ":")[6]); !strings.HasSuffix(shell, "nologin") {
-		t.Errorf("upload account's shell is %q", shell)
+	// sshd runs the ForceCommand through the account's login shell, which
+	// runs nothing else.
+	if got := strings.TrimSpace(strings.Split(runOK(t, "getent", "passwd", uploadAccount), ":")[6]); got != shell {
+		t.Errorf("upload account's shell is %q, want %s", got, shell)
 	}
 	dropIn, err := os.ReadFile(filepath.Join(etc, "sshd_config.d", "sindri-upload.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Match User sindri-upload", "ChrootDirectory " + dataPath + "/image_uploads",
-		"ForceCommand internal-sftp", "AuthorizedKeysFile " + keys, "PermitTTY no"} {
+	for _, want := range []string{"Match User sindri-upload", "\tForceCommand " + shell + " " + dataPath + "/image_uploads\n",
+		"AuthorizedKeysFile " + keys, "PermitTTY no", "AllowTcpForwarding no", "PasswordAuthentication no"} {
 		if !strings.Contains(string(dropIn), want) {
 			t.Errorf("installed drop-in lacks %q:\n%s", want, dropIn)
 		}
+	}
+	if strings.Contains(string(dropIn), "\tChrootDirectory") || strings.Contains(string(dropIn), "internal-sftp\n") {
+		t.Errorf("installed drop-in chroots or forces internal-sftp:\n%s", dropIn)
 	}
 	if fi, err := os.Stat(keys); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Fatalf("authorized keys file: %v %v", fi, err)
@@ -118,6 +130,10 @@ func setupUploads(t *testing.T, etc, dataPath string) *sshd {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The SFTP subsystem is sshd's own internal-sftp, which the drop-in's
+	// ForceCommand must override (Debian's default, the sftp-server
+	// binary, is overridden the same way; pkg/uploadshell tests both
+	// names).
 	config := filepath.Join(etc, "sshd_config")
 	pidFile := filepath.Join(etc, "sshd.pid")
 	if err := os.WriteFile(config, []byte(fmt.Sprintf(`ListenAddress 127.0.0.1
@@ -194,6 +210,15 @@ func (s *sshd) scp(local, remote string, legacy bool) (string, error) {
 	return string(out), err
 }
 
+// ssh runs a command (none: a shell) as the upload account.
+func (s *sshd) ssh(command ...string) (string, error) {
+	args := append(s.sshOptions("-p"), append([]string{uploadAccount + "@127.0.0.1"}, command...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ssh", args...).CombinedOutput()
+	return string(out), err
+}
+
 // sftp runs a batch of sftp commands as the upload account.
 func (s *sshd) sftp(batch string) (string, error) {
 	args := append(s.sshOptions("-P"), "-b", "-", uploadAccount+"@127.0.0.1")
@@ -215,17 +240,23 @@ func statOwner(t *testing.T, path string) (uid, gid uint32, perm os.FileMode) {
 	return st.Uid, st.Gid, fi.Mode().Perm()
 }
 
-func TestSCPUploadThroughChrootedSFTP(t *testing.T) {
+// TestSCPUpload uploads with the real scp, in its default SFTP mode and
+// in the legacy SCP protocol (scp -O), through the real sshd and the
+// packaged drop-in, whose ForceCommand is sindri-upload-shell; finalises
+// the images; and checks the refusals: a ready image's directory, the
+// uploads directory's top, paths out of it, symbolic links, other
+// commands; nothing lands outside image_uploads/<id>/.
+func TestSCPUpload(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sshd, a system account, a loopback BTRFS")
 	}
-	for _, bin := range []string{"/usr/sbin/sshd", "ssh-keygen", "scp", "sftp", "useradd"} {
+	for _, bin := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen", "scp", "sftp", "useradd", "runuser"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s (openssh-server, openssh-client, passwd)", bin)
+			t.Skipf("needs %s (openssh-server, openssh-client, passwd, util-linux)", bin)
 		}
 	}
-	// The chroot's parents must be root's and not writable by others:
-	// not under /tmp or /var/tmp (1777).
+	// The account must reach the uploads directory and run the shell:
+	// every directory above them searchable (not /tmp's 0700 MkdirTemp).
 	base, err := os.MkdirTemp("/var/lib", "sindri-scp-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -238,21 +269,24 @@ func TestSCPUploadThroughChrootedSFTP(t *testing.T) {
 	if err := os.Mkdir(etc, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	shell := filepath.Join(base, "bin", "sindri-upload-shell")
+	build := exec.Command("go", "build", "-o", shell, "../cmd/sindri-upload-shell")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building sindri-upload-shell: %v\n%s", err, out)
+	}
 	dataPath := filepath.Join(base, "data")
-	ssh := setupUploads(t, etc, dataPath)
+	ssh := setupUploads(t, etc, dataPath, shell)
 	u, err := user.Lookup(uploadAccount)
 	if err != nil {
 		t.Fatal(err)
 	}
-	accountGID, _ := strconv.ParseUint(u.Gid, 10, 32)
+	accountUID, accountGID := mustAtoi(u.Uid), mustAtoi(u.Gid)
 
-	// sshd's ChrootDirectory needs every directory above
-	// data_path/image_uploads root's and not writable by others, which a
-	// directory under /tmp is not: base is under /var/lib.
 	s := startServerIn(t, base, "2GiB", "")
 	uploads := filepath.Join(dataPath, "image_uploads")
 	if uid, _, perm := statOwner(t, uploads); uid != 0 || perm != 0o755 {
-		t.Fatalf("image_uploads: uid %d mode %v, want root's 0755 (sshd's ChrootDirectory)", uid, perm)
+		t.Fatalf("image_uploads: uid %d mode %v, want root's 0755", uid, perm)
 	}
 	tarball := filepath.Join(etc, "data.tgz")
 	if err := os.WriteFile(tarball, pgTarball(t), 0o644); err != nil {
@@ -262,6 +296,22 @@ func TestSCPUploadThroughChrootedSFTP(t *testing.T) {
 	if err := os.WriteFile(garbage, []byte("not a tarball\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Outside the uploads directory, a directory and a file the account
+	// could write if it got there: only the shell's confinement keeps it
+	// out, not permissions.
+	outside := filepath.Join(base, "outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	outsideFile := filepath.Join(outside, "file")
+	if err := os.WriteFile(outsideFile, []byte("outside\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{outside, outsideFile} {
+		if err := os.Chown(p, int(accountUID), int(accountGID)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	newImage := func() string {
 		t.Helper()
 		status, body := s.call(t, "POST", "/images", s.secret, resourceBody("images", map[string]any{"backed_up_at": "2026-11-01T12:00:00Z"}))
@@ -270,7 +320,7 @@ func TestSCPUploadThroughChrootedSFTP(t *testing.T) {
 		}
 		id := decode(t, body).one(t).ID
 		uid, gid, perm := statOwner(t, filepath.Join(uploads, id))
-		if uid != 0 || gid != uint32(accountGID) || perm != 0o770 {
+		if uid != 0 || gid != accountGID || perm != 0o770 {
 			t.Fatalf("upload dir of pending image %s: %d:%d %v, want root:%s 0770", id, uid, gid, perm, uploadAccount)
 		}
 		return id
@@ -284,98 +334,163 @@ func TestSCPUploadThroughChrootedSFTP(t *testing.T) {
 		}
 		return status, d.one(t), body
 	}
+	modes := []struct {
+		name   string
+		legacy bool
+	}{{"scp (SFTP)", false}, {"scp -O", true}}
+	tarballSize := int64(len(pgTarball(t)))
 
-	// scp (SFTP, the default since OpenSSH 9.0) into a pending image.
-	img := newImage()
-	if out, err := ssh.scp(tarball, "/"+img+"/data.tgz", false); err != nil {
-		t.Fatalf("scp to a pending image: %v\n%s\nsshd:\n%s", err, out, ssh.out.String())
+	// Each mode, into a pending image's directory, then done: ready.
+	var ready []string
+	for i, m := range modes {
+		img := newImage()
+		remote := []string{"/" + img + "/data.tgz", img + "/"}[i%2]
+		start := time.Now()
+		if out, err := ssh.scp(tarball, remote, m.legacy); err != nil {
+			t.Fatalf("%s to %s: %v\n%s\nsshd:\n%s", m.name, remote, err, out, ssh.out.String())
+		}
+		t.Logf("%s to %s: %v", m.name, remote, time.Since(start).Round(time.Millisecond))
+		fi, err := os.Stat(filepath.Join(uploads, img, "data.tgz"))
+		if err != nil || fi.Size() != tarballSize {
+			t.Fatalf("%s: uploaded file: %v %v", m.name, fi, err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != accountUID {
+			t.Errorf("%s: the upload is %d's, want the account's", m.name, st.Uid)
+		}
+		status, got, body := done(img)
+		if status != 200 || got.Attributes["status"] != "ready" {
+			t.Fatalf("done after %s: %d %s", m.name, status, body)
+		}
+		if uid, gid, perm := statOwner(t, filepath.Join(uploads, img)); uid != 0 || gid != 0 || perm != 0o750 {
+			t.Errorf("upload dir of ready image: %d:%d %v, want root:root 0750", uid, gid, perm)
+		}
+		ready = append(ready, img)
 	}
-	if fi, err := os.Stat(filepath.Join(uploads, img, "data.tgz")); err != nil || fi.Size() != int64(len(pgTarball(t))) {
-		t.Fatalf("uploaded file: %v %v", fi, err)
-	}
-	status, got, body := done(img)
-	if status != 200 || got.Attributes["status"] != "ready" {
-		t.Fatalf("done after scp: %d %s", status, body)
-	}
-	if uid, gid, perm := statOwner(t, filepath.Join(uploads, img)); uid != 0 || gid != 0 || perm != 0o750 {
-		t.Errorf("upload dir of ready image: %d:%d %v, want root:root 0750", uid, gid, perm)
-	}
-	inst, creds := s.createInstance(t, s.secret, img, nil)
+	inst, creds := s.createInstance(t, s.secret, ready[1], nil)
 	if n, err := query(certConnString(t, inst, creds), "select count(*)::text from people"); err != nil || n != "2" {
-		t.Fatalf("instance of the scp'd image: %q %v", n, err)
+		t.Fatalf("instance of the image uploaded with scp -O: %q %v", n, err)
 	}
 
-	// The legacy SCP protocol (scp -O) needs a remote scp command, which
-	// ForceCommand internal-sftp does not run: it fails, and writes nothing.
-	legacyImg := newImage()
-	out, err := ssh.scp(tarball, "/"+legacyImg+"/data.tgz", true)
-	if err == nil || !strings.Contains(out, "This service allows sftp connections only") {
-		t.Fatalf("scp -O under ForceCommand internal-sftp: %v, want sshd's refusal \"This service allows sftp connections only\": %s", err, out)
-	}
-	t.Logf("scp -O (legacy protocol), refused as expected: %v: %s", err, strings.TrimSpace(out))
-	if entries, _ := os.ReadDir(filepath.Join(uploads, legacyImg)); len(entries) != 0 {
-		t.Errorf("scp -O left %v", entries)
-	}
-
-	// A failed finalise gives the directory back: upload again, done again.
+	// A failed finalise gives the directory back: upload again (the other
+	// mode), done again.
 	retry := newImage()
-	if out, err := ssh.scp(garbage, "/"+retry+"/data.tgz", false); err != nil {
-		t.Fatalf("scp: %v %s", err, out)
+	if out, err := ssh.scp(garbage, "/"+retry+"/data.tgz", true); err != nil {
+		t.Fatalf("scp -O: %v %s", err, out)
 	}
 	if status, _, body := done(retry); status == 200 {
 		t.Fatalf("done with garbage: %d %s", status, body)
 	}
-	if uid, gid, perm := statOwner(t, filepath.Join(uploads, retry)); uid != 0 || gid != uint32(accountGID) || perm != 0o770 {
+	if uid, gid, perm := statOwner(t, filepath.Join(uploads, retry)); uid != 0 || gid != accountGID || perm != 0o770 {
 		t.Fatalf("upload dir after a failed finalise: %d:%d %v, want root:%s 0770 again", uid, gid, perm, uploadAccount)
 	}
-	if out, err := ssh.scp(tarball, "/"+retry+"/data.tgz", false); err != nil {
+	if out, err := ssh.scp(tarball, "/"+retry+"/", false); err != nil {
 		t.Fatalf("scp after a failed finalise: %v %s", err, out)
 	}
 	if status, got, body := done(retry); status != 200 || got.Attributes["status"] != "ready" {
 		t.Fatalf("done after uploading again: %d %s", status, body)
 	}
 
-	// A symbolic link planted by the account is not followed: finalise
-	// fails with a clear message instead of reading root's file.
+	// Symbolic links: the account cannot make one, and one planted in a
+	// pending image's directory (as root here) is not followed, neither
+	// to /etc nor to a place the account could write.
 	planted := newImage()
-	if out, err := ssh.sftp(fmt.Sprintf("symlink /etc/shadow /%s/upload.tar\n", planted)); err != nil {
-		t.Fatalf("sftp symlink: %v %s", err, out)
+	pdir := filepath.Join(uploads, planted)
+	if out, err := ssh.sftp(fmt.Sprintf("symlink /etc/shadow /%s/upload.tar\n", planted)); err == nil {
+		t.Errorf("sftp symlink succeeded: %s", out)
 	}
-	if fi, err := os.Lstat(filepath.Join(uploads, planted, "upload.tar")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
-		t.Fatalf("planted symlink: %v %v", fi, err)
-	}
-	if status, _, body := done(planted); status == 200 || !strings.Contains(string(body), "symbolic link") {
-		t.Errorf("done with a planted symbolic link: %d %s", status, body)
-	}
-
-	// Refusals: a ready image's directory, the chroot's root, above it.
-	for _, remote := range []string{"/" + img + "/more.tgz", "/" + img + "/data.tgz", "/x", "/../x", "/../../x", "x"} {
-		if out, err := ssh.scp(tarball, remote, false); err == nil {
-			t.Errorf("scp to %s succeeded: %s", remote, out)
-		} else {
-			t.Logf("scp to %s refused: %s", remote, strings.TrimSpace(out))
+	for name, target := range map[string]string{"etc": "/etc", "out": outside, "data.tgz": outsideFile} {
+		if err := os.Symlink(target, filepath.Join(pdir, name)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if out, err := ssh.sftp("mkdir /evil\n"); err == nil {
-		t.Errorf("sftp mkdir in the chroot's root succeeded: %s", out)
+	for _, m := range modes {
+		for _, remote := range []string{"/" + planted + "/etc/x", "/" + planted + "/etc/", "/" + planted + "/out/x",
+			"/" + planted + "/out/", "/" + planted + "/data.tgz", "/" + planted + "/"} {
+			if out, err := ssh.scp(tarball, remote, m.legacy); err == nil {
+				t.Errorf("%s through a symbolic link, to %s, succeeded: %s", m.name, remote, out)
+			} else {
+				t.Logf("%s to %s refused: %s", m.name, remote, strings.TrimSpace(out))
+			}
+		}
 	}
-	if entries, err := os.ReadDir(filepath.Join(uploads, img)); err != nil || len(entries) != 1 {
+	if status, _, body := done(planted); status == 200 || !strings.Contains(string(body), "symbolic link") {
+		t.Errorf("done with planted symbolic links: %d %s", status, body)
+	}
+
+	// Refusals, in both modes: a ready image's directory, the top of the
+	// uploads directory, paths out of it.
+	pending := newImage()
+	for _, m := range modes {
+		for _, remote := range []string{"/" + ready[0] + "/more.tgz", "/" + ready[0] + "/data.tgz", "/" + ready[1] + "/",
+			"/x", "/", "x", "", "/../x", "/../../x", "../x", "/" + pending + "/../../x", "/" + pending + "/../x",
+			"/etc/", "/etc/cron.d/x", outside + "/", outsideFile} {
+			out, err := ssh.scp(tarball, remote, m.legacy)
+			if err == nil {
+				t.Errorf("%s to %q succeeded: %s", m.name, remote, out)
+				continue
+			}
+			msg := strings.TrimSpace(out)
+			if msg == "" || strings.Contains(msg, "lost connection") || strings.Contains(msg, "Connection closed") {
+				t.Errorf("%s to %q: %v, without a clear message: %q", m.name, remote, err, msg)
+			}
+			t.Logf("%s to %q refused: %s", m.name, remote, msg)
+		}
+	}
+	if out, err := ssh.scp(tarball, "/"+ready[0]+"/", true); err == nil || !strings.Contains(out, "Permission denied") {
+		t.Errorf("scp -O into a ready image: %v %s, want Permission denied", err, out)
+	}
+	// A final slash names a directory, which must exist. (Over SFTP,
+	// pkg/sftp drops the slash before the shell sees the path, and the
+	// file is written as /<id>/nodir: still inside the image's directory.)
+	if out, err := ssh.scp(tarball, "/"+pending+"/nodir/", true); err == nil || !strings.Contains(out, "No such file or directory") {
+		t.Errorf("scp -O to a missing directory: %v %s", err, out)
+	}
+	for _, batch := range []string{"mkdir /evil\n", "put " + tarball + " /x\n", fmt.Sprintf("get /%s/data.tgz %s/got\n", pending, etc),
+		fmt.Sprintf("rename /%s/data.tgz /%s/data.tgz\n", ready[0], pending)} {
+		if out, err := ssh.sftp(batch); err == nil {
+			t.Errorf("sftp %q succeeded: %s", batch, out)
+		}
+	}
+	// Neither a shell nor another command.
+	for _, command := range [][]string{nil, {"id"}, {"cat", "/etc/passwd"}, {"scp", "-f", "/" + ready[0] + "/data.tgz"}} {
+		out, err := ssh.ssh(command...)
+		if err == nil || strings.Contains(out, "root:") || strings.Contains(out, "uid=") {
+			t.Errorf("ssh %q: %v %s", command, err, out)
+		}
+		t.Logf("ssh %q refused: %s", command, strings.TrimSpace(out))
+	}
+
+	// Nothing landed outside image_uploads/<id>/.
+	if entries, err := os.ReadDir(filepath.Join(uploads, ready[0])); err != nil || len(entries) != 1 {
 		t.Errorf("ready image's upload dir: %v %v", entries, err)
 	}
-	for _, p := range []string{filepath.Join(uploads, "x"), filepath.Join(dataPath, "x"), filepath.Join(base, "x"), "/x", filepath.Join(uploads, "evil")} {
+	if entries, _ := os.ReadDir(filepath.Join(uploads, pending)); len(entries) != 0 {
+		t.Errorf("pending image's upload dir after refusals: %v", entries)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 1 {
+		t.Errorf("outside: %v", entries)
+	}
+	if b, err := os.ReadFile(outsideFile); err != nil || string(b) != "outside\n" {
+		t.Errorf("%s: %q %v", outsideFile, b, err)
+	}
+	for _, p := range []string{filepath.Join(uploads, "x"), filepath.Join(uploads, "data.tgz"), filepath.Join(uploads, "evil"),
+		filepath.Join(dataPath, "x"), filepath.Join(base, "x"), "/x", "/etc/x", "/etc/cron.d/x", filepath.Join(etc, "got")} {
 		if _, err := os.Lstat(p); !os.IsNotExist(err) {
 			t.Errorf("%s exists after the refused uploads: %v", p, err)
 		}
 	}
 	// Nothing the account owns outside the upload directories.
-	filepath.Walk(dataPath, func(p string, fi os.FileInfo, err error) error {
+	filepath.Walk(base, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {
 			return nil
 		}
-		if st := fi.Sys().(*syscall.Stat_t); st.Uid == mustAtoi(u.Uid) && filepath.Dir(filepath.Dir(p)) != uploads {
+		if p == outside || p == outsideFile {
+			return nil
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid == accountUID && filepath.Dir(filepath.Dir(p)) != uploads {
 			t.Errorf("%s is the upload account's, outside an upload directory", p)
 		}
-		if fi.IsDir() && p != dataPath && !strings.HasPrefix(p, uploads) {
+		if fi.IsDir() && p != base && p != dataPath && !strings.HasPrefix(p, uploads) && p != outside && p != etc {
 			return filepath.SkipDir
 		}
 		return nil

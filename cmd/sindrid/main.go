@@ -264,7 +264,7 @@ func (m *Main) setUploadAccount() {
 	if warning != "" {
 		m.logger.Warn("sindrid: "+warning, "uploads.account", name)
 	}
-	m.logger.Info("sindrid: uploads by scp on", "uploads.account", name, "chroot", m.Config.UploadsDir())
+	m.logger.Info("sindrid: uploads by scp on", "uploads.account", name, "uploads_dir", m.Config.UploadsDir())
 }
 
 // listenTLS serves HTTPS on listen_address with the configured

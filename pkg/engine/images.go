@@ -630,7 +630,7 @@ func actorFrom(ctx context.Context) string {
 }
 
 // UploadAccount is the OS account that uploads with scp through sshd,
-// chrooted (ChrootDirectory) into the uploads directory.
+// which runs sindri-upload-shell for it, confined to the uploads directory.
 type UploadAccount struct {
 	Name     string
 	UID, GID uint32
@@ -639,10 +639,11 @@ type UploadAccount struct {
 // SetUploadAccount turns scp uploads on: from now on a pending or failed
 // image's upload directory is root:<account's group> 0770, writable by the
 // account but not its to chmod, and a finalising or ready image's is
-// root:root 0750. The uploads directory itself, sshd's ChrootDirectory, is
-// made root's, mode 0755; every directory above it must be root's and
-// not writable by group or others, or sshd refuses the chroot: what is
-// not is returned as a warning.
+// root:root 0750. The uploads directory itself is made root's, mode 0755.
+// Every directory above it must be root's, not writable by group or
+// others (or another user could put a directory of their own in its
+// place) and searchable by others (or the account cannot reach it): what
+// is not is returned as a warning.
 func (e *Engine) SetUploadAccount(a UploadAccount) (warning string, err error) {
 	if a.UID == 0 {
 		return "", fmt.Errorf("upload account %q is root", a.Name)
@@ -667,7 +668,11 @@ func (e *Engine) SetUploadAccount(a UploadAccount) (warning string, err error) {
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if ok && st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
-			warning = fmt.Sprintf("%s is not root's or is writable by group or others (%s): sshd will refuse to chroot the upload account into %s", p, fi.Mode().Perm(), dir)
+			warning = fmt.Sprintf("%s is not root's or is writable by group or others (%s): another user could swap the uploads directory %s for their own", p, fi.Mode().Perm(), dir)
+			break
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			warning = fmt.Sprintf("%s is not searchable by others (%s): the upload account cannot reach %s", p, fi.Mode().Perm(), dir)
 			break
 		}
 		if p == filepath.Dir(p) {
