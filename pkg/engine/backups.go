@@ -64,6 +64,7 @@ type BackupRequest struct {
 
 // backupRun is a backup being written, which DeleteBackup can stop.
 type backupRun struct {
+	source string // the volume or image it reads
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -103,13 +104,16 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 		return b, fmt.Errorf("backup %d: %s", b.ID, msg)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	run := &backupRun{cancel: cancel, done: make(chan struct{})}
+	run := &backupRun{source: source, cancel: cancel, done: make(chan struct{})}
 	e.mu.Lock()
 	e.backups[b.ID] = run
 	e.mu.Unlock()
 	go func() {
 		defer close(run.done)
 		defer cancel()
+		if e.opts.BackupSnapshotted != nil {
+			e.opts.BackupSnapshotted(b.ID)
+		}
 		e.writeBackup(runCtx, b.ID, snap)
 		e.mu.Lock()
 		delete(e.backups, b.ID)
@@ -420,6 +424,23 @@ func (e *Engine) linkBackup(ctx context.Context, backupID int64, dir string) err
 		return err
 	}
 	return out.Close()
+}
+
+// backupPins tells whether a backup being written pins the volume: on ZFS
+// its snapshot does, until the backup is written; a BTRFS snapshot does
+// not.
+func (e *Engine) backupPins(volume string) bool {
+	if e.opts.Storage.Name() != "zfs" {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, run := range e.backups {
+		if run.source == volume {
+			return true
+		}
+	}
+	return false
 }
 
 // backupReads tells whether a backup's snapshot was cloned from image, as

@@ -288,3 +288,55 @@ func TestBackupCutShortBySindridIsFailedAtStart(t *testing.T) {
 		t.Errorf("an image from a failed backup: %v, want ErrBackupNotDone", err)
 	}
 }
+
+func TestBackupOnZFSPinsTheVolumeUntilWritten(t *testing.T) {
+	w := newWorldZFS(t, 5)
+	release := make(chan struct{})
+	opts := w.options()
+	opts.BackupSnapshotted = func(int64) { <-release }
+	e := engine.New(opts)
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
+	b, err := e.CreateBackup(ctx, engine.BackupRequest{InstanceID: inst.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// While the backup reads its snapshot, a reset is refused before it
+	// touches the instance.
+	if _, err := e.ResetInstance(ctx, inst.ID); !errors.Is(err, engine.ErrBackupRunning) {
+		t.Fatalf("reset during the backup: %v, want ErrBackupRunning", err)
+	}
+	if got, err := e.GetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
+		t.Fatalf("the instance after the refused reset: %+v, %v", got, err)
+	}
+	execSQL(t, w.superuserConn(inst), "insert into notes values (2)")
+	// A destroy goes through; the pinned volume stays until the backup
+	// is written, then reconcile removes it.
+	if err := e.DestroyInstance(ctx, inst.ID); err != nil {
+		t.Fatalf("destroy during the backup: %v", err)
+	}
+	if _, err := e.GetInstance(ctx, inst.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("the destroyed instance: %v", err)
+	}
+	if _, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID)); err != nil {
+		t.Fatalf("the volume the backup pins: %v", err)
+	}
+	close(release)
+	if b = waitBackup(t, e, b.ID); b.Status != store.BackupDone {
+		t.Fatalf("backup %+v", b)
+	}
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID)); err == nil {
+		t.Errorf("the destroyed instance's volume is left after its backup was written")
+	}
+	_, clone := restore(t, e, b.ID)
+	if got := mustSQL(t, w.superuserConn(clone), "select string_agg(id::text, ',') from notes"); got != "1" {
+		t.Errorf("the restore from ZFS has notes %q, want 1", got)
+	}
+}

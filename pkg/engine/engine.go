@@ -80,6 +80,10 @@ type Options struct {
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
 	ObserveInstanceReady func(time.Duration)
 
+	// BackupSnapshotted, if set, is called by a backup's writer between
+	// the snapshot and the archive: tests hold a backup there.
+	BackupSnapshotted func(backupID int64)
+
 	// CrashAt names a step of CreateInstance at which the process kills
 	// itself with SIGKILL: a fault tests cannot cause otherwise.
 	CrashAt string

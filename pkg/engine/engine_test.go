@@ -23,6 +23,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/btrfs"
+	"github.com/sindri-db/sindri/pkg/storage/zfs"
 	"github.com/sindri-db/sindri/pkg/store"
 	"github.com/sindri-db/sindri/pkg/store/storetest"
 	"github.com/sindri-db/sindri/pkg/testfs"
@@ -71,16 +72,43 @@ func newWorld(t testing.TB, ports int) *world {
 // newWorldSized is newWorld on a loopback BTRFS of size bytes.
 func newWorldSized(t testing.TB, ports int, size int64) *world {
 	t.Helper()
-	w := &world{owner: pgtest.Owner(t)}
-	w.store, w.dbURL = storetest.New(t)
-	var err error
 	mnt := testfs.Btrfs(t, size)
-	// The postgres user must reach the data directories under the mount.
-	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+	root := filepath.Join(mnt, "sindri")
+	driver, err := btrfs.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newWorldOn(t, ports, driver, root)
+}
+
+// newWorldZFS is newWorld on a zfs-fuse pool; uploads and backups go to a
+// plain directory.
+func newWorldZFS(t testing.TB, ports int) *world {
+	t.Helper()
+	pool := testfs.ZFSPool(t, 2<<30)
+	driver, err := zfs.New(pool + "/sindri")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newWorldOn(t, ports, driver, t.TempDir())
+}
+
+// newWorldOn makes the world around a storage driver; root holds the
+// uploads and backups directories.
+func newWorldOn(t testing.TB, ports int, driver storage.Driver, root string) *world {
+	t.Helper()
+	w := &world{owner: pgtest.Owner(t), storage: driver, root: root}
+	w.store, w.dbURL = storetest.New(t)
+	// The postgres user must reach the data directories below the test's
+	// temporary directory.
+	probe, err := driver.Create(ctx, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := filepath.Dir(probe.Path); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
-	w.root = filepath.Join(mnt, "sindri")
-	if w.storage, err = btrfs.New(w.root); err != nil {
+	if err := driver.Destroy(ctx, "probe"); err != nil {
 		t.Fatal(err)
 	}
 	if w.runDir, err = os.MkdirTemp("", "sr"); err != nil {

@@ -94,6 +94,9 @@ func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, e
 	if inst.Status == store.InstanceCreating || inst.Status == store.InstanceDestroying {
 		return inst, fmt.Errorf("%w: instance %d is %s", ErrInvalid, id, inst.Status)
 	}
+	if e.backupPins(InstanceVolume(id)) {
+		return inst, fmt.Errorf("%w: a backup of instance %d is being written; reset it once the backup is done", ErrBackupRunning, id)
+	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceResetting, ""); err != nil {
 		return inst, err
 	}
