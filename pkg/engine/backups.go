@@ -400,18 +400,13 @@ func (e *Engine) DeleteBackup(ctx context.Context, id int64) error {
 	return nil
 }
 
-// linkBackup puts a finished backup's archive into an image's upload
-// directory, as if it had been uploaded: a hard link where the
-// filesystem allows, a copy where not.
-func (e *Engine) linkBackup(ctx context.Context, backupID int64, dir string) error {
-	src, b, err := e.OpenBackup(ctx, backupID)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
+// linkBackup puts a finished backup's archive, opened by OpenBackup, into
+// an image's upload directory, as if it had been uploaded: a hard link
+// where the filesystem allows, a copy where not.
+func linkBackup(src *os.File, dir string) error {
 	dst := filepath.Join(dir, UploadFile)
 	os.Remove(dst)
-	if err := os.Link(e.backupPath(b.ID), dst); err == nil {
+	if err := os.Link(src.Name(), dst); err == nil {
 		return nil
 	}
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)

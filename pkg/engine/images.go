@@ -67,17 +67,16 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 			return store.Image{}, err
 		}
 	}
+	var backup *os.File // the archive a restore takes, opened before anything is recorded
 	if req.BackupID != 0 {
 		if req.SourceURL != "" {
 			return store.Image{}, fmt.Errorf("%w: give source_url or backup_id, not both", ErrInvalid)
 		}
-		b, err := e.GetBackup(ctx, req.BackupID)
-		if err != nil {
+		var err error
+		if backup, _, err = e.OpenBackup(ctx, req.BackupID); err != nil {
 			return store.Image{}, err
 		}
-		if b.Status != store.BackupDone {
-			return store.Image{}, fmt.Errorf("%w: backup %d is %s", ErrBackupNotDone, b.ID, b.Status)
-		}
+		defer backup.Close()
 	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
@@ -91,8 +90,8 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	if err := os.MkdirAll(e.uploadDir(img.ID), 0o750); err != nil {
 		return store.Image{}, err
 	}
-	if req.BackupID != 0 {
-		if err := e.linkBackup(ctx, req.BackupID, e.uploadDir(img.ID)); err != nil {
+	if backup != nil {
+		if err := linkBackup(backup, e.uploadDir(img.ID)); err != nil {
 			return store.Image{}, errors.Join(err, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed, "restoring backup: "+err.Error()))
 		}
 	}
