@@ -69,6 +69,11 @@ type Options struct {
 	// MaxCrashes within CrashWindow mark an instance failed.
 	MaxCrashes  int
 	CrashWindow time.Duration
+	// A live postmaster is also asked for a connection every ProbeEvery;
+	// after MaxUnanswered attempts in a row with no answer within
+	// ProbeTimeout it is killed and restarted like a dead one.
+	ProbeEvery, ProbeTimeout time.Duration
+	MaxUnanswered            int
 	// StartTimeout bounds a postmaster's start.
 	StartTimeout time.Duration
 
@@ -123,6 +128,15 @@ func New(opts Options) *Engine {
 	}
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 2 * time.Minute
+	}
+	if opts.ProbeEvery == 0 {
+		opts.ProbeEvery = 10 * time.Second
+	}
+	if opts.ProbeTimeout == 0 {
+		opts.ProbeTimeout = 5 * time.Second
+	}
+	if opts.MaxUnanswered == 0 {
+		opts.MaxUnanswered = 3
 	}
 	return &Engine{
 		opts:       opts,

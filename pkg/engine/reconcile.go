@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
@@ -13,9 +17,11 @@ import (
 
 // watch is the supervisor's record of a running instance.
 type watch struct {
-	crashes   []time.Time // deaths within the crash window
-	restartAt time.Time   // when a death seen is due for its restart
-	path      string      // the data directory, once looked up
+	crashes    []time.Time // deaths within the crash window
+	restartAt  time.Time   // when a death seen is due for its restart
+	path       string      // the data directory, once looked up
+	probedAt   time.Time   // the last connection attempt to a live postmaster
+	unanswered int         // connection attempts in a row that got no answer
 }
 
 // watchedPath is the data directory of a watched instance, looked up in
@@ -60,31 +66,40 @@ func (e *Engine) unwatch(id int64) {
 
 // Run supervises running instances every SupervisePeriod, destroys expired
 // instances every expiryEvery and reconciles every reconcileEvery, until
-// ctx ends. Instance postmasters keep running
-// after it returns.
+// ctx ends. The three run side by side: an expiry that waits for a slow
+// shutdown, or a reconcile that starts postmasters, must not hold up the
+// supervisor's 2-second promise. Instance postmasters keep running after
+// it returns.
 func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Duration) {
-	tick := time.NewTicker(e.opts.SupervisePeriod)
-	defer tick.Stop()
-	reconcile := time.NewTicker(reconcileEvery)
-	defer reconcile.Stop()
-	expiry := time.NewTicker(expiryEvery)
-	defer expiry.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			e.supervise(ctx)
-		case <-expiry.C:
-			if _, err := e.DestroyExpired(ctx); err != nil {
-				e.log.Error("engine: destroying expired instances", "err", err)
+	var wg sync.WaitGroup
+	every := func(d time.Duration, f func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(d)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					f()
+				}
 			}
-		case <-reconcile.C:
-			if err := e.Reconcile(ctx); err != nil {
-				e.log.Error("engine: reconcile", "err", err)
-			}
-		}
+		}()
 	}
+	every(e.opts.SupervisePeriod, func() { e.supervise(ctx) })
+	every(expiryEvery, func() {
+		if _, err := e.DestroyExpired(ctx); err != nil {
+			e.log.Error("engine: destroying expired instances", "err", err)
+		}
+	})
+	every(reconcileEvery, func() {
+		if err := e.Reconcile(ctx); err != nil {
+			e.log.Error("engine: reconcile", "err", err)
+		}
+	})
+	wg.Wait()
 }
 
 // supervise restarts dead postmasters of running instances, with backoff,
@@ -116,7 +131,17 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		return
 	}
 	if st, err := postgres.Status(dataDir); err == nil && st.Alive {
-		return
+		if !e.hung(ctx, id) {
+			return
+		}
+		// A process that exists but never answers (stopped, wedged) is
+		// as good as dead: kill it and let the restart below count it.
+		e.log.Error("engine: postmaster alive but not answering; killing it", "instance_id", id, "pid", st.PID,
+			"attempts", e.opts.MaxUnanswered)
+		if err := postgres.Kill(ctx, st.PID); err != nil {
+			e.log.Error("engine: killing a hung postmaster", "instance_id", id, "err", err)
+			return
+		}
 	}
 	now := time.Now()
 	e.mu.Lock()
@@ -172,6 +197,50 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	if err := e.start(ctx, inst, false); err != nil {
 		e.log.Error("engine: restart failed", "instance_id", id, "err", err)
 	}
+}
+
+// hung tells whether a live postmaster has failed MaxUnanswered connection
+// attempts in a row, one every ProbeEvery. Any answer, even a refusal such
+// as "the database system is starting up", counts as answering: only
+// silence until ProbeTimeout does not.
+func (e *Engine) hung(ctx context.Context, id int64) bool {
+	e.mu.Lock()
+	w := e.watched[id]
+	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery {
+		e.mu.Unlock()
+		return false
+	}
+	w.probedAt = time.Now()
+	e.mu.Unlock()
+
+	inst, err := e.opts.Store.GetInstance(ctx, id)
+	if err != nil {
+		return false
+	}
+	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(attempt, postgres.SocketURL(e.socketDir(id), inst.Port, "postgres", "postgres"))
+	var pgErr *pgconn.PgError
+	answered := err == nil || errors.As(err, &pgErr)
+	if conn != nil {
+		conn.Close(ctx)
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if answered {
+		w.unanswered = 0
+		return false
+	}
+	w.unanswered++
+	e.log.Warn("engine: postmaster did not answer", "instance_id", id, "attempt", w.unanswered, "err", err)
+	if w.unanswered < e.opts.MaxUnanswered {
+		return false
+	}
+	w.unanswered = 0
+	return true
 }
 
 // Reconcile makes store, volumes and postmasters agree:

@@ -296,6 +296,21 @@ func StopPID(ctx context.Context, pid int, timeout time.Duration) error {
 	return fmt.Errorf("postmaster %d did not stop", pid)
 }
 
+// Kill ends a postmaster that does not answer, at once: SIGKILL to its
+// process group (Start made it a session leader, so its backends are in
+// it) and to itself, even when stopped. It waits until it is gone.
+func Kill(ctx context.Context, pid int) error {
+	if !Running(pid) {
+		return nil
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	if waitGone(ctx, pid, 5*time.Second) {
+		return nil
+	}
+	return fmt.Errorf("postmaster %d did not end after SIGKILL", pid)
+}
+
 func waitGone(ctx context.Context, pid int, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for Running(pid) {
