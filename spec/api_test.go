@@ -22,6 +22,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 const apiVersion = "5.4.0"
@@ -43,9 +44,7 @@ func startServer(t testing.TB, extra string) *server {
 // startServerSized is startServer with a loopback filesystem of size.
 func startServerSized(t testing.TB, size, extra string) *server {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: sindrid mounts a loopback BTRFS and runs Postgres")
-	}
+	testenv.RequireRoot(t, "sindrid mounts a loopback BTRFS and runs Postgres")
 	return startServerIn(t, pgtest.Dir(t), size, extra)
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // debVersion is the version the test builds the package with, to check
@@ -27,12 +28,10 @@ const debVersion = "0.1.0+spec"
 // /etc/sindri/config.toml; systemd is not PID 1 here), stops it with
 // SIGTERM and purges the package.
 func TestDebPackage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: dpkg -i, and sindrid mounts a loopback BTRFS")
-	}
+	testenv.RequireRoot(t, "dpkg -i, and sindrid mounts a loopback BTRFS")
 	for _, tool := range []string{"dpkg", "dpkg-query", "make"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("no %s: %v", tool, err)
+			t.Fatalf("no %s: %v (dpkg and dpkg-query come with every Debian system, make with `apt-get install make`)", tool, err)
 		}
 	}
 	if out, err := exec.Command("dpkg-query", "-W", "-f", "${db:Status-Status}", "sindri").Output(); err == nil && strings.TrimSpace(string(out)) != "not-installed" {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 const uploadAccount = "sindri-upload"
@@ -247,12 +248,10 @@ func statOwner(t *testing.T, path string) (uid, gid uint32, perm os.FileMode) {
 // uploads directory's top, paths out of it, symbolic links, other
 // commands; nothing lands outside image_uploads/<id>/.
 func TestSCPUpload(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: sshd, a system account, a loopback BTRFS")
-	}
+	testenv.RequireRoot(t, "sshd, a system account, a loopback BTRFS")
 	for _, bin := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen", "scp", "sftp", "useradd", "runuser"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s (openssh-server, openssh-client, passwd, util-linux)", bin)
+			t.Fatalf("needs %s (openssh-server and openssh-client, which `make deps` installs; passwd and util-linux, which come with Debian)", bin)
 		}
 	}
 	// The account must reach the uploads directory and run the shell:

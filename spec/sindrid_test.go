@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 var sindrid string
@@ -156,9 +157,7 @@ func startArgv(t testing.TB, argv []string, addr string) (stop func() error) {
 }
 
 func TestStartsOnLoopbackBtrfsAndMountsItAgain(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount the loopback BTRFS")
-	}
+	testenv.RequireRoot(t, "mount the loopback BTRFS")
 	base := t.TempDir()
 	data := filepath.Join(base, "data")
 	t.Cleanup(func() { _ = exec.Command("umount", data).Run() })

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // The binary, built without cgo into a directory an unprivileged account
@@ -30,9 +32,7 @@ type fixture struct {
 
 func setup(t *testing.T) fixture {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runs the shell as an unprivileged account")
-	}
+	testenv.RequireRoot(t, "runs the shell as an unprivileged account")
 	uid, gid := uint32(65534), uint32(65534)
 	if u, err := user.Lookup("nobody"); err == nil {
 		a, _ := strconv.ParseUint(u.Uid, 10, 32)

@@ -12,6 +12,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // BenchmarkBackupRestore measures a backup of a running instance (flush,
@@ -24,9 +25,7 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkBackupRestore -benchtime 3x ./pkg/engine/
 func BenchmarkBackupRestore(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: loopback BTRFS and Postgres run as the postgres user")
-	}
+	testenv.RequireRoot(b, "loopback BTRFS and Postgres run as the postgres user")
 	scale := 30
 	if v := os.Getenv("SINDRI_BENCH_BACKUP_SCALE"); v != "" {
 		var err error

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // defaultBenchScale is the pgbench scale of BenchmarkExtract's fixture: a
@@ -43,9 +44,7 @@ type benchFixture struct {
 //
 //	go test -run '^$' -bench BenchmarkExtract -benchtime 3x ./pkg/ingest/
 func BenchmarkExtract(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: the fixture is made by a PostgreSQL cluster that pgtest runs as the postgres OS user")
-	}
+	testenv.RequireRoot(b, "the fixture is made by a PostgreSQL cluster that pgtest runs as the postgres OS user")
 	fx := benchArchive(b)
 	b.Logf("fixture %s: %.1f MB compressed, %.1f MB tar stream (ratio %.2f)",
 		fx.path, mb(fx.compressed), mb(fx.tarSize), float64(fx.tarSize)/float64(fx.compressed))

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // pgBin is Debian's directory of PostgreSQL 15's binaries.
@@ -143,12 +145,11 @@ func serverURL(db string) string {
 }
 
 // newDB creates a fresh, empty database for t, dropped at cleanup, and
-// returns its URL. It skips t when not running as root.
+// returns its URL. It fails t when not running as root (see
+// testenv.RequireRoot).
 func newDB(t testing.TB) string {
 	t.Helper()
-	if server.sockDir == "" {
-		t.Skip("needs root to run PostgreSQL as the postgres user")
-	}
+	testenv.RequireRoot(t, "run PostgreSQL as the postgres user")
 	name := fmt.Sprintf("store_test_%d", server.dbs.Add(1))
 	admin := func(sql string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // Run runs a command with a deadline and returns its combined output; a
@@ -33,13 +35,6 @@ func Run(ctx context.Context, name string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount filesystems (run `make test` as root)")
-	}
-}
-
 func need(t testing.TB, commands ...string) {
 	t.Helper()
 	for _, c := range commands {
@@ -53,7 +48,7 @@ func need(t testing.TB, commands ...string) {
 // fresh directory and returns that directory. Cleanup unmounts it.
 func Btrfs(t testing.TB, size int64) string {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t, "mount filesystems")
 	need(t, "mkfs.btrfs", "mount", "umount")
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -121,7 +116,7 @@ func CompatDir(t testing.TB) string {
 // as `zfs` and `zpool`, and returns the pool's name. Cleanup destroys the pool.
 func ZFSPool(t testing.TB, size int64) string {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t, "mount filesystems")
 	need(t, "zpool", "zfs", "zfs-fuse")
 	ctx := context.Background()
 	if err := EnsureZFSDaemon(ctx); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // BinPattern is Debian's layout of PostgreSQL binaries.
@@ -40,12 +41,11 @@ func Dir(t testing.TB) string {
 	return dir
 }
 
-// Owner is the postgres OS user; tests skip when not run as root.
+// Owner is the postgres OS user; it fails tests not run as root (see
+// testenv.RequireRoot).
 func Owner(t testing.TB) postgres.OSUser {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run PostgreSQL as the postgres user")
-	}
+	testenv.RequireRoot(t, "run PostgreSQL as the postgres user")
 	u, err := postgres.LookupUser("postgres")
 	if err != nil {
 		t.Fatalf("%v (make deps installs postgresql-15, which makes the user)", err)

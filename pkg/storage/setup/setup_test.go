@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/testenv"
 	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
@@ -40,9 +41,7 @@ func listNames(t *testing.T, d storage.Driver) []string {
 }
 
 func TestLoopbackIsMadeAndMountedAgainAfterRestart(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount")
-	}
+	testenv.RequireRoot(t, "mount")
 	base := t.TempDir()
 	data := filepath.Join(base, "data")
 	opts := Options{Driver: "auto", DataPath: data, LoopbackSize: 512 << 20}
@@ -140,9 +139,7 @@ func TestNeitherFilesystemNeedsLoopback(t *testing.T) {
 }
 
 func TestNonEmptyDataPathIsNotHidden(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount")
-	}
+	testenv.RequireRoot(t, "mount")
 	data := filepath.Join(t.TempDir(), "data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		t.Fatal(err)

@@ -28,9 +28,9 @@ var (
 	dbCounter atomic.Int64
 )
 
-// Main starts the cluster (as root; otherwise the tests that need it skip
-// themselves), runs the tests and stops it. Call it from TestMain:
-// os.Exit(storetest.Main(m)).
+// Main starts the cluster (as root; otherwise the tests that need it fail,
+// or skip with SINDRI_SKIP_ROOT_TESTS=1), runs the tests and stops it.
+// Call it from TestMain: os.Exit(storetest.Main(m)).
 func Main(m *testing.M) int {
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -70,7 +70,7 @@ func Logger() *slog.Logger {
 // returns it with the database's URL.
 func New(t testing.TB) (*store.Store, string) {
 	t.Helper()
-	pgtest.Owner(t) // skips unless root
+	pgtest.Owner(t) // fails unless root
 	if meta == nil {
 		t.Fatal("the test metadata PostgreSQL did not start (call storetest.Main from TestMain)")
 	}
