@@ -206,6 +206,7 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 		if uerr := e.teardown(context.WithoutCancel(ctx), inst.ID); uerr != nil {
 			e.log.Error("engine: undoing a failed creation", "instance_id", inst.ID, "err", uerr)
 		}
+		e.auditFailure(ctx, "create_instance", "instance", inst.ID, err)
 		return store.Instance{}, err
 	}
 	e.cloneTimes.add(time.Since(started))
@@ -396,6 +397,7 @@ func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
 		return err
 	}
 	if err := e.teardown(ctx, id); err != nil {
+		e.auditFailure(ctx, "destroy_instance", "instance", id, err)
 		return err
 	}
 	e.audit(ctx, "destroy_instance", "instance", id, "ok", "")

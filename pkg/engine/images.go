@@ -122,10 +122,17 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 		return 0, err
 	}
 	defer os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, body)
+	dst := &writeErr{w: tmp}
+	n, err := io.Copy(dst, body)
 	if err != nil {
 		tmp.Close()
-		return n, fmt.Errorf("%w after %d bytes: %v", ErrUploadInterrupted, n, err)
+		if dst.err != nil {
+			// Our side failed (ENOSPC, EIO…): keep the errno in the
+			// chain so that it is classified (no disk space is a 503).
+			return n, fmt.Errorf("image %d: writing the upload after %d bytes: %w", id, n, err)
+		}
+		// The client's side: it went away or sent a broken body.
+		return n, fmt.Errorf("%w after %d bytes: %w", ErrUploadInterrupted, n, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return n, err
@@ -140,6 +147,21 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 	}
 	e.log.Info("engine: image upload received", "image_id", id, "bytes", n)
 	return n, nil
+}
+
+// writeErr is an io.Writer that remembers its writer's error, so that a
+// failed copy can tell a failed write from a failed read.
+type writeErr struct {
+	w   io.Writer
+	err error
+}
+
+func (w *writeErr) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+	return n, err
 }
 
 // acceptsUpload tells whether the image takes an upload: pending or failed.
@@ -558,12 +580,17 @@ func dirSize(dir string) (int64, error) {
 
 // DestroyImage destroys an image, its upload and its record. While it has
 // instances it is refused, unless force, which destroys them first.
-func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) error {
+func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err error) {
 	unlock := e.imageLocks.Lock(id)
 	defer unlock()
 	if _, err := e.getImage(ctx, id); err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			e.auditFailure(ctx, "destroy_image", "image", id, err)
+		}
+	}()
 	instances, err := e.opts.Store.ListInstances(ctx, "")
 	if err != nil {
 		return err
@@ -612,6 +639,16 @@ func (e *Engine) audit(ctx context.Context, action, targetType string, targetID 
 	if err != nil {
 		e.log.Error("engine: audit", "action", action, "err", err)
 	}
+}
+
+// auditFailure records an operation that did not happen: "refused" when
+// the engine said no (the state forbids it), "failed" when it went wrong.
+func (e *Engine) auditFailure(ctx context.Context, action, targetType string, targetID int64, err error) {
+	outcome := "failed"
+	if errors.Is(err, ErrImageHasInstances) || errors.Is(err, ErrBackupRunning) || errors.Is(err, ErrInvalid) {
+		outcome = "refused"
+	}
+	e.audit(context.WithoutCancel(ctx), action, targetType, targetID, outcome, err.Error())
 }
 
 type actorKey struct{}

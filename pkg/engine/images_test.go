@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -99,6 +100,24 @@ func TestImageFromTarballToInstance(t *testing.T) {
 		if n != "image-1" { // the fixture image of newWorld
 			t.Fatalf("volumes left after destroying the image: %v", names)
 		}
+	}
+
+	// The audit log tells what was done to what, and how it ended,
+	// refusals included.
+	log, err := w.store.AuditLog(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range log {
+		if a.TargetType == "image" && a.TargetID == img.ID || a.TargetType == "instance" && a.TargetID == inst.ID {
+			got = append(got, a.Action+" "+a.Outcome)
+		}
+	}
+	slices.Reverse(got) // AuditLog is newest first
+	want := []string{"create_image ok", "finalise_image ok", "create_instance ok", "destroy_image refused", "destroy_instance ok", "destroy_image ok"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audit log of image %d and instance %d:\n got %q\nwant %q", img.ID, inst.ID, got, want)
 	}
 }
 

@@ -95,13 +95,16 @@ func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, e
 		return inst, fmt.Errorf("%w: instance %d is %s", ErrInvalid, id, inst.Status)
 	}
 	if e.backupPins(InstanceVolume(id)) {
-		return inst, fmt.Errorf("%w: a backup of instance %d is being written; reset it once the backup is done", ErrBackupRunning, id)
+		err := fmt.Errorf("%w: a backup of instance %d is being written; reset it once the backup is done", ErrBackupRunning, id)
+		e.auditFailure(ctx, "reset_instance", "instance", id, err)
+		return inst, err
 	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceResetting, ""); err != nil {
 		return inst, err
 	}
 	if err := e.reclone(ctx, inst); err != nil {
 		msg := fmt.Sprintf("reset failed: %v", err)
+		e.auditFailure(ctx, "reset_instance", "instance", id, err)
 		return inst, errors.Join(err, e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceFailed, msg))
 	}
 	e.audit(ctx, "reset_instance", "instance", id, "ok", "")
