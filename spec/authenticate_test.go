@@ -162,6 +162,26 @@ func TestAuthenticate(t *testing.T) {
 		if status, body := s.call(t, "GET", "/instances", cfg.Token, nil); status != http.StatusOK {
 			t.Errorf("GET /instances with the stored token: %d %s", status, body)
 		}
+
+		// An administrator sees the login and ends it: the token stops
+		// working at once.
+		list, err := exec.Command(sindrid, "token", "list", "--all", "-config", s.config).CombinedOutput()
+		if err != nil || !strings.Contains(string(list), "oauth") || !strings.Contains(string(list), "ada@example.com") || strings.Contains(string(list), cfg.Token) {
+			t.Fatalf("sindrid token list --all: %v\n%s", err, list)
+		}
+		if out, err := exec.Command(sindrid, "token", "revoke", "--email", "ADA@example.com", "-config", s.config).CombinedOutput(); err != nil || !strings.Contains(string(out), "1 login(s)") {
+			t.Fatalf("sindrid token revoke --email: %v\n%s", err, out)
+		}
+		status, body := s.call(t, "GET", "/instances", cfg.Token, nil)
+		expectError(t, "a revoked login", status, body, 401, "unauthorized")
+		out2, err := exec.Command(sindrid, "token", "revoke", "--email", "ada@example.com", "-config", s.config).CombinedOutput()
+		if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 || !strings.Contains(string(out2), "no unrevoked login") {
+			t.Fatalf("revoking again: %v, want exit status 1 saying there is no login\n%s", err, out2)
+		}
+		err = exec.Command(sindrid, "token", "revoke", "--id", "1", "--email", "ada@example.com", "-config", s.config).Run()
+		if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 2 {
+			t.Fatalf("revoke with two selectors: %v, want exit status 2", err)
+		}
 	})
 
 	t.Run("domain refused", func(t *testing.T) {

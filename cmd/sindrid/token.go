@@ -19,11 +19,13 @@ import (
 )
 
 const tokenUsage = `usage: sindrid token create --name NAME [-config FILE]
-       sindrid token list [-config FILE]
-       sindrid token revoke --name NAME [-config FILE]`
+       sindrid token list [--all] [-config FILE]
+       sindrid token revoke (--name NAME | --id ID | --email ADDRESS) [-config FILE]`
 
-// runToken manages named API tokens for CI jobs. The token is printed
-// once, on create; the store keeps only its hash.
+// runToken manages named API tokens for CI jobs, and the tokens OAuth
+// logins were given: list --all shows them, revoke --email ends a person's
+// logins, revoke --id any one token. A token is printed once, on create;
+// the store keeps only its hash.
 func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError(tokenUsage)
@@ -33,10 +35,23 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "/etc/sindri/config.toml", "path of the TOML configuration file")
 	name := fs.String("name", "", "the token's name, such as ci-main")
+	all := fs.Bool("all", false, "list: OAuth logins' tokens as well as API tokens")
+	id := fs.Int64("id", 0, "revoke: the token with this ID (from list --all)")
+	email := fs.String("email", "", "revoke: every OAuth login of this e-mail address")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError(err.Error())
 	}
-	if fs.NArg() > 0 || (verb != "list" && *name == "") {
+	chosen := 0
+	for _, set := range []bool{*name != "", *id != 0, *email != ""} {
+		if set {
+			chosen++
+		}
+	}
+	switch {
+	case fs.NArg() > 0,
+		verb == "create" && (*name == "" || chosen != 1 || *all),
+		verb == "list" && chosen != 0,
+		verb == "revoke" && (chosen != 1 || *all):
 		return usageError(tokenUsage)
 	}
 	cfg, err := config.Load(*configPath)
@@ -61,24 +76,59 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stdout, token)
 		fmt.Fprintf(stderr, "sindrid: token %q created; it is shown only now\n", *name)
 	case "list":
-		tokens, err := a.ListAPITokens(ctx)
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		if !*all {
+			tokens, err := a.ListAPITokens(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(tw, "NAME\tCREATED\tLAST USED")
+			for _, t := range tokens {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.CreatedAt.Format(time.RFC3339), lastUsed(t))
+			}
+			return tw.Flush()
+		}
+		tokens, err := a.ListTokens(ctx)
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tCREATED\tLAST USED")
+		fmt.Fprintln(tw, "ID\tKIND\tNAME OR E-MAIL\tCREATED\tEXPIRES\tLAST USED")
 		for _, t := range tokens {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.CreatedAt.Format(time.RFC3339), lastUsed(t))
+			who, expires := t.Name, "never"
+			if t.Kind == store.TokenOAuth {
+				who = t.Email
+			}
+			if t.ExpiresAt != nil {
+				expires = t.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Kind, who, t.CreatedAt.Format(time.RFC3339), expires, lastUsed(t))
 		}
 		return tw.Flush()
 	case "revoke":
-		if err := a.RevokeAPIToken(ctx, *name); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
+		switch {
+		case *name != "":
+			if err := a.RevokeAPIToken(ctx, *name); errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("there is no token named %q", *name)
+			} else if err != nil {
+				return err
 			}
-			return err
+			fmt.Fprintf(stderr, "sindrid: token %q revoked\n", *name)
+		case *id != 0:
+			if err := a.RevokeToken(ctx, *id); errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("there is no unrevoked token with ID %d (see sindrid token list --all)", *id)
+			} else if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "sindrid: token %d revoked\n", *id)
+		default:
+			n, err := a.RevokeTokensOf(ctx, *email)
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("%s has no unrevoked login", *email)
+			} else if err != nil {
+				return err
+			}
+			fmt.Fprintf(stderr, "sindrid: %d login(s) of %s revoked\n", n, *email)
 		}
-		fmt.Fprintf(stderr, "sindrid: token %q revoked\n", *name)
 	default:
 		return usageError(tokenUsage)
 	}

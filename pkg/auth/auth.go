@@ -341,7 +341,27 @@ func (a *Authenticator) MintToken(ctx context.Context, kind store.TokenKind, nam
 	if err != nil {
 		return "", store.Token{}, fmt.Errorf("auth: minting a token: %w", err)
 	}
+	a.audit(ctx, "create_token", tok.ID, tokenLabel(tok))
 	return secret, tok, nil
+}
+
+// tokenLabel names a token in the audit log: an API token by its name,
+// an OAuth token by its e-mail address.
+func tokenLabel(t store.Token) string {
+	if t.Kind == store.TokenAPI {
+		return "api token " + t.Name
+	}
+	return "oauth login " + t.Email
+}
+
+// audit records a token operation; the actor is sindrid itself, on behalf
+// of an OAuth login or of the `sindrid token` command run by root.
+func (a *Authenticator) audit(ctx context.Context, action string, id int64, detail string) {
+	err := a.store.Audit(ctx, store.AuditEntry{Actor: "sindrid", Action: action, TargetType: "token",
+		TargetID: id, Outcome: "ok", Detail: detail})
+	if err != nil && a.log != nil {
+		a.log.Error("auth: audit", "action", action, "err", err)
+	}
 }
 
 // mintOAuthToken mints the token an OAuth login hands out, expiring after
@@ -393,7 +413,29 @@ func (a *Authenticator) RevokeAPIToken(ctx context.Context, name string) error {
 	if err := a.store.RevokeAPIToken(ctx, name); err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
+	a.audit(ctx, "revoke_token", 0, "api token "+name)
 	return nil
+}
+
+// ListTokens lists every unrevoked token, OAuth logins and API tokens,
+// oldest first.
+func (a *Authenticator) ListTokens(ctx context.Context) ([]store.Token, error) {
+	toks, err := a.store.ListTokens(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("auth: listing tokens: %w", err)
+	}
+	return toks, nil
+}
+
+// RevokeTokensOf revokes every OAuth login of an e-mail address; an error
+// wrapping store.ErrNotFound if it has none.
+func (a *Authenticator) RevokeTokensOf(ctx context.Context, email string) (int64, error) {
+	n, err := a.store.RevokeTokensOf(ctx, strings.ToLower(strings.TrimSpace(email)))
+	if err != nil {
+		return 0, fmt.Errorf("auth: %w", err)
+	}
+	a.audit(ctx, "revoke_token", 0, fmt.Sprintf("%d oauth login(s) of %s", n, email))
+	return n, nil
 }
 
 // RevokeToken revokes any token by id (e.g. an OAuth login's); an error
@@ -402,5 +444,6 @@ func (a *Authenticator) RevokeToken(ctx context.Context, id int64) error {
 	if err := a.store.RevokeToken(ctx, id); err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
+	a.audit(ctx, "revoke_token", id, "")
 	return nil
 }

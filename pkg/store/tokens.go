@@ -72,6 +72,17 @@ func (s *Store) RevokeToken(ctx context.Context, id int64) error {
 	return affected(tag, err, "revoke token %d", id)
 }
 
+// RevokeTokensOf revokes every unrevoked OAuth token of an e-mail address
+// (a person's logins) and returns how many; ErrNotFound if none.
+func (s *Store) RevokeTokensOf(ctx context.Context, email string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `update tokens set revoked_at = now()
+		where kind = 'oauth' and email = lower($1) and revoked_at is null`, email)
+	if err := affected(tag, err, "revoke the tokens of %q", email); err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), nil
+}
+
 // RevokeAPIToken revokes the unrevoked API token with that name;
 // ErrNotFound if none.
 func (s *Store) RevokeAPIToken(ctx context.Context, name string) error {
