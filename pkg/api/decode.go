@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -98,8 +99,9 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 // application/json (any parameters) or application/vnd.api+json (no
 // parameters); 413 request_too_large over the limit; 408 if the body is too
 // slow; 400 bad_request for an empty body, malformed JSON (the detail gives
-// line and column), trailing data, or a value of the wrong type (the detail
-// names the field).
+// line and column), trailing data, a value of the wrong type (the detail
+// names the field), or a string holding NUL (\u0000, which PostgreSQL text
+// cannot store; the detail names the field).
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	data, err := readJSONBody(w, r)
 	if err != nil {
@@ -108,7 +110,66 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if err := json.Unmarshal(data, v); err != nil {
 		return jsonError(data, err)
 	}
+	if path, ok := findNUL(data); ok {
+		what := "the document"
+		if path != "" {
+			what = fmt.Sprintf("field %q", path)
+		}
+		return BadRequest(what + " must not contain a NUL character (\\u0000)")
+	}
 	return nil
+}
+
+// findNUL reports whether the JSON document data holds a string (a value
+// or a member name) with a NUL character, and where: a dotted path such as
+// "attributes.name" or "list[2]" ("" for the document itself). PostgreSQL
+// text cannot hold NUL (SQLSTATE 22021), so such a string is refused up
+// front as a 400 naming it rather than failing in the database. JSON cannot
+// carry a raw NUL byte, only the escape \u0000, so a document without that
+// escape is passed at once.
+func findNUL(data []byte) (string, bool) {
+	if !bytes.Contains(data, []byte(`\u0000`)) {
+		return "", false
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return "", false
+	}
+	return nulIn(v, "")
+}
+
+func nulIn(v any, path string) (string, bool) {
+	switch v := v.(type) {
+	case string:
+		return path, strings.IndexByte(v, 0) >= 0
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys) // the same answer every time
+		for _, k := range keys {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if strings.IndexByte(k, 0) >= 0 {
+				return p, true
+			}
+			if where, ok := nulIn(v[k], p); ok {
+				return where, true
+			}
+		}
+	case []any:
+		for i, e := range v {
+			if where, ok := nulIn(e, fmt.Sprintf("%s[%d]", path, i)); ok {
+				return where, true
+			}
+		}
+	}
+	return "", false
 }
 
 // position is the 1-based line and column of the byte at offset off in
@@ -208,6 +269,10 @@ func jsonKind(t reflect.Type) string {
 //   - an attribute attrs does not have: 400 bad_request naming it; an
 //     attribute of the wrong type: 400 naming it and the expected type. A
 //     nil attrs accepts no attributes at all.
+//   - a string attribute (or a string inside one) holding NUL (\u0000):
+//     400 bad_request naming the attribute; PostgreSQL text cannot store it.
+//   - a time attribute outside the years 0000-9999 in UTC (RFC 3339 allows
+//     9999-12-31T23:00:00-02:00): 400 bad_request naming it.
 //   - attributes absent or null: attrs is left as is (the handler checks
 //     required attributes). relationships, links and meta are ignored.
 func DecodeResource(w http.ResponseWriter, r *http.Request, typ string, attrs any) (id string, err error) {
@@ -279,7 +344,52 @@ func DecodeResource(w http.ResponseWriter, r *http.Request, typ string, attrs an
 		}
 		return "", attributeError(rawAttrs, reflect.TypeOf(attrs), err)
 	}
+	if path, ok := findNUL(rawAttrs); ok {
+		return "", BadRequest(fmt.Sprintf("attribute %q must not contain a NUL character (\\u0000)", path))
+	}
+	if err := checkTimes(attrs); err != nil {
+		return "", err
+	}
 	return id, nil
+}
+
+// checkTimes refuses a time attribute (a time.Time or *time.Time field of
+// the struct attrs points to) that lies outside the years 0000-9999 in UTC:
+// RFC 3339 allows an offset of up to a day, so 9999-12-31T23:00:00-02:00
+// parses, but in UTC it is in year 10000, which the API could not write back
+// as RFC 3339 (and a client listing it would fail to parse the list).
+func checkTimes(attrs any) error {
+	v := reflect.ValueOf(attrs)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	v = v.Elem()
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Type().Field(i)
+		fv := v.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		if fv.Kind() == reflect.Pointer {
+			if fv.IsNil() {
+				continue
+			}
+			fv = fv.Elem()
+		}
+		if fv.Type() != timeType {
+			continue
+		}
+		t := fv.Interface().(time.Time)
+		if y := t.UTC().Year(); y < 0 || y > 9999 {
+			name := f.Name
+			if k, _, _ := strings.Cut(f.Tag.Get("json"), ","); k != "" && k != "-" {
+				name = k
+			}
+			return BadRequest(fmt.Sprintf("attribute %q must lie between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z, got %s in UTC",
+				name, t.UTC().Format(time.RFC3339)))
+		}
+	}
+	return nil
 }
 
 func decodeStrict(data []byte, v any) error {

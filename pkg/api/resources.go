@@ -32,6 +32,10 @@ func init() {
 	RegisterClass(engine.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Bad request")
 	RegisterClass(postgres.ErrVersionMissing, http.StatusUnprocessableEntity, "pg_version_not_installed", "PostgreSQL version not installed")
 	RegisterClass(storage.ErrHasClones, http.StatusUnprocessableEntity, CodeImageHasInstances, "Image has instances")
+	// The metadata store refused a value (a check constraint, a NUL in
+	// text) or a duplicate: the request's fault, not the server's.
+	RegisterClass(store.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Invalid value")
+	RegisterClass(store.ErrConflict, http.StatusConflict, CodeConflict, "Conflict with an existing resource")
 }
 
 // Image is the images resource.
@@ -307,13 +311,22 @@ func (h *Handlers) destroyImage(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *Instance {
-	status := string(inst.Status)
-	if inst.Status == store.InstanceResetting {
-		status = string(store.InstanceCreating) // the contract's statuses
+// contractStatus is an instance status as the contract names them
+// (creating, running, stopped, failed): a reset is a creation again, and an
+// instance being torn down no longer serves.
+func contractStatus(s store.InstanceStatus) string {
+	switch s {
+	case store.InstanceResetting:
+		return string(store.InstanceCreating)
+	case store.InstanceDestroying:
+		return string(store.InstanceStopped)
 	}
+	return string(s)
+}
+
+func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *Instance {
 	out := &Instance{
-		ID: inst.ID, Hostname: h.PublicHostname, ImageID: inst.ImageID, Port: inst.Port, Status: status,
+		ID: inst.ID, Hostname: h.PublicHostname, ImageID: inst.ImageID, Port: inst.Port, Status: contractStatus(inst.Status),
 		Error: inst.Error, Username: inst.Username, Password: inst.Password,
 		ExpiresAt: inst.ExpiresAt, Protected: inst.Protected, CreatedAt: inst.CreatedAt, UpdatedAt: inst.UpdatedAt,
 	}

@@ -5,7 +5,8 @@
 //
 // Every method is a single statement or a short transaction. Errors are
 // classified for errors.Is: ErrNotFound, ErrConflict (a unique violation),
-// ErrInUse (a row still referenced), ErrInvalid (a check constraint) and
+// ErrInUse (a row still referenced), ErrInvalid (a check constraint, or
+// text PostgreSQL cannot store such as a NUL character) and
 // ErrPortsExhausted. Optional text and number columns read back as "" or 0
 // when NULL, and "" or 0 are stored as NULL; times are in UTC.
 package store
@@ -32,7 +33,8 @@ var (
 	// (SQLSTATE 23503 on delete).
 	ErrInUse = errors.New("in use")
 	// ErrInvalid: a check or not-null constraint refused the write, e.g. an
-	// unknown status (SQLSTATE 23514, 23502).
+	// unknown status (SQLSTATE 23514, 23502), or a value the database
+	// cannot store, e.g. text with a NUL character (SQLSTATE 22021).
 	ErrInvalid = errors.New("invalid")
 	// ErrPortsExhausted: AllocatePort found no free port in its range.
 	ErrPortsExhausted = errors.New("no free port")
@@ -90,6 +92,8 @@ func classify(err error) error {
 	case "23503": // foreign_key_violation
 		return fmt.Errorf("%w: %w", ErrInUse, err)
 	case "23514", "23502": // check_violation, not_null_violation
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	case "22021": // character_not_in_repertoire: e.g. a NUL in a text value
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return err

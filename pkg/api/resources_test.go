@@ -1,0 +1,122 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+func TestContractStatus(t *testing.T) {
+	for in, want := range map[store.InstanceStatus]string{
+		store.InstanceCreating:   "creating",
+		store.InstanceRunning:    "running",
+		store.InstanceStopped:    "stopped",
+		store.InstanceFailed:     "failed",
+		store.InstanceResetting:  "creating",
+		store.InstanceDestroying: "stopped",
+	} {
+		if got := contractStatus(in); got != want {
+			t.Errorf("%s: %q, want %q", in, got, want)
+		}
+		h := &Handlers{PublicHostname: "localhost"}
+		if got := h.instanceResource(store.Instance{ID: 1, Status: in}, false).Status; got != want {
+			t.Errorf("instance resource of a %s instance: %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestStoreAndEngineClasses(t *testing.T) {
+	for _, c := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{fmt.Errorf("store: create image: %w: %w", store.ErrInvalid, errors.New("SQLSTATE 22021")), 400, CodeBadRequest},
+		{fmt.Errorf("store: create token: %w: %w", store.ErrConflict, errors.New("SQLSTATE 23505")), 409, CodeConflict},
+		// UploadImage: our write failed for want of space, a 503.
+		{fmt.Errorf("image 3: writing the upload after 10 bytes: %w", &os.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}), 503, CodeNoDiskSpace},
+		// UploadImage: the client went away, a 400.
+		{fmt.Errorf("%w after 10 bytes: %w", engine.ErrUploadInterrupted, io.ErrUnexpectedEOF), 400, CodeBadRequest},
+	} {
+		e, _ := AsError(c.err, "rid")
+		if e.Status != c.status || e.Code != c.code || e.Title == "" {
+			t.Errorf("%v: %d %s %q, want %d %s", c.err, e.Status, e.Code, e.Title, c.status, c.code)
+		}
+	}
+}
+
+func TestDecodeRefusesNUL(t *testing.T) {
+	type attrs struct {
+		Name   string         `json:"name"`
+		Script string         `json:"anonymisation_script"`
+		Extra  map[string]any `json:"extra"`
+	}
+	for _, c := range []struct {
+		body, where string // where "" means accepted
+	}{
+		{`{"data":{"type":"images","attributes":{"name":"a\u0000b"}}}`, `attribute "name"`},
+		{`{"data":{"type":"images","attributes":{"name":"ok","anonymisation_script":"\u0000"}}}`, `attribute "anonymisation_script"`},
+		{`{"data":{"type":"images","attributes":{"extra":{"list":["x","\u0000"]}}}}`, `attribute "extra.list[1]"`},
+		{`{"data":{"type":"images","attributes":{"extra":{"k\u0000":1}}}}`, `attribute "extra.k\x00"`},
+		{`{"data":{"type":"images","attributes":{"name":"a\\u0000b"}}}`, ""}, // a backslash, then u0000
+		{`{"data":{"type":"images","attributes":{"name":"plain"}}}`, ""},
+	} {
+		w, r := jsonRequest("application/json", c.body)
+		var a attrs
+		_, err := DecodeResource(w, r, "images", &a)
+		if c.where == "" {
+			if err != nil {
+				t.Errorf("%s: %v", c.body, err)
+			}
+			continue
+		}
+		e := apiErr(t, err, 400, CodeBadRequest)
+		if !strings.Contains(e.Detail, c.where) || !strings.Contains(e.Detail, "NUL") {
+			t.Errorf("%s: detail %q, want it to name %s and NUL", c.body, e.Detail, c.where)
+		}
+	}
+
+	w, r := jsonRequest("application/json", `{"state":"x\u0000"}`)
+	var v struct {
+		State string `json:"state"`
+	}
+	e := apiErr(t, DecodeJSON(w, r, &v), 400, CodeBadRequest)
+	if !strings.Contains(e.Detail, `field "state"`) || !strings.Contains(e.Detail, "NUL") {
+		t.Errorf("DecodeJSON: detail %q", e.Detail)
+	}
+}
+
+func TestDecodeRefusesTimesBeyondRFC3339(t *testing.T) {
+	type attrs struct {
+		BackedUpAt *time.Time `json:"backed_up_at"`
+		ExpiresAt  time.Time  `json:"expires_at"`
+	}
+	for body, want := range map[string]string{
+		`{"backed_up_at":"9999-12-31T23:59:59-23:59"}`: `"backed_up_at"`,
+		`{"expires_at":"0000-01-01T00:00:00+01:00"}`:   `"expires_at"`,
+		`{"backed_up_at":"9999-12-31T23:59:59Z"}`:      "",
+		`{"backed_up_at":"0000-01-01T00:00:00Z"}`:      "",
+		`{"expires_at":"2026-01-01T00:00:00+14:00"}`:   "",
+	} {
+		w, r := jsonRequest("application/json", `{"data":{"type":"instances","attributes":`+body+`}}`)
+		var a attrs
+		_, err := DecodeResource(w, r, "instances", &a)
+		if want == "" {
+			if err != nil {
+				t.Errorf("%s: %v", body, err)
+			}
+			continue
+		}
+		if e := apiErr(t, err, 400, CodeBadRequest); !strings.Contains(e.Detail, want) {
+			t.Errorf("%s: detail %q does not name %s", body, e.Detail, want)
+		}
+	}
+}

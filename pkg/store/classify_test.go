@@ -1,0 +1,50 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func TestClassify(t *testing.T) {
+	for code, want := range map[string]error{
+		"23505": ErrConflict,
+		"23503": ErrInUse,
+		"23514": ErrInvalid,
+		"23502": ErrInvalid,
+		"22021": ErrInvalid, // a NUL in text
+	} {
+		pgErr := &pgconn.PgError{Code: code, Message: "boom"}
+		err := classify(fmt.Errorf("query: %w", pgErr))
+		if !errors.Is(err, want) {
+			t.Errorf("SQLSTATE %s: %v, want %v", code, err, want)
+		}
+		var got *pgconn.PgError
+		if !errors.As(err, &got) || got != pgErr {
+			t.Errorf("SQLSTATE %s: the driver's error left the chain: %v", code, err)
+		}
+	}
+	plain := errors.New("plain")
+	if got := classify(plain); got != plain {
+		t.Errorf("an unclassified error changed: %v", got)
+	}
+	if got := classify(&pgconn.PgError{Code: "42P01"}); errors.Is(got, ErrInvalid) || errors.Is(got, ErrConflict) {
+		t.Errorf("an undefined table classified as %v", got)
+	}
+}
+
+// PostgreSQL text cannot hold NUL: a string with one is refused as
+// ErrInvalid, not an unclassified error.
+func TestNULInTextIsInvalid(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	_, err := s.CreateImage(ctx, ImageInput{Name: "a\x00b", BackedUpAt: time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)})
+	wantErr(t, err, ErrInvalid)
+	images := must[[]Image](t)(s.ListImages(ctx))
+	if len(images) != 0 {
+		t.Fatalf("an image was recorded: %+v", images)
+	}
+}
