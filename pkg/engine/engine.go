@@ -448,35 +448,66 @@ func (e *Engine) stopVolume(ctx context.Context, name string) error {
 // keyedMutex is a mutex per id.
 type keyedMutex struct {
 	mu    sync.Mutex
-	locks map[int64]*sync.Mutex
+	locks map[int64]*refMutex
 }
 
-func (k *keyedMutex) get(id int64) *sync.Mutex {
+// refMutex counts who holds or waits for it, so that the map entry goes
+// when nobody does: ids are never reused, and the map would otherwise grow
+// with every instance ever made.
+type refMutex struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) acquire(id int64) *refMutex {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.locks == nil {
-		k.locks = map[int64]*sync.Mutex{}
+		k.locks = map[int64]*refMutex{}
 	}
 	m := k.locks[id]
 	if m == nil {
-		m = &sync.Mutex{}
+		m = &refMutex{}
 		k.locks[id] = m
 	}
+	m.refs++
 	return m
+}
+
+func (k *keyedMutex) release(id int64, m *refMutex) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if m.refs--; m.refs == 0 {
+		delete(k.locks, id)
+	}
 }
 
 // Lock waits for id's lock and returns its release.
 func (k *keyedMutex) Lock(id int64) func() {
-	m := k.get(id)
+	m := k.acquire(id)
 	m.Lock()
-	return m.Unlock
+	return func() {
+		m.Unlock()
+		k.release(id, m)
+	}
 }
 
 // TryLock takes id's lock if it is free.
 func (k *keyedMutex) TryLock(id int64) (func(), bool) {
-	m := k.get(id)
+	m := k.acquire(id)
 	if !m.TryLock() {
+		k.release(id, m)
 		return nil, false
 	}
-	return m.Unlock, true
+	return func() {
+		m.Unlock()
+		k.release(id, m)
+	}, true
+}
+
+// held is how many ids have a lock entry (tests).
+func (k *keyedMutex) held() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.locks)
 }
