@@ -292,7 +292,7 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	if err != nil {
 		a.log.Error("auth: minting a login's token", "email", o.email, "err", err)
 		writeAPIError(w, &apiError{
-			status: http.StatusInternalServerError, code: "internal_error", title: "Internal error",
+			status: http.StatusInternalServerError, code: "internal_server_error", title: "Internal server error",
 			detail: "The token could not be recorded; try again.",
 		})
 		return
