@@ -215,7 +215,8 @@ type PostgresConfig struct {
 
 	// SharedBuffers is passed to each instance's Postgres as
 	// shared_buffers (default "32MB"), in Postgres's own units
-	// (B, kB, MB, GB, TB).
+	// (B, kB, MB, GB, TB). Small because a host runs dozens of clones and
+	// the page cache, shared by all clones of an image, does the caching.
 	SharedBuffers string `toml:"shared_buffers"`
 
 	// AllowSuperuser lets instance users be Postgres superusers
