@@ -164,10 +164,20 @@ func requireUpload(r *http.Request) error {
 	return nil
 }
 
+// imageStatus is an image's status in the contract's words, which have no
+// destroying: an image on its way out is failed, and says why.
+func imageStatus(img store.Image) (status, errText string) {
+	if img.Status == store.ImageDestroying {
+		return string(store.ImageFailed), "the image is being destroyed"
+	}
+	return string(img.Status), img.Error
+}
+
 func imageResource(img store.Image) *Image {
+	status, errText := imageStatus(img)
 	return &Image{
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
-		Status: string(img.Status), Error: img.Error, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
+		Status: status, Error: errText, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
 		BackupID: img.BackupID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }

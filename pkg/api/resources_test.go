@@ -14,6 +14,21 @@ import (
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
+func TestImageStatusStaysInTheContract(t *testing.T) {
+	for in, want := range map[store.ImageStatus]string{
+		store.ImagePending: "pending", store.ImageFinalising: "finalising", store.ImageReady: "ready",
+		store.ImageFailed: "failed", store.ImageDestroying: "failed",
+	} {
+		got := imageResource(store.Image{ID: 1, Status: in, Error: ""})
+		if got.Status != want || got.Ready != (in == store.ImageReady) {
+			t.Errorf("a %s image shows %q (ready %v), want %q", in, got.Status, got.Ready, want)
+		}
+		if in == store.ImageDestroying && got.Error == "" {
+			t.Errorf("a destroying image shows failed without saying why")
+		}
+	}
+}
+
 func TestContractStatus(t *testing.T) {
 	for in, want := range map[store.InstanceStatus]string{
 		store.InstanceCreating:   "creating",

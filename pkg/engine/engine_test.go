@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -413,6 +414,13 @@ func childMain() int {
 		return 3
 	}
 	fmt.Println(inst.ID)
+	if slices.Contains(engine.ImageDestroySteps, os.Getenv(crashEnv)) {
+		// Then a forced destroy of the image, killed on its way.
+		if err := e.DestroyImage(ctx, childImage, true); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 4
+		}
+	}
 	return 0
 }
 
@@ -470,6 +478,45 @@ func TestSIGKILLAtEachCreationStepLeavesNothingHalfMade(t *testing.T) {
 			}
 			if inst.Port != w.minPort {
 				t.Fatalf("new instance on port %d, want the freed %d", inst.Port, w.minPort)
+			}
+		})
+	}
+}
+
+// A forced image destroy killed after its intent is recorded, or after its
+// instances went, is finished by the next start's reconcile: no image, no
+// instance, no volume, no postmaster, and no clone made meanwhile.
+func TestSIGKILLDuringAnImageDestroyIsFinishedByReconcile(t *testing.T) {
+	for _, step := range engine.ImageDestroySteps {
+		t.Run(step, func(t *testing.T) {
+			w := newWorld(t, 5)
+			_, err := w.runChild(t, step)
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("child did not die by SIGKILL at %s: %v", step, err)
+			}
+			img, err := w.store.GetImage(ctx, childImage)
+			if err != nil || img.Status != store.ImageDestroying {
+				t.Fatalf("image after the crash: %+v %v, want it marked destroying", img, err)
+			}
+			e := engine.New(w.options())
+			if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "upload"}); !errors.Is(err, engine.ErrImageNotReady) {
+				t.Fatalf("a clone of an image being destroyed: %v, want ErrImageNotReady", err)
+			}
+			if err := e.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.store.GetImage(ctx, childImage); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("image after reconcile: %v, want it gone", err)
+			}
+			if instances, _ := w.store.ListInstances(ctx, ""); len(instances) != 0 {
+				t.Fatalf("instances after reconcile: %+v", instances)
+			}
+			if got := volumeNames(t, w.storage); len(got) != 0 {
+				t.Fatalf("volumes after reconcile: %v, want none", got)
+			}
+			if pids := postmastersUnder(w.root); len(pids) != 0 {
+				t.Fatalf("postmasters left running: %v", pids)
 			}
 		})
 	}

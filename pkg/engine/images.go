@@ -578,12 +578,19 @@ func dirSize(dir string) (int64, error) {
 	return total, err
 }
 
+// ImageDestroySteps are DestroyImage's steps after its intent is
+// recorded, for crash tests.
+var ImageDestroySteps = []string{"image-destroy-recorded", "image-instances-destroyed"}
+
 // DestroyImage destroys an image, its upload and its record. While it has
-// instances it is refused, unless force, which destroys them first.
+// instances it is refused, unless force, which destroys them first. The
+// image is marked destroying before anything goes: no instance is cloned
+// from it meanwhile, and Reconcile finishes a destroy cut short.
 func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err error) {
 	unlock := e.imageLocks.Lock(id)
 	defer unlock()
-	if _, err := e.getImage(ctx, id); err != nil {
+	img, err := e.getImage(ctx, id)
+	if err != nil {
 		return err
 	}
 	defer func() {
@@ -591,24 +598,58 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err er
 			e.auditFailure(ctx, "destroy_image", "image", id, err)
 		}
 	}()
+	if img.Status != store.ImageDestroying {
+		of, err := e.instancesOf(ctx, id)
+		if err != nil {
+			return err
+		}
+		if len(of) > 0 && !force {
+			return fmt.Errorf("%w: image %d has %d instance(s)", ErrImageHasInstances, id, len(of))
+		}
+		if err := e.opts.Store.SetImageStatus(ctx, id, store.ImageDestroying, ""); err != nil {
+			return err
+		}
+	}
+	e.step("image-destroy-recorded", id)
+	if err := e.finishImageDestroy(ctx, id); err != nil {
+		if errors.Is(err, ErrBackupRunning) {
+			// Nothing of the image went: it stays as it was.
+			err = errors.Join(err, e.opts.Store.SetImageStatus(context.WithoutCancel(ctx), id, img.Status, img.Error))
+		}
+		return err
+	}
+	e.audit(ctx, "destroy_image", "image", id, "ok", "")
+	return nil
+}
+
+func (e *Engine) instancesOf(ctx context.Context, imageID int64) ([]store.Instance, error) {
 	instances, err := e.opts.Store.ListInstances(ctx, "")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var of []store.Instance
 	for _, inst := range instances {
-		if inst.ImageID == id {
+		if inst.ImageID == imageID {
 			of = append(of, inst)
 		}
 	}
-	if len(of) > 0 && !force {
-		return fmt.Errorf("%w: image %d has %d instance(s)", ErrImageHasInstances, id, len(of))
+	return of, nil
+}
+
+// finishImageDestroy destroys what an image marked destroying still has:
+// its instances, its volumes, its upload directory, then its record. The
+// caller holds the image's lock.
+func (e *Engine) finishImageDestroy(ctx context.Context, id int64) error {
+	of, err := e.instancesOf(ctx, id)
+	if err != nil {
+		return err
 	}
 	for _, inst := range of {
 		if err := e.DestroyInstance(ctx, inst.ID); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 	}
+	e.step("image-instances-destroyed", id)
 	for _, name := range []string{ImageVolume(id), UploadVolume(id)} {
 		err := e.opts.Storage.Destroy(ctx, name)
 		if errors.Is(err, storage.ErrHasClones) && e.backupReads(ctx, name) {
@@ -626,7 +667,6 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err er
 	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	e.audit(ctx, "destroy_image", "image", id, "ok", "")
 	return nil
 }
 

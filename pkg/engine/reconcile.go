@@ -295,8 +295,37 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if first {
 		errs = append(errs, e.reconcileImages(ctx, volumes))
 	}
+	errs = append(errs, e.finishImageDestroys(ctx))
 	e.removeOrphans(ctx, entries, referenced)
 	errs = append(errs, e.reconcileBackups(ctx, entries))
+	return errors.Join(errs...)
+}
+
+// finishImageDestroys finishes the destroys of images marked destroying
+// that no operation is working on: a destroy cut short by a crash, or one
+// that failed part way.
+func (e *Engine) finishImageDestroys(ctx context.Context) error {
+	images, err := e.opts.Store.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, img := range images {
+		if img.Status != store.ImageDestroying {
+			continue
+		}
+		unlock, ok := e.imageLocks.TryLock(img.ID)
+		if !ok {
+			continue
+		}
+		e.log.Warn("engine: finishing the destroy of an image", "image_id", img.ID)
+		if err := e.finishImageDestroy(WithActor(ctx, "reconcile"), img.ID); err != nil {
+			errs = append(errs, fmt.Errorf("image %d: %w", img.ID, err))
+		} else {
+			e.audit(WithActor(ctx, "reconcile"), "destroy_image", "image", img.ID, "ok", "finished after a cut-short destroy")
+		}
+		unlock()
+	}
 	return errors.Join(errs...)
 }
 

@@ -14,6 +14,7 @@ const (
 	ImageFinalising ImageStatus = "finalising" // upload done, being made read-only
 	ImageReady      ImageStatus = "ready"      // instances can be cloned from it
 	ImageFailed     ImageStatus = "failed"     // see Error
+	ImageDestroying ImageStatus = "destroying" // being destroyed; the row goes last
 )
 
 // Image is an uploaded data directory kept as a read-only image.
