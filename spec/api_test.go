@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/servercert"
 	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
@@ -408,6 +410,10 @@ func TestAPIEndToEnd(t *testing.T) {
 		}
 
 		// Delete: the port refuses, the volume is gone.
+		volume := filepath.Join(s.data, "volumes", "instance-"+a.ID)
+		if _, err := os.Stat(filepath.Join(volume, "PG_VERSION")); err != nil {
+			t.Fatalf("the instance's volume before DELETE: %v", err)
+		}
 		status, _ = s.call(t, "DELETE", "/instances/"+a.ID, alice, nil)
 		if status != 204 {
 			t.Fatalf("DELETE: %d", status)
@@ -416,7 +422,7 @@ func TestAPIEndToEnd(t *testing.T) {
 			c.Close()
 			t.Fatal("the port still accepts connections after DELETE")
 		}
-		if _, err := os.Stat(filepath.Join(s.data, "volumes", "instance-"+a.ID)); !os.IsNotExist(err) {
+		if _, err := os.Stat(volume); !os.IsNotExist(err) {
 			t.Fatalf("the volume is still there: %v", err)
 		}
 		status, body = s.call(t, "GET", "/instances/"+a.ID, alice, nil)
@@ -448,8 +454,25 @@ func TestAPIEndToEnd(t *testing.T) {
 			t.Fatalf("%d %s", status, body)
 		}
 		st := decode(t, body).one(t)
-		if st.Type != "statuses" || st.Attributes["storage_driver"] != "btrfs" || st.Attributes["free_bytes"].(float64) <= 0 || st.Attributes["expected_cloning_time_ms"].(float64) <= 0 {
-			t.Fatalf("status: %+v", st.Attributes)
+		attr := st.Attributes
+		if st.Type != "statuses" || attr["status"] != "ok" || attr["storage_driver"] != "btrfs" || attr["api_version"] != "5.4.0" ||
+			attr["version"] == "" || attr["free_bytes"].(float64) <= 0 || attr["total_bytes"].(float64) < attr["free_bytes"].(float64) ||
+			attr["expected_cloning_time_ms"].(float64) <= 0 {
+			t.Fatalf("status: %+v", attr)
+		}
+		// The counts agree with the lists (the upload user sees every
+		// instance).
+		for _, kind := range []string{"images", "instances"} {
+			_, listBody := s.call(t, "GET", "/"+kind, s.secret, nil)
+			var list []json.RawMessage
+			json.Unmarshal(decode(t, listBody).Data, &list)
+			total := 0.0
+			for _, n := range attr[kind].(map[string]any) {
+				total += n.(float64)
+			}
+			if int(total) != len(list) {
+				t.Errorf("status counts %v %s, GET /%s lists %d", attr[kind], kind, kind, len(list))
+			}
 		}
 		resp, err := http.Get("http://" + s.http + "/health_check")
 		if err != nil || resp.StatusCode != 200 {
@@ -467,8 +490,17 @@ func TestAPIEndToEnd(t *testing.T) {
 				t.Errorf("metrics lack %s", want)
 			}
 		}
-		// HTTPS with the self-signed certificate.
-		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		// HTTPS with the self-signed certificate sindrid made under
+		// data_path/tls: a client that trusts that file verifies it.
+		pemCert, err := os.ReadFile(filepath.Join(s.data, "tls", servercert.CertFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pemCert) {
+			t.Fatalf("no certificate in %s", servercert.CertFile)
+		}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "localhost"}}}
 		resp, err = client.Get("https://" + s.https + "/health_check")
 		if err != nil || resp.StatusCode != 200 || resp.TLS == nil {
 			t.Fatalf("HTTPS health_check: %v", err)
