@@ -439,6 +439,8 @@ func testInvalidNamesRejected(t *testing.T, factory Factory) {
 		_, calls["Clone from"] = d.Clone(ctx, name, "clone-x")
 		_, calls["Freeze from"] = d.Freeze(ctx, name, "image-x")
 		_, calls["Freeze to"] = d.Freeze(ctx, "volume-1", name)
+		_, calls["Snapshot from"] = d.Snapshot(ctx, name, "image-y")
+		_, calls["Snapshot to"] = d.Snapshot(ctx, "volume-1", name)
 		calls["Destroy"] = d.Destroy(ctx, name)
 		_, calls["Get"] = d.Get(ctx, name)
 		_, calls["ExclusiveBytes"] = d.ExclusiveBytes(ctx, name)
