@@ -77,7 +77,36 @@ func removeStalePIDFile(dataDir string) error {
 	if _, err := os.Stat(pidFile); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	if pf, err := ReadPIDFile(dataDir); err == nil {
+		if err := removeStaleSocketLock(pf); err != nil {
+			return err
+		}
+	}
 	if err := os.Remove(pidFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// removeStaleSocketLock removes the lock file of the unix socket that the
+// dead postmaster of pf left, when it names that postmaster. Postgres
+// judges such a lock by kill(pid, 0), which succeeds on a zombie: a
+// postmaster killed while its parent (not this sindrid, after a restart)
+// does not reap it would keep every successor from starting.
+func removeStaleSocketLock(pf PIDFile) error {
+	if pf.SocketDir == "" || pf.Port <= 0 || pf.PID <= 0 || Running(pf.PID) {
+		return nil
+	}
+	lock := filepath.Join(pf.SocketDir, fmt.Sprintf(".s.PGSQL.%d.lock", pf.Port))
+	data, err := readNoFollow(lock)
+	if err != nil {
+		return nil // none, or not a file of ours
+	}
+	first, _, _ := strings.Cut(string(data), "\n")
+	if pid, err := strconv.Atoi(strings.TrimSpace(first)); err != nil || pid != pf.PID {
+		return nil
+	}
+	if err := os.Remove(lock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil
@@ -260,7 +289,8 @@ func Ready(ctx context.Context, p *Process, dataDir, socketDir string, port int,
 
 // Stop shuts the postmaster down: fast shutdown (SIGINT: sessions are
 // rolled back, a checkpoint is written), then immediate (SIGQUIT) when it
-// has not ended within timeout, then SIGKILL of its process group.
+// has not ended within timeout, then SIGKILL of it and its children (see
+// killPostmaster).
 func Stop(ctx context.Context, dataDir string, timeout time.Duration) error {
 	st, err := Status(dataDir)
 	if err != nil || !st.Alive {
@@ -288,27 +318,60 @@ func StopPID(ctx context.Context, pid int, timeout time.Duration) error {
 			return nil
 		}
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	if waitGone(ctx, pid, 5*time.Second) {
+	if killPostmaster(ctx, pid) {
 		return nil
 	}
 	return fmt.Errorf("postmaster %d did not stop", pid)
 }
 
-// Kill ends a postmaster that does not answer, at once: SIGKILL to its
-// process group (Start made it a session leader, so its backends are in
-// it) and to itself, even when stopped. It waits until it is gone.
+// Kill ends a postmaster that does not answer, at once, with its children
+// (see killPostmaster), even when stopped. It waits until they are gone.
 func Kill(ctx context.Context, pid int) error {
 	if !Running(pid) {
 		return nil
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	if waitGone(ctx, pid, 5*time.Second) {
+	if killPostmaster(ctx, pid) {
 		return nil
 	}
 	return fmt.Errorf("postmaster %d did not end after SIGKILL", pid)
+}
+
+// killPostmaster sends SIGKILL to a postmaster and to each of its
+// children's process groups, and tells whether all are gone within 5 s.
+// Postgres makes every child the leader of a group of its own, so the
+// postmaster's group holds only the postmaster; and a child busy in a
+// query would not notice its death, keeping the shared memory in use so
+// that the next start fails. The postmaster is stopped first, so that it
+// forks no child between the listing and the kill.
+func killPostmaster(ctx context.Context, pid int) bool {
+	_ = syscall.Kill(pid, syscall.SIGSTOP)
+	children := childrenOf(pid)
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, child := range children {
+		_ = syscall.Kill(-child, syscall.SIGKILL)
+		_ = syscall.Kill(child, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, p := range append([]int{pid}, children...) {
+		if !waitGone(ctx, p, time.Until(deadline)) {
+			return false
+		}
+	}
+	return true
+}
+
+// childrenOf lists the processes whose parent is pid.
+func childrenOf(pid int) []int {
+	procs, _ := os.ReadDir("/proc")
+	var out []int
+	for _, p := range procs {
+		child, err := strconv.Atoi(p.Name())
+		if err == nil && parentPID(child) == pid {
+			out = append(out, child)
+		}
+	}
+	return out
 }
 
 func waitGone(ctx context.Context, pid int, d time.Duration) bool {
