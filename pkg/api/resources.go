@@ -500,7 +500,22 @@ func (h *Handlers) status(w http.ResponseWriter, r *http.Request) {
 	WriteResource(w, http.StatusOK, &Status{
 		ID: "1", Status: overall, Problems: st.Problems, Version: h.Version, APIVersion: version.API,
 		StorageDriver: st.StorageDriver, TotalBytes: st.TotalBytes, FreeBytes: st.FreeBytes,
-		UsedByInstancesBytes: st.UsedByInstancesBytes, Images: st.ImagesByStatus, Instances: st.InstancesByStatus,
+		UsedByInstancesBytes: st.UsedByInstancesBytes,
+		Images: contractCounts(st.ImagesByStatus, func(s string) string {
+			status, _ := imageStatus(store.Image{Status: store.ImageStatus(s)})
+			return status
+		}),
+		Instances:             contractCounts(st.InstancesByStatus, func(s string) string { return contractStatus(store.InstanceStatus(s)) }),
 		ExpectedCloningTimeMS: st.ExpectedCloningTime.Milliseconds(),
 	})
+}
+
+// contractCounts folds counts by internal status into the contract's
+// statuses, the words the resources themselves show.
+func contractCounts(byStatus map[string]int, name func(string) string) map[string]int {
+	out := map[string]int{}
+	for s, n := range byStatus {
+		out[name(s)] += n
+	}
+	return out
 }

@@ -135,3 +135,17 @@ func TestDecodeRefusesTimesBeyondRFC3339(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusCountsUseTheContractsWords(t *testing.T) {
+	got := contractCounts(map[string]int{"destroying": 2, "stopped": 1, "resetting": 1, "running": 3},
+		func(s string) string { return contractStatus(store.InstanceStatus(s)) })
+	want := map[string]int{"stopped": 3, "creating": 1, "running": 3}
+	if len(got) != len(want) {
+		t.Fatalf("counts %v, want %v", got, want)
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Fatalf("counts %v, want %v", got, want)
+		}
+	}
+}

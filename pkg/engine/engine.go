@@ -109,6 +109,11 @@ type Engine struct {
 	backups    map[int64]*backupRun
 	backupMu   sync.RWMutex // see CreateBackup
 	cloneTimes cloneTimes
+	used       struct { // see usedByInstances
+		mu    sync.Mutex
+		at    time.Time
+		bytes int64
+	}
 	uploadAcct *UploadAccount // scp uploads; nil when off
 }
 

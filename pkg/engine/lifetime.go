@@ -164,6 +164,29 @@ func (e *Engine) DestroyExpired(ctx context.Context) (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// usedByInstancesEvery is how long the sum of instances' exclusive bytes
+// is reused: on ZFS each volume's figure is a command, and /status and
+// every /metrics scrape would otherwise run one per instance.
+const usedByInstancesEvery = 30 * time.Second
+
+// usedByInstances sums the instances' exclusive bytes, at most once every
+// usedByInstancesEvery.
+func (e *Engine) usedByInstances(ctx context.Context, instances []store.Instance) int64 {
+	e.used.mu.Lock()
+	defer e.used.mu.Unlock()
+	if !e.used.at.IsZero() && time.Since(e.used.at) < usedByInstancesEvery {
+		return e.used.bytes
+	}
+	var sum int64
+	for _, inst := range instances {
+		if n, err := e.opts.Storage.ExclusiveBytes(ctx, InstanceVolume(inst.ID)); err == nil {
+			sum += n
+		}
+	}
+	e.used.bytes, e.used.at = sum, time.Now()
+	return sum
+}
+
 // cloneTimes keeps the durations of the latest instance creations.
 type cloneTimes struct {
 	mu     sync.Mutex
@@ -225,10 +248,8 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	}
 	for _, inst := range instances {
 		st.InstancesByStatus[string(inst.Status)]++
-		if n, err := e.opts.Storage.ExclusiveBytes(ctx, InstanceVolume(inst.ID)); err == nil {
-			st.UsedByInstancesBytes += n
-		}
 	}
+	st.UsedByInstancesBytes = e.usedByInstances(ctx, instances)
 	st.ExpectedCloningTime = e.cloneTimes.median()
 	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))

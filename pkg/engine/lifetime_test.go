@@ -1,7 +1,10 @@
 package engine_test
 
 import (
+	"crypto/rand"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,5 +127,74 @@ func TestExpiryAndTTLs(t *testing.T) {
 	}
 	if st.StorageDriver != "btrfs" || st.ImagesByStatus["ready"] != 1 || len(st.InstancesByStatus) != 0 || st.ExpectedCloningTime <= 0 || st.TotalBytes <= 0 || !st.Healthy {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// /status's used_by_instances_bytes is what the instances' writes cost:
+// 32 MB written into one instance's volume show, an untouched instance
+// adds about nothing; the sum is then reused for a while rather than read
+// again per instance at every call.
+func TestStatusCountsWhatInstancesWrite(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	a, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"}); err != nil {
+		t.Fatal(err)
+	}
+	vol, err := w.storage.Get(ctx, engine.InstanceVolume(a.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const written = 32 << 20
+	fill := func(name string) {
+		t.Helper()
+		data := make([]byte, written)
+		rand.Read(data)
+		f, err := os.Create(filepath.Join(vol.Path, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill("filler-1")
+	// Quota figures follow the filesystem's commits.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		n, err := w.storage.ExclusiveBytes(ctx, engine.InstanceVolume(a.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n >= written {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exclusive bytes of the written instance: %d, want at least %d", n, written)
+		}
+	}
+	st, err := e.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.UsedByInstancesBytes < written || st.UsedByInstancesBytes > written+8<<20 {
+		t.Fatalf("used by instances: %d bytes, want about the %d written", st.UsedByInstancesBytes, written)
+	}
+	if st.InstancesByStatus["running"] != 2 {
+		t.Fatalf("instances by status %v, want 2 running", st.InstancesByStatus)
+	}
+	fill("filler-2")
+	again, err := e.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.UsedByInstancesBytes != st.UsedByInstancesBytes {
+		t.Fatalf("used by instances read again at once: %d, then %d", st.UsedByInstancesBytes, again.UsedByInstancesBytes)
 	}
 }
