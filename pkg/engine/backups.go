@@ -216,7 +216,7 @@ func (e *Engine) writeBackup(ctx context.Context, id int64, snap storage.Entry) 
 // Postgres clears at start anyway.
 var backupSkips = map[string]bool{
 	"postmaster.pid": true, "postmaster.opts": true,
-	postgres.ServerKeyFile: true, postgres.LogFile: true,
+	postgres.ServerKeyFile: true, postgres.LogFile: true, postgres.LogFile + ".1": true,
 }
 
 var backupEmptied = map[string]bool{"pg_stat_tmp": true, "pg_dynshmem": true}

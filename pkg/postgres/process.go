@@ -42,6 +42,9 @@ func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
 		return nil, err
 	}
 	logPath := filepath.Join(dataDir, LogFile)
+	if err := rotateLog(logPath); err != nil {
+		return nil, err
+	}
 	log, err := openNoFollow(logPath, owner)
 	if err != nil {
 		return nil, err
@@ -70,6 +73,20 @@ func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
 		close(exited)
 	}()
 	return p, nil
+}
+
+// MaxLogBytes is the size past which an instance's log is moved to
+// sindri.log.1 (replacing the one before) when its postmaster starts, so
+// that a long-lived instance's logs stay bounded across restarts.
+const MaxLogBytes = 8 << 20
+
+func rotateLog(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() <= MaxLogBytes {
+		return nil // none, or a link openNoFollow will replace
+	}
+	// rename replaces a link at the target itself, never what it points to.
+	return os.Rename(path, path+".1")
 }
 
 func removeStalePIDFile(dataDir string) error {
