@@ -93,6 +93,12 @@ func Open(ctx context.Context, opts Options) (storage.Driver, error) {
 func openZFS(opts Options, fs filesystem) (storage.Driver, error) {
 	dataset := opts.ZFSDataset
 	if dataset == "" && fs.kind == "zfs" {
+		// The volumes are datasets under this one, mounted under its
+		// mount point: a data_path deeper down would not hold them.
+		if dir, err := filepath.EvalSymlinks(opts.DataPath); err != nil || filepath.Clean(dir) != filepath.Clean(fs.mountPoint) {
+			return nil, fmt.Errorf("data_path %s is a directory inside ZFS dataset %s (mounted at %s): make data_path a dataset of its own (zfs create -o mountpoint=%s %s/sindri) or set storage.zfs_dataset",
+				opts.DataPath, fs.source, fs.mountPoint, opts.DataPath, fs.source)
+		}
 		dataset = fs.source
 	}
 	if dataset == "" {

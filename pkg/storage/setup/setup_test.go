@@ -131,6 +131,29 @@ func TestZFSDataPathIsDetected(t *testing.T) {
 	}
 }
 
+// A data_path that is a plain directory inside a ZFS dataset would not
+// hold the volumes (datasets mount under their parent's mount point): it
+// is refused with what to do, unless storage.zfs_dataset names one.
+func TestZFSDataPathInsideADatasetIsRefused(t *testing.T) {
+	pool := testfs.ZFSPool(t, 512<<20)
+	out, err := testfs.Run(ctx, "zfs", "get", "-H", "-o", "value", "mountpoint", pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(strings.TrimSpace(out), "sindri")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(ctx, Options{Driver: "auto", DataPath: sub})
+	if err == nil || !strings.Contains(err.Error(), "storage.zfs_dataset") || !strings.Contains(err.Error(), pool) {
+		t.Fatalf("data_path inside dataset %s: %v, want a refusal that says what to do", pool, err)
+	}
+	d, err := Open(ctx, Options{Driver: "zfs", DataPath: sub, ZFSDataset: pool})
+	if err != nil || d.Name() != "zfs" {
+		t.Fatalf("with storage.zfs_dataset set: %v", err)
+	}
+}
+
 func TestNeitherFilesystemNeedsLoopback(t *testing.T) {
 	_, err := Open(ctx, Options{Driver: "auto", DataPath: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "storage.loopback_size") {
