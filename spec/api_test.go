@@ -43,16 +43,18 @@ func startServer(t testing.TB, extra string) *server {
 	return startServerSized(t, "2GiB", extra)
 }
 
-// startServerSized is startServer with a loopback filesystem of size.
-func startServerSized(t testing.TB, size, extra string) *server {
+// startServerSized is startServer with a loopback filesystem of size;
+// top holds top-level keys (before the first section), extra the
+// [instances] section's.
+func startServerSized(t testing.TB, size, extra string, top ...string) *server {
 	t.Helper()
 	testenv.RequireRoot(t, "sindrid mounts a loopback BTRFS and runs Postgres")
-	return startServerIn(t, pgtest.Dir(t), size, extra)
+	return startServerIn(t, pgtest.Dir(t), size, extra, top...)
 }
 
 // startServerIn is startServerSized with data_path and the config under
 // base, a directory the caller chose.
-func startServerIn(t testing.TB, base, size, extra string) *server {
+func startServerIn(t testing.TB, base, size, extra string, top ...string) *server {
 	t.Helper()
 	sock, err := os.MkdirTemp("", "ss")
 	if err != nil {
@@ -67,6 +69,7 @@ data_path = %q
 shared_secret = %q
 public_hostname = "localhost"
 trusted_user_email_domain = "@example.com"
+%s
 [http]
 listen_address = %q
 insecure_listen_address = %q
@@ -79,7 +82,7 @@ max_port = %d
 shared_buffers = "16MB"
 [instances]
 expiry_interval = "1s"
-%s`, s.data, s.secret, s.https, s.http, size, sock, minPort, minPort+60, extra)
+%s`, s.data, s.secret, strings.Join(top, "\n"), s.https, s.http, size, sock, minPort, minPort+60, extra)
 	if err := os.WriteFile(s.config, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 )
 
 // expectErrorDetail is expectError that also wants the detail to hold
@@ -62,8 +64,12 @@ func expiresAt(t *testing.T, inst resource) time.Time {
 // every bad input gets a JSON:API 4xx that says what is wrong, never a 500.
 func TestAPIErrors(t *testing.T) {
 	const defaultTTL, maxTTL = time.Hour, 2 * time.Hour
-	// A small filesystem, so that an upload can fill it (the last subtest).
-	s := startServerSized(t, "1GiB", fmt.Sprintf("default_ttl = %q\nmax_ttl = %q\n", defaultTTL, maxTTL))
+	// A small filesystem, so that an upload can fill it (the last
+	// subtest); the metadata database lives elsewhere, so that it never
+	// meets the full disk.
+	meta := pgtest.StartInstance(t)
+	s := startServerSized(t, "1GiB", fmt.Sprintf("default_ttl = %q\nmax_ttl = %q\n", defaultTTL, maxTTL),
+		fmt.Sprintf("database_url = %q", meta.SocketURL()))
 	imageID := s.readyImage(t, "")
 	alice, bob := s.token(t, "alice"), s.token(t, "bob")
 
