@@ -23,7 +23,8 @@ const tokenUsage = `usage: sindrid token create --name NAME [-config FILE]
        sindrid token revoke (--name NAME | --id ID | --email ADDRESS) [-config FILE]`
 
 // runToken manages named API tokens for CI jobs, and the tokens OAuth
-// logins were given: list --all shows them, revoke --email ends a person's
+// logins were given: list --all shows the unrevoked ones (expired
+// included), revoke --email ends a person's
 // logins, revoke --id any one token. A token is printed once, on create;
 // the store keeps only its hash.
 func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -31,6 +32,9 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError(tokenUsage)
 	}
 	verb := args[0]
+	if verb != "create" && verb != "list" && verb != "revoke" {
+		return usageError(tokenUsage)
+	}
 	fs := flag.NewFlagSet("sindrid token "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "/etc/sindri/config.toml", "path of the TOML configuration file")

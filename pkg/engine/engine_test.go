@@ -503,6 +503,9 @@ func TestSIGKILLDuringAnImageDestroyIsFinishedByReconcile(t *testing.T) {
 			if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "upload"}); !errors.Is(err, engine.ErrImageNotReady) {
 				t.Fatalf("a clone of an image being destroyed: %v, want ErrImageNotReady", err)
 			}
+			if _, err := e.FinaliseImage(ctx, childImage); !errors.Is(err, engine.ErrImageNotPending) {
+				t.Fatalf("a finalise of an image being destroyed: %v, want ErrImageNotPending (it would undo the destroy)", err)
+			}
 			if err := e.Reconcile(ctx); err != nil {
 				t.Fatal(err)
 			}

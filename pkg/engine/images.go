@@ -232,6 +232,9 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 	if err != nil || img.Status == store.ImageReady {
 		return img, err
 	}
+	if img.Status == store.ImageDestroying {
+		return img, fmt.Errorf("%w: image %d is being destroyed", ErrImageNotPending, id)
+	}
 	if err := e.opts.Store.SetImageStatus(ctx, id, store.ImageFinalising, ""); err != nil {
 		return img, err
 	}
@@ -613,7 +616,8 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err er
 	e.step("image-destroy-recorded", id)
 	if err := e.finishImageDestroy(ctx, id); err != nil {
 		if errors.Is(err, ErrBackupRunning) {
-			// Nothing of the image went: it stays as it was.
+			// The image's own data did not go (its instances may have,
+			// with force): it stays as it was.
 			err = errors.Join(err, e.opts.Store.SetImageStatus(context.WithoutCancel(ctx), id, img.Status, img.Error))
 		}
 		return err

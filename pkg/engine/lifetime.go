@@ -104,7 +104,7 @@ func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, e
 	}
 	if err := e.reclone(ctx, inst); err != nil {
 		msg := fmt.Sprintf("reset failed: %v", err)
-		e.auditFailure(ctx, "reset_instance", "instance", id, err)
+		e.audit(context.WithoutCancel(ctx), "reset_instance", "instance", id, "failed", msg)
 		return inst, errors.Join(err, e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceFailed, msg))
 	}
 	e.audit(ctx, "reset_instance", "instance", id, "ok", "")
@@ -178,12 +178,17 @@ func (e *Engine) usedByInstances(ctx context.Context, instances []store.Instance
 		return e.used.bytes
 	}
 	var sum int64
+	complete := true
 	for _, inst := range instances {
 		if n, err := e.opts.Storage.ExclusiveBytes(ctx, InstanceVolume(inst.ID)); err == nil {
 			sum += n
+		} else {
+			complete = false // gone meanwhile, or the caller gave up
 		}
 	}
-	e.used.bytes, e.used.at = sum, time.Now()
+	if complete && ctx.Err() == nil {
+		e.used.bytes, e.used.at = sum, time.Now()
+	}
 	return sum
 }
 

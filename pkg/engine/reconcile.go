@@ -136,6 +136,11 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		}
 		// A process that exists but never answers (stopped, wedged) is
 		// as good as dead: kill it and let the restart below count it.
+		// The probe took a while: make sure the pid is still this
+		// instance's postmaster before killing it.
+		if again, err := postgres.Status(dataDir); err != nil || !again.Alive || again.PID != st.PID {
+			return
+		}
 		e.log.Error("engine: postmaster alive but not answering; killing it", "instance_id", id, "pid", st.PID,
 			"attempts", e.opts.MaxUnanswered)
 		if err := postgres.Kill(ctx, st.PID); err != nil {
@@ -150,6 +155,8 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		e.mu.Unlock()
 		return
 	}
+	// The next postmaster starts with a clean record of probes.
+	w.unanswered = 0
 	if w.restartAt.IsZero() { // a death not seen before
 		recent := w.crashes[:0]
 		for _, t := range w.crashes {
@@ -221,7 +228,9 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 	defer cancel()
 	conn, err := pgx.Connect(attempt, postgres.SocketURL(e.socketDir(id), inst.Port, "postgres", "postgres"))
 	var pgErr *pgconn.PgError
-	answered := err == nil || errors.As(err, &pgErr)
+	// Only silence counts against it: an error that comes at once (no
+	// socket, a refused or full queue) is not a hang.
+	answered := err == nil || errors.As(err, &pgErr) || attempt.Err() == nil
 	if conn != nil {
 		conn.Close(ctx)
 	}
@@ -316,6 +325,12 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 		}
 		unlock, ok := e.imageLocks.TryLock(img.ID)
 		if !ok {
+			continue
+		}
+		// Read again under the lock: a destroy may have ended meanwhile,
+		// or given the image back after a refusal.
+		if now, err := e.opts.Store.GetImage(ctx, img.ID); err != nil || now.Status != store.ImageDestroying {
+			unlock()
 			continue
 		}
 		e.log.Warn("engine: finishing the destroy of an image", "image_id", img.ID)

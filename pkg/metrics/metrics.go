@@ -85,7 +85,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range []string{"creating", "running", "stopped", "failed", "destroying", "resetting"} {
 		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(st.InstancesByStatus[s]), s)
 	}
-	for _, s := range []string{"pending", "finalising", "ready", "failed"} {
+	for _, s := range []string{"pending", "finalising", "ready", "failed", "destroying"} {
 		ch <- prometheus.MustNewConstMetric(imagesDesc, prometheus.GaugeValue, float64(st.ImagesByStatus[s]), s)
 	}
 	ch <- prometheus.MustNewConstMetric(freeDesc, prometheus.GaugeValue, float64(st.FreeBytes))

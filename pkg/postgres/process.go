@@ -42,9 +42,8 @@ func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
 		return nil, err
 	}
 	logPath := filepath.Join(dataDir, LogFile)
-	if err := rotateLog(logPath); err != nil {
-		return nil, err
-	}
+	// Best effort: a log that cannot be moved is appended to.
+	_ = rotateLog(logPath)
 	log, err := openNoFollow(logPath, owner)
 	if err != nil {
 		return nil, err
@@ -362,6 +361,13 @@ func Kill(ctx context.Context, pid int) error {
 // forks no child between the listing and the kill.
 func killPostmaster(ctx context.Context, pid int) bool {
 	_ = syscall.Kill(pid, syscall.SIGSTOP)
+	// The signal is delivered asynchronously: list the children only once
+	// the postmaster is seen stopped (or gone), or after a second.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if state, _, ok := processState(pid); !ok || state == 'T' || state == 'Z' || state == 'X' {
+			break
+		}
+	}
 	children := childrenOf(pid)
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
