@@ -1,7 +1,6 @@
 package spec
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,24 +24,7 @@ const uploadAccount = "sindri-upload"
 // the packaged drop-in for the upload account.
 type sshd struct {
 	port, key string // the port, and the uploader's private key
-	out       *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	out       *testenv.SyncBuffer
 }
 
 func runOK(t testing.TB, name string, args ...string) string {
@@ -116,7 +97,7 @@ func setupUploads(t *testing.T, etc, dataPath, shell string) *sshd {
 		t.Fatalf("authorized keys file: %v %v", fi, err)
 	}
 
-	s := &sshd{port: strconv.Itoa(pgtest.FreePort(t)), key: filepath.Join(etc, "uploader"), out: &syncBuffer{}}
+	s := &sshd{port: strconv.Itoa(pgtest.FreePort(t)), key: filepath.Join(etc, "uploader"), out: &testenv.SyncBuffer{}}
 	hostKey := filepath.Join(etc, "host_key")
 	runOK(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey)
 	runOK(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "uploader", "-f", s.key)

@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // Sentinels like the engine's.
@@ -28,7 +30,7 @@ func init() {
 // writeErr renders err in a request with id "rid-1" and a captured log.
 func writeErr(t *testing.T, err error) (*httptest.ResponseRecorder, string) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
 	h := requestID(logger)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, err)
@@ -162,7 +164,7 @@ func TestErrorConstructors(t *testing.T) {
 }
 
 func TestWriteErrorAfterResponseStarted(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	h := requestID(slog.New(slog.NewJSONHandler(logs, nil)))(accessLog(discardLogger(), nil)(http.HandlerFunc(
 		func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(200)

@@ -1,36 +1,17 @@
 package api
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"sync"
 	"testing"
 
+	"github.com/sindri-db/sindri/pkg/testenv"
 	"github.com/sindri-db/sindri/pkg/version"
 )
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 const testToken = "s3cret-token"
 
@@ -46,9 +27,9 @@ func testAuth(r *http.Request) (any, error) {
 
 // newTestServer returns a Server with a few routes like the real ones, and
 // its log.
-func newTestServer(t *testing.T, opts Options) (*Server, *syncBuffer) {
+func newTestServer(t *testing.T, opts Options) (*Server, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

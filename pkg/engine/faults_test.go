@@ -1,7 +1,6 @@
 package engine_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // The store's TestAllocatePortSkipsBusyPorts checks the allocation loop
@@ -71,30 +70,6 @@ func TestBusyPortIsSkippedForReal(t *testing.T) {
 		t.Fatalf("after the listeners closed a new instance got port %d, want the freed %d", next.Port, w.minPort)
 	}
 	mustSQL(t, passwordConn(next), "select 'ok'")
-}
-
-// ppidOf reads a process's parent from /proc; 0 if it is gone.
-func ppidOf(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
-}
-
-// procState is the state letter of /proc/PID/stat, 0 if it is gone.
-func procState(pid int) byte {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(data, ')')
-	if err != nil || i < 0 || i+2 >= len(data) {
-		return 0
-	}
-	return data[i+2]
 }
 
 // A sindrid restarts, adopts a running postmaster (same pid), and then
@@ -161,7 +136,7 @@ func TestKilledAdoptedPostmasterAnswersAgain(t *testing.T) {
 			}
 			if mode == "zombie" {
 				// The case the test is about: make sure it was built.
-				if s := procState(old); s != 'Z' {
+				if s, _, ok := postgres.ProcessState(old); !ok || s != 'Z' {
 					t.Fatalf("the killed postmaster %d is in state %q, not a zombie: the test did not build its case", old, s)
 				}
 				if err := syscall.Kill(old, 0); err != nil {
@@ -195,8 +170,8 @@ func (w *world) createInChildAndAdoptOrphan(t *testing.T) store.Instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !postgres.Running(inst.PID) || ppidOf(inst.PID) != os.Getpid() {
-		t.Fatalf("postmaster %d (running %v) has parent %d, want this process %d", inst.PID, postgres.Running(inst.PID), ppidOf(inst.PID), os.Getpid())
+	if !postgres.Running(inst.PID) || postgres.ParentPID(inst.PID) != os.Getpid() {
+		t.Fatalf("postmaster %d (running %v) has parent %d, want this process %d", inst.PID, postgres.Running(inst.PID), postgres.ParentPID(inst.PID), os.Getpid())
 	}
 	pid := inst.PID
 	t.Cleanup(func() {
@@ -212,31 +187,13 @@ func (w *world) createInChildAndAdoptOrphan(t *testing.T) store.Instance {
 	return inst
 }
 
-// syncBuffer is a log sink that goroutines may share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // An instance's record is lost while its postmaster runs: the volume is
 // an orphan like any other, kept for the grace period, then its
 // postmaster is stopped (and not brought back by the supervisor, which
 // was watching it), the volume destroyed, and the removal logged by name.
 func TestOrphanVolumeWithARunningPostmasterIsStoppedAndRemoved(t *testing.T) {
 	w := newWorld(t, 3)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	opts := w.options()
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	const grace = time.Second

@@ -128,9 +128,10 @@ func removeStaleSocketLock(pf PIDFile) error {
 	return nil
 }
 
-// ProcessState is what /proc says of a pid: whether it exists, its state
-// letter (Z for a zombie) and its command name.
-func processState(pid int) (state byte, comm string, ok bool) {
+// ProcessState is what /proc/PID/stat says of a pid: its state letter (Z
+// for a zombie), its command name, and ok false when there is no such
+// process.
+func ProcessState(pid int) (state byte, comm string, ok bool) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, "", false
@@ -149,7 +150,7 @@ func Running(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	state, comm, ok := processState(pid)
+	state, comm, ok := ProcessState(pid)
 	return ok && state != 'Z' && state != 'X' && (comm == "postgres" || comm == "postmaster")
 }
 
@@ -238,7 +239,7 @@ func processesIn(dataDir string) map[int]int {
 		if err != nil || !Running(pid) || !worksIn(pid, dir) {
 			continue
 		}
-		out[pid] = parentPID(pid)
+		out[pid] = ParentPID(pid)
 	}
 	return out
 }
@@ -364,7 +365,7 @@ func killPostmaster(ctx context.Context, pid int) bool {
 	// The signal is delivered asynchronously: list the children only once
 	// the postmaster is seen stopped (or gone), or after a second.
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		if state, _, ok := processState(pid); !ok || state == 'T' || state == 'Z' || state == 'X' {
+		if state, _, ok := ProcessState(pid); !ok || state == 'T' || state == 'Z' || state == 'X' {
 			break
 		}
 	}
@@ -390,7 +391,7 @@ func childrenOf(pid int) []int {
 	var out []int
 	for _, p := range procs {
 		child, err := strconv.Atoi(p.Name())
-		if err == nil && parentPID(child) == pid {
+		if err == nil && ParentPID(child) == pid {
 			out = append(out, child)
 		}
 	}
@@ -459,7 +460,8 @@ func Postmasters(dataDir string) []int {
 	return out
 }
 
-func parentPID(pid int) int {
+// ParentPID is pid's parent from /proc/PID/stat; 0 when pid is gone.
+func ParentPID(pid int) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0

@@ -1,7 +1,6 @@
 package postgres_test
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -9,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -19,32 +17,6 @@ import (
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 )
-
-// statState is the state letter in /proc/PID/stat; 0 when there is no
-// such process.
-func statState(pid int) byte {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(data, ')')
-	if err != nil || i < 0 || i+2 >= len(data) {
-		return 0
-	}
-	return data[i+2]
-}
-
-// ppidOf is a process's parent from /proc/PID/stat; 0 when it is gone.
-func ppidOf(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(data, ')')
-	if err != nil || i < 0 {
-		return 0
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
-}
 
 // livingIn lists the processes, zombies excepted, whose working directory
 // is dir: a postmaster and all its children work in its data directory.
@@ -64,7 +36,7 @@ func livingIn(dir string) []int {
 		if err != nil || filepath.Clean(cwd) != real {
 			continue
 		}
-		if s := statState(pid); s != 0 && s != 'Z' && s != 'X' {
+		if s, _, ok := postgres.ProcessState(pid); ok && s != 'Z' && s != 'X' {
 			pids = append(pids, pid)
 		}
 	}
@@ -91,7 +63,7 @@ func TestStopKillsAPostmasterThatIgnoresShutdown(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
 		for _, p := range livingIn(c.DataDir) {
-			if p != pid && ppidOf(p) != pid {
+			if p != pid && postgres.ParentPID(p) != pid {
 				syscall.Kill(p, syscall.SIGKILL)
 			}
 		}
@@ -123,9 +95,13 @@ func TestStopKillsAPostmasterThatIgnoresShutdown(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); statState(pid) != 'T'; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		state, _, ok := postgres.ProcessState(pid)
+		if ok && state == 'T' {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("postmaster %d never stopped: state %q", pid, statState(pid))
+			t.Fatalf("postmaster %d never stopped: state %q", pid, state)
 		}
 	}
 	if st, err := postgres.Status(c.DataDir); err != nil || !st.Alive {
@@ -156,13 +132,14 @@ func TestStopKillsAPostmasterThatIgnoresShutdown(t *testing.T) {
 	select {
 	case <-c.Process.Exited:
 	case <-time.After(2 * time.Second):
-		t.Fatalf("the postmaster %d was not reaped 2 s after Stop: state %q", pid, statState(pid))
+		state, _, _ := postgres.ProcessState(pid)
+		t.Fatalf("the postmaster %d was not reaped 2 s after Stop: state %q", pid, state)
 	}
 	var exit *exec.ExitError
 	if err := c.Process.Err(); !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("the postmaster ended with %v, want killed by SIGKILL", err)
 	}
-	if s := statState(pid); s != 0 && s != 'Z' && s != 'X' {
+	if s, _, ok := postgres.ProcessState(pid); ok && s != 'Z' && s != 'X' {
 		t.Fatalf("/proc/%d/stat says state %q after Stop", pid, s)
 	}
 	// Its children went with it, the busy backend too: none may hold the
