@@ -123,6 +123,19 @@ func TestBackupsEndToEnd(t *testing.T) {
 	if status != 200 || !containsID(t, body, created.ID) {
 		t.Errorf("ada's list lacks her backup: %d %s", status, body)
 	}
+	// /status counts the archives' disk use: they share the filesystem
+	// with the instances.
+	status, body = s.call(t, "GET", "/status", s.secret, nil)
+	if status != 200 {
+		t.Fatalf("GET /status: %d %s", status, body)
+	}
+	st := decode(t, body).one(t).Attributes
+	if used, size := st["used_by_backups_bytes"].(float64), done.Attributes["size_bytes"].(float64); used < size || size <= 0 {
+		t.Errorf("/status used_by_backups_bytes %v, want at least the done backup's %v", used, size)
+	}
+	if counts, _ := st["backups"].(map[string]any); counts == nil || counts["done"].(float64) < 1 {
+		t.Errorf("/status backups %v, want a done one counted", st["backups"])
+	}
 
 	t.Run("download", func(t *testing.T) {
 		resp, archive := s.download(t, created.ID, ada)

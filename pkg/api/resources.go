@@ -90,8 +90,10 @@ type Status struct {
 	TotalBytes            int64          `jsonapi:"attr,total_bytes"`
 	FreeBytes             int64          `jsonapi:"attr,free_bytes"`
 	UsedByInstancesBytes  int64          `jsonapi:"attr,used_by_instances_bytes"`
+	UsedByBackupsBytes    int64          `jsonapi:"attr,used_by_backups_bytes"`
 	Images                map[string]int `jsonapi:"attr,images"`
 	Instances             map[string]int `jsonapi:"attr,instances"`
+	Backups               map[string]int `jsonapi:"attr,backups"`
 	ExpectedCloningTimeMS int64          `jsonapi:"attr,expected_cloning_time_ms"`
 }
 
@@ -500,7 +502,7 @@ func (h *Handlers) status(w http.ResponseWriter, r *http.Request) {
 	WriteResource(w, http.StatusOK, &Status{
 		ID: "1", Status: overall, Problems: st.Problems, Version: h.Version, APIVersion: version.API,
 		StorageDriver: st.StorageDriver, TotalBytes: st.TotalBytes, FreeBytes: st.FreeBytes,
-		UsedByInstancesBytes: st.UsedByInstancesBytes,
+		UsedByInstancesBytes: st.UsedByInstancesBytes, UsedByBackupsBytes: st.UsedByBackupsBytes, Backups: st.BackupsByStatus,
 		Images: contractCounts(st.ImagesByStatus, func(s string) string {
 			status, _ := imageStatus(store.Image{Status: store.ImageStatus(s)})
 			return status

@@ -226,6 +226,8 @@ type Status struct {
 	TotalBytes           int64
 	FreeBytes            int64
 	UsedByInstancesBytes int64
+	UsedByBackupsBytes   int64
+	BackupsByStatus      map[string]int
 	ImagesByStatus       map[string]int
 	InstancesByStatus    map[string]int
 	ExpectedCloningTime  time.Duration
@@ -234,7 +236,8 @@ type Status struct {
 // Status gathers the figures of GET /status. Degraded means an instance
 // or image failed, or the filesystem is nearly full.
 func (e *Engine) Status(ctx context.Context) (Status, error) {
-	st := Status{StorageDriver: e.opts.Storage.Name(), ImagesByStatus: map[string]int{}, InstancesByStatus: map[string]int{}}
+	st := Status{StorageDriver: e.opts.Storage.Name(), ImagesByStatus: map[string]int{}, InstancesByStatus: map[string]int{},
+		BackupsByStatus: map[string]int{}}
 	capacity, err := e.opts.Storage.Capacity(ctx)
 	if err != nil {
 		return st, err
@@ -255,6 +258,14 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		st.InstancesByStatus[string(inst.Status)]++
 	}
 	st.UsedByInstancesBytes = e.usedByInstances(ctx, instances)
+	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
+	if err != nil {
+		return st, err
+	}
+	for _, b := range backups {
+		st.BackupsByStatus[string(b.Status)]++
+		st.UsedByBackupsBytes += b.SizeBytes // the archives, which live on the same filesystem
+	}
 	st.ExpectedCloningTime = e.cloneTimes.median()
 	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))
