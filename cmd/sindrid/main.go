@@ -195,7 +195,8 @@ func (m *Main) Run(ctx context.Context) error {
 		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
 		UploadsDir: cfg.UploadsDir(), BackupsDir: cfg.BackupsDir(),
 		DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
-		Logger: m.logger, OrphanGrace: 10 * time.Minute,
+		BackupMaxAge: cfg.Backups.MaxAge,
+		Logger:       m.logger, OrphanGrace: 10 * time.Minute,
 	})
 	m.setUploadAccount()
 	if err := m.Engine.Reconcile(ctx); err != nil {

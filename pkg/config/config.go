@@ -119,6 +119,7 @@ type Config struct {
 	Storage   StorageConfig   `toml:"storage"`
 	Postgres  PostgresConfig  `toml:"postgres"`
 	Instances InstancesConfig `toml:"instances"`
+	Backups   BackupsConfig   `toml:"backups"`
 	Uploads   UploadsConfig   `toml:"uploads"`
 
 	// file is the path Load read, used to prefix error messages.
@@ -244,6 +245,14 @@ type InstancesConfig struct {
 	ExpiryInterval time.Duration `toml:"expiry_interval"`
 }
 
+// BackupsConfig is the [backups] section: how long backups are kept.
+type BackupsConfig struct {
+	// MaxAge is how long a finished backup (done or failed) is kept
+	// before the expiry sweep deletes it and its archive (Go duration,
+	// default "0": kept until deleted).
+	MaxAge time.Duration `toml:"max_age"`
+}
+
 // UploadsConfig is the [uploads] section: uploads of data directories.
 type UploadsConfig struct {
 	// AuthorizedKeysFile is the authorized_keys file of the account that
@@ -329,6 +338,7 @@ var durationKeys = map[string]bool{
 	"instances.default_ttl":     true,
 	"instances.max_ttl":         true,
 	"instances.expiry_interval": true,
+	"backups.max_age":           true,
 }
 
 // decode parses data over Default() and reports unknown keys and integer
@@ -367,6 +377,7 @@ outer:
 		{"instances", "default_ttl", c.Instances.DefaultTTL},
 		{"instances", "max_ttl", c.Instances.MaxTTL},
 		{"instances", "expiry_interval", c.Instances.ExpiryInterval},
+		{"backups", "max_age", c.Backups.MaxAge},
 	} {
 		if md.Type(d.section, d.name) == "Integer" && d.val != 0 {
 			key := d.section + "." + d.name
@@ -487,6 +498,9 @@ func (c *Config) Validate() error {
 	c.validateStorage(v)
 	c.validatePostgres(v)
 	c.validateInstances(v)
+	if c.Backups.MaxAge < 0 {
+		v.errorf("backups.max_age", "backups.max_age must not be negative (got %q; 0 keeps backups until they are deleted)", c.Backups.MaxAge.String())
+	}
 	c.validateUploads(v)
 	return joinErrors(v.errs)
 }

@@ -78,6 +78,7 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"instances.default_ttl", c.Instances.DefaultTTL, 24 * time.Hour},
 		{"instances.max_ttl", c.Instances.MaxTTL, 168 * time.Hour},
 		{"instances.expiry_interval", c.Instances.ExpiryInterval, 30 * time.Second},
+		{"backups.max_age", c.Backups.MaxAge, time.Duration(0)},
 		{"uploads.authorized_keys_file", c.Uploads.AuthorizedKeysFile, ""},
 		{"uploads.account", c.Uploads.Account, "sindri-upload"},
 		{"BinDir(16)", c.BinDir("16"), "/usr/lib/postgresql/16/bin"},
@@ -293,6 +294,11 @@ func TestInvalidValues(t *testing.T) {
 		{name: "default negative", file: "[instances]\ndefault_ttl = \"-1h\"", key: "instances.default_ttl", want: "must not be negative"},
 		{name: "max negative", file: "[instances]\nmax_ttl = \"-1h\"\ndefault_ttl = \"0\"", key: "instances.max_ttl", want: "must not be negative"},
 		{name: "expiry_interval short", file: "[instances]\nexpiry_interval = \"500ms\"", key: "instances.expiry_interval", want: `at least "1s" (got "500ms")`},
+
+		// [backups]
+		{name: "max_age bad", file: "[backups]\nmax_age = \"a month\"", key: "backups.max_age", want: "is not a duration"},
+		{name: "max_age integer", file: "[backups]\nmax_age = 3600", key: "backups.max_age", want: "duration string"},
+		{name: "max_age negative", file: "[backups]\nmax_age = \"-1h\"", key: "backups.max_age", want: "must not be negative"},
 
 		// [uploads]
 		{name: "authorized_keys_file relative", file: "[uploads]\nauthorized_keys_file = \"authorized_keys\"", key: "uploads.authorized_keys_file", want: "absolute path"},

@@ -496,3 +496,32 @@ func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) 
 	}
 	return errors.Join(errs...)
 }
+
+// DeleteExpiredBackups deletes the finished backups (done or failed) older
+// than BackupMaxAge, with their archives, and returns how many; nothing
+// when BackupMaxAge is 0. A running backup is never one of them.
+func (e *Engine) DeleteExpiredBackups(ctx context.Context) (int, error) {
+	if e.opts.BackupMaxAge <= 0 {
+		return 0, nil
+	}
+	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
+	if err != nil {
+		return 0, err
+	}
+	cutoff := e.now().Add(-e.opts.BackupMaxAge)
+	ctx = WithActor(ctx, "expiry")
+	var errs []error
+	n := 0
+	for _, b := range backups {
+		if b.Status == store.BackupRunning || !b.CreatedAt.Before(cutoff) {
+			continue
+		}
+		e.log.Info("engine: backup expired", "backup_id", b.ID, "created_at", b.CreatedAt)
+		if err := e.DeleteBackup(ctx, b.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, fmt.Errorf("backup %d: %w", b.ID, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -338,5 +339,58 @@ func TestBackupOnZFSPinsTheVolumeUntilWritten(t *testing.T) {
 	_, clone := restore(t, e, b.ID)
 	if got := mustSQL(t, w.superuserConn(clone), "select string_agg(id::text, ',') from notes"); got != "1" {
 		t.Errorf("the restore from ZFS has notes %q, want 1", got)
+	}
+}
+
+// With BackupMaxAge set, the expiry sweep deletes finished backups older
+// than it, archives included; a younger one and a running one stay.
+func TestOldBackupsAreDeletedBySweep(t *testing.T) {
+	w := newWorld(t, 5)
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	hold := make(chan struct{})
+	var holding atomic.Int64
+	opts := w.options()
+	opts.Now = func() time.Time { return time.Unix(0, now.Load()) }
+	opts.BackupMaxAge = 24 * time.Hour
+	opts.BackupSnapshotted = func(id int64) {
+		if id == holding.Load() {
+			<-hold
+		}
+	}
+	e := engine.New(opts)
+
+	old, err := e.CreateBackup(ctx, engine.BackupRequest{ImageID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old = waitBackup(t, e, old.ID); old.Status != store.BackupDone {
+		t.Fatalf("backup: %+v", old)
+	}
+	now.Add(int64(23 * time.Hour))
+	if n, err := e.DeleteExpiredBackups(ctx); err != nil || n != 0 {
+		t.Fatalf("a 23-hour-old backup swept: %d %v", n, err)
+	}
+	holding.Store(old.ID + 1) // the next backup stays running
+	running, err := e.CreateBackup(ctx, engine.BackupRequest{ImageID: 1})
+	if err != nil || running.ID != old.ID+1 {
+		t.Fatalf("second backup %+v %v", running, err)
+	}
+	now.Add(int64(48 * time.Hour))
+	if n, err := e.DeleteExpiredBackups(ctx); err != nil || n != 1 {
+		t.Fatalf("sweep after 71 hours: %d deleted, %v; want the old one only", n, err)
+	}
+	if _, err := e.GetBackup(ctx, old.ID); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("the old backup after the sweep: %v", err)
+	}
+	if _, err := os.Stat(old.Path); !os.IsNotExist(err) {
+		t.Fatalf("its archive %s: %v, want it gone", old.Path, err)
+	}
+	if b, err := e.GetBackup(ctx, running.ID); err != nil || b.Status != store.BackupRunning {
+		t.Fatalf("the running backup after the sweep: %+v %v", b, err)
+	}
+	close(hold)
+	if b := waitBackup(t, e, running.ID); b.Status != store.BackupDone {
+		t.Fatalf("the held backup, released: %+v", b)
 	}
 }

@@ -80,6 +80,9 @@ type Options struct {
 	// DefaultTTL is an instance's lifetime when its creator names none (0:
 	// no expiry); MaxTTL caps what a creator may ask for (0: no cap).
 	DefaultTTL, MaxTTL time.Duration
+	// BackupMaxAge is how long a finished backup is kept before the expiry
+	// sweep deletes it (0: until deleted).
+	BackupMaxAge time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).

@@ -93,6 +93,9 @@ func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Durat
 		if _, err := e.DestroyExpired(ctx); err != nil {
 			e.log.Error("engine: destroying expired instances", "err", err)
 		}
+		if _, err := e.DeleteExpiredBackups(ctx); err != nil {
+			e.log.Error("engine: deleting expired backups", "err", err)
+		}
 	})
 	every(reconcileEvery, func() {
 		if err := e.Reconcile(ctx); err != nil {
