@@ -312,33 +312,10 @@ func TestCreateLoginIsolationDestroy(t *testing.T) {
 
 func TestKilledPostmasterAnswersAgainWithinTwoSeconds(t *testing.T) {
 	w := newWorld(t, 5)
-	e := engine.New(w.options())
-	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run, stop := context.WithCancel(ctx)
-	defer stop()
-	go e.Run(run, time.Minute, time.Minute)
-
-	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
-	st, err := postgres.Status(vol.Path)
-	if err != nil || !st.Alive {
-		t.Fatalf("status %+v %v", st, err)
-	}
+	inst, vol, st := supervised(t, w.options())
 	killed := time.Now()
 	syscall.Kill(st.PID, syscall.SIGKILL)
-	for {
-		if _, err := sql(t, passwordConn(inst), "select 'ok'"); err == nil {
-			break
-		}
-		if time.Since(killed) > 2*time.Second {
-			_, err := sql(t, passwordConn(inst), "select 'ok'")
-			t.Fatalf("instance not answering 2s after kill -9 of its postmaster: %v\n%s", err, postgres.LogTail(vol.Path, 10))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Logf("answering again %d ms after kill -9", time.Since(killed).Milliseconds())
+	answersWithin(t, inst, vol.Path, killed, 2*time.Second)
 	if st2, _ := postgres.Status(vol.Path); st2.PID == st.PID {
 		t.Fatal("same pid: the postmaster was not restarted")
 	}
@@ -438,15 +415,33 @@ func (w *world) runChild(t *testing.T, crashAt string) (stdout string, err error
 	return out.String(), err
 }
 
+// crashChild runs the child sindrid with CrashAt step and fails the test
+// unless it died there by SIGKILL.
+func (w *world) crashChild(t *testing.T, step string) {
+	t.Helper()
+	_, err := w.runChild(t, step)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child did not die by SIGKILL at %s: %v", step, err)
+	}
+}
+
+// childInstance reads the instance whose id the child printed.
+func (w *world) childInstance(t *testing.T, out string) store.Instance {
+	t.Helper()
+	id, _ := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	inst, err := w.store.GetInstance(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inst
+}
+
 func TestSIGKILLAtEachCreationStepLeavesNothingHalfMade(t *testing.T) {
 	for _, step := range engine.CreateSteps {
 		t.Run(step, func(t *testing.T) {
 			w := newWorld(t, 5)
-			_, err := w.runChild(t, step)
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("child did not die by SIGKILL at %s: %v", step, err)
-			}
+			w.crashChild(t, step)
 			// A new sindrid starts and reconciles.
 			e := engine.New(w.options())
 			if err := e.Reconcile(ctx); err != nil {
@@ -490,11 +485,7 @@ func TestSIGKILLDuringAnImageDestroyIsFinishedByReconcile(t *testing.T) {
 	for _, step := range engine.ImageDestroySteps {
 		t.Run(step, func(t *testing.T) {
 			w := newWorld(t, 5)
-			_, err := w.runChild(t, step)
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("child did not die by SIGKILL at %s: %v", step, err)
-			}
+			w.crashChild(t, step)
 			img, err := w.store.GetImage(ctx, childImage)
 			if err != nil || img.Status != store.ImageDestroying {
 				t.Fatalf("image after the crash: %+v %v, want it marked destroying", img, err)
@@ -531,11 +522,7 @@ func TestRestartAdoptsRunningInstances(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v", err)
 	}
-	id, _ := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
-	inst, err := w.store.GetInstance(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := w.childInstance(t, out)
 	// The sindrid that made it has exited; the instance keeps answering.
 	if got := mustSQL(t, passwordConn(inst), "select 'ok'"); got != "ok" {
 		t.Fatal(got)
@@ -544,11 +531,11 @@ func TestRestartAdoptsRunningInstances(t *testing.T) {
 	if err := e.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	after, err := w.store.GetInstance(ctx, id)
+	after, err := w.store.GetInstance(ctx, inst.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(id))
+	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
 	st, _ := postgres.Status(vol.Path)
 	if after.Status != store.InstanceRunning || st.PID != inst.PID || after.PID != inst.PID {
 		t.Fatalf("after restart: status %s, pid %d (recorded %d), want running with the same pid %d", after.Status, st.PID, after.PID, inst.PID)

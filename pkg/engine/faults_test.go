@@ -165,11 +165,7 @@ func (w *world) createInChildAndAdoptOrphan(t *testing.T) store.Instance {
 	if err != nil {
 		t.Fatalf("child: %v", err)
 	}
-	id, _ := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
-	inst, err := w.store.GetInstance(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := w.childInstance(t, out)
 	if !postgres.Running(inst.PID) || postgres.ParentPID(inst.PID) != os.Getpid() {
 		t.Fatalf("postmaster %d (running %v) has parent %d, want this process %d", inst.PID, postgres.Running(inst.PID), postgres.ParentPID(inst.PID), os.Getpid())
 	}

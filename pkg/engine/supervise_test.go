@@ -9,6 +9,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -29,26 +30,37 @@ func answersWithin(t *testing.T, inst store.Instance, dataDir string, since time
 	}
 }
 
-// A postmaster that exists but never answers (here stopped with SIGSTOP)
-// passes every process check; only a connection attempt finds it out.
-func TestStoppedPostmasterIsKilledAndRestarted(t *testing.T) {
-	w := newWorld(t, 5)
-	opts := w.options()
-	opts.ProbeEvery, opts.ProbeTimeout, opts.MaxUnanswered = 200*time.Millisecond, 300*time.Millisecond, 3
+// supervised creates an instance with an engine made of opts, runs the
+// engine until the test ends, and returns the instance, its volume and
+// its postmaster's status.
+func supervised(t *testing.T, opts engine.Options) (store.Instance, storage.Entry, postgres.ClusterStatus) {
+	t.Helper()
 	e := engine.New(opts)
 	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	run, stop := context.WithCancel(ctx)
-	defer stop()
+	t.Cleanup(stop)
 	go e.Run(run, time.Minute, time.Minute)
-
-	vol, _ := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	vol, err := opts.Storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
 	st, err := postgres.Status(vol.Path)
 	if err != nil || !st.Alive {
 		t.Fatalf("status %+v %v", st, err)
 	}
+	return inst, vol, st
+}
+
+// A postmaster that exists but never answers (here stopped with SIGSTOP)
+// passes every process check; only a connection attempt finds it out.
+func TestStoppedPostmasterIsKilledAndRestarted(t *testing.T) {
+	w := newWorld(t, 5)
+	opts := w.options()
+	opts.ProbeEvery, opts.ProbeTimeout, opts.MaxUnanswered = 200*time.Millisecond, 300*time.Millisecond, 3
+	inst, vol, st := supervised(t, opts)
 	stopped := time.Now()
 	if err := syscall.Kill(st.PID, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
