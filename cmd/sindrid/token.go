@@ -24,9 +24,8 @@ const tokenUsage = `usage: sindrid token create --name NAME [-config FILE]
 
 // runToken manages named API tokens for CI jobs, and the tokens OAuth
 // logins were given: list --all shows the unrevoked ones (expired
-// included), revoke --email ends a person's
-// logins, revoke --id any one token. A token is printed once, on create;
-// the store keeps only its hash.
+// included), revoke --email ends a person's logins, revoke --id any one
+// token. A token is printed once, on create; the store keeps only its hash.
 func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError(tokenUsage)
