@@ -358,7 +358,7 @@ func TestOAuthLogin(t *testing.T) {
 
 func TestCallbackBeforeWait(t *testing.T) {
 	e := newEnv(t)
-	e.prov.Login(map[string]any{"email": "bob@example.com"}) // no email_verified: accepted
+	e.prov.LoginEmail("bob@example.com")
 	state := randomString()
 	if page := e.browse(state); page.status != http.StatusOK {
 		t.Fatalf("callback page: %s", page)
@@ -415,8 +415,8 @@ func TestEmailDomain(t *testing.T) {
 	}
 }
 
-func TestAnyDomainWhenUnset(t *testing.T) {
-	e := newEnv(t, func(o *auth.Options) { o.EmailDomain = "" })
+func TestAnyDomainWhenAllowed(t *testing.T) {
+	e := newEnv(t, func(o *auth.Options) { o.EmailDomain, o.AllowAnyEmail = "", true })
 	e.prov.Login(map[string]any{"email": "dave@anywhere.org", "email_verified": true})
 	state := randomString()
 	waiting := e.wait(state)
@@ -427,33 +427,71 @@ func TestAnyDomainWhenUnset(t *testing.T) {
 	}
 }
 
+// OAuth with no trusted domain needs AllowAnyEmail; an OAuth token is
+// not accepted without either.
+func TestAnyDomainNeedsAllowAnyEmail(t *testing.T) {
+	st, _ := newStore(t)
+	o := &auth.OAuthOptions{ClientID: "x", RedirectURL: "http://127.0.0.1:1/oauth_callback", AuthURL: "http://127.0.0.1:1/a",
+		TokenURL: "http://127.0.0.1:1/t", UserinfoURL: "http://127.0.0.1:1/u"}
+	if _, err := auth.New(auth.Options{Store: st, OAuth: o}); err == nil || !strings.Contains(err.Error(), "AllowAnyEmail") {
+		t.Errorf("OAuth without a domain or AllowAnyEmail: %v, want an error naming AllowAnyEmail", err)
+	}
+	if _, err := auth.New(auth.Options{Store: st, OAuth: o, EmailDomain: "@example.com", AllowAnyEmail: true}); err == nil {
+		t.Error("a domain and AllowAnyEmail together accepted")
+	}
+	if _, err := auth.New(auth.Options{Store: st, OAuth: o, AllowAnyEmail: true}); err != nil {
+		t.Errorf("AllowAnyEmail: %v", err)
+	}
+	a, err := auth.New(auth.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _, err := a.MintToken(ctx, store.TokenOAuth, "", "eve@anywhere.org", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AuthenticateToken(ctx, plain); !errors.Is(err, auth.ErrUnauthorized) {
+		t.Errorf("an OAuth token with no domain and no AllowAnyEmail: %v, want ErrUnauthorized", err)
+	}
+}
+
 func TestUnverifiedEmail(t *testing.T) {
-	for _, verified := range []any{false, "false", "no"} {
+	for _, verified := range []any{false, "false", "no", nil, "missing"} {
 		t.Run(fmt.Sprint(verified), func(t *testing.T) {
 			e := newEnv(t)
-			e.prov.Login(map[string]any{"email": "erin@example.com", "email_verified": verified})
+			claims := map[string]any{"email": "erin@example.com", "email_verified": verified}
+			if verified == "missing" {
+				delete(claims, "email_verified")
+			}
+			e.prov.Login(claims)
 			state := randomString()
 			waiting := e.wait(state)
 			page := e.browse(state)
 			if code := apiErrorOf(t, receive(t, waiting), http.StatusForbidden); code != "oauth_email_unverified" {
 				t.Errorf("code %q", code)
 			}
-			if page.status != http.StatusForbidden {
-				t.Errorf("callback page: %s", page)
+			want := "has not verified erin@example.com"
+			if verified == nil || verified == "missing" {
+				want = `did not say whether it has verified erin@example.com (its answer has no "email_verified")`
+			}
+			if page.status != http.StatusForbidden || !strings.Contains(string(page.body), want) {
+				t.Errorf("callback page: %s, want 403 saying %q", page, want)
 			}
 			if n := e.tokenRows(); n != 0 {
 				t.Errorf("%d tokens minted", n)
 			}
 		})
 	}
-	t.Run("string true", func(t *testing.T) {
-		e := newEnv(t)
-		e.prov.Login(map[string]any{"email": "erin@example.com", "email_verified": "true"})
-		state := randomString()
-		waiting := e.wait(state)
-		e.browse(state)
-		tokenOf(t, receive(t, waiting))
-	})
+	for _, verified := range []any{true, "true", "True"} {
+		t.Run(fmt.Sprint(verified), func(t *testing.T) {
+			e := newEnv(t)
+			e.prov.Login(map[string]any{"email": "erin@example.com", "email_verified": verified})
+			state := randomString()
+			waiting := e.wait(state)
+			e.browse(state)
+			tokenOf(t, receive(t, waiting))
+		})
+	}
 }
 
 func TestNoEmail(t *testing.T) {
@@ -598,7 +636,7 @@ func TestClientGoesAway(t *testing.T) {
 
 func TestSecondWaiter(t *testing.T) {
 	e := newEnv(t)
-	e.prov.Login(map[string]any{"email": "hank@example.com"})
+	e.prov.LoginEmail("hank@example.com")
 	state := randomString()
 	first := e.wait(state)
 	if code := apiErrorOf(t, e.post("application/json", accessTokensBody(state)), http.StatusConflict); code != "oauth_state_in_use" {
@@ -622,7 +660,7 @@ func TestUnknownState(t *testing.T) {
 	}
 	// A state known only from a waiting client has no browser leg yet:
 	// a callback for it is refused and the client keeps waiting.
-	e.prov.Login(map[string]any{"email": "ivy@example.com"})
+	e.prov.LoginEmail("ivy@example.com")
 	state := randomString()
 	waiting := e.wait(state)
 	if r := e.get("/oauth_callback?code=forged&state=" + state); r.status != http.StatusBadRequest {
@@ -856,7 +894,7 @@ func TestMintedTokens(t *testing.T) {
 	}
 
 	// The login's tokens expire after TokenTTL.
-	e.prov.Login(map[string]any{"email": "jane@example.com"})
+	e.prov.LoginEmail("jane@example.com")
 	state := randomString()
 	waiting := e.wait(state)
 	e.browse(state)
@@ -870,7 +908,7 @@ func TestMintedTokens(t *testing.T) {
 
 func TestTokensNeverExpire(t *testing.T) {
 	e := newEnv(t, func(o *auth.Options) { o.TokenTTL = -1 })
-	e.prov.Login(map[string]any{"email": "kim@example.com"})
+	e.prov.LoginEmail("kim@example.com")
 	state := randomString()
 	waiting := e.wait(state)
 	e.browse(state)

@@ -61,7 +61,7 @@ type OAuthOptions struct {
 	RedirectURL string
 	// AuthURL and TokenURL are the provider's endpoints; UserinfoURL its
 	// OpenID Connect userinfo endpoint, which must answer with "email"
-	// (and, if it knows, "email_verified").
+	// and "email_verified".
 	AuthURL, TokenURL, UserinfoURL string
 	Scopes                         []string
 	// WaitTimeout is how long POST /access_tokens waits for the browser
@@ -400,19 +400,23 @@ func (a *Authenticator) browserLeg(ctx context.Context, q map[string][]string, v
 		return fail(http.StatusBadGateway, "oauth_provider_error", "Identity provider error",
 			"Exchanging the authorisation code with the identity provider failed ("+why+").")
 	}
-	email, verified, err := a.userinfo(ctx, tok)
+	info, err := a.userinfo(ctx, tok)
 	if err != nil {
 		a.log.Warn("auth: reading the OAuth userinfo", "err", err)
 		return fail(http.StatusBadGateway, "oauth_provider_error", "Identity provider error",
 			"Reading the user's e-mail address from the identity provider failed: "+err.Error()+".")
 	}
+	email := info.email
 	switch {
 	case email == "" || strings.Count(email, "@") != 1 || strings.HasPrefix(email, "@") || strings.HasSuffix(email, "@"):
 		return fail(http.StatusBadGateway, "oauth_no_email", "No e-mail address",
 			`The identity provider did not give the user's e-mail address (is the "email" scope requested?).`)
-	case !verified:
+	case !info.verifiedStated:
 		return fail(http.StatusForbidden, "oauth_email_unverified", "E-mail address not verified",
-			fmt.Sprintf("The identity provider has not verified %s.", email))
+			fmt.Sprintf(`The identity provider did not say whether it has verified %s (its answer has no "email_verified"), and sindri accepts only verified addresses.`, email))
+	case !info.verified:
+		return fail(http.StatusForbidden, "oauth_email_unverified", "E-mail address not verified",
+			fmt.Sprintf("The identity provider has not verified %s, and sindri accepts only verified addresses.", email))
 	case !a.domainAllows(email):
 		return fail(http.StatusForbidden, "oauth_email_domain", "E-mail domain not trusted",
 			fmt.Sprintf("%s is not an address in %s, the domain this server trusts.", email, a.domain))
@@ -424,36 +428,44 @@ func fail(status int, code, title, detail string) *outcome {
 	return &outcome{fail: &apiError{status: status, code: code, title: title, detail: detail}}
 }
 
-// userinfo reads the user's e-mail address, lower case, and whether it is
-// verified (true when the provider does not say).
-func (a *Authenticator) userinfo(ctx context.Context, tok *oauth2.Token) (email string, verified bool, err error) {
+// userinfoAnswer is what the login needs of the provider's userinfo.
+type userinfoAnswer struct {
+	email string // lower case
+	// verified is "email_verified" (true, or "true" as some providers
+	// send it); verifiedStated whether the answer has the claim at all.
+	verified, verifiedStated bool
+}
+
+// userinfo reads the user's e-mail address and whether the provider
+// verified it.
+func (a *Authenticator) userinfo(ctx context.Context, tok *oauth2.Token) (userinfoAnswer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.oauth.userinfoURL, nil)
 	if err != nil {
-		return "", false, err
+		return userinfoAnswer{}, err
 	}
 	tok.SetAuthHeader(req)
 	req.Header.Set("Accept", "application/json")
 	resp, err := a.oauth.client.Do(req)
 	if err != nil {
-		return "", false, errors.New("no answer")
+		return userinfoAnswer{}, errors.New("no answer")
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", false, fmt.Errorf("HTTP %d", resp.StatusCode)
+		return userinfoAnswer{}, fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	var info struct {
 		Email         string          `json:"email"`
 		EmailVerified json.RawMessage `json:"email_verified"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxBodyBytes)).Decode(&info); err != nil {
-		return "", false, errors.New("the answer is not a JSON object")
+		return userinfoAnswer{}, errors.New("the answer is not a JSON object")
 	}
-	// Some providers send the flag as a string.
-	switch strings.Trim(strings.ToLower(string(info.EmailVerified)), `"`) {
-	case "", "null", "true":
-		verified = true
-	}
-	return strings.ToLower(strings.TrimSpace(info.Email)), verified, nil
+	flag := strings.ToLower(string(info.EmailVerified))
+	return userinfoAnswer{
+		email:          strings.ToLower(strings.TrimSpace(info.Email)),
+		verifiedStated: flag != "" && flag != "null",
+		verified:       flag == "true" || flag == `"true"`,
+	}, nil
 }
 
 // sanitize bounds and cleans text from the provider before it goes into a

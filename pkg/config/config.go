@@ -106,7 +106,8 @@ type Config struct {
 	SharedSecret string `toml:"shared_secret"`
 
 	// TrustedUserEmailDomain, when set (e.g. "@example.com"), is the
-	// e-mail domain OAuth users must belong to. Must start with "@".
+	// e-mail domain OAuth users must belong to. Must start with "@". With
+	// OAuth on, leaving it empty needs oauth.allow_any_email = true.
 	TrustedUserEmailDomain string `toml:"trusted_user_email_domain"`
 
 	// PublicHostname is the host name or IP address clients use to reach
@@ -175,6 +176,12 @@ type OAuthConfig struct {
 
 	// Scopes requested at login (default ["openid", "email"]).
 	Scopes []string `toml:"scopes"`
+
+	// AllowAnyEmail lets every account the provider vouches for (with a
+	// verified address) log in when trusted_user_email_domain is empty.
+	// Default false: OAuth with an empty domain is a configuration error,
+	// since with Google as the provider it admits any Google account.
+	AllowAnyEmail bool `toml:"allow_any_email"`
 }
 
 // StorageConfig is the [storage] section: where images and instances live.
@@ -617,6 +624,9 @@ func (c *Config) validateOAuth(v *validator) {
 		if len(o.Scopes) == 0 {
 			v.errorf("oauth.scopes", "oauth.scopes must not be empty when oauth.client_id is set (e.g. [\"openid\", \"email\"])")
 		}
+		if c.TrustedUserEmailDomain == "" && !o.AllowAnyEmail {
+			v.errorf("trusted_user_email_domain", "trusted_user_email_domain is empty, so the OAuth login would let in any account the provider knows (with Google, anybody's): set trusted_user_email_domain (e.g. \"@example.com\"), or set oauth.allow_any_email = true to accept every verified address")
+		}
 	} else if o.ClientSecret != "" {
 		v.errorf("oauth.client_id", "oauth.client_id must be set when oauth.client_secret is set")
 	}
@@ -633,6 +643,9 @@ func (c *Config) validateOAuth(v *validator) {
 			v.errorf("oauth.scopes", "oauth.scopes must be non-empty words without spaces (got %q)", s)
 			break
 		}
+	}
+	if o.AllowAnyEmail && c.TrustedUserEmailDomain != "" {
+		v.errorf("oauth.allow_any_email", "oauth.allow_any_email = true contradicts trusted_user_email_domain = %q: remove one of them", c.TrustedUserEmailDomain)
 	}
 }
 
