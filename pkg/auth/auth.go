@@ -220,14 +220,21 @@ func NewFromConfig(cfg *config.Config, st *store.Store, log *slog.Logger) (*Auth
 	}
 	if cfg.OAuthEnabled() {
 		o := cfg.OAuth
+		proxies, err := o.TrustedProxyPrefixes()
+		if err != nil {
+			return nil, fmt.Errorf("auth: %w", err)
+		}
 		opts.OAuth = &OAuthOptions{
-			ClientID:     o.ClientID,
-			ClientSecret: o.ClientSecret,
-			RedirectURL:  o.RedirectURL,
-			AuthURL:      o.AuthURL,
-			TokenURL:     o.TokenURL,
-			UserinfoURL:  o.UserinfoURL,
-			Scopes:       o.Scopes,
+			ClientID:             o.ClientID,
+			ClientSecret:         o.ClientSecret,
+			RedirectURL:          o.RedirectURL,
+			AuthURL:              o.AuthURL,
+			TokenURL:             o.TokenURL,
+			UserinfoURL:          o.UserinfoURL,
+			Scopes:               o.Scopes,
+			MaxPending:           o.MaxPendingLogins,
+			MaxPendingPerAddress: o.MaxPendingLoginsPerAddress,
+			TrustedProxies:       proxies,
 		}
 	}
 	return New(opts)

@@ -3,6 +3,7 @@ package config
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -65,6 +66,9 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"oauth.userinfo_url", c.OAuth.UserinfoURL, "https://openidconnect.googleapis.com/v1/userinfo"},
 		{"oauth.scopes", c.OAuth.Scopes, []string{"openid", "email"}},
 		{"oauth.allow_any_email", c.OAuth.AllowAnyEmail, false},
+		{"oauth.max_pending_logins", c.OAuth.MaxPendingLogins, 1000},
+		{"oauth.max_pending_logins_per_address", c.OAuth.MaxPendingLoginsPerAddress, 10},
+		{"oauth.trusted_proxies", c.OAuth.TrustedProxies, []string{}},
 		{"storage.driver", c.Storage.Driver, "auto"},
 		{"storage.zfs_dataset", c.Storage.ZFSDataset, ""},
 		{"storage.loopback_size", c.Storage.LoopbackSize, ByteSize(20 << 30)},
@@ -316,6 +320,11 @@ func TestInvalidValues(t *testing.T) {
 		{name: "allow_any_email with a domain", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nallow_any_email = true",
 			key: "oauth.allow_any_email", want: `contradicts trusted_user_email_domain = "@example.com"`},
 		{name: "allow_any_email string", file: "[oauth]\nallow_any_email = \"yes\"", key: "oauth.allow_any_email", want: "true or false"},
+		{name: "per address not below all", file: "[oauth]\nmax_pending_logins = 10\nmax_pending_logins_per_address = 10",
+			key: "oauth.max_pending_logins_per_address", want: "below oauth.max_pending_logins (10)"},
+		{name: "per address zero", file: "[oauth]\nmax_pending_logins_per_address = 0", key: "oauth.max_pending_logins_per_address", want: "at least 1"},
+		{name: "max_pending_logins one", file: "[oauth]\nmax_pending_logins = 1", key: "oauth.max_pending_logins", want: "at least 2"},
+		{name: "trusted_proxies bad", file: "[oauth]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.example.com\"]", key: "oauth.trusted_proxies", want: `"proxy.example.com" is neither an IP address nor a CIDR network`},
 
 		// wrong shapes
 		{name: "section not a table", file: "http = 5", key: "http", want: "http must be a table ([http])"},
@@ -397,6 +406,16 @@ func TestValidValues(t *testing.T) {
 			check: func(c *Config) any { return c.OAuthEnabled() }, want: true},
 		{name: "oauth any e-mail", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"http://localhost:8080/oauth_callback\"\nallow_any_email = true",
 			check: func(c *Config) any { return c.OAuth.AllowAnyEmail }, want: true},
+		{name: "login bounds", file: "[oauth]\nmax_pending_logins = 50\nmax_pending_logins_per_address = 49",
+			check: func(c *Config) any { return [2]int{c.OAuth.MaxPendingLogins, c.OAuth.MaxPendingLoginsPerAddress} }, want: [2]int{50, 49}},
+		{name: "trusted proxies", file: "[oauth]\ntrusted_proxies = [\"10.1.2.3\", \"192.168.0.0/16\", \"::ffff:10.9.9.9\", \"2001:db8::/32\"]",
+			check: func(c *Config) any {
+				ps, err := c.OAuth.TrustedProxyPrefixes()
+				if err != nil {
+					return err
+				}
+				return fmt.Sprint(ps)
+			}, want: "[10.1.2.3/32 192.168.0.0/16 10.9.9.9/32 2001:db8::/32]"},
 		{name: "scopes replaced, not appended", file: "[oauth]\nscopes = [\"openid\"]", check: func(c *Config) any { return c.OAuth.Scopes }, want: []string{"openid"}},
 		{name: "zfs", file: "[storage]\ndriver = \"zfs\"\nzfs_dataset = \"tank/sindri-1\"", check: func(c *Config) any { return c.Storage.ZFSDataset }, want: "tank/sindri-1"},
 		{name: "loopback disabled with 0", file: "[storage]\nloopback_size = \"0\"", check: func(c *Config) any { return c.Storage.LoopbackSize }, want: ByteSize(0)},
