@@ -58,6 +58,8 @@ func TestConfigErrorsExitTwoWithOneLine(t *testing.T) {
 		{"bad size", base + "[storage]\nloopback_size = \"lots\"\n", "storage.loopback_size"},
 		{"no shared secret", fmt.Sprintf("data_path = %q\n", data), "shared_secret"},
 		{"syntax", base + "[http\n", "to end table name"},
+		{"oauth for anybody", base + "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://s.example.com/oauth_callback\"\n",
+			"trusted_user_email_domain is empty, so the OAuth login would let in any account the provider knows (with Google, anybody's): set trusted_user_email_domain (e.g. \"@example.com\"), or set oauth.allow_any_email = true"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sindri-db/sindri/pkg/auth/logincode"
 	"github.com/sindri-db/sindri/pkg/client"
 )
 
@@ -28,10 +29,14 @@ func (a *app) authenticateCmd() *cobra.Command {
 		Use:   "authenticate",
 		Short: "log in through the server's OAuth provider and store the token (mode 0600)",
 		Long: `authenticate logs you in with the server's OAuth provider (Google by default):
-it prints a URL (and opens it in a browser when it can), waits up to 60 s for
-you to sign in there, and stores the token the server issues in the config
-file (mode 0600). The server must have an [oauth] section, and your e-mail
-address must be in the domain it trusts.`,
+it prints a login code and a URL (and opens the URL in a browser when it can),
+waits up to 60 s for you to sign in there, and stores the token the server
+issues in the config file (mode 0600). The server must have an [oauth]
+section, and your e-mail address must be in the domain it trusts.
+
+After you sign in, the browser shows the address and time the login began and
+its code: confirm only if they are this command's. A login link somebody else
+sent you shows a code your terminal does not: refuse it.`,
 		Args: args(),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cl, err := a.client()
@@ -43,6 +48,8 @@ address must be in the domain it trusts.`,
 				return usageError{err}
 			}
 			loginURL := cl.BaseURL() + "/authenticate?state=" + url.QueryEscape(state)
+			fmt.Fprintf(a.stdout, "Login code: %s (begun at %s)\n", logincode.For(state), time.Now().UTC().Format("15:04:05 UTC"))
+			fmt.Fprintln(a.stdout, "After you sign in, confirm in the browser only if it shows this code.")
 			fmt.Fprintln(a.stdout, "To log in, open this URL in a browser:")
 			fmt.Fprintln(a.stdout, loginURL)
 			if !noBrowser && stdoutIsTerminal() {

@@ -126,7 +126,8 @@ func (h *Handlers) Register(s *Server) {
 	h.registerBackups(s)
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)
-		r.HandleFunc("/oauth_callback", h.Auth.HandleCallback).Methods(http.MethodGet)
+		// POST: the confirmation page's form (the person's decision).
+		r.HandleFunc("/oauth_callback", h.Auth.HandleCallback).Methods(http.MethodGet, http.MethodPost)
 		r.HandleFunc("/access_tokens", h.Auth.HandleAccessTokens).Methods(http.MethodPost)
 	}
 }

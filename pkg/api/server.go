@@ -23,9 +23,10 @@ const (
 // has that template as its key).
 var (
 	// Routes without the Draupnir-Version requirement (and so without
-	// authentication), from the contract.
+	// authentication), from the contract, and the browser's form that
+	// confirms a login (POST /oauth_callback).
 	defaultVersionExempt = []string{
-		"GET /health_check", "GET /metrics", "GET /authenticate", "GET /oauth_callback",
+		"GET /health_check", "GET /metrics", "GET /authenticate", "GET /oauth_callback", "POST /oauth_callback",
 	}
 	// Versioned routes without authentication, from the contract.
 	defaultAuthExempt = []string{"POST /access_tokens"}
@@ -52,7 +53,7 @@ type Options struct {
 	//
 	// VersionExempt: no Draupnir-Version needed, and no authentication
 	// either (built in: GET /health_check, GET /metrics, GET /authenticate,
-	// GET /oauth_callback).
+	// GET and POST /oauth_callback).
 	VersionExempt []string
 	// AuthExempt: versioned but unauthenticated (built in:
 	// POST /access_tokens).

@@ -130,9 +130,12 @@ type Options struct {
 	// SharedSecret authenticates the upload user; "" disables it.
 	SharedSecret string
 	// EmailDomain (e.g. "@example.com") is the domain OAuth users must
-	// belong to, compared case-insensitively as a suffix; "" accepts any.
-	// A missing leading "@" is added.
+	// belong to, compared case-insensitively as a suffix. A missing
+	// leading "@" is added. "" accepts nobody unless AllowAnyEmail.
 	EmailDomain string
+	// AllowAnyEmail, with no EmailDomain, accepts every verified address
+	// the provider vouches for. OAuth with neither is an error in New.
+	AllowAnyEmail bool
 	// Store keeps the tokens. Required.
 	Store *store.Store
 	// OAuth configures the login; nil disables it (its handlers answer
@@ -153,6 +156,7 @@ type Authenticator struct {
 	secretSum [sha256.Size]byte
 	hasSecret bool
 	domain    string
+	anyEmail  bool
 	store     *store.Store
 	now       func() time.Time
 	tokenTTL  time.Duration
@@ -165,7 +169,7 @@ func New(opts Options) (*Authenticator, error) {
 	if opts.Store == nil {
 		return nil, errors.New("auth: a store is required")
 	}
-	a := &Authenticator{store: opts.Store, now: opts.Now, tokenTTL: opts.TokenTTL, log: opts.Logger}
+	a := &Authenticator{store: opts.Store, now: opts.Now, tokenTTL: opts.TokenTTL, log: opts.Logger, anyEmail: opts.AllowAnyEmail}
 	if opts.SharedSecret != "" {
 		a.secretSum, a.hasSecret = sha256.Sum256([]byte(opts.SharedSecret)), true
 	}
@@ -188,6 +192,12 @@ func New(opts Options) (*Authenticator, error) {
 		a.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if opts.OAuth != nil {
+		if a.domain == "" && !a.anyEmail {
+			return nil, errors.New("auth: an OAuth login with no trusted e-mail domain would accept any account the provider knows: set one, or AllowAnyEmail")
+		}
+		if a.domain != "" && a.anyEmail {
+			return nil, fmt.Errorf("auth: AllowAnyEmail contradicts the trusted e-mail domain %s", a.domain)
+		}
 		f, err := newOAuthFlow(*opts.OAuth, a.now)
 		if err != nil {
 			return nil, err
@@ -202,21 +212,29 @@ func New(opts Options) (*Authenticator, error) {
 // stays disabled unless cfg.OAuthEnabled()).
 func NewFromConfig(cfg *config.Config, st *store.Store, log *slog.Logger) (*Authenticator, error) {
 	opts := Options{
-		SharedSecret: cfg.SharedSecret,
-		EmailDomain:  cfg.TrustedUserEmailDomain,
-		Store:        st,
-		Logger:       log,
+		SharedSecret:  cfg.SharedSecret,
+		EmailDomain:   cfg.TrustedUserEmailDomain,
+		AllowAnyEmail: cfg.OAuth.AllowAnyEmail,
+		Store:         st,
+		Logger:        log,
 	}
 	if cfg.OAuthEnabled() {
 		o := cfg.OAuth
+		proxies, err := o.TrustedProxyPrefixes()
+		if err != nil {
+			return nil, fmt.Errorf("auth: %w", err)
+		}
 		opts.OAuth = &OAuthOptions{
-			ClientID:     o.ClientID,
-			ClientSecret: o.ClientSecret,
-			RedirectURL:  o.RedirectURL,
-			AuthURL:      o.AuthURL,
-			TokenURL:     o.TokenURL,
-			UserinfoURL:  o.UserinfoURL,
-			Scopes:       o.Scopes,
+			ClientID:             o.ClientID,
+			ClientSecret:         o.ClientSecret,
+			RedirectURL:          o.RedirectURL,
+			AuthURL:              o.AuthURL,
+			TokenURL:             o.TokenURL,
+			UserinfoURL:          o.UserinfoURL,
+			Scopes:               o.Scopes,
+			MaxPending:           o.MaxPendingLogins,
+			MaxPendingPerAddress: o.MaxPendingLoginsPerAddress,
+			TrustedProxies:       proxies,
 		}
 	}
 	return New(opts)
@@ -289,9 +307,13 @@ func (a *Authenticator) AuthenticateToken(ctx context.Context, token string) (Pr
 	return p, nil
 }
 
-// domainAllows reports whether email is in the trusted domain.
+// domainAllows reports whether email is in the trusted domain; with no
+// domain, whether any address is allowed.
 func (a *Authenticator) domainAllows(email string) bool {
-	return a.domain == "" || strings.HasSuffix(strings.ToLower(email), a.domain)
+	if a.domain == "" {
+		return a.anyEmail
+	}
+	return strings.HasSuffix(strings.ToLower(email), a.domain)
 }
 
 // HashToken is the digest under which a token is stored.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -45,26 +46,28 @@ const (
 
 // Defaults. Default returns a Config holding these.
 const (
-	DefaultEnvironment           = EnvProduction
-	DefaultPublicHostname        = "localhost"
-	DefaultListenAddress         = ":8443"
-	DefaultInsecureListenAddress = "127.0.0.1:8080"
-	DefaultMaxBodyBytes          = 1 << 20 // 1MiB
-	DefaultOAuthAuthURL          = "https://accounts.google.com/o/oauth2/auth"
-	DefaultOAuthTokenURL         = "https://oauth2.googleapis.com/token"
-	DefaultOAuthUserinfoURL      = "https://openidconnect.googleapis.com/v1/userinfo"
-	DefaultStorageDriver         = DriverAuto
-	DefaultLoopbackSize          = 20 << 30 // 20GiB
-	DefaultPostgresBinDir        = "/usr/lib/postgresql/{version}/bin"
-	DefaultPostgresUser          = "postgres"
-	DefaultMinPort               = 15432
-	DefaultMaxPort               = 16432
-	DefaultSharedBuffers         = "32MB"
-	DefaultSocketDir             = "/run/sindri"
-	DefaultInstanceTTL           = 24 * time.Hour
-	DefaultMaxInstanceTTL        = 168 * time.Hour
-	DefaultExpiryInterval        = 30 * time.Second
-	DefaultUploadAccount         = "sindri-upload"
+	DefaultEnvironment                = EnvProduction
+	DefaultPublicHostname             = "localhost"
+	DefaultListenAddress              = ":8443"
+	DefaultInsecureListenAddress      = "127.0.0.1:8080"
+	DefaultMaxBodyBytes               = 1 << 20 // 1MiB
+	DefaultOAuthAuthURL               = "https://accounts.google.com/o/oauth2/auth"
+	DefaultOAuthTokenURL              = "https://oauth2.googleapis.com/token"
+	DefaultOAuthUserinfoURL           = "https://openidconnect.googleapis.com/v1/userinfo"
+	DefaultMaxPendingLogins           = 1000
+	DefaultMaxPendingLoginsPerAddress = 10
+	DefaultStorageDriver              = DriverAuto
+	DefaultLoopbackSize               = 20 << 30 // 20GiB
+	DefaultPostgresBinDir             = "/usr/lib/postgresql/{version}/bin"
+	DefaultPostgresUser               = "postgres"
+	DefaultMinPort                    = 15432
+	DefaultMaxPort                    = 16432
+	DefaultSharedBuffers              = "32MB"
+	DefaultSocketDir                  = "/run/sindri"
+	DefaultInstanceTTL                = 24 * time.Hour
+	DefaultMaxInstanceTTL             = 168 * time.Hour
+	DefaultExpiryInterval             = 30 * time.Second
+	DefaultUploadAccount              = "sindri-upload"
 
 	// LoopbackFileSuffix is appended to data_path to form the default
 	// storage.loopback_file.
@@ -106,7 +109,8 @@ type Config struct {
 	SharedSecret string `toml:"shared_secret"`
 
 	// TrustedUserEmailDomain, when set (e.g. "@example.com"), is the
-	// e-mail domain OAuth users must belong to. Must start with "@".
+	// e-mail domain OAuth users must belong to. Must start with "@". With
+	// OAuth on, leaving it empty needs oauth.allow_any_email = true.
 	TrustedUserEmailDomain string `toml:"trusted_user_email_domain"`
 
 	// PublicHostname is the host name or IP address clients use to reach
@@ -175,6 +179,44 @@ type OAuthConfig struct {
 
 	// Scopes requested at login (default ["openid", "email"]).
 	Scopes []string `toml:"scopes"`
+
+	// AllowAnyEmail lets every account the provider vouches for (with a
+	// verified address) log in when trusted_user_email_domain is empty.
+	// Default false: OAuth with an empty domain is a configuration error,
+	// since with Google as the provider it admits any Google account.
+	AllowAnyEmail bool `toml:"allow_any_email"`
+
+	// MaxPendingLogins bounds the logins in progress (default 1000);
+	// MaxPendingLoginsPerAddress those begun from one client address, an
+	// IPv4 address or an IPv6 /64 (default 10). Beyond them a login is
+	// refused with 429; none in progress is dropped. The per-address
+	// bound must be below the other, so one address never takes them all.
+	MaxPendingLogins           int `toml:"max_pending_logins"`
+	MaxPendingLoginsPerAddress int `toml:"max_pending_logins_per_address"`
+
+	// TrustedProxies are the addresses or CIDR networks of reverse
+	// proxies in front of sindrid whose X-Forwarded-For, X-Forwarded-Host
+	// and X-Forwarded-Proto name the client. Default none: the client is
+	// the connection's address and those headers are ignored.
+	TrustedProxies []string `toml:"trusted_proxies"`
+}
+
+// TrustedProxyPrefixes parses TrustedProxies; a bare address is a
+// network of one.
+func (o *OAuthConfig) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range o.TrustedProxies {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("oauth.trusted_proxies: %q is neither an IP address nor a CIDR network such as \"10.0.0.0/8\"", s)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // StorageConfig is the [storage] section: where images and instances live.
@@ -282,6 +324,10 @@ func Default() *Config {
 			TokenURL:    DefaultOAuthTokenURL,
 			UserinfoURL: DefaultOAuthUserinfoURL,
 			Scopes:      slices.Clone(DefaultOAuthScopes),
+
+			MaxPendingLogins:           DefaultMaxPendingLogins,
+			MaxPendingLoginsPerAddress: DefaultMaxPendingLoginsPerAddress,
+			TrustedProxies:             []string{},
 		},
 		Storage: StorageConfig{
 			Driver:       DefaultStorageDriver,
@@ -617,6 +663,9 @@ func (c *Config) validateOAuth(v *validator) {
 		if len(o.Scopes) == 0 {
 			v.errorf("oauth.scopes", "oauth.scopes must not be empty when oauth.client_id is set (e.g. [\"openid\", \"email\"])")
 		}
+		if c.TrustedUserEmailDomain == "" && !o.AllowAnyEmail {
+			v.errorf("trusted_user_email_domain", "trusted_user_email_domain is empty, so the OAuth login would let in any account the provider knows (with Google, anybody's): set trusted_user_email_domain (e.g. \"@example.com\"), or set oauth.allow_any_email = true to accept every verified address")
+		}
 	} else if o.ClientSecret != "" {
 		v.errorf("oauth.client_id", "oauth.client_id must be set when oauth.client_secret is set")
 	}
@@ -633,6 +682,19 @@ func (c *Config) validateOAuth(v *validator) {
 			v.errorf("oauth.scopes", "oauth.scopes must be non-empty words without spaces (got %q)", s)
 			break
 		}
+	}
+	if o.AllowAnyEmail && c.TrustedUserEmailDomain != "" {
+		v.errorf("oauth.allow_any_email", "oauth.allow_any_email = true contradicts trusted_user_email_domain = %q: remove one of them", c.TrustedUserEmailDomain)
+	}
+	switch {
+	case o.MaxPendingLogins < 2:
+		v.errorf("oauth.max_pending_logins", "oauth.max_pending_logins must be at least 2 (got %d; default %d)", o.MaxPendingLogins, DefaultMaxPendingLogins)
+	case o.MaxPendingLoginsPerAddress < 1 || o.MaxPendingLoginsPerAddress >= o.MaxPendingLogins:
+		v.errorf("oauth.max_pending_logins_per_address", "oauth.max_pending_logins_per_address must be at least 1 and below oauth.max_pending_logins (%d), so that one address never takes every slot (got %d; default %d)",
+			o.MaxPendingLogins, o.MaxPendingLoginsPerAddress, DefaultMaxPendingLoginsPerAddress)
+	}
+	if _, err := o.TrustedProxyPrefixes(); err != nil {
+		v.errorf("oauth.trusted_proxies", "%s", err.Error())
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -64,6 +65,10 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"oauth.token_url", c.OAuth.TokenURL, "https://oauth2.googleapis.com/token"},
 		{"oauth.userinfo_url", c.OAuth.UserinfoURL, "https://openidconnect.googleapis.com/v1/userinfo"},
 		{"oauth.scopes", c.OAuth.Scopes, []string{"openid", "email"}},
+		{"oauth.allow_any_email", c.OAuth.AllowAnyEmail, false},
+		{"oauth.max_pending_logins", c.OAuth.MaxPendingLogins, 1000},
+		{"oauth.max_pending_logins_per_address", c.OAuth.MaxPendingLoginsPerAddress, 10},
+		{"oauth.trusted_proxies", c.OAuth.TrustedProxies, []string{}},
 		{"storage.driver", c.Storage.Driver, "auto"},
 		{"storage.zfs_dataset", c.Storage.ZFSDataset, ""},
 		{"storage.loopback_size", c.Storage.LoopbackSize, ByteSize(20 << 30)},
@@ -241,15 +246,15 @@ func TestInvalidValues(t *testing.T) {
 		{name: "max_body_bytes float", file: "[http]\nmax_body_bytes = 1.5", key: "http.max_body_bytes", want: "not a size"},
 
 		// [oauth]
-		{name: "oauth without secret", file: "[oauth]\nclient_id = \"id\"\nredirect_url = \"https://s.example.com/cb\"", key: "oauth.client_secret", want: "required when oauth.client_id is set"},
-		{name: "oauth without redirect", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"", key: "oauth.redirect_url", want: "required when oauth.client_id is set"},
+		{name: "oauth without secret", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nclient_id = \"id\"\nredirect_url = \"https://s.example.com/cb\"", key: "oauth.client_secret", want: "required when oauth.client_id is set"},
+		{name: "oauth without redirect", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"", key: "oauth.redirect_url", want: "required when oauth.client_id is set"},
 		{name: "oauth secret without id", file: "[oauth]\nclient_secret = \"s\"", key: "oauth.client_id", want: "must be set when oauth.client_secret is set"},
 		{name: "redirect_url relative", file: "[oauth]\nredirect_url = \"/oauth_callback\"", key: "oauth.redirect_url", want: "absolute http:// or https:// URL"},
 		{name: "redirect_url ftp", file: "[oauth]\nredirect_url = \"ftp://s.example.com/cb\"", key: "oauth.redirect_url", want: "absolute http:// or https:// URL"},
 		{name: "auth_url", file: "[oauth]\nauth_url = \"accounts.google.com\"", key: "oauth.auth_url", want: "absolute http:// or https:// URL"},
-		{name: "token_url empty with client", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://s.example.com/cb\"\ntoken_url = \"\"", key: "oauth.token_url", want: "required when oauth.client_id is set"},
+		{name: "token_url empty with client", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://s.example.com/cb\"\ntoken_url = \"\"", key: "oauth.token_url", want: "required when oauth.client_id is set"},
 		{name: "userinfo_url", file: "[oauth]\nuserinfo_url = \"openidconnect\"", key: "oauth.userinfo_url", want: "absolute http:// or https:// URL"},
-		{name: "scopes empty with client", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://s.example.com/cb\"\nscopes = []", key: "oauth.scopes", want: "must not be empty"},
+		{name: "scopes empty with client", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://s.example.com/cb\"\nscopes = []", key: "oauth.scopes", want: "must not be empty"},
 		{name: "scope with space", file: "[oauth]\nscopes = [\"openid email\"]", key: "oauth.scopes", want: `(got "openid email")`},
 		{name: "scopes not an array", file: "[oauth]\nscopes = \"openid\"", key: "oauth.scopes", want: "oauth.scopes must be an array, not a string"},
 
@@ -308,6 +313,18 @@ func TestInvalidValues(t *testing.T) {
 		{name: "account with slash", file: "[uploads]\naccount = \"../x\"", key: "uploads.account", want: "must be a user name"},
 		{name: "account upper case", file: "[uploads]\naccount = \"Upload\"", key: "uploads.account", want: "must be a user name"},
 		{name: "account integer", file: "[uploads]\naccount = 1000", key: "uploads.account", want: "uploads.account"},
+
+		// OAuth and the e-mail domain
+		{name: "oauth without a domain", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"https://s.example.com/cb\"",
+			key: "trusted_user_email_domain", want: "set oauth.allow_any_email = true"},
+		{name: "allow_any_email with a domain", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nallow_any_email = true",
+			key: "oauth.allow_any_email", want: `contradicts trusted_user_email_domain = "@example.com"`},
+		{name: "allow_any_email string", file: "[oauth]\nallow_any_email = \"yes\"", key: "oauth.allow_any_email", want: "true or false"},
+		{name: "per address not below all", file: "[oauth]\nmax_pending_logins = 10\nmax_pending_logins_per_address = 10",
+			key: "oauth.max_pending_logins_per_address", want: "below oauth.max_pending_logins (10)"},
+		{name: "per address zero", file: "[oauth]\nmax_pending_logins_per_address = 0", key: "oauth.max_pending_logins_per_address", want: "at least 1"},
+		{name: "max_pending_logins one", file: "[oauth]\nmax_pending_logins = 1", key: "oauth.max_pending_logins", want: "at least 2"},
+		{name: "trusted_proxies bad", file: "[oauth]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.example.com\"]", key: "oauth.trusted_proxies", want: `"proxy.example.com" is neither an IP address nor a CIDR network`},
 
 		// wrong shapes
 		{name: "section not a table", file: "http = 5", key: "http", want: "http must be a table ([http])"},
@@ -385,8 +402,20 @@ func TestValidValues(t *testing.T) {
 		{name: "max_body_bytes integer", file: "[http]\nmax_body_bytes = 2048", check: func(c *Config) any { return c.HTTP.MaxBodyBytes }, want: ByteSize(2048)},
 		{name: "max_body_bytes MiB", file: "[http]\nmax_body_bytes = \"2MiB\"", check: func(c *Config) any { return c.HTTP.MaxBodyBytes }, want: ByteSize(2 << 20)},
 		{name: "max_body_bytes MB", file: "[http]\nmax_body_bytes = \"2MB\"", check: func(c *Config) any { return c.HTTP.MaxBodyBytes }, want: ByteSize(2_000_000)},
-		{name: "oauth complete", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"http://localhost:8080/oauth_callback\"",
+		{name: "oauth complete", file: "trusted_user_email_domain = \"@example.com\"\n[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"http://localhost:8080/oauth_callback\"",
 			check: func(c *Config) any { return c.OAuthEnabled() }, want: true},
+		{name: "oauth any e-mail", file: "[oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\nredirect_url = \"http://localhost:8080/oauth_callback\"\nallow_any_email = true",
+			check: func(c *Config) any { return c.OAuth.AllowAnyEmail }, want: true},
+		{name: "login bounds", file: "[oauth]\nmax_pending_logins = 50\nmax_pending_logins_per_address = 49",
+			check: func(c *Config) any { return [2]int{c.OAuth.MaxPendingLogins, c.OAuth.MaxPendingLoginsPerAddress} }, want: [2]int{50, 49}},
+		{name: "trusted proxies", file: "[oauth]\ntrusted_proxies = [\"10.1.2.3\", \"192.168.0.0/16\", \"::ffff:10.9.9.9\", \"2001:db8::/32\"]",
+			check: func(c *Config) any {
+				ps, err := c.OAuth.TrustedProxyPrefixes()
+				if err != nil {
+					return err
+				}
+				return fmt.Sprint(ps)
+			}, want: "[10.1.2.3/32 192.168.0.0/16 10.9.9.9/32 2001:db8::/32]"},
 		{name: "scopes replaced, not appended", file: "[oauth]\nscopes = [\"openid\"]", check: func(c *Config) any { return c.OAuth.Scopes }, want: []string{"openid"}},
 		{name: "zfs", file: "[storage]\ndriver = \"zfs\"\nzfs_dataset = \"tank/sindri-1\"", check: func(c *Config) any { return c.Storage.ZFSDataset }, want: "tank/sindri-1"},
 		{name: "loopback disabled with 0", file: "[storage]\nloopback_size = \"0\"", check: func(c *Config) any { return c.Storage.LoopbackSize }, want: ByteSize(0)},

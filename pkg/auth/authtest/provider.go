@@ -95,6 +95,13 @@ func (p *Provider) PKCESeen() int {
 	return p.pkceSeen
 }
 
+// Exchanges counts the codes exchanged for tokens.
+func (p *Provider) Exchanges() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exchanges
+}
+
 // Random is a random URL-safe string, for codes, tokens and states.
 func Random() string {
 	b := make([]byte, 16)
