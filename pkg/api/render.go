@@ -9,10 +9,14 @@ import (
 	"strconv"
 
 	"github.com/google/jsonapi"
+	"github.com/sindri-db/sindri/pkg/api/wire"
 )
 
 // WriteResource writes v, a pointer to a struct with google/jsonapi tags, as
-// a JSON:API document {"data":{…},"included":[…]} with status. With
+// a JSON:API document {"data":{…},"included":[…]} with status, and
+// Content-Type application/vnd.api+json, or application/json for a
+// Draupnir client (the request's wire format, recorded by the server's
+// middleware). With
 // jsonapi v1.0.0:
 //
 //   - `jsonapi:"primary,images"` on an int64 id renders "id":"3" (a JSON
@@ -66,7 +70,7 @@ func writePayload(w http.ResponseWriter, status int, v any) error {
 		return writeMarshalError(w, fmt.Errorf("api: marshalling %T: %w", v, err))
 	}
 	h := w.Header()
-	h.Set("Content-Type", MediaType)
+	h.Set("Content-Type", formatOf(w).MediaType())
 	h.Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(status)
 	_, err := w.Write(buf.Bytes())
@@ -83,6 +87,6 @@ func writeMarshalError(w http.ResponseWriter, err error) error {
 		log = t.logger
 	}
 	log.Error("rendering a response failed", "error", err.Error())
-	writeErrorDocument(w, InternalServerError(id))
+	wire.WriteError(w, formatOf(w), InternalServerError(id).wire())
 	return err
 }

@@ -151,7 +151,7 @@ func checkState(values []string) (string, *apiError) {
 // browser to the provider's consent page.
 func (a *Authenticator) HandleAuthenticate(w http.ResponseWriter, r *http.Request) {
 	if a.oauth == nil {
-		writeAPIError(w, errOAuthDisabled)
+		writeAPIError(w, r, errOAuthDisabled)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -160,12 +160,12 @@ func (a *Authenticator) HandleAuthenticate(w http.ResponseWriter, r *http.Reques
 	}
 	state, aerr := checkState(r.URL.Query()["state"])
 	if aerr != nil {
-		writeAPIError(w, aerr)
+		writeAPIError(w, r, aerr)
 		return
 	}
 	verifier, err := a.oauth.flows.start(state, oauth2.GenerateVerifier)
 	if err != nil {
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusConflict, code: "oauth_state_used", title: "Login already completed",
 			detail: "The browser leg of the login with this state has already ended; start a new login.",
 		})
@@ -210,7 +210,7 @@ type TokenResponse struct {
 // finish within WaitTimeout.
 func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Request) {
 	if a.oauth == nil {
-		writeAPIError(w, errOAuthDisabled)
+		writeAPIError(w, r, errOAuthDisabled)
 		return
 	}
 	if r.Method != http.MethodPost {
@@ -220,7 +220,7 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && mt != MediaType) {
-			writeAPIError(w, &apiError{
+			writeAPIError(w, r, &apiError{
 				status: http.StatusUnsupportedMediaType, code: "unsupported_media_type", title: "Unsupported media type",
 				detail: fmt.Sprintf("Send the body as application/json or %s, not %q.", MediaType, ct),
 			})
@@ -236,27 +236,29 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	const shape = `The body must be {"data":{"type":"access_tokens","attributes":{"state":"..."}}}`
 	switch {
 	case err != nil:
-		writeAPIError(w, badRequest(shape+": "+err.Error()+"."))
+		writeAPIError(w, r, badBody(shape+": "+err.Error()+"."))
 		return
 	case body.Data == nil:
-		writeAPIError(w, badRequest(shape+`: "data" is missing.`))
+		writeAPIError(w, r, badBody(shape+`: "data" is missing.`))
 		return
-	case body.Data.Type != "access_tokens":
-		writeAPIError(w, badRequest(fmt.Sprintf(`%s: the type is %q, not "access_tokens".`, shape, body.Data.Type)))
+	case body.Data.Type != "" && body.Data.Type != "access_tokens":
+		// An empty or missing type is the route's own: Draupnir's
+		// clients send "type":"".
+		writeAPIError(w, r, badBody(fmt.Sprintf(`%s: the type is %q, not "access_tokens".`, shape, body.Data.Type)))
 		return
 	case body.Data.Attributes == nil || body.Data.Attributes.State == nil:
-		writeAPIError(w, badRequest(shape+`: "state" is missing.`))
+		writeAPIError(w, r, badBody(shape+`: "state" is missing.`))
 		return
 	}
 	state, aerr := checkState([]string{*body.Data.Attributes.State})
 	if aerr != nil {
-		writeAPIError(w, aerr)
+		writeAPIError(w, r, aerr)
 		return
 	}
 
 	f, err := a.oauth.flows.wait(state)
 	if err != nil {
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusConflict, code: "oauth_state_in_use", title: "Login already waited on",
 			detail: "Another request already waits for the login with this state; start a new login with a new state.",
 		})
@@ -278,20 +280,20 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	switch {
 	case o == nil:
 		a.log.Info("auth: login timed out", "wait", a.oauth.wait)
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusGatewayTimeout, code: "oauth_timeout", title: "Login timed out",
 			detail: fmt.Sprintf("The browser did not finish the login within %s; try again.", a.oauth.wait),
 		})
 		return
 	case o.fail != nil:
-		writeAPIError(w, o.fail)
+		writeAPIError(w, r, o.fail)
 		return
 	}
 
 	secret, tok, err := a.mintOAuthToken(r.Context(), o.email)
 	if err != nil {
 		a.log.Error("auth: minting a login's token", "email", o.email, "err", err)
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusInternalServerError, code: "internal_server_error", title: "Internal server error",
 			detail: "The token could not be recorded; try again.",
 		})
