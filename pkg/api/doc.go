@@ -3,8 +3,9 @@
 // (request ids, access log, panic recovery, the Draupnir-Version header,
 // authentication, body limits), error rendering (Error, WriteError,
 // RegisterClass), request decoding (DecodeJSON, DecodeResource, ParseID,
-// PathID, ID) and JSON:API rendering with google/jsonapi (WriteResource,
-// WriteResources). Resource handlers are registered on Server.Router().
+// PathID, ID), JSON:API rendering with google/jsonapi (WriteResource,
+// WriteResources) and downloads (ServeContent). Resource handlers are
+// registered on Server.Router().
 //
 // The version header chooses the wire format (package wire):
 //
@@ -25,9 +26,11 @@
 //     and code), title, detail and source.
 //
 // So every error must go through WriteError (or be returned to code that
-// calls it): a new code renders in both formats by itself. Successes go
-// through WriteResource/WriteResources, which take the format the
-// middleware recorded for the request.
+// calls it; pkg/auth, which cannot import this package, writes through
+// wire.WriteError): a new code renders in both formats by itself. Never
+// http.Error or a hand-written {"errors":…}. Successes go through
+// WriteResource/WriteResources, which take the format the middleware
+// recorded for the request, and files through ServeContent.
 //
 // DecodeResource takes an empty or missing data.type as the route's own
 // (Draupnir's clients send "type":"") and ignores an empty data.id.
