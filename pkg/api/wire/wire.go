@@ -195,15 +195,16 @@ var draupnirByCode = map[string]*DraupnirError{
 
 // ForDraupnir is the object a Draupnir client gets for e: e.Draupnir if
 // set, else Draupnir's own for e's code, else e's own fields with its code
-// as id.
+// as id. Its status is always e's, the response's.
 func (e Error) ForDraupnir() DraupnirError {
+	d := DraupnirError{ID: e.Code, Code: e.Code, Title: e.Title, Detail: e.Detail, Source: e.Source}
 	if e.Draupnir != nil {
-		return *e.Draupnir
+		d = *e.Draupnir
+	} else if own, ok := draupnirByCode[e.Code]; ok {
+		d = *own
 	}
-	if d, ok := draupnirByCode[e.Code]; ok {
-		return *d
-	}
-	return DraupnirError{ID: e.Code, Status: strconv.Itoa(e.Status), Code: e.Code, Title: e.Title, Detail: e.Detail, Source: e.Source}
+	d.Status = strconv.Itoa(e.Status)
+	return d
 }
 
 type jsonAPIError struct {
