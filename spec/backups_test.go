@@ -156,6 +156,11 @@ func TestBackupsEndToEnd(t *testing.T) {
 		if resp.StatusCode != 206 || string(part) != string(archive[100:200]) {
 			t.Errorf("a range of the archive: %d, %d bytes", resp.StatusCode, len(part))
 		}
+		resp, body := s.download(t, created.ID, ada, "Range", "bytes="+strconv.Itoa(len(archive))+"-")
+		expectError(t, "a range past the end", resp.StatusCode, body, 416, "range_not_satisfiable")
+		if cr := resp.Header.Get("Content-Range"); cr != "bytes */"+strconv.Itoa(len(archive)) {
+			t.Errorf("416 Content-Range %q", cr)
+		}
 	})
 
 	// Restore: an image from the backup, whose clones show the change.

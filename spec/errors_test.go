@@ -212,16 +212,23 @@ func TestAPIErrors(t *testing.T) {
 	})
 
 	t.Run("version header", func(t *testing.T) {
-		for _, c := range []struct{ header, code string }{
-			{"", "missing_api_version_header"},
-			{"4.9.0", "invalid_api_version"},
-			{"5.9.0", "invalid_api_version"},
-			{"garbage", "invalid_api_version"},
+		for _, c := range []struct {
+			header, code string
+			draupnir     bool // a Draupnir client's value: Draupnir's error object
+		}{
+			{"", "missing_api_version_header", false},
+			{"4.9.0", "invalid_api_version", true},
+			{"5.9.0", "invalid_api_version", false},
+			{"garbage", "invalid_api_version", true},
 		} {
+			expect := expectError
+			if c.draupnir {
+				expect = expectDraupnirError
+			}
 			status, body := s.call(t, "POST", "/instances", alice, resourceBody("instances", map[string]any{"image_id": "424242"}), "Draupnir-Version", c.header)
-			expectError(t, "POST /instances with version "+c.header, status, body, 400, c.code)
+			expect(t, "POST /instances with version "+c.header, status, body, 400, c.code)
 			status, body = s.call(t, "GET", "/instances/"+inst.ID, alice, nil, "Draupnir-Version", c.header)
-			expectError(t, "GET /instances/{id} with version "+c.header, status, body, 400, c.code)
+			expect(t, "GET /instances/{id} with version "+c.header, status, body, 400, c.code)
 		}
 	})
 

@@ -152,7 +152,7 @@ func (h *Handlers) downloadBackup(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Repr-Digest", "sha-256=:"+base64.StdEncoding.EncodeToString(sum)+":")
 	}
 	w.Header().Set("ETag", `"`+b.SHA256+`"`)
-	http.ServeContent(w, r, "", b.UpdatedAt, f)
+	ServeContent(w, r, "", b.UpdatedAt, f)
 }
 
 func (h *Handlers) deleteBackup(w http.ResponseWriter, r *http.Request) {

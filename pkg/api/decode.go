@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/sindri-db/sindri/pkg/api/wire"
 )
 
 // CodeRequestTimeout is 408: the body did not arrive within
@@ -102,7 +103,25 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 // line and column), trailing data, a value of the wrong type (the detail
 // names the field), or a string holding NUL (\u0000, which PostgreSQL text
 // cannot store; the detail names the field).
+//
+// A Draupnir client is told of any of these 400s as Draupnir's "Invalid
+// JSON" (wire.DraupnirInvalidJSON).
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	return asInvalidJSON(decodeJSON(w, r, v))
+}
+
+// asInvalidJSON marks a 400 bad_request from reading a request body as
+// Draupnir's "Invalid JSON" for a Draupnir client: what Draupnir answered
+// to every body its JSON:API library could not read.
+func asInvalidJSON(err error) error {
+	var e *Error
+	if errors.As(err, &e) && e.Code == CodeBadRequest && e.Draupnir == nil {
+		return e.WithDraupnir(wire.DraupnirInvalidJSON)
+	}
+	return err
+}
+
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	data, err := readJSONBody(w, r)
 	if err != nil {
 		return err
@@ -262,20 +281,33 @@ func jsonKind(t reflect.Type) string {
 // strings or numbers). It returns data.id ("" when absent; a JSON number is
 // returned as its digits), for the handler to compare with the URL.
 //
-//   - data missing, null or not an object, or type missing: 400 bad_request.
+//   - data missing, null or not an object: 400 bad_request.
+//   - type missing, null or "": taken as typ. Draupnir's clients send
+//     "type":"" (their request structs have no JSON:API type).
 //   - type ≠ typ: 409 conflict. JSON:API 1.0 requires 409 Conflict when a
 //     resource object's type does not match the endpoint's collection; a
 //     400 would also do, but 409 is what a JSON:API client expects.
+//   - id "" or null: returned as "" (Draupnir's clients send "id":"" on
+//     create).
 //   - an attribute attrs does not have: 400 bad_request naming it; an
 //     attribute of the wrong type: 400 naming it and the expected type. A
-//     nil attrs accepts no attributes at all.
+//     nil attrs accepts no attributes at all. Both carry the attribute's
+//     JSON pointer as source ("/data/attributes/image_id").
 //   - a string attribute (or a string inside one) holding NUL (\u0000):
 //     400 bad_request naming the attribute; PostgreSQL text cannot store it.
 //   - a time attribute outside the years 0000-9999 in UTC (RFC 3339 allows
 //     9999-12-31T23:00:00-02:00): 400 bad_request naming it.
 //   - attributes absent or null: attrs is left as is (the handler checks
 //     required attributes). relationships, links and meta are ignored.
+//
+// A Draupnir client is told of any of these 400s as Draupnir's "Invalid
+// JSON" (wire.DraupnirInvalidJSON).
 func DecodeResource(w http.ResponseWriter, r *http.Request, typ string, attrs any) (id string, err error) {
+	id, err = decodeResourceDocument(w, r, typ, attrs)
+	return id, asInvalidJSON(err)
+}
+
+func decodeResourceDocument(w http.ResponseWriter, r *http.Request, typ string, attrs any) (id string, err error) {
 	data, err := readJSONBody(w, r)
 	if err != nil {
 		return "", err
@@ -309,11 +341,10 @@ func DecodeResource(w http.ResponseWriter, r *http.Request, typ string, attrs an
 		}
 		return "", jsonError(raw, err)
 	}
-	if res.Type == nil || *res.Type == "" {
-		return "", BadRequest(fmt.Sprintf("data.type is required (%q)", typ))
-	}
-	if *res.Type != typ {
-		return "", Conflict(fmt.Sprintf("data.type is %q, but this endpoint takes %q", *res.Type, typ))
+	if res.Type != nil && *res.Type != "" && *res.Type != typ {
+		e := Conflict(fmt.Sprintf("data.type is %q, but this endpoint takes %q", *res.Type, typ))
+		e.Source.Pointer = "/data/type"
+		return "", e
 	}
 	if rawID := bytes.TrimSpace(res.ID); len(rawID) > 0 && !bytes.Equal(rawID, []byte("null")) {
 		switch rawID[0] {
@@ -385,11 +416,26 @@ func checkTimes(attrs any) error {
 			if k, _, _ := strings.Cut(f.Tag.Get("json"), ","); k != "" && k != "-" {
 				name = k
 			}
-			return BadRequest(fmt.Sprintf("attribute %q must lie between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z, got %s in UTC",
+			return attributeBadRequest(name, fmt.Sprintf("attribute %q must lie between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z, got %s in UTC",
 				name, t.UTC().Format(time.RFC3339)))
 		}
 	}
 	return nil
+}
+
+// AttributePointer is the JSON pointer to attribute name of a request's
+// resource object, e.g. "/data/attributes/image_id": the source of an
+// error about that attribute.
+func AttributePointer(name string) string {
+	return "/data/attributes/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(name)
+}
+
+// attributeBadRequest is a 400 bad_request about attribute name, with its
+// pointer as source.
+func attributeBadRequest(name, detail string) *Error {
+	e := BadRequest(detail)
+	e.Source.Pointer = AttributePointer(name)
+	return e
 }
 
 func decodeStrict(data []byte, v any) error {
@@ -411,17 +457,17 @@ func attributeError(rawAttrs []byte, ptrType reflect.Type, err error) error {
 				continue
 			}
 			if _, ok := strings.CutPrefix(e.Error(), "json: unknown field "); ok {
-				return BadRequest(fmt.Sprintf("unknown attribute %q", name))
+				return attributeBadRequest(name, fmt.Sprintf("unknown attribute %q", name))
 			}
 			want := jsonKind(fieldType(ptrType.Elem(), name))
 			var typ *json.UnmarshalTypeError
 			if errors.As(e, &typ) {
-				return BadRequest(fmt.Sprintf("attribute %q must be %s, got JSON %s", name, want, typ.Value))
+				return attributeBadRequest(name, fmt.Sprintf("attribute %q must be %s, got JSON %s", name, want, typ.Value))
 			}
 			if fieldType(ptrType.Elem(), name) != nil {
-				return BadRequest(fmt.Sprintf("attribute %q must be %s: %s", name, want, strings.TrimPrefix(e.Error(), "json: ")))
+				return attributeBadRequest(name, fmt.Sprintf("attribute %q must be %s: %s", name, want, strings.TrimPrefix(e.Error(), "json: ")))
 			}
-			return BadRequest(fmt.Sprintf("attribute %q: %s", name, strings.TrimPrefix(e.Error(), "json: ")))
+			return attributeBadRequest(name, fmt.Sprintf("attribute %q: %s", name, strings.TrimPrefix(e.Error(), "json: ")))
 		}
 	}
 	return BadRequest("data.attributes: " + strings.TrimPrefix(err.Error(), "json: "))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/sindri-db/sindri/pkg/api/wire"
 )
 
 func jsonRequest(ct, body string) (*httptest.ResponseRecorder, *http.Request) {
@@ -169,6 +170,62 @@ func TestDecodeResource(t *testing.T) {
 	}
 }
 
+// Draupnir's clients marshal their requests with a JSON:API library and
+// structs that have no primary tag: "type" and "id" come empty. These are
+// their exact bodies (POST /instances, /images, /access_tokens).
+func TestDecodeResourceDraupnirBodies(t *testing.T) {
+	var a imageAttrs
+	id, err := decodeResource(t, "application/json", `{"data":{"type":"","id":"","attributes":{"image_id":"1"}}}`+"\n", "instances", &a)
+	if err != nil || id != "" || a.ImageID != 1 {
+		t.Errorf("POST /instances: %v %q %+v", err, id, a)
+	}
+	a = imageAttrs{}
+	id, err = decodeResource(t, "application/json",
+		`{"data":{"type":"","id":"","attributes":{"anonymisation_script":"","backed_up_at":"2016-01-02T03:04:05Z"}}}`+"\n", "images", &a)
+	if err != nil || id != "" || !a.BackedUpAt.Equal(time.Date(2016, 1, 2, 3, 4, 5, 0, time.UTC)) || a.Anonymise == nil {
+		t.Errorf("POST /images: %v %q %+v", err, id, a)
+	}
+	// A missing or null type is the route's own too.
+	for _, body := range []string{`{"data":{"attributes":{"name":"x"}}}`, `{"data":{"type":null,"attributes":{"name":"x"}}}`} {
+		a = imageAttrs{}
+		if _, err := decodeResource(t, "application/json", body, "images", &a); err != nil || a.Name != "x" {
+			t.Errorf("%s: %v %+v", body, err, a)
+		}
+	}
+	// A wrong type that is not empty stays a conflict, pointing at the type.
+	_, err = decodeResource(t, "application/json", `{"data":{"type":"instance","attributes":{}}}`, "instances", nil)
+	if e := apiErr(t, err, 409, CodeConflict); e.Source.Pointer != "/data/type" {
+		t.Errorf("source %+v", e.Source)
+	}
+}
+
+// A 400 from a body is Draupnir's "Invalid JSON" to a Draupnir client, and
+// names the attribute at fault as a JSON pointer.
+func TestDecodeErrorsForDraupnir(t *testing.T) {
+	var a imageAttrs
+	_, err := decodeResource(t, "application/json", `{"data":{"attributes":{"image_id":"abc"}}}`, "instances", &a)
+	e := apiErr(t, err, 400, CodeBadRequest)
+	if e.Source.Pointer != "/data/attributes/image_id" {
+		t.Errorf("source %+v", e.Source)
+	}
+	if e.Draupnir == nil || *e.Draupnir != wire.DraupnirInvalidJSON {
+		t.Errorf("Draupnir's error %+v, want Invalid JSON", e.Draupnir)
+	}
+	var v struct{}
+	w, r := jsonRequest("application/json", `{`)
+	if e := apiErr(t, DecodeJSON(w, r, &v), 400, CodeBadRequest); e.Draupnir == nil || e.Draupnir.Title != "Invalid JSON" {
+		t.Errorf("DecodeJSON: Draupnir's error %+v", e.Draupnir)
+	}
+	// Not the 415, 413 or 409: those are sindri's own.
+	_, err = decodeResource(t, "text/plain", `{}`, "instances", &a)
+	if e := apiErr(t, err, 415, CodeUnsupportedMediaType); e.Draupnir != nil {
+		t.Errorf("415 with Draupnir's %+v", e.Draupnir)
+	}
+	if got := AttributePointer("a/b~c"); got != "/data/attributes/a~1b~0c" {
+		t.Errorf("AttributePointer: %q", got)
+	}
+}
+
 func TestDecodeResourceErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, ct, body string
@@ -203,7 +260,6 @@ func TestDecodeResourceErrors(t *testing.T) {
 		{"no data", "application/json", `{"meta":{}}`, 400, CodeBadRequest, []string{"no primary data"}},
 		{"null data", "application/json", `{"data":null}`, 400, CodeBadRequest, []string{"no primary data"}},
 		{"data array", "application/json", `{"data":[{"type":"images"}]}`, 400, CodeBadRequest, []string{"single resource object"}},
-		{"no type", "application/json", `{"data":{"attributes":{}}}`, 400, CodeBadRequest, []string{"data.type is required"}},
 		{"type not a string", "application/json", `{"data":{"type":3}}`, 400, CodeBadRequest, []string{"data.type", "a string"}},
 		{"id object", "application/json", `{"data":{"type":"images","id":{}}}`, 400, CodeBadRequest, []string{"data.id"}},
 		{"attributes array", "application/json", `{"data":{"type":"images","attributes":[]}}`, 400, CodeBadRequest, []string{"must be an object"}},

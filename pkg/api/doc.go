@@ -1,8 +1,37 @@
 // Package api is sindri's HTTP foundation for the Draupnir API v5 (see the
 // contract, api.md): a gorilla/mux router wrapped in the API's middleware
 // (request ids, access log, panic recovery, the Draupnir-Version header,
-// authentication, body limits), JSON:API error documents (Error, WriteError,
+// authentication, body limits), error rendering (Error, WriteError,
 // RegisterClass), request decoding (DecodeJSON, DecodeResource, ParseID,
-// PathID, ID) and JSON:API rendering with google/jsonapi (WriteResource,
-// WriteResources). Resource handlers are registered on Server.Router().
+// PathID, ID), JSON:API rendering with google/jsonapi (WriteResource,
+// WriteResources) and downloads (ServeContent). Resource handlers are
+// registered on Server.Router().
+//
+// The version header chooses the wire format (package wire):
+//
+//   - Draupnir-Version 5.4.x or a later 5.x, or no header at all: JSON:API.
+//     Documents and errors are application/vnd.api+json; an error is
+//     {"errors":[{"status","code","title","detail","source"}]}.
+//   - Any other value (5.0-5.3, an older major, a value that is no
+//     version): a Draupnir client, which gets Draupnir's format exactly.
+//     Every response is application/json (204s too, set up front by the
+//     middleware), success documents are the same JSON:API documents, and
+//     an error is one bare object {"id","status","code","title","detail",
+//     "source"}: Draupnir's own for the errors Draupnir had (by code:
+//     unauthorized, resource_not_found, image_not_ready,
+//     image_has_instances, internal_server_error,
+//     missing_api_version_header; or set on the Error with WithDraupnir,
+//     as POST /instances does for an unknown or bad image_id and the body
+//     decoders for Draupnir's "Invalid JSON"), else sindri's code (as id
+//     and code), title, detail and source.
+//
+// So every error must go through WriteError (or be returned to code that
+// calls it; pkg/auth, which cannot import this package, writes through
+// wire.WriteError): a new code renders in both formats by itself. Never
+// http.Error or a hand-written {"errors":…}. Successes go through
+// WriteResource/WriteResources, which take the format the middleware
+// recorded for the request, and files through ServeContent.
+//
+// DecodeResource takes an empty or missing data.type as the route's own
+// (Draupnir's clients send "type":"") and ignores an empty data.id.
 package api

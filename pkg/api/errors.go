@@ -1,14 +1,13 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"sync"
 
+	"github.com/sindri-db/sindri/pkg/api/wire"
 	"github.com/sindri-db/sindri/pkg/version"
 )
 
@@ -41,14 +40,42 @@ var ErrUnauthorized = errors.New("unauthorized")
 
 const unauthorizedDetail = "missing or invalid bearer token in the Authorization header"
 
-// Error is an error that knows its JSON:API rendering. Handlers return (or
-// pass to WriteError) an *Error when they know the status and code; Detail is
-// shown to the client verbatim, so it must not hold internals.
+// Error is an error that knows its rendering. Handlers return (or pass to
+// WriteError) an *Error when they know the status and code; Detail is shown
+// to the client verbatim, so it must not hold internals. WriteError renders
+// it in the request's wire format (package wire): a JSON:API error document
+// for API 5.4, Draupnir's bare error object for a Draupnir client, which
+// gets Draupnir's own wording for the codes Draupnir had one error for
+// (see wire.Error.ForDraupnir), else these fields with Code as id.
 type Error struct {
 	Status int    // HTTP status
 	Code   string // machine-readable code, e.g. "resource_not_found"
 	Title  string // short summary, the same for every occurrence of Code
 	Detail string // this occurrence, for humans
+	// Source optionally names the part of the request at fault, e.g.
+	// {Pointer: "/data/attributes/ttl"}.
+	Source ErrorSource
+	// Draupnir optionally is the object a Draupnir client gets instead:
+	// Draupnir's own error for this case, where Code alone does not tell
+	// (see WithDraupnir).
+	Draupnir *wire.DraupnirError
+}
+
+// ErrorSource is JSON:API's source member of an error.
+type ErrorSource = wire.Source
+
+// WithDraupnir returns a copy of e that a Draupnir client sees as d, for
+// an error Draupnir had under a code sindri shares with others (for
+// example POST /instances naming an unknown image: Draupnir's "Image Not
+// Found").
+func (e *Error) WithDraupnir(d wire.DraupnirError) *Error {
+	c := *e
+	c.Draupnir = &d
+	return &c
+}
+
+func (e *Error) wire() wire.Error {
+	return wire.Error{Status: e.Status, Code: e.Code, Title: e.Title, Detail: e.Detail, Source: e.Source, Draupnir: e.Draupnir}
 }
 
 func (e *Error) Error() string {
@@ -106,9 +133,11 @@ func MissingAPIVersionHeader() *Error {
 // InvalidAPIVersion is 400 invalid_api_version; the detail names the
 // request's version and the server's.
 func InvalidAPIVersion(got string) *Error {
-	return NewError(http.StatusBadRequest, CodeInvalidAPIVersion, "Invalid API version",
+	e := NewError(http.StatusBadRequest, CodeInvalidAPIVersion, "Invalid API version",
 		fmt.Sprintf("%s %q is not compatible with the server's API version %s (need MAJOR.MINOR.PATCH with major %d and minor at most %d)",
 			VersionHeader, got, version.API, apiMajor, apiMinor))
+	e.Draupnir = wire.DraupnirInvalidAPIVersion(got, version.API)
+	return e
 }
 
 // UnsupportedMediaType is 415 unsupported_media_type.
@@ -234,10 +263,15 @@ func AsError(err error, requestID string) (e *Error, internal bool) {
 	return InternalServerError(requestID), true
 }
 
-// WriteError renders err as a JSON:API error document (see AsError); errors
-// that would leak internals are logged with the request id instead. A nil
-// err renders as a 500. If the response has already started, WriteError
-// only logs.
+// WriteError renders err in the request's wire format (wire.FormatOf: a
+// JSON:API error document for API 5.4 and requests without the version
+// header, Draupnir's bare error object for Draupnir's clients; see
+// AsError for how err is classified); errors that would leak internals are
+// logged with the request id instead. A nil err renders as a 500. If the
+// response has already started, WriteError only logs.
+//
+// It is the one way to answer with an error: an error written otherwise
+// would reach a Draupnir client in the wrong format.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	if err == nil {
 		err = errors.New("api: WriteError called with a nil error")
@@ -259,28 +293,5 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	if e.Status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sindri"`)
 	}
-	writeErrorDocument(w, e)
-}
-
-type errorObject struct {
-	Status string `json:"status"`
-	Code   string `json:"code"`
-	Title  string `json:"title"`
-	Detail string `json:"detail,omitempty"`
-}
-
-// writeErrorDocument writes e as {"errors":[{status,code,title,detail}]}.
-func writeErrorDocument(w http.ResponseWriter, e *Error) {
-	body, err := json.Marshal(struct {
-		Errors []errorObject `json:"errors"`
-	}{[]errorObject{{Status: strconv.Itoa(e.Status), Code: e.Code, Title: e.Title, Detail: e.Detail}}})
-	if err != nil { // cannot happen: only strings
-		body = []byte(`{"errors":[{"status":"500","code":"internal_server_error","title":"Internal server error"}]}`)
-	}
-	h := w.Header()
-	h.Set("Content-Type", MediaType)
-	h.Set("Content-Length", strconv.Itoa(len(body)+1))
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(e.Status)
-	w.Write(append(body, '\n'))
+	wire.WriteError(w, wire.FormatOf(r), e.wire())
 }

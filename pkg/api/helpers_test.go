@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -160,3 +161,51 @@ func wantError(t *testing.T, w *httptest.ResponseRecorder, status int, code stri
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// draupnirError is Draupnir's bare error object, decoded strictly.
+type draupnirError struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Code   string `json:"code"`
+	Title  string `json:"title"`
+	Detail string `json:"detail"`
+	Source struct {
+		Pointer   string `json:"pointer,omitempty"`
+		Parameter string `json:"parameter,omitempty"`
+	} `json:"source"`
+}
+
+// wantDraupnirError checks that w is Draupnir's error: status, Content-Type
+// application/json, and a body of exactly one object with Draupnir's six
+// members (source always present); it returns the object.
+func wantDraupnirError(t *testing.T, w *httptest.ResponseRecorder, status int) draupnirError {
+	t.Helper()
+	if w.Code != status {
+		t.Fatalf("status %d, want %d; body %s", w.Code, status, w.Body)
+	}
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", ct)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(w.Body.Bytes(), &members); err != nil {
+		t.Fatalf("body is not one JSON object: %v: %s", err, w.Body)
+	}
+	for _, k := range []string{"id", "status", "code", "title", "detail", "source"} {
+		if _, ok := members[k]; !ok {
+			t.Errorf("member %q missing: %s", k, w.Body)
+		}
+	}
+	if len(members) != 6 {
+		t.Errorf("want exactly Draupnir's six members: %s", w.Body)
+	}
+	dec := json.NewDecoder(bytes.NewReader(w.Body.Bytes()))
+	dec.DisallowUnknownFields()
+	var e draupnirError
+	if err := dec.Decode(&e); err != nil {
+		t.Fatalf("not Draupnir's error object: %v: %s", err, w.Body)
+	}
+	if e.Status != itoa(int64(status)) || e.Title == "" || e.Detail == "" {
+		t.Errorf("error %+v: want status %d, a title and a detail", e, status)
+	}
+	return e
+}

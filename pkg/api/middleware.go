@@ -12,22 +12,23 @@ import (
 	"net/http"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/sindri-db/sindri/pkg/api/wire"
 	"github.com/sindri-db/sindri/pkg/version"
 )
 
 // Header names.
 const (
-	VersionHeader   = "Draupnir-Version"
+	VersionHeader   = wire.VersionHeader
 	RequestIDHeader = "X-Request-Id"
 )
 
-// MediaType is the JSON:API media type of every response document.
-const MediaType = "application/vnd.api+json"
+// MediaType is the JSON:API media type of API 5.4's response documents (a
+// Draupnir client gets application/json instead: see package wire).
+const MediaType = wire.JSONAPIMediaType
 
 // The API version this server accepts requests for: major apiMajor, minor at
 // most apiMinor (from version.API, "5.4.0").
@@ -88,6 +89,7 @@ type tracker struct {
 	wroteHeader bool
 	route       string       // path template of the matched route, set by the router
 	logger      *slog.Logger // the request's logger, for helpers without the request
+	format      wire.Format  // the request's wire format, for helpers without the request
 }
 
 func (t *tracker) WriteHeader(code int) {
@@ -152,6 +154,15 @@ func findTracker(w http.ResponseWriter) *tracker {
 	return nil
 }
 
+// formatOf is the wire format recorded for w's request by the server's
+// middleware; JSON:API outside a Server.
+func formatOf(w http.ResponseWriter) wire.Format {
+	if t := findTracker(w); t != nil {
+		return t.format
+	}
+	return wire.JSONAPI
+}
+
 // track returns w's tracker, wrapping w in a new one if it has none.
 func track(w http.ResponseWriter) (*tracker, http.ResponseWriter) {
 	if t := findTracker(w); t != nil {
@@ -214,12 +225,22 @@ type RequestInfo struct {
 // may hold an OAuth code, nor any header), route, status, bytes, duration_ms,
 // request_id, remote. A handler aborted with http.ErrAbortHandler is logged
 // too (aborted=true). 5xx are logged at level ERROR.
+//
+// It also records the request's wire format on the tracker (for
+// WriteResource and the other helpers without the request) and, for a
+// Draupnir client, sets Content-Type: application/json up front, as
+// Draupnir did: every answer that sets no type of its own carries it, 204s
+// included.
 func accessLog(logger *slog.Logger, observe func(RequestInfo)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			t, tw := track(w)
 			t.logger = LoggerFrom(r.Context())
+			t.format = wire.FormatOf(r)
+			if t.format == wire.Draupnir {
+				tw.Header().Set("Content-Type", t.format.MediaType())
+			}
 			completed := false
 			defer func() {
 				d := time.Since(start)
@@ -292,7 +313,7 @@ func recoverPanics(next http.Handler) http.Handler {
 			for k, v := range keep {
 				h.Set(k, v)
 			}
-			writeErrorDocument(tw, InternalServerError(RequestID(ctx)))
+			wire.WriteError(tw, wire.FormatOf(r), InternalServerError(RequestID(ctx)).wire())
 		}()
 		next.ServeHTTP(tw, r)
 	})
@@ -300,25 +321,7 @@ func recoverPanics(next http.Handler) http.Handler {
 
 // parseAPIVersion parses MAJOR.MINOR.PATCH: three non-empty decimal
 // numbers without sign or leading zeros.
-func parseAPIVersion(s string) (major, minor int, ok bool) {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 {
-		return 0, 0, false
-	}
-	var n [3]int
-	for i, p := range parts {
-		if p == "" || len(p) > 9 || (len(p) > 1 && p[0] == '0') {
-			return 0, 0, false
-		}
-		for j := 0; j < len(p); j++ {
-			if p[j] < '0' || p[j] > '9' {
-				return 0, 0, false
-			}
-		}
-		n[i], _ = strconv.Atoi(p)
-	}
-	return n[0], n[1], true
-}
+func parseAPIVersion(s string) (major, minor int, ok bool) { return wire.ParseVersion(s) }
 
 // checkVersion validates a request's Draupnir-Version header values: nil if
 // compatible (major 5, minor ≤ 4, patch ignored).
@@ -441,12 +444,12 @@ func readTimeout(d time.Duration) func(http.Handler) http.Handler {
 	}
 }
 
-// notFound is the router's JSON:API 404 for unknown routes.
+// notFound is the router's 404 for unknown routes.
 func notFound(w http.ResponseWriter, r *http.Request) {
 	WriteError(w, r, NotFound(fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)))
 }
 
-// methodNotAllowed is the router's JSON:API 405 for a known path with a
+// methodNotAllowed is the router's 405 for a known path with a
 // wrong method, with the Allow header listing the methods that would match.
 func methodNotAllowed(router *mux.Router) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -20,28 +20,32 @@ func TestVersionHeader(t *testing.T) {
 	s, _ := newTestServer(t, Options{})
 	h := s.Handler()
 	for _, tc := range []struct {
-		name    string
-		values  []string // nil: no header
-		status  int
-		code    string
-		mention string // the detail names this
+		name     string
+		values   []string // nil: no header
+		status   int
+		code     string
+		mention  string // the detail names this
+		draupnir bool   // answered in Draupnir's format
 	}{
 		{name: "missing", values: nil, status: 400, code: CodeMissingAPIVersionHeader, mention: version.API},
-		{name: "old major", values: []string{"4.9.0"}, status: 400, code: CodeInvalidAPIVersion, mention: "4.9.0"},
 		{name: "newer minor", values: []string{"5.9.0"}, status: 400, code: CodeInvalidAPIVersion, mention: "5.9.0"},
-		{name: "major 6", values: []string{"6.0.0"}, status: 400, code: CodeInvalidAPIVersion, mention: "6.0.0"},
-		{name: "garbage", values: []string{"garbage"}, status: 400, code: CodeInvalidAPIVersion, mention: "garbage"},
-		{name: "major only", values: []string{"5"}, status: 400, code: CodeInvalidAPIVersion, mention: `"5"`},
-		{name: "two parts", values: []string{"5.4"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "x minor", values: []string{"5.x.0"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "v prefix", values: []string{"v5.4.0"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "empty", values: []string{""}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "prerelease", values: []string{"5.4.0-rc1"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "leading zero", values: []string{"5.04.0"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "negative", values: []string{"5.-1.0"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "four parts", values: []string{"5.4.0.1"}, status: 400, code: CodeInvalidAPIVersion},
-		{name: "huge", values: []string{"5.99999999999999999999.0"}, status: 400, code: CodeInvalidAPIVersion},
 		{name: "two headers", values: []string{"5.4.0", "5.3.0"}, status: 400, code: CodeInvalidAPIVersion},
+		// Any other value is answered in Draupnir's format: only Draupnir's
+		// clients send one.
+		{name: "old major", values: []string{"4.9.0"}, status: 400, code: CodeInvalidAPIVersion, mention: "4.9.0", draupnir: true},
+		{name: "draupnir's spec", values: []string{"0.0.0"}, status: 400, code: CodeInvalidAPIVersion, mention: "0.0.0", draupnir: true},
+		{name: "major 6", values: []string{"6.0.0"}, status: 400, code: CodeInvalidAPIVersion, mention: "6.0.0", draupnir: true},
+		{name: "garbage", values: []string{"garbage"}, status: 400, code: CodeInvalidAPIVersion, mention: "garbage", draupnir: true},
+		{name: "major only", values: []string{"5"}, status: 400, code: CodeInvalidAPIVersion, mention: "(5)", draupnir: true},
+		{name: "two parts", values: []string{"5.4"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "x minor", values: []string{"5.x.0"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "v prefix", values: []string{"v5.4.0"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "empty", values: []string{""}, status: 400, code: CodeInvalidAPIVersion, mention: "()", draupnir: true},
+		{name: "prerelease", values: []string{"5.4.0-rc1"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "leading zero", values: []string{"5.04.0"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "negative", values: []string{"5.-1.0"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "four parts", values: []string{"5.4.0.1"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
+		{name: "huge", values: []string{"5.99999999999999999999.0"}, status: 400, code: CodeInvalidAPIVersion, draupnir: true},
 		{name: "draupnir 5.3", values: []string{"5.3.0"}, status: 200},
 		{name: "5.4.9 patch ignored", values: []string{"5.4.9"}, status: 200},
 		{name: "exact", values: []string{"5.4.0"}, status: 200},
@@ -64,7 +68,16 @@ func TestVersionHeader(t *testing.T) {
 				}
 				return
 			}
-			detail := wantError(t, w, tc.status, tc.code)
+			var detail string
+			if tc.draupnir {
+				e := wantDraupnirError(t, w, tc.status)
+				if e.ID != tc.code || e.Code != tc.code || e.Title != "Invalid API Version" {
+					t.Errorf("Draupnir error %+v, want Draupnir's invalid_api_version", e)
+				}
+				detail = e.Detail
+			} else {
+				detail = wantError(t, w, tc.status, tc.code)
+			}
 			if !strings.Contains(detail, version.API) {
 				t.Errorf("detail %q does not name the server's version", detail)
 			}

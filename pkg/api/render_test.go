@@ -170,3 +170,34 @@ func wantErrorNoVersion(t *testing.T, w *httptest.ResponseRecorder) string {
 	}
 	return doc.Errors[0].Detail
 }
+
+// ServeContent's refusals are API errors in the request's format.
+func TestServeContentRefusals(t *testing.T) {
+	s, _ := newTestServer(t, Options{})
+	modtime := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	s.Router().HandleFunc("/blob", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/zstd")
+		w.Header().Set("ETag", `"abc"`)
+		ServeContent(w, r, "", modtime, strings.NewReader("0123456789"))
+	}).Methods(http.MethodGet)
+	h := s.Handler()
+
+	w := do(h, req{method: "GET", path: "/blob", header: map[string]string{"Range": "bytes=2-4"}})
+	if w.Code != 206 || w.Body.String() != "234" || w.Header().Get("Content-Type") != "application/zstd" {
+		t.Fatalf("a range: %d %q %v", w.Code, w.Body, w.Header())
+	}
+	w = do(h, req{method: "GET", path: "/blob", header: map[string]string{"Range": "bytes=20-30"}})
+	wantError(t, w, 416, CodeRangeNotSatisfiable)
+	if cr := w.Header().Get("Content-Range"); cr != "bytes */10" {
+		t.Errorf("Content-Range %q", cr)
+	}
+	wantError(t, do(h, req{method: "GET", path: "/blob", header: map[string]string{"If-Match": `"other"`}}), 412, CodePreconditionFailed)
+	e := wantDraupnirError(t, do(h, req{method: "GET", path: "/blob",
+		header: map[string]string{"Range": "bytes=20-30", VersionHeader: "5.3.6"}}), 416)
+	if e.Code != CodeRangeNotSatisfiable {
+		t.Errorf("Draupnir client: %+v", e)
+	}
+	if w := do(h, req{method: "GET", path: "/blob"}); w.Code != 200 || w.Body.String() != "0123456789" {
+		t.Errorf("whole: %d %q", w.Code, w.Body)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/api/wire"
 	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/postgres"
@@ -402,11 +403,17 @@ func (h *Handlers) createInstance(w http.ResponseWriter, r *http.Request) {
 		Protected bool   `json:"protected"`
 	}
 	if _, err := DecodeResource(w, r, "instances", &attrs); err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Source.Pointer == AttributePointer("image_id") {
+			err = e.WithDraupnir(wire.DraupnirBadImageID)
+		}
 		WriteError(w, r, err)
 		return
 	}
 	if attrs.ImageID == nil {
-		WriteError(w, r, BadRequest("attribute image_id is required (the id of a ready image, such as \"3\")"))
+		e := BadRequest("attribute image_id is required (the id of a ready image, such as \"3\")")
+		e.Source.Pointer = AttributePointer("image_id")
+		WriteError(w, r, e.WithDraupnir(wire.DraupnirBadImageID))
 		return
 	}
 	var ttl time.Duration
@@ -426,7 +433,7 @@ func (h *Handlers) createInstance(w http.ResponseWriter, r *http.Request) {
 		ImageID: int64(*attrs.ImageID), Owner: principal(r).Owner(), ExpiresAt: expiresAt, Protected: attrs.Protected,
 	})
 	if errors.Is(err, engine.ErrNotFound) {
-		err = NotFound(fmt.Sprintf("there is no image %d", int64(*attrs.ImageID)))
+		err = NotFound(fmt.Sprintf("there is no image %d", int64(*attrs.ImageID))).WithDraupnir(wire.DraupnirImageNotFound)
 	}
 	if err != nil {
 		WriteError(w, r, err)

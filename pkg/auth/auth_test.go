@@ -977,6 +977,109 @@ func TestMalformedAccessTokens(t *testing.T) {
 	}
 }
 
+// draupnirPost sends POST /access_tokens as Draupnir 5.3.6's client does:
+// its headers, and its body (marshalled from a struct without a JSON:API
+// type, so "type" and "id" are empty).
+func (e *env) draupnirPost(state string) response {
+	e.t.Helper()
+	body := fmt.Sprintf(`{"data":{"type":"","id":"","attributes":{"state":%q}}}`+"\n", state)
+	req, err := http.NewRequest(http.MethodPost, e.srv.URL+"/access_tokens", strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer ")
+	req.Header.Set("Draupnir-Version", "5.3.6")
+	return do(e.t, http.DefaultClient, req)
+}
+
+// draupnirWait starts draupnirPost in the background and returns once the
+// login waits on state.
+func (e *env) draupnirWait(state string) chan response {
+	e.t.Helper()
+	ch := make(chan response, 1)
+	go func() { ch <- e.draupnirPost(state) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !auth.Waiting(e.auth, state) {
+		if time.Now().After(deadline) {
+			e.t.Fatal("the Draupnir request is not waiting")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return ch
+}
+
+// draupnirErrorOf checks Draupnir's bare error object and returns it.
+func draupnirErrorOf(t *testing.T, r response, status int) map[string]any {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("want %d, got %s", status, r)
+	}
+	if ct := r.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("content type %q, want application/json", ct)
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(r.body, &obj); err != nil {
+		t.Fatalf("not one JSON object: %s", r.body)
+	}
+	for _, k := range []string{"id", "status", "code", "title", "detail", "source"} {
+		if _, ok := obj[k]; !ok || len(obj) != 6 {
+			t.Errorf("not Draupnir's six members (no %q): %s", k, r.body)
+		}
+	}
+	if obj["status"] != fmt.Sprint(status) || obj["title"] == "" || obj["detail"] == "" {
+		t.Errorf("incomplete error object: %s", r.body)
+	}
+	return obj
+}
+
+// A Draupnir client logs in with its own body and reads its own errors.
+func TestDraupnirClientAccessTokens(t *testing.T) {
+	e := newEnv(t)
+	e.prov.LoginEmail("dora@example.com")
+	state := "1298498081" // Draupnir's states are rand.Int31() in decimal
+	waiting := e.draupnirWait(state)
+	e.login(state)
+	tok := tokenOf(t, receive(t, waiting))
+	if p := e.mustAuthenticate(tok.RefreshToken); p.Email != "dora@example.com" {
+		t.Errorf("principal %+v", p)
+	}
+
+	// A refused login: sindri's code and words, in Draupnir's object.
+	e.prov.LoginEmail("mallory@evil.com")
+	state = "1298498082"
+	waiting = e.draupnirWait(state)
+	e.browse(state)
+	obj := draupnirErrorOf(t, receive(t, waiting), http.StatusForbidden)
+	if obj["id"] != "oauth_email_domain" || obj["code"] != "oauth_email_domain" || !strings.Contains(obj["detail"].(string), "mallory@evil.com") {
+		t.Errorf("refused login: %v", obj)
+	}
+
+	// A body that is not the document is Draupnir's "Invalid JSON".
+	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/access_tokens", strings.NewReader(`{"data":`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Draupnir-Version", "5.3.6")
+	obj = draupnirErrorOf(t, do(t, http.DefaultClient, req), http.StatusBadRequest)
+	if obj["title"] != "Invalid JSON" || obj["detail"] != "Your JSON is malformed" || obj["id"] != "bad_request" {
+		t.Errorf("malformed body: %v", obj)
+	}
+	// The same from a 5.4 client is a JSON:API document with the reason.
+	req, _ = http.NewRequest(http.MethodPost, e.srv.URL+"/access_tokens", strings.NewReader(`{"data":`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Draupnir-Version", "5.4.0")
+	apiErrorOf(t, do(t, http.DefaultClient, req), http.StatusBadRequest)
+
+	// The JSON errors of /authenticate too.
+	req, _ = http.NewRequest(http.MethodGet, e.srv.URL+"/authenticate", nil)
+	req.Header.Set("Draupnir-Version", "5.3.6")
+	if obj = draupnirErrorOf(t, do(t, http.DefaultClient, req), http.StatusBadRequest); obj["code"] != "bad_request" {
+		t.Errorf("/authenticate without a state: %v", obj)
+	}
+	if n := auth.PendingLogins(e.auth); n != 0 {
+		t.Errorf("%d logins pending", n)
+	}
+}
+
 func TestOAuthDisabled(t *testing.T) {
 	e := newEnv(t, func(o *auth.Options) { o.OAuth = nil })
 	if e.auth.OAuthEnabled() {
@@ -984,6 +1087,9 @@ func TestOAuthDisabled(t *testing.T) {
 	}
 	apiErrorOf(t, e.get("/authenticate?state=abc"), http.StatusNotImplemented)
 	apiErrorOf(t, e.post("application/json", accessTokensBody("abc")), http.StatusNotImplemented)
+	if obj := draupnirErrorOf(t, e.draupnirPost("abc"), http.StatusNotImplemented); obj["code"] != "oauth_not_configured" {
+		t.Errorf("Draupnir client: %v", obj)
+	}
 	if r := e.get("/oauth_callback?state=abc&code=x"); r.status != http.StatusNotImplemented {
 		t.Errorf("callback: %s", r)
 	}

@@ -1,35 +1,36 @@
 package auth
 
 import (
-	"encoding/json"
 	"net/http"
-	"strconv"
+
+	"github.com/sindri-db/sindri/pkg/api/wire"
 )
 
-// MediaType is JSON:API's media type, used for error documents.
-const MediaType = "application/vnd.api+json"
+// MediaType is JSON:API's media type, used for API 5.4's error documents.
+const MediaType = wire.JSONAPIMediaType
 
-// apiError is one JSON:API error object.
+// apiError is one API error, written in the request's wire format by
+// writeAPIError.
 type apiError struct {
 	status              int
 	code, title, detail string
+	// draupnir, if set, is what a Draupnir client (API 5.3 or older) gets
+	// instead: Draupnir's own error for the case.
+	draupnir *wire.DraupnirError
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.detail }
 
-type errorDocument struct {
-	Errors []errorObject `json:"errors"`
-}
-
-type errorObject struct {
-	Status string `json:"status"`
-	Code   string `json:"code"`
-	Title  string `json:"title"`
-	Detail string `json:"detail,omitempty"`
-}
-
 func badRequest(detail string) *apiError {
 	return &apiError{status: http.StatusBadRequest, code: "bad_request", title: "Bad request", detail: detail}
+}
+
+// badBody is a 400 for a request body that is not the route's document;
+// Draupnir answered those with its "Invalid JSON".
+func badBody(detail string) *apiError {
+	e := badRequest(detail)
+	e.draupnir = &wire.DraupnirInvalidJSON
+	return e
 }
 
 var errOAuthDisabled = &apiError{
@@ -37,21 +38,19 @@ var errOAuthDisabled = &apiError{
 	detail: "This server has no [oauth] section with a client_id; use an API token or the shared secret.",
 }
 
-// writeAPIError answers with a JSON:API error document.
-func writeAPIError(w http.ResponseWriter, e *apiError) {
-	h := w.Header()
-	h.Set("Content-Type", MediaType)
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(e.status)
-	json.NewEncoder(w).Encode(errorDocument{Errors: []errorObject{{
-		Status: strconv.Itoa(e.status), Code: e.code, Title: e.title, Detail: e.detail,
-	}}})
+// writeAPIError answers r with e in r's wire format (wire.FormatOf): a
+// JSON:API error document for API 5.4, Draupnir's bare error object for a
+// Draupnir client.
+func writeAPIError(w http.ResponseWriter, r *http.Request, e *apiError) {
+	w.Header().Set("Cache-Control", "no-store")
+	wire.WriteError(w, wire.FormatOf(r), wire.Error{
+		Status: e.status, Code: e.code, Title: e.title, Detail: e.detail, Draupnir: e.draupnir,
+	})
 }
 
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allowed string) {
 	w.Header().Set("Allow", allowed)
-	writeAPIError(w, &apiError{
+	writeAPIError(w, r, &apiError{
 		status: http.StatusMethodNotAllowed, code: "method_not_allowed", title: "Method not allowed",
 		detail: r.Method + " is not allowed here; use " + allowed + ".",
 	})

@@ -267,7 +267,7 @@ func (a *Authenticator) tooMany(w http.ResponseWriter, err error, addr netip.Add
 // page (first to the redirect URL's host, if the browser came to another).
 func (a *Authenticator) HandleAuthenticate(w http.ResponseWriter, r *http.Request) {
 	if a.oauth == nil {
-		writeAPIError(w, errOAuthDisabled)
+		writeAPIError(w, r, errOAuthDisabled)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -276,7 +276,7 @@ func (a *Authenticator) HandleAuthenticate(w http.ResponseWriter, r *http.Reques
 	}
 	state, aerr := checkState(r.URL.Query()["state"])
 	if aerr != nil {
-		writeAPIError(w, aerr)
+		writeAPIError(w, r, aerr)
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
@@ -289,23 +289,23 @@ func (a *Authenticator) HandleAuthenticate(w http.ResponseWriter, r *http.Reques
 	verifier, name, value, err := a.oauth.flows.start(state, addrKey(addr), cookieOf(r), oauth2.GenerateVerifier)
 	switch {
 	case errors.Is(err, errStateUsed):
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusConflict, code: "oauth_state_used", title: "Login already completed",
 			detail: "The browser leg of the login with this state has already ended; start a new login.",
 		})
 		return
 	case errors.Is(err, errContested):
-		writeAPIError(w, contestedOutcome.fail)
+		writeAPIError(w, r, contestedOutcome.fail)
 		return
 	case errors.Is(err, errOtherBrowser):
 		a.log.Warn("auth: login link opened in a second browser", "client", showAddr(addr))
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusConflict, code: "oauth_login_other_browser", title: "Login opened in another browser",
 			detail: "This login link was opened in another browser already (or this browser keeps no cookies); finish it there, or start a new login.",
 		})
 		return
 	case err != nil:
-		writeAPIError(w, a.tooMany(w, err, addr))
+		writeAPIError(w, r, a.tooMany(w, err, addr))
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -351,7 +351,7 @@ type TokenResponse struct {
 // within WaitTimeout.
 func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Request) {
 	if a.oauth == nil {
-		writeAPIError(w, errOAuthDisabled)
+		writeAPIError(w, r, errOAuthDisabled)
 		return
 	}
 	if r.Method != http.MethodPost {
@@ -361,7 +361,7 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && mt != MediaType) {
-			writeAPIError(w, &apiError{
+			writeAPIError(w, r, &apiError{
 				status: http.StatusUnsupportedMediaType, code: "unsupported_media_type", title: "Unsupported media type",
 				detail: fmt.Sprintf("Send the body as application/json or %s, not %q.", MediaType, ct),
 			})
@@ -377,22 +377,22 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	const shape = `The body must be {"data":{"type":"access_tokens","attributes":{"state":"..."}}}`
 	switch {
 	case err != nil:
-		writeAPIError(w, badRequest(shape+": "+err.Error()+"."))
+		writeAPIError(w, r, badBody(shape+": "+err.Error()+"."))
 		return
 	case body.Data == nil:
-		writeAPIError(w, badRequest(shape+`: "data" is missing.`))
+		writeAPIError(w, r, badBody(shape+`: "data" is missing.`))
 		return
 	// Draupnir clients send "type":"" (the contract: the route's own type).
 	case body.Data.Type != nil && *body.Data.Type != "" && *body.Data.Type != "access_tokens":
-		writeAPIError(w, badRequest(fmt.Sprintf(`%s: the type is %q, not "access_tokens".`, shape, *body.Data.Type)))
+		writeAPIError(w, r, badBody(fmt.Sprintf(`%s: the type is %q, not "access_tokens".`, shape, *body.Data.Type)))
 		return
 	case body.Data.Attributes == nil || body.Data.Attributes.State == nil:
-		writeAPIError(w, badRequest(shape+`: "state" is missing.`))
+		writeAPIError(w, r, badBody(shape+`: "state" is missing.`))
 		return
 	}
 	state, aerr := checkState([]string{*body.Data.Attributes.State})
 	if aerr != nil {
-		writeAPIError(w, aerr)
+		writeAPIError(w, r, aerr)
 		return
 	}
 
@@ -401,13 +401,13 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	switch {
 	case errors.Is(err, errStateInUse):
 		a.log.Warn("auth: a second client waits on a login's state: the login is void", "client", showAddr(addr))
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusConflict, code: "oauth_state_in_use", title: "Login already waited on",
 			detail: "Another request already waits for the login with this state, so neither receives it; start a new login with a new state.",
 		})
 		return
 	case err != nil:
-		writeAPIError(w, a.tooMany(w, err, addr))
+		writeAPIError(w, r, a.tooMany(w, err, addr))
 		return
 	}
 	timer := time.NewTimer(a.oauth.wait)
@@ -426,20 +426,20 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	switch {
 	case o == nil:
 		a.log.Info("auth: login timed out", "client", showAddr(addr), "wait", a.oauth.wait)
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusGatewayTimeout, code: "oauth_timeout", title: "Login timed out",
 			detail: fmt.Sprintf("The login was not finished and confirmed in the browser within %s; try again.", a.oauth.wait),
 		})
 		return
 	case o.fail != nil:
-		writeAPIError(w, o.fail)
+		writeAPIError(w, r, o.fail)
 		return
 	}
 
 	secret, tok, err := a.mintOAuthToken(r.Context(), o.email)
 	if err != nil {
 		a.log.Error("auth: minting a login's token", "email", o.email, "err", err)
-		writeAPIError(w, &apiError{
+		writeAPIError(w, r, &apiError{
 			status: http.StatusInternalServerError, code: "internal_server_error", title: "Internal server error",
 			detail: "The token could not be recorded; try again.",
 		})
