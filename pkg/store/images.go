@@ -82,6 +82,12 @@ func (s *Store) ImageSourceURL(ctx context.Context, id int64) (string, error) {
 	return url, wrap(err, "get the source_url of image %d", id)
 }
 
+// CountImagesByStatus counts the images by status; it reads no secret
+// column.
+func (s *Store) CountImagesByStatus(ctx context.Context) (map[ImageStatus]int, error) {
+	return countByStatus[ImageStatus](ctx, s, "images")
+}
+
 // GetImage reads one image.
 func (s *Store) GetImage(ctx context.Context, id int64) (Image, error) {
 	img, err := get[Image](ctx, s, `select `+imageColumns+` from images where id = $1`, id)

@@ -136,6 +136,20 @@ func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, er
 	return insts, wrap(err, "list instances")
 }
 
+// InstanceState is an instance's id and status: what /status and /metrics
+// count, without its credentials.
+type InstanceState struct {
+	ID     int64          `db:"id"`
+	Status InstanceStatus `db:"status"`
+}
+
+// InstanceStates reads every instance's id and status, oldest first; it
+// reads no secret column.
+func (s *Store) InstanceStates(ctx context.Context) ([]InstanceState, error) {
+	states, err := list[InstanceState](ctx, s, `select id, status from instances order by id`)
+	return states, wrap(err, "list instance states")
+}
+
 // SetInstanceStatus sets an instance's status and error ("" clears it).
 func (s *Store) SetInstanceStatus(ctx context.Context, id int64, status InstanceStatus, errText string) error {
 	tag, err := s.pool.Exec(ctx, `update instances set status = $2, error = $3 where id = $1`,

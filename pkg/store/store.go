@@ -178,3 +178,16 @@ func utc(t *time.Time) *time.Time {
 	u := t.UTC()
 	return &u
 }
+
+// countByStatus counts a table's rows by their status column.
+func countByStatus[S ~string](ctx context.Context, s *Store, table string) (map[S]int, error) {
+	rows, _ := s.pool.Query(ctx, `select status, count(*) from `+table+` group by status`)
+	counts := map[S]int{}
+	var status S
+	var n int
+	_, err := pgx.ForEachRow(rows, []any{&status, &n}, func() error {
+		counts[status] = n
+		return nil
+	})
+	return counts, wrap(err, "count %s by status", table)
+}
