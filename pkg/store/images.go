@@ -53,18 +53,24 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 
 // CreateImage records a new pending image, its source_url sealed.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
-	// The sealed source_url is bound to the row's id, taken first.
-	var id int64
-	if err := s.pool.QueryRow(ctx, `select nextval(pg_get_serial_sequence('images', 'id'))`).Scan(&id); err != nil {
-		return Image{}, wrap(err, "create image")
-	}
-	sourceURL, err := s.seal("images", "source_url", id, in.SourceURL)
-	if err != nil {
-		return Image{}, err
+	// A sealed source_url is bound to the row's id, taken first.
+	var id *int64
+	var sourceURL *string
+	if in.SourceURL != "" {
+		var next int64
+		if err := s.pool.QueryRow(ctx, `select nextval(pg_get_serial_sequence('images', 'id'))`).Scan(&next); err != nil {
+			return Image{}, wrap(err, "create image")
+		}
+		var err error
+		if sourceURL, err = s.seal("images", "source_url", next, in.SourceURL); err != nil {
+			return Image{}, err
+		}
+		id = &next
 	}
 	img, err := get[Image](ctx, s, `insert into images
 		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id)
-		values ($1, $2, $3, $4, $5, $6, $7) returning `+imageColumns,
+		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7)
+		returning `+imageColumns,
 		id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
 		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID))
 	return img, wrap(err, "create image")

@@ -65,20 +65,18 @@ const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
 	expires_at, protected, created_at, updated_at`
 
-// openCredentials opens the sealed credentials of instances read from
+// openCredentials opens the sealed credentials of an instance read from
 // the database, in place.
-func (s *Store) openCredentials(insts ...*Instance) error {
-	for _, inst := range insts {
-		for _, f := range []struct {
-			column string
-			value  *string
-		}{{"password", &inst.Password}, {"server_key", &inst.ServerKey}, {"client_key", &inst.ClientKey}} {
-			plain, err := s.open("instances", f.column, inst.ID, *f.value)
-			if err != nil {
-				return err
-			}
-			*f.value = plain
+func (s *Store) openCredentials(inst *Instance) error {
+	for _, f := range []struct {
+		column string
+		value  *string
+	}{{"password", &inst.Password}, {"server_key", &inst.ServerKey}, {"client_key", &inst.ClientKey}} {
+		plain, err := s.open("instances", f.column, inst.ID, *f.value)
+		if err != nil {
+			return err
 		}
+		*f.value = plain
 	}
 	return nil
 }
