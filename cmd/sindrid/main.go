@@ -45,8 +45,12 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if len(os.Args) > 1 && os.Args[1] == "token" {
-		if err := runToken(ctx, os.Args[2:], os.Stdout, os.Stderr); err != nil {
+	if len(os.Args) > 1 && (os.Args[1] == "token" || os.Args[1] == "secrets") {
+		run := func() error { return runToken(ctx, os.Args[2:], os.Stdout, os.Stderr) }
+		if os.Args[1] == "secrets" {
+			run = func() error { return runSecrets(ctx, os.Args[2:], os.Stderr) }
+		}
+		if err := run(); err != nil {
 			fmt.Fprintln(os.Stderr, "sindrid:", err)
 			var u usageError
 			var cerr *config.Error
@@ -92,11 +96,12 @@ type Main struct {
 	Engine     *engine.Engine
 	Metrics    *metrics.Metrics
 
-	logger  *slog.Logger
-	stderr  io.Writer
-	servers []*http.Server
-	stop    context.CancelFunc
-	done    chan struct{}
+	logger         *slog.Logger
+	stderr         io.Writer
+	servers        []*http.Server
+	stop           context.CancelFunc
+	done           chan struct{}
+	releaseSecrets func() // the secrets lock, held while sindrid runs
 }
 
 func NewMain(stderr io.Writer) *Main {
@@ -129,8 +134,9 @@ func (m *Main) ParseFlags(args []string) error {
 
 // Run opens the storage (making and mounting the loopback BTRFS when it is
 // the embedded default), the metadata store (starting the embedded
-// metadata Postgres when no database_url is set), reconciles instances
-// with what is on disk, and starts supervising them.
+// metadata Postgres when no database_url is set) with the key that seals
+// its secrets, reconciles instances with what is on disk, and starts
+// supervising them.
 func (m *Main) Run(ctx context.Context) error {
 	cfg := m.Config
 	m.logger.Info("sindrid: starting", "version", version.Version, "config", m.ConfigPath, "data_path", cfg.DataPath)
@@ -174,7 +180,11 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied))
+	if m.releaseSecrets, err = openSecrets(ctx, m.Store, cfg.SecretsKeyFilePath(), m.logger); err != nil {
+		return err
+	}
+	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied),
+		"secrets_key_file", cfg.SecretsKeyFilePath(), "key_id", m.Store.Keyring().Current())
 
 	// 0711: each postmaster must reach its own socket directory inside.
 	if err := os.MkdirAll(cfg.Postgres.SocketDir, 0o711); err != nil {
@@ -325,6 +335,9 @@ func (m *Main) Close() error {
 	if m.stop != nil {
 		m.stop()
 		<-m.done
+	}
+	if m.releaseSecrets != nil {
+		m.releaseSecrets()
 	}
 	if m.Store != nil {
 		m.Store.Close()

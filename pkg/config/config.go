@@ -72,6 +72,9 @@ const (
 	// LoopbackFileSuffix is appended to data_path to form the default
 	// storage.loopback_file.
 	LoopbackFileSuffix = ".btrfs.img"
+	// SecretsKeyFileName is the default secrets_key_file's name in
+	// data_path.
+	SecretsKeyFileName = "secrets.key"
 	// VersionPlaceholder in postgres.bin_dir is replaced by the major
 	// version of a data directory; see Config.BinDir.
 	VersionPlaceholder = "{version}"
@@ -117,6 +120,14 @@ type Config struct {
 	// instances; it is put into the connection details handed out.
 	// Default "localhost". No scheme, port or slash.
 	PublicHostname string `toml:"public_hostname"`
+
+	// SecretsKeyFile is the key file that seals the secrets kept in the
+	// metadata database (instances' passwords and private keys, pending
+	// pulls' source_url). Default: data_path/secrets.key (Load fills it
+	// in; see SecretsKeyFilePath). Made (0600, root) at the first start;
+	// must be absolute and not under data_path/meta,
+	// data_path/image_uploads or data_path/backups.
+	SecretsKeyFile string `toml:"secrets_key_file"`
 
 	HTTP      HTTPConfig      `toml:"http"`
 	OAuth     OAuthConfig     `toml:"oauth"`
@@ -500,6 +511,9 @@ func (c *Config) normalize() {
 	if c.Storage.LoopbackFile == "" && filepath.IsAbs(c.DataPath) && c.DataPath != "/" {
 		c.Storage.LoopbackFile = c.DataPath + LoopbackFileSuffix
 	}
+	if c.SecretsKeyFile == "" && filepath.IsAbs(c.DataPath) && c.DataPath != "/" {
+		c.SecretsKeyFile = filepath.Join(c.DataPath, SecretsKeyFileName)
+	}
 }
 
 // BinDir returns postgres.bin_dir with "{version}" replaced by major
@@ -525,6 +539,15 @@ func (c *Config) LoopbackFilePath() string {
 		return c.Storage.LoopbackFile
 	}
 	return filepath.Clean(c.DataPath) + LoopbackFileSuffix
+}
+
+// SecretsKeyFilePath is secrets_key_file, or its default
+// data_path/secrets.key when empty.
+func (c *Config) SecretsKeyFilePath() string {
+	if c.SecretsKeyFile != "" || c.DataPath == "" {
+		return c.SecretsKeyFile
+	}
+	return filepath.Join(c.DataPath, SecretsKeyFileName)
 }
 
 // EmbeddedMetadataDB reports whether sindrid runs its own metadata
@@ -599,6 +622,19 @@ func (c *Config) validateTop(v *validator) {
 		rest, ok := strings.CutPrefix(d, "@")
 		if !ok || rest == "" || strings.ContainsAny(rest, "@ \t") || !validHostname(rest) {
 			v.errorf("trusted_user_email_domain", "trusted_user_email_domain must be an e-mail domain starting with \"@\", such as \"@example.com\" (got %q)", d)
+		}
+	}
+
+	if f := c.SecretsKeyFile; f != "" {
+		if !filepath.IsAbs(f) {
+			v.errorf("secrets_key_file", "secrets_key_file must be an absolute path (got %q)", f)
+		} else if filepath.IsAbs(c.DataPath) {
+			for _, dir := range []string{c.MetaDir(), c.UploadsDir(), c.BackupsDir()} {
+				if isWithin(dir, f) {
+					v.errorf("secrets_key_file", "secrets_key_file must not be inside %s, which others can read (got %q)", dir, f)
+					break
+				}
+			}
 		}
 	}
 

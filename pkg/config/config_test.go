@@ -73,6 +73,7 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"storage.zfs_dataset", c.Storage.ZFSDataset, ""},
 		{"storage.loopback_size", c.Storage.LoopbackSize, ByteSize(20 << 30)},
 		{"storage.loopback_file", c.Storage.LoopbackFile, "/var/lib/sindri.btrfs.img"},
+		{"secrets_key_file", c.SecretsKeyFile, "/var/lib/sindri/secrets.key"},
 		{"postgres.bin_dir", c.Postgres.BinDir, "/usr/lib/postgresql/{version}/bin"},
 		{"postgres.user", c.Postgres.User, "postgres"},
 		{"postgres.min_port", c.Postgres.MinPort, 15432},
@@ -104,6 +105,7 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 	want := Default()
 	want.DataPath, want.SharedSecret = "/var/lib/sindri", testSecret
 	want.Storage.LoopbackFile = "/var/lib/sindri.btrfs.img"
+	want.SecretsKeyFile = "/var/lib/sindri/secrets.key"
 	want.file = path
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load = %+v\nwant %+v", c, want)
@@ -271,6 +273,9 @@ func TestInvalidValues(t *testing.T) {
 		{name: "loopback_size too large", file: "[storage]\nloopback_size = \"9EiB\"", key: "storage.loopback_size", want: "too large"},
 		{name: "loopback_file relative", file: "[storage]\nloopback_file = \"sindri.img\"", key: "storage.loopback_file", want: "absolute path"},
 		{name: "loopback_file inside data_path", file: "[storage]\nloopback_file = \"" + dataPath + "/btrfs.img\"", key: "storage.loopback_file", want: "must not be inside data_path"},
+		{name: "secrets_key_file relative", file: "secrets_key_file = \"secrets.key\"", key: "secrets_key_file", want: "absolute path"},
+		{name: "secrets_key_file in the metadata cluster", file: "secrets_key_file = \"" + dataPath + "/meta/secrets.key\"", key: "secrets_key_file", want: "must not be inside " + dataPath + "/meta"},
+		{name: "secrets_key_file among uploads", file: "secrets_key_file = \"" + dataPath + "/image_uploads/k\"", key: "secrets_key_file", want: "must not be inside " + dataPath + "/image_uploads"},
 
 		// [postgres]
 		{name: "bin_dir relative", file: "[postgres]\nbin_dir = \"bin\"", key: "postgres.bin_dir", want: "absolute path"},
@@ -421,6 +426,8 @@ func TestValidValues(t *testing.T) {
 		{name: "loopback disabled with 0", file: "[storage]\nloopback_size = \"0\"", check: func(c *Config) any { return c.Storage.LoopbackSize }, want: ByteSize(0)},
 		{name: "loopback disabled with empty", file: "[storage]\nloopback_size = \"\"", check: func(c *Config) any { return c.Storage.LoopbackSize }, want: ByteSize(0)},
 		{name: "loopback 256MiB", file: "[storage]\nloopback_size = \"256MiB\"", check: func(c *Config) any { return c.Storage.LoopbackSize.Int64() }, want: int64(256 << 20)},
+		{name: "secrets key file default", file: "", check: func(c *Config) any { return c.SecretsKeyFilePath() }, want: "/var/lib/sindri/secrets.key"},
+		{name: "secrets key file elsewhere", file: "secrets_key_file = \"/etc/sindri/secrets.key\"", check: func(c *Config) any { return c.SecretsKeyFilePath() }, want: "/etc/sindri/secrets.key"},
 		{name: "loopback file elsewhere", file: "[storage]\nloopback_file = \"/srv/sindri.img\"", check: func(c *Config) any { return c.LoopbackFilePath() }, want: "/srv/sindri.img"},
 		{name: "bin_dir", file: "[postgres]\nbin_dir = \"/opt/pg{version}/bin\"", check: func(c *Config) any { return c.BinDir("15") }, want: "/opt/pg15/bin"},
 		{name: "port range edges", file: "[postgres]\nmin_port = 1024\nmax_port = 65536",
@@ -691,6 +698,7 @@ func TestExampleDefaultsAreAccurate(t *testing.T) {
 		"http.tls_certificate": true, "http.tls_private_key": true,
 		"oauth.redirect_url":           true,
 		"storage.loopback_file":        true, // derived from data_path
+		"secrets_key_file":             true, // derived from data_path
 		"uploads.authorized_keys_file": true,
 	}
 	def := Default()
@@ -710,6 +718,9 @@ func TestExampleDefaultsAreAccurate(t *testing.T) {
 	// The derived default shown for loopback_file must match data_path.
 	if c.Storage.LoopbackFile != c.DataPath+LoopbackFileSuffix {
 		t.Errorf("example loopback_file %q is not data_path + %q", c.Storage.LoopbackFile, LoopbackFileSuffix)
+	}
+	if c.SecretsKeyFile != filepath.Join(c.DataPath, SecretsKeyFileName) {
+		t.Errorf("example secrets_key_file %q is not data_path/%s", c.SecretsKeyFile, SecretsKeyFileName)
 	}
 }
 

@@ -41,6 +41,7 @@ const (
 	rootEnv    = "SINDRI_ENGINE_TEST_ROOT"
 	runDirEnv  = "SINDRI_ENGINE_TEST_RUNDIR"
 	portsEnv   = "SINDRI_ENGINE_TEST_PORTS"
+	keyEnv     = "SINDRI_ENGINE_TEST_KEY_FILE"
 	childImage = 1
 )
 
@@ -374,6 +375,10 @@ func childMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if _, err := s.LoadKeyring(ctx, os.Getenv(keyEnv), false); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	d, err := btrfs.New(os.Getenv(rootEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -404,7 +409,7 @@ func childMain() int {
 func (w *world) runChild(t *testing.T, crashAt string) (stdout string, err error) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", crashEnv+"="+crashAt, dbEnv+"="+w.dbURL,
+	cmd.Env = append(os.Environ(), childEnv+"=1", crashEnv+"="+crashAt, dbEnv+"="+w.dbURL, keyEnv+"="+w.store.Keyring().Path(),
 		rootEnv+"="+w.root, runDirEnv+"="+w.runDir, fmt.Sprintf("%s=%d-%d", portsEnv, w.minPort, w.maxPort))
 	var out, errOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errOut

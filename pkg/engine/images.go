@@ -62,10 +62,13 @@ func (e *Engine) uploadDir(id int64) string {
 // CreateImage records a pending image and makes its upload directory and
 // its empty upload volume.
 func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image, error) {
+	var redacted string
 	if req.SourceURL != "" {
-		if _, err := parseSource(req.SourceURL); err != nil {
+		src, err := parseSource(req.SourceURL)
+		if err != nil {
 			return store.Image{}, err
 		}
+		redacted = src.connString
 	}
 	var backup *os.File // the archive a restore takes, opened before anything is recorded
 	if req.BackupID != 0 {
@@ -80,7 +83,7 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
-		SourceURL: req.SourceURL, BackupID: req.BackupID,
+		SourceURL: req.SourceURL, SourceURLRedacted: redacted, BackupID: req.BackupID,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -286,7 +289,7 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	// An image made from a source server pulls its data with
 	// pg_basebackup, unless a tarball was uploaded for it after all.
 	archive, err := e.findArchive(img.ID)
-	if err != nil && img.SourceURL == "" {
+	if err != nil && !img.HasSourceURL {
 		return "", 0, err
 	}
 	if err == nil {
@@ -315,7 +318,9 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 		if err != nil {
 			return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
 		}
-	} else if err := e.pullBaseBackup(ctx, img.SourceURL, vol.Path); err != nil {
+	} else if sourceURL, err := e.opts.Store.ImageSourceURL(ctx, img.ID); err != nil {
+		return "", 0, err
+	} else if err := e.pullBaseBackup(ctx, sourceURL, vol.Path); err != nil {
 		return "", 0, err
 	}
 	if err := ingest.HoistDataDir(vol.Path); err != nil {
@@ -831,6 +836,17 @@ func (s source) redact(msg string) string {
 		msg = strings.ReplaceAll(msg, esc, "********")
 	}
 	return msg
+}
+
+// RedactSourceURL is a source_url without its password, or "" if it is
+// not a connection string: the form kept for the record once the pull is
+// over.
+func RedactSourceURL(s string) string {
+	src, err := parseSource(s)
+	if err != nil {
+		return ""
+	}
+	return src.connString
 }
 
 // passwordSetting is a password=... setting of a key=value connection

@@ -171,7 +171,7 @@ const usedByInstancesEvery = 30 * time.Second
 
 // usedByInstances sums the instances' exclusive bytes, at most once every
 // usedByInstancesEvery.
-func (e *Engine) usedByInstances(ctx context.Context, instances []store.Instance) int64 {
+func (e *Engine) usedByInstances(ctx context.Context, instances []store.InstanceState) int64 {
 	e.used.mu.Lock()
 	defer e.used.mu.Unlock()
 	if !e.used.at.IsZero() && time.Since(e.used.at) < usedByInstancesEvery {
@@ -243,14 +243,15 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		return st, err
 	}
 	st.TotalBytes, st.FreeBytes = capacity.TotalBytes, capacity.FreeBytes
-	images, err := e.opts.Store.ListImages(ctx)
+	// Counts and ids only: /status and /metrics read no credentials.
+	images, err := e.opts.Store.CountImagesByStatus(ctx)
 	if err != nil {
 		return st, err
 	}
-	for _, img := range images {
-		st.ImagesByStatus[string(img.Status)]++
+	for status, n := range images {
+		st.ImagesByStatus[string(status)] = n
 	}
-	instances, err := e.opts.Store.ListInstances(ctx, "")
+	instances, err := e.opts.Store.InstanceStates(ctx)
 	if err != nil {
 		return st, err
 	}
@@ -258,14 +259,14 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		st.InstancesByStatus[string(inst.Status)]++
 	}
 	st.UsedByInstancesBytes = e.usedByInstances(ctx, instances)
-	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
+	backups, err := e.opts.Store.CountBackups(ctx)
 	if err != nil {
 		return st, err
 	}
-	for _, b := range backups {
-		st.BackupsByStatus[string(b.Status)]++
-		st.UsedByBackupsBytes += b.SizeBytes // the archives, which live on the same filesystem
+	for status, n := range backups.ByStatus {
+		st.BackupsByStatus[string(status)] = n
 	}
+	st.UsedByBackupsBytes = backups.SizeBytes // the archives, which live on the same filesystem
 	st.ExpectedCloningTime = e.cloneTimes.median()
 	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))

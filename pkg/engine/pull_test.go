@@ -47,7 +47,7 @@ func TestPullImageFromSourceServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if img.SourceURL != url || img.Status != store.ImagePending {
+	if !img.HasSourceURL || img.SourceURLRedacted != url || img.Status != store.ImagePending {
 		t.Fatalf("created %+v", img)
 	}
 	got, err := e.FinaliseImage(ctx, img.ID)

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // BackupStatus is a backup's place in its lifecycle.
@@ -77,6 +79,28 @@ func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]Backup, erro
 		and ($3 = '' or owner = $3)
 		order by id desc`, f.InstanceID, f.ImageID, f.Owner)
 	return bs, wrap(err, "list backups")
+}
+
+// BackupTotals are what /status and /metrics report of the backups.
+type BackupTotals struct {
+	ByStatus  map[BackupStatus]int
+	SizeBytes int64 // the archives' bytes, all statuses
+}
+
+// CountBackups counts the backups by status and sums their sizes.
+func (s *Store) CountBackups(ctx context.Context) (BackupTotals, error) {
+	rows, _ := s.pool.Query(ctx, `select status, count(*), coalesce(sum(size_bytes), 0)::bigint
+		from backups group by status`)
+	t := BackupTotals{ByStatus: map[BackupStatus]int{}}
+	var status BackupStatus
+	var n int
+	var size int64
+	_, err := pgx.ForEachRow(rows, []any{&status, &n, &size}, func() error {
+		t.ByStatus[status] = n
+		t.SizeBytes += size
+		return nil
+	})
+	return t, wrap(err, "count backups")
 }
 
 // SetBackupStatus sets a backup's status and error ("" clears it).

@@ -27,8 +27,9 @@ type Image struct {
 	SizeBytes           int64       `db:"size_bytes"`
 	BackedUpAt          time.Time   `db:"backed_up_at"`
 	AnonymisationScript string      `db:"anonymisation_script"`
-	SourceURL           string      `db:"source_url"`
-	BackupID            int64       `db:"backup_id"` // 0: none
+	HasSourceURL        bool        `db:"has_source_url"`      // a pull's source_url is kept (sealed) until ready: ImageSourceURL
+	SourceURLRedacted   string      `db:"source_url_redacted"` // the source_url without its password, for the record
+	BackupID            int64       `db:"backup_id"`           // 0: none
 	CreatedAt           time.Time   `db:"created_at"`
 	UpdatedAt           time.Time   `db:"updated_at"`
 }
@@ -38,24 +39,59 @@ type ImageInput struct {
 	Name                string
 	BackedUpAt          time.Time
 	AnonymisationScript string
-	SourceURL           string
-	BackupID            int64 // 0: none
+	SourceURL           string // stored sealed
+	SourceURLRedacted   string // SourceURL without its password
+	BackupID            int64  // 0: none
 }
 
 const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
 	coalesce(pg_version, '') as pg_version, coalesce(size_bytes, 0) as size_bytes, backed_up_at,
 	coalesce(anonymisation_script, '') as anonymisation_script,
-	coalesce(source_url, '') as source_url, coalesce(backup_id, 0) as backup_id,
+	source_url is not null as has_source_url,
+	coalesce(source_url_redacted, '') as source_url_redacted, coalesce(backup_id, 0) as backup_id,
 	created_at, updated_at`
 
-// CreateImage records a new pending image.
+// CreateImage records a new pending image, its source_url sealed.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
+	// A sealed source_url is bound to the row's id, taken first.
+	var id *int64
+	var sourceURL *string
+	if in.SourceURL != "" {
+		var next int64
+		if err := s.pool.QueryRow(ctx, `select nextval(pg_get_serial_sequence('images', 'id'))`).Scan(&next); err != nil {
+			return Image{}, wrap(err, "create image")
+		}
+		var err error
+		if sourceURL, err = s.seal("images", "source_url", next, in.SourceURL); err != nil {
+			return Image{}, err
+		}
+		id = &next
+	}
 	img, err := get[Image](ctx, s, `insert into images
-		(name, backed_up_at, anonymisation_script, source_url, backup_id)
-		values ($1, $2, $3, $4, $5) returning `+imageColumns,
-		nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
-		nullText(in.SourceURL), nullInt(in.BackupID))
+		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id)
+		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7)
+		returning `+imageColumns,
+		id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
+		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID))
 	return img, wrap(err, "create image")
+}
+
+// ImageSourceURL reads an image's source_url, opened; "" once the image
+// is ready (or when it has none).
+func (s *Store) ImageSourceURL(ctx context.Context, id int64) (string, error) {
+	var sealed string
+	err := s.pool.QueryRow(ctx, `select coalesce(source_url, '') from images where id = $1`, id).Scan(&sealed)
+	if err != nil {
+		return "", wrap(err, "get the source_url of image %d", id)
+	}
+	url, err := s.open("images", "source_url", id, sealed)
+	return url, wrap(err, "get the source_url of image %d", id)
+}
+
+// CountImagesByStatus counts the images by status; it reads no secret
+// column.
+func (s *Store) CountImagesByStatus(ctx context.Context) (map[ImageStatus]int, error) {
+	return countByStatus[ImageStatus](ctx, s, "images")
 }
 
 // GetImage reads one image.
@@ -78,10 +114,11 @@ func (s *Store) SetImageStatus(ctx context.Context, id int64, status ImageStatus
 }
 
 // MarkImageReady records a finalised image: ready, its PostgreSQL version
-// and size, no error.
+// and size, no error, and no source_url any more (the pull is over; its
+// redacted form stays).
 func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64) error {
 	tag, err := s.pool.Exec(ctx, `update images
-		set status = 'ready', error = null, pg_version = $2, size_bytes = $3 where id = $1`,
+		set status = 'ready', error = null, pg_version = $2, size_bytes = $3, source_url = null where id = $1`,
 		id, nullText(pgVersion), sizeBytes)
 	return affected(tag, err, "mark image %d ready", id)
 }

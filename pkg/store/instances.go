@@ -65,10 +65,52 @@ const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
 	expires_at, protected, created_at, updated_at`
 
+// openCredentials opens the sealed credentials of an instance read from
+// the database, in place.
+func (s *Store) openCredentials(inst *Instance) error {
+	for _, f := range []struct {
+		column string
+		value  *string
+	}{{"password", &inst.Password}, {"server_key", &inst.ServerKey}, {"client_key", &inst.ClientKey}} {
+		plain, err := s.open("instances", f.column, inst.ID, *f.value)
+		if err != nil {
+			return err
+		}
+		*f.value = plain
+	}
+	return nil
+}
+
+// getInstance runs a query returning one instance and opens its secrets.
+func (s *Store) getInstance(ctx context.Context, sql string, args ...any) (Instance, error) {
+	inst, err := get[Instance](ctx, s, sql, args...)
+	if err != nil {
+		return inst, err
+	}
+	if err := s.openCredentials(&inst); err != nil {
+		return Instance{}, err
+	}
+	return inst, nil
+}
+
+// listInstances runs a query returning instances and opens their secrets.
+func (s *Store) listInstances(ctx context.Context, sql string, args ...any) ([]Instance, error) {
+	insts, err := list[Instance](ctx, s, sql, args...)
+	if err != nil {
+		return insts, err
+	}
+	for i := range insts {
+		if err := s.openCredentials(&insts[i]); err != nil {
+			return []Instance{}, err
+		}
+	}
+	return insts, nil
+}
+
 // CreateInstance records a new instance of an image; ErrNotFound if the
 // image does not exist.
 func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance, error) {
-	inst, err := get[Instance](ctx, s, `insert into instances
+	inst, err := s.getInstance(ctx, `insert into instances
 		(image_id, owner, expires_at, protected) values ($1, $2, $3, $4)
 		returning `+instanceColumns,
 		in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected)
@@ -80,16 +122,30 @@ func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance,
 
 // GetInstance reads one instance.
 func (s *Store) GetInstance(ctx context.Context, id int64) (Instance, error) {
-	inst, err := get[Instance](ctx, s, `select `+instanceColumns+` from instances where id = $1`, id)
+	inst, err := s.getInstance(ctx, `select `+instanceColumns+` from instances where id = $1`, id)
 	return inst, wrap(err, "get instance %d", id)
 }
 
 // ListInstances reads the instances of owner ("" for everyone's), oldest
 // first.
 func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, error) {
-	insts, err := list[Instance](ctx, s, `select `+instanceColumns+` from instances
+	insts, err := s.listInstances(ctx, `select `+instanceColumns+` from instances
 		where $1 = '' or owner = $1 order by id`, owner)
 	return insts, wrap(err, "list instances")
+}
+
+// InstanceState is an instance's id and status: what /status and /metrics
+// count, without its credentials.
+type InstanceState struct {
+	ID     int64          `db:"id"`
+	Status InstanceStatus `db:"status"`
+}
+
+// InstanceStates reads every instance's id and status, oldest first; it
+// reads no secret column.
+func (s *Store) InstanceStates(ctx context.Context) ([]InstanceState, error) {
+	states, err := list[InstanceState](ctx, s, `select id, status from instances order by id`)
+	return states, wrap(err, "list instance states")
 }
 
 // SetInstanceStatus sets an instance's status and error ("" clears it).
@@ -107,14 +163,23 @@ func (s *Store) SetInstancePID(ctx context.Context, id int64, pid int) error {
 }
 
 // SetInstanceCredentials records an instance's user, password and TLS
-// material.
+// material, the password and private keys sealed.
 func (s *Store) SetInstanceCredentials(ctx context.Context, id int64, c Credentials) error {
+	var sealed [3]*string
+	for i, f := range []struct{ column, value string }{
+		{"password", c.Password}, {"server_key", c.ServerKey}, {"client_key", c.ClientKey},
+	} {
+		var err error
+		if sealed[i], err = s.seal("instances", f.column, id, f.value); err != nil {
+			return err
+		}
+	}
 	tag, err := s.pool.Exec(ctx, `update instances set username = $2, password = $3,
 		ca_certificate = $4, server_certificate = $5, server_key = $6,
 		client_certificate = $7, client_key = $8 where id = $1`,
-		id, nullText(c.Username), nullText(c.Password), nullText(c.CACertificate),
-		nullText(c.ServerCertificate), nullText(c.ServerKey),
-		nullText(c.ClientCertificate), nullText(c.ClientKey))
+		id, nullText(c.Username), sealed[0], nullText(c.CACertificate),
+		nullText(c.ServerCertificate), sealed[1],
+		nullText(c.ClientCertificate), sealed[2])
 	return affected(tag, err, "set instance %d credentials", id)
 }
 
@@ -149,7 +214,7 @@ func (s *Store) CountInstancesOfImage(ctx context.Context, imageID int64) (int, 
 // ExpiredInstances reads the unprotected instances whose expires_at is at
 // or before now, whatever their status, soonest expired first.
 func (s *Store) ExpiredInstances(ctx context.Context, now time.Time) ([]Instance, error) {
-	insts, err := list[Instance](ctx, s, `select `+instanceColumns+` from instances
+	insts, err := s.listInstances(ctx, `select `+instanceColumns+` from instances
 		where expires_at <= $1 and not protected order by expires_at, id`, now.UTC())
 	return insts, wrap(err, "expired instances")
 }

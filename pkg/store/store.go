@@ -7,8 +7,13 @@
 // classified for errors.Is: ErrNotFound, ErrConflict (a unique violation),
 // ErrInUse (a row still referenced), ErrInvalid (a check constraint, or
 // text PostgreSQL cannot store such as a NUL character) and
-// ErrPortsExhausted. Optional text and number columns read back as "" or 0
-// when NULL, and "" or 0 are stored as NULL; times are in UTC.
+// ErrPortsExhausted. Optional text and number columns read back as "" or
+// 0 when NULL, and "" or 0 are stored as NULL; times are in UTC.
+//
+// Instances' passwords and private keys, and an image's source_url while
+// its pull is pending, are stored sealed with the keyring (LoadKeyring)
+// and read back opened; a value that does not open is an error wrapping
+// the secrets package's (secrets.ErrTampered, secrets.ErrUnknownKey).
 package store
 
 import (
@@ -21,6 +26,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sindri-db/sindri/pkg/secrets"
 )
 
 // Classified errors, for errors.Is.
@@ -45,7 +52,8 @@ const MaxConns = 10
 
 // Store is the metadata database. It is safe for concurrent use.
 type Store struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	keyring *secrets.Keyring // seals and opens the sealed columns; see secrets.go
 }
 
 // Open connects to databaseURL (a postgres:// URL or a key=value DSN) and
@@ -169,4 +177,17 @@ func utc(t *time.Time) *time.Time {
 	}
 	u := t.UTC()
 	return &u
+}
+
+// countByStatus counts a table's rows by their status column.
+func countByStatus[S ~string](ctx context.Context, s *Store, table string) (map[S]int, error) {
+	rows, _ := s.pool.Query(ctx, `select status, count(*) from `+table+` group by status`)
+	counts := map[S]int{}
+	var status S
+	var n int
+	_, err := pgx.ForEachRow(rows, []any{&status, &n}, func() error {
+		counts[status] = n
+		return nil
+	})
+	return counts, wrap(err, "count %s by status", table)
 }

@@ -186,11 +186,14 @@ func TestImages(t *testing.T) {
 	backedUp := time.Date(2024, 1, 2, 3, 4, 5, 0, time.FixedZone("CEST", 2*3600))
 	img := must[Image](t)(s.CreateImage(ctx, ImageInput{
 		Name: "prod", BackedUpAt: backedUp, AnonymisationScript: "update users set email = 'x';",
-		SourceURL: "s3://bucket/prod", BackupID: 42,
+		SourceURL: "postgres://u:pw@db/prod", SourceURLRedacted: "postgres://u@db/prod", BackupID: 42,
 	}))
 	if img.ID == 0 || img.Status != ImagePending || img.Name != "prod" || img.BackupID != 42 ||
-		img.SourceURL != "s3://bucket/prod" || img.AnonymisationScript == "" || img.Error != "" {
+		!img.HasSourceURL || img.SourceURLRedacted != "postgres://u@db/prod" || img.AnonymisationScript == "" || img.Error != "" {
 		t.Fatalf("created %+v", img)
+	}
+	if url := must[string](t)(s.ImageSourceURL(ctx, img.ID)); url != "postgres://u:pw@db/prod" {
+		t.Fatalf("source_url %q", url)
 	}
 	if !img.BackedUpAt.Equal(backedUp) || img.BackedUpAt.Location() != time.UTC || img.CreatedAt.Location() != time.UTC {
 		t.Fatalf("times %v %v, want %v in UTC", img.BackedUpAt, img.CreatedAt, backedUp)
@@ -210,6 +213,10 @@ func TestImages(t *testing.T) {
 	got = must[Image](t)(s.GetImage(ctx, img.ID))
 	if got.Status != ImageReady || got.Error != "" || got.PGVersion != "15.4" || got.SizeBytes != 1<<30 {
 		t.Fatalf("after ready: %+v", got)
+	}
+	// The pull is over: the source_url goes, its redacted form stays.
+	if got.HasSourceURL || got.SourceURLRedacted != "postgres://u@db/prod" || must[string](t)(s.ImageSourceURL(ctx, img.ID)) != "" {
+		t.Fatalf("source_url after ready: %+v", got)
 	}
 	wantErr(t, s.SetImageStatus(ctx, img.ID, "bogus", ""), ErrInvalid)
 

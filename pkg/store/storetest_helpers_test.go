@@ -190,11 +190,15 @@ func openURL(t testing.TB, url string) *Store {
 	return s
 }
 
-// newStore opens a Store on a fresh, migrated database.
+// newStore opens a Store on a fresh, migrated database, with a new
+// secrets key file of its own.
 func newStore(t testing.TB) *Store {
 	t.Helper()
 	s, _ := openDB(t)
 	if _, err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadKeyring(context.Background(), filepath.Join(t.TempDir(), "secrets.key"), true); err != nil {
 		t.Fatal(err)
 	}
 	return s

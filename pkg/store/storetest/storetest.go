@@ -66,7 +66,8 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// New opens a Store on a fresh, migrated database, dropped at cleanup, and
+// New opens a Store on a fresh, migrated database, dropped at cleanup,
+// with a new secrets key file of its own (st.Keyring().Path()), and
 // returns it with the database's URL.
 func New(t testing.TB) (*store.Store, string) {
 	t.Helper()
@@ -100,6 +101,9 @@ func New(t testing.TB) (*store.Store, string) {
 	}
 	t.Cleanup(st.Close)
 	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.LoadKeyring(ctx, filepath.Join(t.TempDir(), "secrets.key"), true); err != nil {
 		t.Fatal(err)
 	}
 	return st, url
