@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // BackupStatus is a backup's place in its lifecycle.
@@ -38,6 +41,8 @@ type BackupInput struct {
 	ImageID    int64
 	Owner      string // "" records "upload"
 	Path       string // may be set later by SetBackupDone
+	// Quota, if not zero, caps the backups: see BackupQuota.
+	Quota BackupQuota
 }
 
 // BackupFilter selects backups: zero fields match anything.
@@ -52,15 +57,37 @@ const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
 	coalesce(path, '') as path, coalesce(size_bytes, 0) as size_bytes,
 	coalesce(sha256, '') as sha256, created_at, updated_at`
 
-// CreateBackup records a new running backup.
+// CreateBackup records a new running backup; a *QuotaError
+// (ErrQuotaExceeded) if in.Quota refuses it.
 func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error) {
 	owner := in.Owner
 	if owner == "" {
 		owner = "upload"
 	}
-	b, err := get[Backup](ctx, s, `insert into backups (instance_id, image_id, owner, path)
-		values ($1, $2, $3, $4) returning `+backupColumns,
-		nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path))
+	const insert = `insert into backups (instance_id, image_id, owner, path)
+		values ($1, $2, $3, $4) returning ` + backupColumns
+	args := []any{nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path)}
+	if in.Quota == (BackupQuota{}) {
+		b, err := get[Backup](ctx, s, insert, args...)
+		return b, wrap(err, "create backup")
+	}
+	var b Backup
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock($1, 0)`, lockClassBackups); err != nil {
+			return err
+		}
+		if err := checkBackupQuota(ctx, tx, owner, in.Quota); err != nil {
+			return err
+		}
+		rows, _ := tx.Query(ctx, insert, args...)
+		var err error
+		b, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Backup])
+		return err
+	})
+	var qerr *QuotaError
+	if errors.As(err, &qerr) {
+		return b, qerr
+	}
 	return b, wrap(err, "create backup")
 }
 

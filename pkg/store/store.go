@@ -6,8 +6,9 @@
 // Every method is a single statement or a short transaction. Errors are
 // classified for errors.Is: ErrNotFound, ErrConflict (a unique violation),
 // ErrInUse (a row still referenced), ErrInvalid (a check constraint, or
-// text PostgreSQL cannot store such as a NUL character) and
-// ErrPortsExhausted. Optional text and number columns read back as "" or 0
+// text PostgreSQL cannot store such as a NUL character),
+// ErrPortsExhausted and ErrQuotaExceeded (a *QuotaError: a cap given with
+// a write, checked in the write's transaction). Optional text and number columns read back as "" or 0
 // when NULL, and "" or 0 are stored as NULL; times are in UTC.
 package store
 
