@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
+	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/writeback"
 )
 
 // Refusals by the configured limits, for errors.Is; each is a *LimitError.
@@ -234,34 +234,11 @@ func (e *Engine) capacity(ctx context.Context) (storage.Capacity, error) {
 	if err != nil || e.opts.Limits.DiskReserve.IsZero() {
 		return c, err
 	}
-	if c.FreeBytes-e.opts.Limits.DiskReserve.Of(c.TotalBytes) < unwrittenBytes() {
+	if c.FreeBytes-e.opts.Limits.DiskReserve.Of(c.TotalBytes) < writeback.Pending() {
 		syscall.Sync()
 		return e.opts.Storage.Capacity(ctx)
 	}
 	return c, nil
-}
-
-// unwrittenBytes is how much of the page cache waits to be written (Dirty
-// and Writeback of /proc/meminfo); when that cannot be read, as much as
-// there could be.
-func unwrittenBytes() int64 {
-	data, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return math.MaxInt64
-	}
-	var sum int64
-	for _, line := range strings.Split(string(data), "\n") {
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok || (name != "Dirty" && name != "Writeback") {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		if err != nil {
-			return math.MaxInt64
-		}
-		sum += kb << 10
-	}
-	return sum
 }
 
 // reserveRefusal is checkReserve on a capacity read already.
@@ -343,6 +320,54 @@ func (e *Engine) guardReserve(ctx context.Context, what string) (guarded context
 		close(done)
 		cancel(nil)
 	}
+}
+
+// DiskReserveFile, in UploadsDir, tells sindri-upload-shell the disk
+// reserve in bytes (uploadshell.DiskReserveFile), so that scp uploads stop
+// at it too.
+const DiskReserveFile = ".disk_reserve"
+
+// publishReserve writes the disk reserve into UploadsDir/DiskReserveFile,
+// readable by the upload account, when scp uploads are on; with no
+// reserve the file goes. On ZFS the filesystem's size moves with the
+// pool's use, so a reserve in percent is written again at every reconcile.
+func (e *Engine) publishReserve(ctx context.Context) error {
+	if _, ok := e.uploadAccount(); !ok {
+		return nil
+	}
+	path := filepath.Join(e.opts.UploadsDir, DiskReserveFile)
+	r := e.opts.Limits.DiskReserve
+	if r.IsZero() {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	c, err := e.opts.Storage.Capacity(ctx)
+	if err != nil {
+		return err
+	}
+	content := []byte(strconv.FormatInt(r.Of(c.TotalBytes), 10) + "\n")
+	if old, err := os.ReadFile(path); err == nil && string(old) == string(content) {
+		return nil
+	}
+	tmp, err := os.CreateTemp(e.opts.UploadsDir, DiskReserveFile+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(content); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // reserveCause is the *LimitError that stopped ctx (see guardReserve), or

@@ -391,7 +391,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if first {
 		errs = append(errs, e.reconcileImages(ctx, volumes))
 	}
-	errs = append(errs, e.finishImageDestroys(ctx))
+	errs = append(errs, e.finishImageDestroys(ctx), e.publishReserve(ctx))
 	e.removeOrphans(ctx, entries, referenced)
 	errs = append(errs, e.reconcileBackups(ctx, entries))
 	return errors.Join(errs...)
