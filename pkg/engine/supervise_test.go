@@ -167,9 +167,13 @@ func TestFullDiskStopsAnInstanceUntilSpaceIsFreed(t *testing.T) {
 	}
 	run, stop := context.WithCancel(ctx)
 	defer stop()
+	ran := make(chan struct{})
 	// Reconcile often, as it would every minute, to show that it does not
 	// fail the instance or take its port either.
-	go e.Run(run, 500*time.Millisecond, time.Minute)
+	go func() {
+		defer close(ran)
+		e.Run(run, 500*time.Millisecond, time.Minute)
+	}()
 	vol, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
 	if err != nil {
 		t.Fatal(err)
@@ -215,6 +219,21 @@ func TestFullDiskStopsAnInstanceUntilSpaceIsFreed(t *testing.T) {
 	if st, err := e.Status(ctx); err != nil || !slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, "1 instance(s) stopped") }) {
 		t.Errorf("status problems %q, %v: want the stopped instance named", st.Problems, err)
 	}
+
+	// sindrid restarts meanwhile: the new one's first reconcile leaves the
+	// instance stopped, not failed, and its supervisor starts it later.
+	stop()
+	<-ran
+	e = engine.New(opts)
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatalf("reconcile after a restart with the disk full: %v", err)
+	}
+	if got, _ := w.store.GetInstance(ctx, inst.ID); got.Status != store.InstanceStopped || got.Port != inst.Port {
+		t.Fatalf("after a restart with the disk full: %s on port %d", got.Status, got.Port)
+	}
+	run, stop = context.WithCancel(ctx)
+	defer stop()
+	go e.Run(run, time.Minute, time.Minute)
 
 	freed := time.Now()
 	unfill(t, w.storage, filler, 100<<20)
