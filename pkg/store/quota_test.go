@@ -2,8 +2,10 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Fifty concurrent inserts by one owner at a quota of ten: exactly ten
@@ -112,5 +114,27 @@ func TestBackupQuota(t *testing.T) {
 	}
 	if n := len(must[[]Backup](t)(s.ListBackups(ctx, BackupFilter{}))); n != 3 {
 		t.Fatalf("%d backups recorded, want 3 (no refused one)", n)
+	}
+}
+
+// BenchmarkCreateInstance measures the insert of an instance's row alone
+// and with a quota counted in its transaction.
+func BenchmarkCreateInstance(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		quota InstanceQuota
+	}{{"no_quota", InstanceQuota{}}, {"quota", InstanceQuota{Instances: 1 << 30, Protected: 1 << 30}}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := newStore(b)
+			img, err := s.CreateImage(ctx, ImageInput{BackedUpAt: time.Now()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; b.Loop(); i++ {
+				if _, err := s.CreateInstance(ctx, InstanceInput{ImageID: img.ID, Owner: fmt.Sprintf("u%d@example.com", i%10), Quota: c.quota}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
