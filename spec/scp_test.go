@@ -475,6 +475,43 @@ func TestSCPUpload(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Below sindri's disk reserve (5% by default, which sindrid tells the
+	// upload shell in image_uploads/.disk_reserve), scp uploads are
+	// refused in both modes, as PUT is, and so is done.
+	published, err := os.ReadFile(filepath.Join(uploads, ".disk_reserve"))
+	if err != nil {
+		t.Fatalf("sindrid did not publish the disk reserve for the upload shell: %v", err)
+	}
+	reserve, err := strconv.ParseInt(strings.TrimSpace(string(published)), 10, 64)
+	if err != nil || reserve <= 0 {
+		t.Fatalf(".disk_reserve holds %q", published)
+	}
+	if uid, _, perm := statOwner(t, filepath.Join(uploads, ".disk_reserve")); uid != 0 || perm != 0o644 {
+		t.Errorf(".disk_reserve: uid %d mode %v, want root's 0644", uid, perm)
+	}
+	full := newImage()
+	filler := fillTo(t, dataPath, reserve/2)
+	for _, m := range modes {
+		out, err := ssh.scp(tarball, "/"+full+"/", m.legacy)
+		if err == nil {
+			t.Errorf("%s below the disk reserve succeeded: %s", m.name, out)
+			continue
+		}
+		if m.legacy && !strings.Contains(out, "under sindri's disk reserve (limits.disk_reserve)") {
+			t.Errorf("%s below the disk reserve: %v %q, want the reserve named", m.name, err, out)
+		}
+		t.Logf("%s below the disk reserve refused: %s", m.name, strings.TrimSpace(out))
+	}
+	if entries, _ := os.ReadDir(filepath.Join(uploads, full)); len(entries) != 0 {
+		t.Errorf("refused uploads left %v", entries)
+	}
+	status, _, body := done(full)
+	expectErrorDetail(t, "done below the disk reserve", status, body, 503, "no_disk_space", "limits.disk_reserve")
+	unfillTo(t, filler, dataPath, reserve*2)
+	if out, err := ssh.scp(tarball, "/"+full+"/", false); err != nil {
+		t.Errorf("scp once space is freed: %v %s", err, out)
+	}
 }
 
 func mustAtoi(s string) uint32 {

@@ -206,6 +206,7 @@ func (m *Main) Run(ctx context.Context) error {
 		UploadsDir: cfg.UploadsDir(), BackupsDir: cfg.BackupsDir(),
 		DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
 		BackupMaxAge: cfg.Backups.MaxAge,
+		Limits:       engineLimits(cfg.Limits),
 		Logger:       m.logger, OrphanGrace: 10 * time.Minute,
 	})
 	m.setUploadAccount()
@@ -247,6 +248,20 @@ func (m *Main) Run(ctx context.Context) error {
 		m.serve(api.NewHTTPServer(server.Handler(), api.Options{Logger: m.logger}), ln, "http")
 	}
 	return nil
+}
+
+// engineLimits is the [limits] section in the engine's terms.
+func engineLimits(l config.LimitsConfig) engine.Limits {
+	amount := func(a config.SizeOrPercent) engine.Amount {
+		return engine.Amount{Bytes: a.Bytes.Int64(), Percent: a.Percent}
+	}
+	return engine.Limits{
+		InstancesPerUser: l.InstancesPerUser, ProtectedInstancesPerUser: l.ProtectedInstancesPerUser,
+		RunningBackupsPerUser: l.RunningBackupsPerUser, RunningBackups: l.RunningBackups,
+		BackupsTotal: amount(l.BackupsTotalBytes), DiskReserve: amount(l.DiskReserve),
+		UploadUserInstances: l.UploadUserInstances, UploadUserProtectedInstances: l.UploadUserProtectedInstances,
+		UploadUserRunningBackups: l.UploadUserRunningBackups,
+	}
 }
 
 // setUploadAccount looks up uploads.account and lets the engine give it

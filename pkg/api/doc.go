@@ -2,7 +2,7 @@
 // contract, api.md): a gorilla/mux router wrapped in the API's middleware
 // (request ids, access log, panic recovery, the Draupnir-Version header,
 // authentication, body limits), error rendering (Error, WriteError,
-// RegisterClass), request decoding (DecodeJSON, DecodeResource, ParseID,
+// RegisterClass, RegisterPublicClass), request decoding (DecodeJSON, DecodeResource, ParseID,
 // PathID, ID), JSON:API rendering with google/jsonapi (WriteResource,
 // WriteResources) and downloads (ServeContent). Resource handlers are
 // registered on Server.Router().
@@ -34,4 +34,9 @@
 //
 // DecodeResource takes an empty or missing data.type as the route's own
 // (Draupnir's clients send "type":"") and ignores an empty data.id.
+//
+// The configured [limits] refuse with 429 quota_exceeded (a per-user or
+// global count or size) or 503 no_disk_space (the disk reserve), with a
+// detail that names the limit's key and the current figure; GET /status
+// shows each limit and its use under the attribute limits.
 package api

@@ -28,6 +28,7 @@ const (
 	CodeImageFinaliseFailed     = "image_finalise_failed"
 	CodeNoFreePort              = "no_free_port"
 	CodeNoDiskSpace             = "no_disk_space"
+	CodeQuotaExceeded           = "quota_exceeded"
 	CodeInternalServerError     = "internal_server_error"
 )
 
@@ -177,6 +178,12 @@ func NoDiskSpace(detail string) *Error {
 	return NewError(http.StatusServiceUnavailable, CodeNoDiskSpace, "No disk space", detail)
 }
 
+// QuotaExceeded is 429 quota_exceeded: a per-user or global limit; the
+// detail names the limit and the current figure.
+func QuotaExceeded(detail string) *Error {
+	return NewError(http.StatusTooManyRequests, CodeQuotaExceeded, "Quota exceeded", detail)
+}
+
 // InternalServerError is 500 internal_server_error. Its detail carries only
 // the request id, under which the real error is logged.
 func InternalServerError(requestID string) *Error {
@@ -192,6 +199,7 @@ type errorClass struct {
 	status int
 	code   string
 	title  string
+	public bool // the error's message is the detail, even for a 5xx
 }
 
 var classes struct {
@@ -210,13 +218,25 @@ var classes struct {
 // registration order; registering the same target again replaces its
 // class. It panics on a nil target or a status outside 400-599.
 func RegisterClass(target error, status int, code, title string) {
+	registerClass(target, status, code, title, false)
+}
+
+// RegisterPublicClass is RegisterClass for errors whose messages are
+// written for the client and hold no internals, so that a 5xx of the class
+// shows e.Error() as its detail too: for example a refusal for want of
+// disk space that names the reserve and the free bytes.
+func RegisterPublicClass(target error, status int, code, title string) {
+	registerClass(target, status, code, title, true)
+}
+
+func registerClass(target error, status int, code, title string, public bool) {
 	if target == nil || status < 400 || status > 599 || code == "" {
 		panic(fmt.Sprintf("api.RegisterClass(%v, %d, %q): bad class", target, status, code))
 	}
 	if title == "" {
 		title = http.StatusText(status)
 	}
-	c := errorClass{target: target, status: status, code: code, title: title}
+	c := errorClass{target: target, status: status, code: code, title: title, public: public}
 	classes.Lock()
 	defer classes.Unlock()
 	for i := range classes.list {
@@ -250,7 +270,7 @@ func AsError(err error, requestID string) (e *Error, internal bool) {
 	for _, c := range classes.list {
 		if errors.Is(err, c.target) {
 			e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error()}
-			if c.status >= 500 {
+			if c.status >= 500 && !c.public {
 				e.Detail = c.title
 				if requestID != "" {
 					e.Detail += "; request id " + requestID

@@ -29,6 +29,9 @@ func init() {
 	RegisterClass(engine.ErrUploadInterrupted, http.StatusBadRequest, CodeBadRequest, "Upload interrupted")
 	RegisterClass(engine.ErrNoPort, http.StatusServiceUnavailable, CodeNoFreePort, "No free port")
 	RegisterClass(syscall.ENOSPC, http.StatusServiceUnavailable, CodeNoDiskSpace, "No disk space")
+	// The [limits]: their messages name the limit and the figure.
+	RegisterClass(engine.ErrQuotaExceeded, http.StatusTooManyRequests, CodeQuotaExceeded, "Quota exceeded")
+	RegisterPublicClass(engine.ErrNoDiskSpace, http.StatusServiceUnavailable, CodeNoDiskSpace, "No disk space")
 	RegisterClass(engine.ErrTTLTooLong, http.StatusBadRequest, CodeBadRequest, "Bad request")
 	RegisterClass(engine.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Bad request")
 	RegisterClass(postgres.ErrVersionMissing, http.StatusUnprocessableEntity, "pg_version_not_installed", "PostgreSQL version not installed")
@@ -96,6 +99,19 @@ type Status struct {
 	Instances             map[string]int `jsonapi:"attr,instances"`
 	Backups               map[string]int `jsonapi:"attr,backups"`
 	ExpectedCloningTimeMS int64          `jsonapi:"attr,expected_cloning_time_ms"`
+	// Limits are the [limits] by key, each with its use.
+	Limits map[string]*LimitUse `jsonapi:"attr,limits"`
+}
+
+// LimitUse is one limit of GET /status: Limit is 0 when there is none.
+// Used is the figure it holds (for a per-user limit the most any one user
+// has), Yours the caller's own figure for a per-user limit. The disk
+// reserve has Limit in bytes and Free, the free bytes, instead of Used.
+type LimitUse struct {
+	Limit int64  `json:"limit"`
+	Used  *int64 `json:"used,omitempty"`
+	Yours *int64 `json:"yours,omitempty"`
+	Free  *int64 `json:"free,omitempty"`
 }
 
 // Handlers serve the contract's resources over the engine.
@@ -278,6 +294,13 @@ func (h *Handlers) uploadImage(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		WriteError(w, r, err)
 		return
+	}
+	if n := r.ContentLength; n > 0 {
+		// Refused at once when the body cannot fit above the disk reserve.
+		if err := h.Engine.CheckDiskReserve(r.Context(), n, fmt.Sprintf("an upload of %d bytes", n)); err != nil {
+			WriteError(w, r, err)
+			return
+		}
 	}
 	if _, err := h.Engine.UploadImage(actorContext(r), img.ID, r.Body); err != nil {
 		WriteError(w, r, err)
@@ -517,7 +540,23 @@ func (h *Handlers) status(w http.ResponseWriter, r *http.Request) {
 		}),
 		Instances:             contractCounts(st.InstancesByStatus, func(s string) string { return contractStatus(store.InstanceStatus(s)) }),
 		ExpectedCloningTimeMS: st.ExpectedCloningTime.Milliseconds(),
+		Limits:                limitUses(st, principal(r)),
 	})
+}
+
+// limitUses renders the limits of st for the caller p.
+func limitUses(st engine.Status, p auth.Principal) map[string]*LimitUse {
+	out := map[string]*LimitUse{"disk_reserve": {Limit: st.DiskReserveBytes, Free: &st.FreeBytes}}
+	for _, l := range st.Limits {
+		used := l.Used
+		u := &LimitUse{Limit: l.Limit, Used: &used}
+		if l.ByOwner != nil && !p.Upload {
+			yours := l.ByOwner[p.Owner()]
+			u.Yours = &yours
+		}
+		out[l.Name] = u
+	}
+	return out
 }
 
 // contractCounts folds counts by internal status into the contract's

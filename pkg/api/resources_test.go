@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -65,6 +66,58 @@ func TestStoreAndEngineClasses(t *testing.T) {
 		if e.Status != c.status || e.Code != c.code || e.Title == "" {
 			t.Errorf("%v: %d %s %q, want %d %s", c.err, e.Status, e.Code, e.Title, c.status, c.code)
 		}
+	}
+}
+
+// A limit's refusal shows its message, which names the limit and the
+// figure, as the detail: a 429 as any 4xx, and a 503 for the disk reserve
+// too, unlike other 5xx.
+func TestLimitRefusalsShowTheirMessage(t *testing.T) {
+	quota := &engine.LimitError{Key: "limits.instances_per_user", Used: 20, Limit: 20,
+		Msg: "you have 20 instances, the limit (limits.instances_per_user) is 20: destroy one first"}
+	disk := &engine.LimitError{Key: "limits.disk_reserve", Used: 1 << 20, Limit: 1 << 30, Disk: true,
+		Msg: "a new instance refused: 1.0 MiB (1048576 bytes) of 20 GiB is free, under the disk reserve (limits.disk_reserve = 5%, 1.0 GiB)"}
+	for _, c := range []struct {
+		err    error
+		status int
+		code   string
+		detail string
+	}{
+		{quota, 429, CodeQuotaExceeded, quota.Msg},
+		{disk, 503, CodeNoDiskSpace, disk.Msg},
+		{fmt.Errorf("image 3: writing the upload after 10 bytes: %w", disk), 503, CodeNoDiskSpace, "image 3: writing the upload after 10 bytes: " + disk.Msg},
+	} {
+		e, internal := AsError(c.err, "rid")
+		if e.Status != c.status || e.Code != c.code || e.Detail != c.detail || internal {
+			t.Errorf("%v: %d %s %q (internal %v), want %d %s %q", c.err, e.Status, e.Code, e.Detail, internal, c.status, c.code, c.detail)
+		}
+	}
+	// Owners the engine exempts as the upload user are the API's.
+	if engine.UploadOwner != auth.UploadOwner {
+		t.Fatalf("engine.UploadOwner %q, auth.UploadOwner %q", engine.UploadOwner, auth.UploadOwner)
+	}
+}
+
+func TestStatusLimits(t *testing.T) {
+	st := engine.Status{FreeBytes: 700, DiskReserveBytes: 500, Limits: []engine.LimitUse{
+		{Name: "instances_per_user", Limit: 20, Used: 7, ByOwner: map[string]int64{"ada@example.com": 7, "bob@example.com": 2}},
+		{Name: "running_backups", Limit: 4, Used: 1},
+	}}
+	ada := limitUses(st, auth.Principal{Email: "ada@example.com"})
+	if l := ada["instances_per_user"]; l.Limit != 20 || *l.Used != 7 || *l.Yours != 7 || l.Free != nil {
+		t.Errorf("ada's instances_per_user %+v", l)
+	}
+	if l := ada["running_backups"]; l.Limit != 4 || *l.Used != 1 || l.Yours != nil {
+		t.Errorf("running_backups %+v", l)
+	}
+	if l := ada["disk_reserve"]; l.Limit != 500 || *l.Free != 700 || l.Used != nil {
+		t.Errorf("disk_reserve %+v", l)
+	}
+	if l := limitUses(st, auth.Principal{Email: "cy@example.com"})["instances_per_user"]; *l.Yours != 0 || *l.Used != 7 {
+		t.Errorf("cy's instances_per_user %+v", l)
+	}
+	if l := limitUses(st, auth.Principal{Upload: true})["instances_per_user"]; l.Yours != nil {
+		t.Errorf("the upload user's instances_per_user %+v: the per-user limits do not hold it", l)
 	}
 }
 

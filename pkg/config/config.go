@@ -69,6 +69,11 @@ const (
 	DefaultExpiryInterval             = 30 * time.Second
 	DefaultUploadAccount              = "sindri-upload"
 
+	DefaultInstancesPerUser          = 50
+	DefaultProtectedInstancesPerUser = 5
+	DefaultRunningBackupsPerUser     = 2
+	DefaultRunningBackups            = 4
+
 	// LoopbackFileSuffix is appended to data_path to form the default
 	// storage.loopback_file.
 	LoopbackFileSuffix = ".btrfs.img"
@@ -89,6 +94,12 @@ const (
 
 // DefaultOAuthScopes is the default value of oauth.scopes.
 var DefaultOAuthScopes = []string{"openid", "email"}
+
+// Defaults of [limits] that are amounts: see LimitsConfig.
+var (
+	DefaultBackupsTotalBytes = SizeOrPercent{Percent: 50}
+	DefaultDiskReserve       = SizeOrPercent{Percent: 5}
+)
 
 // Config is the whole configuration file.
 type Config struct {
@@ -136,6 +147,7 @@ type Config struct {
 	Instances InstancesConfig `toml:"instances"`
 	Backups   BackupsConfig   `toml:"backups"`
 	Uploads   UploadsConfig   `toml:"uploads"`
+	Limits    LimitsConfig    `toml:"limits"`
 
 	// file is the path Load read, used to prefix error messages.
 	file string
@@ -317,6 +329,47 @@ type UploadsConfig struct {
 	Account string `toml:"account"`
 }
 
+// LimitsConfig is the [limits] section: how much one user may hold, and
+// how much disk is kept free. A count of 0 means no limit. Counts are per
+// owner: an OAuth user's e-mail, a named API token, or the upload user
+// (the shared secret), whom only the upload_user_* keys and disk_reserve
+// hold.
+type LimitsConfig struct {
+	// InstancesPerUser is how many instances one user may have (default
+	// 50: a twentieth of the default port range).
+	InstancesPerUser int `toml:"instances_per_user"`
+
+	// ProtectedInstancesPerUser is how many of them may be protected
+	// (default 5): a protected instance never expires.
+	ProtectedInstancesPerUser int `toml:"protected_instances_per_user"`
+
+	// RunningBackupsPerUser is how many backups one user may have being
+	// written at once (default 2).
+	RunningBackupsPerUser int `toml:"running_backups_per_user"`
+
+	// RunningBackups is how many backups may be written at once in all,
+	// the upload user's included (default 4).
+	RunningBackups int `toml:"running_backups"`
+
+	// BackupsTotalBytes is how much disk the backups' archives may take
+	// together before new backups are refused: a size, or a percentage of
+	// the storage filesystem (default "50%"; "0": no limit).
+	BackupsTotalBytes SizeOrPercent `toml:"backups_total_bytes"`
+
+	// DiskReserve is the free space kept on the storage filesystem: below
+	// it, new instances, uploads, finalises, restores, pulls and backups
+	// are refused (running instances are never touched). A size, or a
+	// percentage of the filesystem (default "5%"; "0": none); under 100%.
+	DiskReserve SizeOrPercent `toml:"disk_reserve"`
+
+	// UploadUserInstances, UploadUserProtectedInstances and
+	// UploadUserRunningBackups limit the upload user (default 0: no
+	// limit).
+	UploadUserInstances          int `toml:"upload_user_instances"`
+	UploadUserProtectedInstances int `toml:"upload_user_protected_instances"`
+	UploadUserRunningBackups     int `toml:"upload_user_running_backups"`
+}
+
 // Default returns a Config holding every default. DataPath and
 // SharedSecret are empty, so it does not validate until they are set.
 // LoopbackFile is empty and means data_path + ".btrfs.img" (Load fills it
@@ -359,6 +412,14 @@ func Default() *Config {
 		},
 		Uploads: UploadsConfig{
 			Account: DefaultUploadAccount,
+		},
+		Limits: LimitsConfig{
+			InstancesPerUser:          DefaultInstancesPerUser,
+			ProtectedInstancesPerUser: DefaultProtectedInstancesPerUser,
+			RunningBackupsPerUser:     DefaultRunningBackupsPerUser,
+			RunningBackups:            DefaultRunningBackups,
+			BackupsTotalBytes:         DefaultBackupsTotalBytes,
+			DiskReserve:               DefaultDiskReserve,
 		},
 	}
 }
@@ -571,6 +632,7 @@ func (c *Config) Validate() error {
 		v.errorf("backups.max_age", "backups.max_age must not be negative (got %q; 0 keeps backups until they are deleted)", c.Backups.MaxAge.String())
 	}
 	c.validateUploads(v)
+	c.validateLimits(v)
 	return joinErrors(v.errs)
 }
 
@@ -869,6 +931,29 @@ func (c *Config) validateUploads(v *validator) {
 		v.errorf("uploads.account", "uploads.account must not be root (default %q)", DefaultUploadAccount)
 	case !userNameRE.MatchString(a):
 		v.errorf("uploads.account", "uploads.account must be a user name: a lower-case letter or _, then up to 31 lower-case letters, digits, _ or - (got %q)", a)
+	}
+}
+
+func (c *Config) validateLimits(v *validator) {
+	l := &c.Limits
+	for _, f := range []struct {
+		key string
+		n   int
+	}{
+		{"limits.instances_per_user", l.InstancesPerUser},
+		{"limits.protected_instances_per_user", l.ProtectedInstancesPerUser},
+		{"limits.running_backups_per_user", l.RunningBackupsPerUser},
+		{"limits.running_backups", l.RunningBackups},
+		{"limits.upload_user_instances", l.UploadUserInstances},
+		{"limits.upload_user_protected_instances", l.UploadUserProtectedInstances},
+		{"limits.upload_user_running_backups", l.UploadUserRunningBackups},
+	} {
+		if f.n < 0 {
+			v.errorf(f.key, "%s must not be negative (got %d; 0 means no limit)", f.key, f.n)
+		}
+	}
+	if l.DiskReserve.Percent >= 100 {
+		v.errorf("limits.disk_reserve", "limits.disk_reserve must be under 100%% of the disk (got %s), or \"0\" for none", l.DiskReserve)
 	}
 }
 

@@ -87,6 +87,15 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"backups.max_age", c.Backups.MaxAge, time.Duration(0)},
 		{"uploads.authorized_keys_file", c.Uploads.AuthorizedKeysFile, ""},
 		{"uploads.account", c.Uploads.Account, "sindri-upload"},
+		{"limits.instances_per_user", c.Limits.InstancesPerUser, 50},
+		{"limits.protected_instances_per_user", c.Limits.ProtectedInstancesPerUser, 5},
+		{"limits.running_backups_per_user", c.Limits.RunningBackupsPerUser, 2},
+		{"limits.running_backups", c.Limits.RunningBackups, 4},
+		{"limits.backups_total_bytes", c.Limits.BackupsTotalBytes, SizeOrPercent{Percent: 50}},
+		{"limits.disk_reserve", c.Limits.DiskReserve, SizeOrPercent{Percent: 5}},
+		{"limits.upload_user_instances", c.Limits.UploadUserInstances, 0},
+		{"limits.upload_user_protected_instances", c.Limits.UploadUserProtectedInstances, 0},
+		{"limits.upload_user_running_backups", c.Limits.UploadUserRunningBackups, 0},
 		{"BinDir(16)", c.BinDir("16"), "/usr/lib/postgresql/16/bin"},
 		{"MetaDir", c.MetaDir(), "/var/lib/sindri/meta"},
 		{"UploadsDir", c.UploadsDir(), "/var/lib/sindri/image_uploads"},
@@ -330,6 +339,18 @@ func TestInvalidValues(t *testing.T) {
 		{name: "per address zero", file: "[oauth]\nmax_pending_logins_per_address = 0", key: "oauth.max_pending_logins_per_address", want: "at least 1"},
 		{name: "max_pending_logins one", file: "[oauth]\nmax_pending_logins = 1", key: "oauth.max_pending_logins", want: "at least 2"},
 		{name: "trusted_proxies bad", file: "[oauth]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.example.com\"]", key: "oauth.trusted_proxies", want: `"proxy.example.com" is neither an IP address nor a CIDR network`},
+		// [limits]
+		{name: "instances_per_user negative", file: "[limits]\ninstances_per_user = -1", key: "limits.instances_per_user", want: "must not be negative (got -1; 0 means no limit)"},
+		{name: "running_backups negative", file: "[limits]\nrunning_backups = -2", key: "limits.running_backups", want: "must not be negative"},
+		{name: "upload_user_instances negative", file: "[limits]\nupload_user_instances = -1", key: "limits.upload_user_instances", want: "must not be negative"},
+		{name: "instances_per_user string", file: "[limits]\ninstances_per_user = \"10\"", key: "limits.instances_per_user", want: "must be an integer, not a string"},
+		{name: "disk_reserve words", file: "[limits]\ndisk_reserve = \"plenty\"", key: "limits.disk_reserve", want: `"plenty" is neither a size nor a percentage`},
+		{name: "disk_reserve bad percent", file: "[limits]\ndisk_reserve = \"five%\"", key: "limits.disk_reserve", want: `"five%" is not a percentage`},
+		{name: "disk_reserve negative percent", file: "[limits]\ndisk_reserve = \"-5%\"", key: "limits.disk_reserve", want: "is not a percentage"},
+		{name: "disk_reserve all of it", file: "[limits]\ndisk_reserve = \"100%\"", key: "limits.disk_reserve", want: "under 100% of the disk (got 100%)"},
+		{name: "disk_reserve over 100", file: "[limits]\ndisk_reserve = \"150%\"", key: "limits.disk_reserve", want: "more than 100%"},
+		{name: "disk_reserve negative bytes", file: "[limits]\ndisk_reserve = -1", key: "limits.disk_reserve", want: "must not be negative"},
+		{name: "backups_total_bytes float", file: "[limits]\nbackups_total_bytes = 0.5", key: "limits.backups_total_bytes", want: "neither a size nor a percentage"},
 
 		// wrong shapes
 		{name: "section not a table", file: "http = 5", key: "http", want: "http must be a table ([http])"},
@@ -445,6 +466,16 @@ func TestValidValues(t *testing.T) {
 			check: func(c *Config) any { return c.Uploads.AuthorizedKeysFile }, want: "/home/up/.ssh/authorized_keys"},
 		{name: "account", file: "[uploads]\naccount = \"db_upload-2\"",
 			check: func(c *Config) any { return c.Uploads.Account }, want: "db_upload-2"},
+		{name: "disk_reserve bytes", file: "[limits]\ndisk_reserve = \"10GiB\"",
+			check: func(c *Config) any { return c.Limits.DiskReserve }, want: SizeOrPercent{Bytes: 10 << 30}},
+		{name: "disk_reserve fraction of a percent", file: "[limits]\ndisk_reserve = \"0.5%\"",
+			check: func(c *Config) any { return c.Limits.DiskReserve.Of(1 << 40) }, want: int64(1<<40) / 200},
+		{name: "disk_reserve off", file: "[limits]\ndisk_reserve = \"0\"",
+			check: func(c *Config) any { return c.Limits.DiskReserve.IsZero() }, want: true},
+		{name: "backups_total_bytes integer", file: "[limits]\nbackups_total_bytes = 1048576",
+			check: func(c *Config) any { return c.Limits.BackupsTotalBytes.Of(1 << 40) }, want: int64(1 << 20)},
+		{name: "counts off and upload user held", file: "[limits]\ninstances_per_user = 0\nupload_user_instances = 100",
+			check: func(c *Config) any { return [2]int{c.Limits.InstancesPerUser, c.Limits.UploadUserInstances} }, want: [2]int{0, 100}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -581,6 +612,42 @@ func TestByteSize(t *testing.T) {
 	}
 }
 
+func TestSizeOrPercent(t *testing.T) {
+	for _, g := range []struct {
+		in   string
+		want SizeOrPercent
+		str  string
+		of   int64 // of a 1000-byte filesystem
+	}{
+		{"", SizeOrPercent{}, "0", 0}, {"0", SizeOrPercent{}, "0", 0}, {"0%", SizeOrPercent{}, "0", 0},
+		{"5%", SizeOrPercent{Percent: 5}, "5%", 50}, {"0.5 %", SizeOrPercent{Percent: 0.5}, "0.5%", 5},
+		{"100%", SizeOrPercent{Percent: 100}, "100%", 1000}, {"10GiB", SizeOrPercent{Bytes: 10 << 30}, "10GiB", 10 << 30},
+		{"512", SizeOrPercent{Bytes: 512}, "512", 512},
+	} {
+		got, err := ParseSizeOrPercent(g.in)
+		if err != nil || got != g.want {
+			t.Errorf("ParseSizeOrPercent(%q) = %+v, %v; want %+v", g.in, got, err, g.want)
+			continue
+		}
+		if s := got.String(); s != g.str {
+			t.Errorf("%q: String() = %q, want %q", g.in, s, g.str)
+		}
+		if n := got.Of(1000); n != g.of {
+			t.Errorf("%q: Of(1000) = %d, want %d", g.in, n, g.of)
+		}
+		if back, err := ParseSizeOrPercent(got.String()); err != nil || back != got {
+			t.Errorf("round trip of %q: %+v, %v", g.in, back, err)
+		}
+	}
+	for _, in := range []string{"%", "x%", "-1%", "101%", "NaN%", "Inf%", "lots", "-5", ".5%"} {
+		if got, err := ParseSizeOrPercent(in); err == nil {
+			t.Errorf("ParseSizeOrPercent(%q) = %+v, want an error", in, got)
+		} else if strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), `"`+in+`"`) {
+			t.Errorf("ParseSizeOrPercent(%q) error %q does not quote the input on one line", in, err)
+		}
+	}
+}
+
 // --- the example file -----------------------------------------------------
 
 const examplePath = "../../config.toml.example"
@@ -610,7 +677,7 @@ func configKeys(t *testing.T) []string {
 			if tag == "" || tag == "-" {
 				t.Fatalf("field %s%s has no toml tag", prefix, f.Name)
 			}
-			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) && f.Type != reflect.TypeOf(SizeOrPercent{}) {
 				walk(f.Type, prefix+tag+".")
 				continue
 			}

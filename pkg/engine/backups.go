@@ -91,10 +91,24 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 		return store.Backup{}, err
 	}
 	defer unlock()
+	capacity, err := e.capacity(ctx)
+	if err != nil {
+		return store.Backup{}, err
+	}
+	if err := e.reserveRefusal(capacity, 0, "a new backup refused"); err != nil {
+		e.auditBackupRefusal(ctx, req, err)
+		return store.Backup{}, err
+	}
+	// Counted in the insert's transaction, as instances are.
 	b, err := e.opts.Store.CreateBackup(ctx, store.BackupInput{
 		InstanceID: req.InstanceID, ImageID: req.ImageID, Owner: req.Owner,
+		Quota: e.backupQuota(req.Owner, capacity),
 	})
 	if err != nil {
+		err = e.quotaRefusal(ctx, err)
+		if errors.Is(err, ErrQuotaExceeded) {
+			e.auditBackupRefusal(ctx, req, err)
+		}
 		return b, err
 	}
 	snap, err := e.opts.Storage.Snapshot(ctx, source, BackupVolume(b.ID))
@@ -179,6 +193,16 @@ func (e *Engine) flushWAL(ctx context.Context, inst store.Instance) {
 	}
 }
 
+// auditBackupRefusal records a backup that a limit refused, against what
+// it was to back up.
+func (e *Engine) auditBackupRefusal(ctx context.Context, req BackupRequest, err error) {
+	if req.ImageID != 0 {
+		e.auditFailure(ctx, "create_backup", "image", req.ImageID, err)
+		return
+	}
+	e.auditFailure(ctx, "create_backup", "instance", req.InstanceID, err)
+}
+
 func (e *Engine) failBackup(ctx context.Context, id int64, msg string) {
 	e.log.Error("engine: backup failed", "backup_id", id, "err", msg)
 	if err := e.opts.Store.SetBackupStatus(ctx, id, store.BackupFailed, msg); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -233,7 +257,7 @@ func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, stri
 	defer os.Remove(tmp)
 	defer f.Close()
 	hash := sha256.New()
-	counted := &countingWriter{w: io.MultiWriter(f, hash)}
+	counted := &countingWriter{w: io.MultiWriter(e.guardWriter(ctx, f, "a backup"), hash)}
 	zw, err := zstd.NewWriter(counted, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	if err != nil {
 		return 0, "", err

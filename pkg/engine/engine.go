@@ -83,6 +83,15 @@ type Options struct {
 	// BackupMaxAge is how long a finished backup is kept before the expiry
 	// sweep deletes it (0: until deleted).
 	BackupMaxAge time.Duration
+	// Limits are the [limits]: per-user counts and the disk reserve.
+	Limits Limits
+	// ReserveCheckEvery is how often work whose writes sindrid does not
+	// see (an extraction, a pull) looks at the free space (default 500 ms).
+	ReserveCheckEvery time.Duration
+	// DiskRetryMax caps the wait between restarts of a postmaster that
+	// stopped while the disk was full (default 30 s); such stops do not
+	// count towards MaxCrashes.
+	DiskRetryMax time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
@@ -145,6 +154,12 @@ func New(opts Options) *Engine {
 	}
 	if opts.MaxUnanswered == 0 {
 		opts.MaxUnanswered = 3
+	}
+	if opts.ReserveCheckEvery == 0 {
+		opts.ReserveCheckEvery = 500 * time.Millisecond
+	}
+	if opts.DiskRetryMax == 0 {
+		opts.DiskRetryMax = 30 * time.Second
 	}
 	return &Engine{
 		opts:       opts,
@@ -240,9 +255,24 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	if img.Status != store.ImageReady {
 		return store.Instance{}, fmt.Errorf("%w: image %d is %s", ErrImageNotReady, img.ID, img.Status)
 	}
-	return e.opts.Store.CreateInstance(ctx, store.InstanceInput{
+	if err := e.CheckDiskReserve(ctx, 0, "a new instance"); err != nil {
+		e.auditFailure(ctx, "create_instance", "image", req.ImageID, err)
+		return store.Instance{}, err
+	}
+	// The owner's instances are counted in the insert's transaction: a
+	// refusal leaves nothing behind, and concurrent creations cannot pass
+	// the limit together.
+	inst, err := e.opts.Store.CreateInstance(ctx, store.InstanceInput{
 		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
+		Quota: e.instanceQuota(req.Owner),
 	})
+	if err != nil {
+		err = e.quotaRefusal(ctx, err)
+		if errors.Is(err, ErrQuotaExceeded) {
+			e.auditFailure(ctx, "create_instance", "image", req.ImageID, err)
+		}
+	}
+	return inst, err
 }
 
 func (e *Engine) build(ctx context.Context, inst *store.Instance) error {

@@ -70,6 +70,16 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 		}
 		redacted = src.connString
 	}
+	switch {
+	case req.SourceURL != "":
+		if err := e.CheckDiskReserve(ctx, 0, "a pull from a source server"); err != nil {
+			return store.Image{}, err
+		}
+	case req.BackupID != 0:
+		if err := e.CheckDiskReserve(ctx, 0, "a restore"); err != nil {
+			return store.Image{}, err
+		}
+	}
 	var backup *os.File // the archive a restore takes, opened before anything is recorded
 	if req.BackupID != 0 {
 		if req.SourceURL != "" {
@@ -114,6 +124,9 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 	if err := e.acceptsUpload(ctx, id); err != nil {
 		return 0, err
 	}
+	if err := e.CheckDiskReserve(ctx, 0, "an upload"); err != nil {
+		return 0, err
+	}
 	dir := e.uploadDir(id)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return 0, err
@@ -125,7 +138,7 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 		return 0, err
 	}
 	defer os.Remove(tmp.Name())
-	dst := &writeErr{w: tmp}
+	dst := &writeErr{w: e.guardWriter(ctx, tmp, "an upload")}
 	n, err := io.Copy(dst, body)
 	if err != nil {
 		tmp.Close()
@@ -238,21 +251,41 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 	if img.Status == store.ImageDestroying {
 		return img, fmt.Errorf("%w: image %d is being destroyed", ErrImageNotPending, id)
 	}
+	if err := e.CheckDiskReserve(ctx, 0, "finalising an image"); err != nil {
+		// The image stays as it was, saying why, until space is freed.
+		if serr := e.opts.Store.SetImageStatus(ctx, id, img.Status, err.Error()); serr != nil {
+			return img, errors.Join(err, serr)
+		}
+		e.auditFailure(ctx, "finalise_image", "image", id, err)
+		return e.getImageOr(ctx, id, img), err
+	}
 	if err := e.opts.Store.SetImageStatus(ctx, id, store.ImageFinalising, ""); err != nil {
 		return img, err
 	}
 	started := time.Now()
 	// From here on the upload account can no longer write the upload; a
-	// failure hands it back so that the user can upload again.
+	// failure hands it back so that the user can upload again. The
+	// extraction or the pull stops at the disk reserve.
+	guarded, stopGuard := e.guardReserve(ctx, "finalising an image")
 	pgVersion, size, err := func() (string, int64, error) {
 		if err := e.closeUploadDir(id); err != nil {
 			return "", 0, err
 		}
-		return e.prepare(ctx, img)
+		return e.prepare(guarded, img)
 	}()
+	full := reserveCause(guarded)
+	stopGuard()
 	if err != nil {
 		if oerr := e.openUploadDir(id); oerr != nil {
 			e.log.Error("engine: giving the upload directory back to the upload account", "image_id", id, "err", oerr)
+		}
+		if full != nil {
+			err = full
+			// What was extracted or pulled so far goes: the space is
+			// what was missing.
+			if derr := e.dropUploadVolume(ctx, id); derr != nil {
+				e.log.Error("engine: removing a finalise's partial data", "image_id", id, "err", derr)
+			}
 		}
 		msg := err.Error()
 		e.log.Error("engine: finalising failed", "image_id", id, "err", msg)
@@ -260,6 +293,9 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 			return img, errors.Join(err, serr)
 		}
 		e.audit(ctx, "finalise_image", "image", id, "failed", msg)
+		if full != nil {
+			return e.getImageOr(ctx, id, img), full
+		}
 		return e.getImageOr(ctx, id, img), fmt.Errorf("%w: %s", ErrFinaliseFailed, msg)
 	}
 	if err := e.opts.Store.MarkImageReady(ctx, id, pgVersion, size); err != nil {
@@ -269,6 +305,22 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 		"duration_ms", time.Since(started).Milliseconds())
 	e.audit(ctx, "finalise_image", "image", id, "ok", "")
 	return e.getImageOr(ctx, id, img), nil
+}
+
+// dropUploadVolume replaces the image's upload volume by an empty one,
+// stopping the private postmaster a finalise may have left on it.
+func (e *Engine) dropUploadVolume(ctx context.Context, id int64) error {
+	name := UploadVolume(id)
+	if err := e.stopVolume(ctx, name); err != nil {
+		return err
+	}
+	if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	if _, err := e.opts.Storage.Create(ctx, name); err != nil && !errors.Is(err, storage.ErrExists) {
+		return err
+	}
+	return nil
 }
 
 func (e *Engine) getImageOr(ctx context.Context, id int64, fallback store.Image) store.Image {
@@ -694,7 +746,8 @@ func (e *Engine) audit(ctx context.Context, action, targetType string, targetID 
 // the engine said no (the state forbids it), "failed" when it went wrong.
 func (e *Engine) auditFailure(ctx context.Context, action, targetType string, targetID int64, err error) {
 	outcome := "failed"
-	if errors.Is(err, ErrImageHasInstances) || errors.Is(err, ErrBackupRunning) || errors.Is(err, ErrInvalid) {
+	if errors.Is(err, ErrImageHasInstances) || errors.Is(err, ErrBackupRunning) || errors.Is(err, ErrInvalid) ||
+		errors.Is(err, ErrQuotaExceeded) || errors.Is(err, ErrNoDiskSpace) {
 		outcome = "refused"
 	}
 	e.audit(context.WithoutCancel(ctx), action, targetType, targetID, outcome, err.Error())

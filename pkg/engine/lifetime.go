@@ -51,7 +51,8 @@ func (e *Engine) now() time.Time {
 func (e *Engine) UpdateInstance(ctx context.Context, id int64, expiresAt *time.Time, protected *bool) (store.Instance, error) {
 	unlock := e.locks.Lock(id)
 	defer unlock()
-	if _, err := e.GetInstance(ctx, id); err != nil {
+	inst, err := e.GetInstance(ctx, id)
+	if err != nil {
 		return store.Instance{}, err
 	}
 	if expiresAt != nil && !expiresAt.IsZero() {
@@ -65,7 +66,13 @@ func (e *Engine) UpdateInstance(ctx context.Context, id int64, expiresAt *time.T
 	if expiresAt != nil && expiresAt.IsZero() && e.opts.MaxTTL > 0 {
 		return store.Instance{}, fmt.Errorf("%w: an instance cannot live forever while the maximum lifetime is %s (protect it instead)", ErrTTLTooLong, e.opts.MaxTTL)
 	}
-	if err := e.opts.Store.SetInstanceExpiry(ctx, id, expiresAt, protected); err != nil {
+	// A protected instance never expires: the owner's protected ones are
+	// counted in the update's transaction.
+	if err := e.opts.Store.SetInstanceExpiryWithin(ctx, id, expiresAt, protected, e.instanceQuota(inst.Owner).Protected); err != nil {
+		err = e.quotaRefusal(ctx, err)
+		if errors.Is(err, ErrQuotaExceeded) {
+			e.auditFailure(ctx, "update_instance", "instance", id, err)
+		}
 		return store.Instance{}, err
 	}
 	e.audit(ctx, "update_instance", "instance", id, "ok", "")
@@ -192,6 +199,32 @@ func (e *Engine) usedByInstances(ctx context.Context, instances []store.Instance
 	return sum
 }
 
+// limitUses pairs each count limit with its use; the per-user ones leave
+// the upload user out, whom the upload_user_* ones count.
+func (e *Engine) limitUses(c storage.Capacity, instancesOf, protectedOf, runningOf map[string]int64, running, backupBytes int64) []LimitUse {
+	l := e.opts.Limits
+	perUser := func(name string, limit int, of map[string]int64) LimitUse {
+		u := LimitUse{Name: name, Limit: int64(limit), ByOwner: map[string]int64{}}
+		for owner, n := range of {
+			if !e.isUpload(owner) {
+				u.ByOwner[owner] = n
+				u.Used = max(u.Used, n)
+			}
+		}
+		return u
+	}
+	return []LimitUse{
+		perUser("instances_per_user", l.InstancesPerUser, instancesOf),
+		perUser("protected_instances_per_user", l.ProtectedInstancesPerUser, protectedOf),
+		perUser("running_backups_per_user", l.RunningBackupsPerUser, runningOf),
+		{Name: "running_backups", Limit: int64(l.RunningBackups), Used: running},
+		{Name: "backups_total_bytes", Limit: l.BackupsTotal.Of(c.TotalBytes), Used: backupBytes},
+		{Name: "upload_user_instances", Limit: int64(l.UploadUserInstances), Used: instancesOf[UploadOwner]},
+		{Name: "upload_user_protected_instances", Limit: int64(l.UploadUserProtectedInstances), Used: protectedOf[UploadOwner]},
+		{Name: "upload_user_running_backups", Limit: int64(l.UploadUserRunningBackups), Used: runningOf[UploadOwner]},
+	}
+}
+
 // cloneTimes keeps the durations of the latest instance creations.
 type cloneTimes struct {
 	mu     sync.Mutex
@@ -231,6 +264,23 @@ type Status struct {
 	ImagesByStatus       map[string]int
 	InstancesByStatus    map[string]int
 	ExpectedCloningTime  time.Duration
+	// DiskReserveBytes is the disk reserve in bytes (0: none); Limits are
+	// the other limits, each with its use.
+	DiskReserveBytes int64
+	Limits           []LimitUse
+}
+
+// LimitUse is one limit and how much of it is used.
+type LimitUse struct {
+	// Name is the limit's key in [limits], e.g. "instances_per_user".
+	Name string
+	// Limit is the limit (bytes for backups_total_bytes); 0 is none.
+	Limit int64
+	// Used is the figure the limit holds: for a per-user limit, the most
+	// any one user has.
+	Used int64
+	// ByOwner is each owner's figure, for a per-user limit; nil otherwise.
+	ByOwner map[string]int64
 }
 
 // Status gathers the figures of GET /status. Degraded means an instance
@@ -255,8 +305,15 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
+	instancesOf, protectedOf := map[string]int64{}, map[string]int64{}
 	for _, inst := range instances {
 		st.InstancesByStatus[string(inst.Status)]++
+		if inst.Status != store.InstanceDestroying { // as the limits count them
+			instancesOf[inst.Owner]++
+			if inst.Protected {
+				protectedOf[inst.Owner]++
+			}
+		}
 	}
 	st.UsedByInstancesBytes = e.usedByInstances(ctx, instances)
 	backups, err := e.opts.Store.CountBackups(ctx)
@@ -267,12 +324,21 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		st.BackupsByStatus[string(status)] = n
 	}
 	st.UsedByBackupsBytes = backups.SizeBytes // the archives, which live on the same filesystem
+	st.Limits = e.limitUses(capacity, instancesOf, protectedOf, backups.RunningByOwner, backups.Running, st.UsedByBackupsBytes)
+	st.DiskReserveBytes = e.opts.Limits.DiskReserve.Of(capacity.TotalBytes)
 	st.ExpectedCloningTime = e.cloneTimes.median()
 	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))
 	}
+	if n := st.InstancesByStatus[string(store.InstanceStopped)]; n > 0 {
+		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) stopped while the disk was full; they start again once space is freed", n))
+	}
 	if capacity.TotalBytes > 0 && capacity.FreeBytes < capacity.TotalBytes/20 {
 		st.Problems = append(st.Problems, "less than 5% of the disk is free")
+	}
+	if st.DiskReserveBytes > 0 && capacity.FreeBytes < st.DiskReserveBytes {
+		st.Problems = append(st.Problems, fmt.Sprintf("the free space (%s) is under the disk reserve (limits.disk_reserve = %s): new instances, uploads and backups are refused",
+			size(capacity.FreeBytes), e.opts.Limits.DiskReserve.describe(capacity.TotalBytes)))
 	}
 	st.Healthy = len(st.Problems) == 0
 	return st, nil

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,6 +24,9 @@ type watch struct {
 	path       string      // the data directory, once looked up
 	probedAt   time.Time   // the last connection attempt to a live postmaster
 	unanswered int         // connection attempts in a row that got no answer
+	diskWaits  int         // deaths in a row while the disk was full
+	diskStop   bool        // marked stopped for the full disk
+	startFull  bool        // the last restart failed for want of space
 }
 
 // watchedPath is the data directory of a watched instance, looked up in
@@ -151,7 +156,6 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 			return
 		}
 	}
-	now := time.Now()
 	e.mu.Lock()
 	w := e.watched[id]
 	if w == nil {
@@ -160,28 +164,64 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	}
 	// The next postmaster starts with a clean record of probes.
 	w.unanswered = 0
-	if w.restartAt.IsZero() { // a death not seen before
-		recent := w.crashes[:0]
-		for _, t := range w.crashes {
-			if now.Sub(t) < e.opts.CrashWindow {
-				recent = append(recent, t)
+	newDeath, startFull := w.restartAt.IsZero(), w.startFull
+	e.mu.Unlock()
+	// A postmaster that died because the disk is full (Postgres stops at
+	// a failed WAL write, and cannot start again without space) is not
+	// crashing: it waits, stopped, with backoff, and comes back once space
+	// is freed, instead of being marked failed and losing its port.
+	var full bool
+	var capacity storage.Capacity
+	if newDeath {
+		full, capacity = e.diskFull(ctx)
+		full = full || startFull
+	}
+	now := time.Now()
+	e.mu.Lock()
+	if w = e.watched[id]; w == nil {
+		e.mu.Unlock()
+		return
+	}
+	if newDeath && w.restartAt.IsZero() { // a death not seen before
+		if full {
+			w.diskWaits++
+			w.restartAt = now.Add(min(time.Second<<min(w.diskWaits-1, 10), e.opts.DiskRetryMax))
+		} else {
+			w.diskWaits = 0
+			recent := w.crashes[:0]
+			for _, t := range w.crashes {
+				if now.Sub(t) < e.opts.CrashWindow {
+					recent = append(recent, t)
+				}
 			}
+			w.crashes = append(recent, now)
+			// The first restart is at once; then after 1 s, 2 s, 4 s, ...
+			var delay time.Duration
+			if n := len(w.crashes); n > 1 {
+				delay = time.Second << min(n-2, 5)
+			}
+			w.restartAt = now.Add(delay)
 		}
-		w.crashes = append(recent, now)
-		// The first restart is at once; then after 1 s, 2 s, 4 s, ...
-		var delay time.Duration
-		if n := len(w.crashes); n > 1 {
-			delay = time.Second << min(n-2, 5)
-		}
-		w.restartAt = now.Add(delay)
 	}
 	crashes := len(w.crashes)
 	wait := now.Before(w.restartAt)
 	if !wait {
 		w.restartAt = time.Time{}
 	}
+	markStopped := full && !w.diskStop
+	if markStopped {
+		w.diskStop = true
+	}
+	waitingForDisk := w.diskStop
 	e.mu.Unlock()
 
+	if markStopped {
+		e.log.Error("engine: postmaster stopped with the disk full; restarting it once space is freed", "instance_id", id,
+			"free_bytes", capacity.FreeBytes)
+		if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceStopped, e.diskStopMessage(capacity, dataDir)); err != nil {
+			e.log.Error("engine: marking instance stopped", "instance_id", id, "err", err)
+		}
+	}
 	if crashes >= e.opts.MaxCrashes {
 		e.unwatch(id)
 		msg := fmt.Sprintf("postgres crashed %d times within %s; last log lines:\n%s", crashes, e.opts.CrashWindow, postgres.LogTail(dataDir, 20))
@@ -194,7 +234,11 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	if wait {
 		return
 	}
-	e.log.Warn("engine: postmaster died; restarting", "instance_id", id, "crashes_in_window", crashes)
+	if waitingForDisk {
+		e.log.Info("engine: starting postgres again after the disk was full", "instance_id", id)
+	} else {
+		e.log.Warn("engine: postmaster died; restarting", "instance_id", id, "crashes_in_window", crashes)
+	}
 	if err := postgres.KillLeftovers(ctx, dataDir); err != nil {
 		e.log.Error("engine: clearing the dead postmaster's processes", "instance_id", id, "err", err)
 		return
@@ -204,9 +248,49 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		e.log.Error("engine: restarting", "instance_id", id, "err", err)
 		return
 	}
-	if err := e.start(ctx, inst, false); err != nil {
-		e.log.Error("engine: restart failed", "instance_id", id, "err", err)
+	err = e.start(ctx, inst, false)
+	e.mu.Lock()
+	wasStopped := false
+	if w := e.watched[id]; w != nil {
+		w.startFull = errors.Is(err, syscall.ENOSPC)
+		wasStopped = w.diskStop
+		if err == nil {
+			w.diskStop, w.diskWaits = false, 0
+		}
 	}
+	e.mu.Unlock()
+	if err != nil {
+		level := slog.LevelError
+		if wasStopped {
+			level = slog.LevelInfo // expected until space is freed
+		}
+		e.log.Log(ctx, level, "engine: restart failed", "instance_id", id, "err", err)
+		return
+	}
+	if wasStopped || inst.Status == store.InstanceStopped {
+		e.log.Info("engine: instance running again after the disk was full", "instance_id", id)
+		if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceRunning, ""); err != nil {
+			e.log.Error("engine: marking instance running", "instance_id", id, "err", err)
+		}
+	}
+}
+
+// diskFull tells whether the storage filesystem is full enough that a
+// postmaster's death is its doing: its free space is under the disk
+// reserve, or under 1% of it when there is no reserve.
+func (e *Engine) diskFull(ctx context.Context) (bool, storage.Capacity) {
+	c, err := e.opts.Storage.Capacity(ctx)
+	if err != nil {
+		return false, c
+	}
+	floor := max(e.opts.Limits.DiskReserve.Of(c.TotalBytes), c.TotalBytes/100)
+	return c.FreeBytes < floor, c
+}
+
+// diskStopMessage is the error of an instance stopped for the full disk.
+func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
+	return fmt.Sprintf("postgres stopped while the disk was full (%s of %s free): sindri starts it again once space is freed (destroy instances, delete backups), trying at least every %s; last log lines:\n%s",
+		size(c.FreeBytes), size(c.TotalBytes), e.opts.DiskRetryMax, postgres.LogTail(dataDir, 5))
 }
 
 // hung tells whether a live postmaster has failed MaxUnanswered connection
@@ -307,7 +391,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if first {
 		errs = append(errs, e.reconcileImages(ctx, volumes))
 	}
-	errs = append(errs, e.finishImageDestroys(ctx))
+	errs = append(errs, e.finishImageDestroys(ctx), e.publishReserve(ctx))
 	e.removeOrphans(ctx, entries, referenced)
 	errs = append(errs, e.reconcileBackups(ctx, entries))
 	return errors.Join(errs...)
@@ -412,7 +496,7 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 			return e.opts.Store.ReleasePort(ctx, inst.ID)
 		}
 		return nil
-	case store.InstanceRunning:
+	case store.InstanceRunning, store.InstanceStopped: // stopped: for the full disk, to start again
 	default:
 		return nil
 	}
@@ -427,6 +511,12 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 				return err
 			}
 		}
+		if inst.Status == store.InstanceStopped {
+			if err := e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceRunning, ""); err != nil {
+				return err
+			}
+			e.clearDiskStop(inst.ID)
+		}
 		e.mu.Lock()
 		_, known := e.watched[inst.ID]
 		e.mu.Unlock()
@@ -438,12 +528,50 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 	}
 	e.log.Info("engine: starting an instance whose postmaster is not running", "instance_id", inst.ID)
 	if err := e.start(ctx, inst, false); err != nil {
+		if full, c := e.diskFull(ctx); full || errors.Is(err, syscall.ENOSPC) {
+			// Not its fault: the supervisor starts it once space is freed.
+			e.log.Error("engine: cannot start an instance with the disk full; waiting for space", "instance_id", inst.ID, "err", err)
+			e.watchStoppedForDisk(inst.ID)
+			if inst.Status == store.InstanceStopped {
+				return nil
+			}
+			return e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceStopped, e.diskStopMessage(c, vol.Path))
+		}
 		msg := fmt.Sprintf("starting postgres: %v", err)
 		e.unwatch(inst.ID)
 		return errors.Join(err, e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceFailed, msg))
 	}
+	if inst.Status == store.InstanceStopped {
+		if err := e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceRunning, ""); err != nil {
+			return err
+		}
+		e.clearDiskStop(inst.ID)
+	}
 	e.watch(inst.ID)
 	return nil
+}
+
+// clearDiskStop forgets that an instance, running again, was stopped for
+// the full disk.
+func (e *Engine) clearDiskStop(id int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if w := e.watched[id]; w != nil {
+		w.diskStop, w.startFull, w.diskWaits = false, false, 0
+	}
+}
+
+// watchStoppedForDisk has the supervisor start an instance, stopped for
+// the full disk, once space is freed.
+func (e *Engine) watchStoppedForDisk(id int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	w := e.watched[id]
+	if w == nil {
+		w = &watch{}
+		e.watched[id] = w
+	}
+	w.diskStop, w.startFull = true, true
 }
 
 func (e *Engine) removeOrphans(ctx context.Context, entries []storage.Entry, referenced map[string]bool) {

@@ -2,6 +2,8 @@ package engine_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -146,5 +148,111 @@ func TestSupervisionGoesOnDuringASlowExpiry(t *testing.T) {
 			t.Fatal("the expired instance was never destroyed")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A disk that fills up under a running instance stops its Postgres; the
+// instance waits, stopped, instead of crash-looping into failed, and runs
+// again once space is freed, on its port, with its data.
+func TestFullDiskStopsAnInstanceUntilSpaceIsFreed(t *testing.T) {
+	w := newWorldSized(t, 5, 512<<20)
+	opts := w.options()
+	opts.MaxCrashes, opts.CrashWindow = 2, time.Minute
+	opts.DiskRetryMax = 300 * time.Millisecond
+	opts.Limits = engine.Limits{DiskReserve: engine.Amount{Percent: 10}}
+	e := engine.New(opts)
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	ran := make(chan struct{})
+	// Reconcile often, as it would every minute, to show that it does not
+	// fail the instance or take its port either.
+	go func() {
+		defer close(ran)
+		e.Run(run, 500*time.Millisecond, time.Minute)
+	}()
+	vol, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := postgres.Status(vol.Path)
+	if err != nil || !st.Alive {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	execSQL(t, w.superuserConn(inst), "create table notes (id int); grant all on notes to public; insert into notes values (1)")
+
+	filler := fill(t, w.storage, w.root, 0)
+	// Writing now fails; the postmaster dies (a failed WAL write is a
+	// PANIC; it is killed here too, in case it lives on).
+	sql(t, passwordConn(inst), "insert into notes select generate_series(1, 100000) returning 'x'")
+	syscall.Kill(st.PID, syscall.SIGKILL)
+
+	stoppedAt := time.Time{}
+	deadline := time.Now().Add(30 * time.Second)
+	for stoppedAt.IsZero() || time.Since(stoppedAt) < 5*time.Second {
+		got, err := w.store.GetInstance(ctx, inst.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch got.Status {
+		case store.InstanceFailed:
+			t.Fatalf("the instance failed while the disk was full: %s", got.Error)
+		case store.InstanceStopped:
+			if stoppedAt.IsZero() {
+				stoppedAt = time.Now()
+				if !strings.Contains(got.Error, "disk was full") || got.Port != inst.Port {
+					t.Fatalf("stopped instance: port %d (was %d), error %q", got.Port, inst.Port, got.Error)
+				}
+			}
+		}
+		if stoppedAt.IsZero() && time.Now().After(deadline) {
+			t.Fatalf("the instance is %s, not stopped, with the disk full", got.Status)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got, _ := w.store.GetInstance(ctx, inst.ID); got.Status != store.InstanceStopped || got.Port != inst.Port {
+		t.Fatalf("after 5 s with the disk full: %s on port %d", got.Status, got.Port)
+	}
+	if st, err := e.Status(ctx); err != nil || !slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, "1 instance(s) stopped") }) {
+		t.Errorf("status problems %q, %v: want the stopped instance named", st.Problems, err)
+	}
+
+	// sindrid restarts meanwhile: the new one's first reconcile leaves the
+	// instance stopped, not failed, and its supervisor starts it later.
+	stop()
+	<-ran
+	e = engine.New(opts)
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatalf("reconcile after a restart with the disk full: %v", err)
+	}
+	if got, _ := w.store.GetInstance(ctx, inst.ID); got.Status != store.InstanceStopped || got.Port != inst.Port {
+		t.Fatalf("after a restart with the disk full: %s on port %d", got.Status, got.Port)
+	}
+	run, stop = context.WithCancel(ctx)
+	defer stop()
+	go e.Run(run, time.Minute, time.Minute)
+
+	freed := time.Now()
+	unfill(t, w.storage, filler, 100<<20)
+	answersWithin(t, inst, vol.Path, freed, 60*time.Second)
+	if got := mustSQL(t, passwordConn(inst), "select min(id)::text from notes"); got != "1" {
+		t.Fatalf("the instance's data after the full disk: %s", got)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		got, _ := w.store.GetInstance(ctx, inst.ID)
+		if got.Status == store.InstanceRunning && got.Error == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("answering again but %s (%q), want running", got.Status, got.Error)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st2, _ := postgres.Status(vol.Path); !st2.Alive {
+		t.Fatal("not alive")
 	}
 }

@@ -1,6 +1,6 @@
 // Package metrics exposes sindrid's Prometheus metrics: how long instances
-// take to become ready, instances and images by status, disk space, and
-// HTTP requests.
+// take to become ready, instances and images by status, disk space, the
+// configured limits and their use, and HTTP requests.
 package metrics
 
 import (
@@ -60,6 +60,10 @@ var (
 	imagesDesc    = prometheus.NewDesc("sindri_images", "Images by status.", []string{"status"}, nil)
 	freeDesc      = prometheus.NewDesc("sindri_disk_free_bytes", "Free bytes on the storage filesystem.", nil, nil)
 	totalDesc     = prometheus.NewDesc("sindri_disk_total_bytes", "Size of the storage filesystem.", nil, nil)
+	limitDesc     = prometheus.NewDesc("sindri_limit",
+		"Each limit of [limits] that is set, by its key (bytes for backups_total_bytes and disk_reserve).", []string{"name"}, nil)
+	limitUsedDesc = prometheus.NewDesc("sindri_limit_used",
+		"What each limit of [limits] holds, by its key: for a per-user limit, the most any one user has. The disk reserve's is sindri_disk_free_bytes.", []string{"name"}, nil)
 )
 
 // statusCollector reads the engine's figures at scrape time.
@@ -72,6 +76,8 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- imagesDesc
 	ch <- freeDesc
 	ch <- totalDesc
+	ch <- limitDesc
+	ch <- limitUsedDesc
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -90,4 +96,13 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(freeDesc, prometheus.GaugeValue, float64(st.FreeBytes))
 	ch <- prometheus.MustNewConstMetric(totalDesc, prometheus.GaugeValue, float64(st.TotalBytes))
+	if st.DiskReserveBytes > 0 {
+		ch <- prometheus.MustNewConstMetric(limitDesc, prometheus.GaugeValue, float64(st.DiskReserveBytes), "disk_reserve")
+	}
+	for _, l := range st.Limits {
+		if l.Limit > 0 {
+			ch <- prometheus.MustNewConstMetric(limitDesc, prometheus.GaugeValue, float64(l.Limit), l.Name)
+		}
+		ch <- prometheus.MustNewConstMetric(limitUsedDesc, prometheus.GaugeValue, float64(l.Used), l.Name)
+	}
 }

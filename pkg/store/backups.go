@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,6 +41,8 @@ type BackupInput struct {
 	ImageID    int64
 	Owner      string // "" records "upload"
 	Path       string // may be set later by SetBackupDone
+	// Quota, if not zero, caps the backups: see BackupQuota.
+	Quota BackupQuota
 }
 
 // BackupFilter selects backups: zero fields match anything.
@@ -54,15 +57,37 @@ const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
 	coalesce(path, '') as path, coalesce(size_bytes, 0) as size_bytes,
 	coalesce(sha256, '') as sha256, created_at, updated_at`
 
-// CreateBackup records a new running backup.
+// CreateBackup records a new running backup; a *QuotaError
+// (ErrQuotaExceeded) if in.Quota refuses it.
 func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error) {
 	owner := in.Owner
 	if owner == "" {
 		owner = "upload"
 	}
-	b, err := get[Backup](ctx, s, `insert into backups (instance_id, image_id, owner, path)
-		values ($1, $2, $3, $4) returning `+backupColumns,
-		nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path))
+	const insert = `insert into backups (instance_id, image_id, owner, path)
+		values ($1, $2, $3, $4) returning ` + backupColumns
+	args := []any{nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path)}
+	if in.Quota == (BackupQuota{}) {
+		b, err := get[Backup](ctx, s, insert, args...)
+		return b, wrap(err, "create backup")
+	}
+	var b Backup
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `select pg_advisory_xact_lock($1, 0)`, lockClassBackups); err != nil {
+			return err
+		}
+		if err := checkBackupQuota(ctx, tx, owner, in.Quota); err != nil {
+			return err
+		}
+		rows, _ := tx.Query(ctx, insert, args...)
+		var err error
+		b, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Backup])
+		return err
+	})
+	var qerr *QuotaError
+	if errors.As(err, &qerr) {
+		return b, qerr
+	}
 	return b, wrap(err, "create backup")
 }
 
@@ -85,19 +110,28 @@ func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]Backup, erro
 type BackupTotals struct {
 	ByStatus  map[BackupStatus]int
 	SizeBytes int64 // the archives' bytes, all statuses
+	// Running is the running backups, RunningByOwner each owner's.
+	Running        int64
+	RunningByOwner map[string]int64
 }
 
-// CountBackups counts the backups by status and sums their sizes.
+// CountBackups counts the backups by status, sums their sizes and counts
+// each owner's running ones.
 func (s *Store) CountBackups(ctx context.Context) (BackupTotals, error) {
-	rows, _ := s.pool.Query(ctx, `select status, count(*), coalesce(sum(size_bytes), 0)::bigint
-		from backups group by status`)
-	t := BackupTotals{ByStatus: map[BackupStatus]int{}}
+	rows, _ := s.pool.Query(ctx, `select status, owner, count(*), coalesce(sum(size_bytes), 0)::bigint
+		from backups group by status, owner`)
+	t := BackupTotals{ByStatus: map[BackupStatus]int{}, RunningByOwner: map[string]int64{}}
 	var status BackupStatus
+	var owner string
 	var n int
 	var size int64
-	_, err := pgx.ForEachRow(rows, []any{&status, &n, &size}, func() error {
-		t.ByStatus[status] = n
+	_, err := pgx.ForEachRow(rows, []any{&status, &owner, &n, &size}, func() error {
+		t.ByStatus[status] += n
 		t.SizeBytes += size
+		if status == BackupRunning {
+			t.RunningByOwner[owner] += int64(n)
+			t.Running += int64(n)
+		}
 		return nil
 	})
 	return t, wrap(err, "count backups")

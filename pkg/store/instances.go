@@ -2,8 +2,11 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // InstanceStatus is an instance's place in its lifecycle.
@@ -53,6 +56,8 @@ type InstanceInput struct {
 	Owner     string
 	ExpiresAt *time.Time
 	Protected bool
+	// Quota, if not zero, caps the owner's instances: see InstanceQuota.
+	Quota InstanceQuota
 }
 
 const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
@@ -108,12 +113,37 @@ func (s *Store) listInstances(ctx context.Context, sql string, args ...any) ([]I
 }
 
 // CreateInstance records a new instance of an image; ErrNotFound if the
-// image does not exist.
+// image does not exist, a *QuotaError (ErrQuotaExceeded) if in.Quota
+// refuses it.
 func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance, error) {
-	inst, err := s.getInstance(ctx, `insert into instances
+	const insert = `insert into instances
 		(image_id, owner, expires_at, protected) values ($1, $2, $3, $4)
-		returning `+instanceColumns,
-		in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected)
+		returning ` + instanceColumns
+	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected}
+	var inst Instance
+	var err error
+	if in.Quota == (InstanceQuota{}) {
+		inst, err = get[Instance](ctx, s, insert, args...)
+	} else {
+		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if err := lockOwnerInstances(ctx, tx, in.Owner); err != nil {
+				return err
+			}
+			if err := checkInstanceQuota(ctx, tx, in.Owner, in.Protected, 0, in.Quota); err != nil {
+				return err
+			}
+			rows, _ := tx.Query(ctx, insert, args...)
+			inst, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Instance])
+			return err
+		})
+	}
+	var qerr *QuotaError
+	if errors.As(err, &qerr) {
+		return inst, qerr
+	}
+	if err == nil {
+		err = s.openCredentials(&inst)
+	}
 	if pgCode(err) == "23503" { // the image is missing, not in use
 		return inst, fmt.Errorf("store: create instance of image %d: %w: %w", in.ImageID, ErrNotFound, err)
 	}
@@ -137,14 +167,16 @@ func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, er
 // InstanceState is an instance's id and status: what /status and /metrics
 // count, without its credentials.
 type InstanceState struct {
-	ID     int64          `db:"id"`
-	Status InstanceStatus `db:"status"`
+	ID        int64          `db:"id"`
+	Status    InstanceStatus `db:"status"`
+	Owner     string         `db:"owner"`
+	Protected bool           `db:"protected"`
 }
 
-// InstanceStates reads every instance's id and status, oldest first; it
-// reads no secret column.
+// InstanceStates reads every instance's id, status, owner and protection,
+// oldest first; it reads no secret column.
 func (s *Store) InstanceStates(ctx context.Context) ([]InstanceState, error) {
-	states, err := list[InstanceState](ctx, s, `select id, status from instances order by id`)
+	states, err := list[InstanceState](ctx, s, `select id, status, owner, protected from instances order by id`)
 	return states, wrap(err, "list instance states")
 }
 
@@ -187,11 +219,49 @@ func (s *Store) SetInstanceCredentials(ctx context.Context, id int64, c Credenti
 // protected. A nil argument leaves that column as it is; a pointer to the
 // zero time clears the expiry (never expires).
 func (s *Store) SetInstanceExpiry(ctx context.Context, id int64, expiresAt *time.Time, protected *bool) error {
+	return setInstanceExpiry(ctx, s.pool, id, expiresAt, protected)
+}
+
+// SetInstanceExpiryWithin is SetInstanceExpiry that refuses to protect an
+// instance whose owner has maxProtected (when above 0) other protected
+// instances already: a *QuotaError (ErrQuotaExceeded). The count and the
+// update hold the owner's lock, as CreateInstance does.
+func (s *Store) SetInstanceExpiryWithin(ctx context.Context, id int64, expiresAt *time.Time, protected *bool, maxProtected int) error {
+	if protected == nil || !*protected || maxProtected <= 0 {
+		return s.SetInstanceExpiry(ctx, id, expiresAt, protected)
+	}
+	var owner string
+	if err := s.pool.QueryRow(ctx, `select owner from instances where id = $1`, id).Scan(&owner); err != nil {
+		return wrap(err, "set instance %d expiry", id)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := lockOwnerInstances(ctx, tx, owner); err != nil {
+			return err
+		}
+		var already bool
+		if err := tx.QueryRow(ctx, `select protected from instances where id = $1 for update`, id).Scan(&already); err != nil {
+			return err
+		}
+		if !already {
+			if err := checkInstanceQuota(ctx, tx, owner, true, id, InstanceQuota{Protected: maxProtected}); err != nil {
+				return err
+			}
+		}
+		return setInstanceExpiry(ctx, tx, id, expiresAt, protected)
+	})
+	var qerr *QuotaError
+	if errors.As(err, &qerr) {
+		return qerr
+	}
+	return wrap(err, "set instance %d expiry", id)
+}
+
+func setInstanceExpiry(ctx context.Context, db execer, id int64, expiresAt *time.Time, protected *bool) error {
 	var at *time.Time
 	if expiresAt != nil && !expiresAt.IsZero() {
 		at = utc(expiresAt)
 	}
-	tag, err := s.pool.Exec(ctx, `update instances set
+	tag, err := db.Exec(ctx, `update instances set
 		expires_at = case when $2::boolean then $3::timestamptz else expires_at end,
 		protected = coalesce($4::boolean, protected)
 		where id = $1`, id, expiresAt != nil, at, protected)

@@ -6,9 +6,11 @@
 // Every method is a single statement or a short transaction. Errors are
 // classified for errors.Is: ErrNotFound, ErrConflict (a unique violation),
 // ErrInUse (a row still referenced), ErrInvalid (a check constraint, or
-// text PostgreSQL cannot store such as a NUL character) and
-// ErrPortsExhausted. Optional text and number columns read back as "" or
-// 0 when NULL, and "" or 0 are stored as NULL; times are in UTC.
+// text PostgreSQL cannot store such as a NUL character),
+// ErrPortsExhausted and ErrQuotaExceeded (a *QuotaError: a cap given with
+// a write, checked in the write's transaction). Optional text and number
+// columns read back as "" or 0 when NULL, and "" or 0 are stored as NULL;
+// times are in UTC.
 //
 // Instances' passwords and private keys, and an image's source_url while
 // its pull is pending, are stored sealed with the keyring (LoadKeyring)

@@ -16,14 +16,19 @@ package uploadshell
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/pkg/sftp"
+
+	"github.com/sindri-db/sindri/pkg/writeback"
 )
 
 // Modes of what uploads create. sindrid reads them as root; the modes the
@@ -36,7 +41,15 @@ const (
 // Uploads is the uploads directory, confined by an os.Root.
 type Uploads struct {
 	root *os.Root
+	dir  string
+	// reserve is the disk reserve in bytes (0: none) that sindrid keeps
+	// in DiskReserveFile: no upload starts, and none goes on, below it.
+	reserve int64
 }
+
+// DiskReserveFile, in the uploads directory, holds sindrid's disk reserve
+// (limits.disk_reserve) in bytes; sindrid writes it (engine.DiskReserveFile).
+const DiskReserveFile = ".disk_reserve"
 
 // OpenUploads opens the uploads directory dir.
 func OpenUploads(dir string) (*Uploads, error) {
@@ -47,7 +60,86 @@ func OpenUploads(dir string) (*Uploads, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot open the uploads directory: %w", err)
 	}
-	return &Uploads{root: r}, nil
+	u := &Uploads{root: r, dir: dir}
+	// Without the file (or with one that is not a number) there is no
+	// reserve here; sindrid's finalise still refuses below it.
+	if f, err := r.Open(DiskReserveFile); err == nil {
+		data, _ := io.ReadAll(io.LimitReader(f, 32))
+		f.Close()
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err == nil && n > 0 {
+			u.reserve = n
+		}
+	}
+	return u, nil
+}
+
+// noSpace is an upload refused or stopped at the disk reserve. Over SFTP
+// it is SSH_FX_FAILURE, as sftp-server answers ENOSPC.
+type noSpace struct{ msg string }
+
+func (e *noSpace) Error() string { return e.msg }
+func (e *noSpace) Unwrap() error { return sftp.ErrSSHFxFailure }
+
+// checkSpace refuses when the filesystem's free space is under the disk
+// reserve. Near it, the page cache is written back first: BTRFS counts
+// data not yet written as free.
+func (u *Uploads) checkSpace(rel, what string) error {
+	if u.reserve <= 0 {
+		return nil
+	}
+	free, total, err := u.space()
+	if err == nil && free-u.reserve < writeback.Pending() {
+		syscall.Sync()
+		free, total, err = u.space()
+	}
+	if err != nil || free >= u.reserve {
+		return nil // a filesystem that cannot be read is left to the writes
+	}
+	return &noSpace{msg: fmt.Sprintf("%s: %s: only %s of %s is free, under sindri's disk reserve (limits.disk_reserve) of %s; upload once space is freed",
+		shown(rel), what, humanize.IBytes(uint64(max(free, 0))), humanize.IBytes(uint64(total)), humanize.IBytes(uint64(u.reserve)))}
+}
+
+func (u *Uploads) space() (free, total int64, err error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(u.dir, &st); err != nil {
+		return 0, 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, int64(st.Blocks) * st.Bsize, nil
+}
+
+// spaceCheckBytes is how much an upload writes between two looks at the
+// free space.
+const spaceCheckBytes = 32 << 20
+
+// uploadFile is a file being uploaded: its writes stop at the disk
+// reserve.
+type uploadFile struct {
+	*os.File
+	u       *Uploads
+	rel     string
+	written int64
+}
+
+func (f *uploadFile) check(n int) error {
+	if f.written += int64(n); f.written < spaceCheckBytes {
+		return nil
+	}
+	f.written = 0
+	return f.u.checkSpace(f.rel, "upload stopped")
+}
+
+func (f *uploadFile) Write(p []byte) (int, error) {
+	if err := f.check(len(p)); err != nil {
+		return 0, err
+	}
+	return f.File.Write(p)
+}
+
+func (f *uploadFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.check(len(p)); err != nil {
+		return 0, err
+	}
+	return f.File.WriteAt(p, off)
 }
 
 // Close closes the uploads directory.
@@ -144,9 +236,13 @@ func (u *Uploads) isDir(rel string) bool {
 
 // create opens rel for writing, creating it (unless mustExist) and
 // truncating it if asked. Only a regular file is opened: an existing
-// symbolic link, directory, FIFO ... is refused.
-func (u *Uploads) create(rel string, trunc, excl, mustExist bool) (*os.File, error) {
+// symbolic link, directory, FIFO ... is refused; so is any, below the disk
+// reserve.
+func (u *Uploads) create(rel string, trunc, excl, mustExist bool) (*uploadFile, error) {
 	if err := u.inImage(rel); err != nil {
+		return nil, err
+	}
+	if err := u.checkSpace(rel, "upload refused"); err != nil {
 		return nil, err
 	}
 	if fi, err := u.root.Lstat(rel); err == nil {
@@ -179,7 +275,7 @@ func (u *Uploads) create(rel string, trunc, excl, mustExist bool) (*os.File, err
 		}
 		return nil, err
 	}
-	return f, nil
+	return &uploadFile{File: f, u: u, rel: rel}, nil
 }
 
 // mkdir makes the directory rel inside an image's directory; an existing
@@ -271,6 +367,10 @@ func describe(rel string, err error) string {
 	var r *refusal
 	if errors.As(err, &r) {
 		return r.msg
+	}
+	var ns *noSpace
+	if errors.As(err, &ns) {
+		return ns.msg
 	}
 	var errno syscall.Errno
 	switch {

@@ -1,0 +1,37 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+)
+
+func TestLimitsAreExported(t *testing.T) {
+	m := New(func(context.Context) (engine.Status, error) {
+		return engine.Status{TotalBytes: 1000, FreeBytes: 400, DiskReserveBytes: 50, Limits: []engine.LimitUse{
+			{Name: "instances_per_user", Limit: 20, Used: 7},
+			{Name: "running_backups", Limit: 0, Used: 3}, // no limit: only its use
+		}}, nil
+	})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	for _, want := range []string{
+		`sindri_limit{name="disk_reserve"} 50`,
+		`sindri_limit{name="instances_per_user"} 20`,
+		`sindri_limit_used{name="instances_per_user"} 7`,
+		`sindri_limit_used{name="running_backups"} 3`,
+		`sindri_disk_free_bytes 400`,
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(body), `sindri_limit{name="running_backups"}`) {
+		t.Error("/metrics shows a limit that is not set")
+	}
+}

@@ -1,0 +1,140 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Fifty concurrent inserts by one owner at a quota of ten: exactly ten
+// rows, and forty refusals that say the owner has ten.
+func TestInstanceQuotaHoldsUnderConcurrentInserts(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "prod")
+	newInstance(t, s, img.ID, "bob@example.com") // another owner's: not counted
+	const tries, quota = 50, 10
+	var wg sync.WaitGroup
+	errs := make([]error, tries)
+	for i := range tries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.CreateInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ada@example.com",
+				Quota: InstanceQuota{Instances: quota}})
+		}()
+	}
+	wg.Wait()
+	made := 0
+	for _, err := range errs {
+		var q *QuotaError
+		switch {
+		case err == nil:
+			made++
+		case errors.As(err, &q) && errors.Is(err, ErrQuotaExceeded):
+			if q.Quota != QuotaInstances || q.Owner != "ada@example.com" || q.Count != quota || q.Limit != quota {
+				t.Errorf("refusal %+v, want ada's %d instances at a quota of %d", q, quota, quota)
+			}
+		default:
+			t.Errorf("insert failed otherwise: %v", err)
+		}
+	}
+	rows := must[[]Instance](t)(s.ListInstances(ctx, "ada@example.com"))
+	if made != quota || len(rows) != quota {
+		t.Fatalf("%d inserts passed and %d rows exist, want exactly %d", made, len(rows), quota)
+	}
+}
+
+func TestInstanceQuotaCountsWhatItShould(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "prod")
+	q := InstanceQuota{Instances: 3, Protected: 1}
+	create := func(protected bool) (Instance, error) {
+		return s.CreateInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ada@example.com", Protected: protected, Quota: q})
+	}
+	first := must[Instance](t)(create(true))
+	var qerr *QuotaError
+	if _, err := create(true); !errors.As(err, &qerr) || qerr.Quota != QuotaProtected || qerr.Count != 1 {
+		t.Fatalf("a second protected instance at a quota of 1: %v", err)
+	}
+	second := must[Instance](t)(create(false))
+	must[Instance](t)(create(false))
+	if _, err := create(false); !errors.As(err, &qerr) || qerr.Quota != QuotaInstances || qerr.Count != 3 {
+		t.Fatalf("a fourth instance at a quota of 3: %v", err)
+	}
+	// One on its way out no longer counts.
+	check(t, s.SetInstanceStatus(ctx, second.ID, InstanceDestroying, ""))
+	must[Instance](t)(create(false))
+
+	// Protecting by an update is held by the same quota, and the
+	// instance that is protected already does not count against itself.
+	yes, no := true, false
+	third := must[[]Instance](t)(s.ListInstances(ctx, "ada@example.com"))[2]
+	if err := s.SetInstanceExpiryWithin(ctx, third.ID, nil, &yes, 1); !errors.As(err, &qerr) || qerr.Quota != QuotaProtected || qerr.Count != 1 || qerr.Limit != 1 {
+		t.Fatalf("protecting a second instance at a quota of 1: %v", err)
+	}
+	if got := must[Instance](t)(s.GetInstance(ctx, third.ID)); got.Protected {
+		t.Fatal("the refused update protected the instance")
+	}
+	check(t, s.SetInstanceExpiryWithin(ctx, first.ID, nil, &yes, 1))
+	check(t, s.SetInstanceExpiryWithin(ctx, first.ID, nil, &no, 1))
+	check(t, s.SetInstanceExpiryWithin(ctx, third.ID, nil, &yes, 1))
+	if err := s.SetInstanceExpiryWithin(ctx, 424242, nil, &yes, 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("protecting a missing instance: %v, want ErrNotFound", err)
+	}
+	// A missing image is still ErrNotFound with a quota.
+	if _, err := s.CreateInstance(ctx, InstanceInput{ImageID: 424242, Owner: "bob@example.com", Quota: q}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an instance of a missing image: %v, want ErrNotFound", err)
+	}
+}
+
+func TestBackupQuota(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "prod")
+	create := func(owner string, q BackupQuota) (Backup, error) {
+		return s.CreateBackup(ctx, BackupInput{ImageID: img.ID, Owner: owner, Quota: q})
+	}
+	var qerr *QuotaError
+	a := must[Backup](t)(create("ada@example.com", BackupQuota{OwnerRunning: 1}))
+	if _, err := create("ada@example.com", BackupQuota{OwnerRunning: 1}); !errors.As(err, &qerr) || qerr.Quota != QuotaOwnerRunningBackup || qerr.Count != 1 {
+		t.Fatalf("ada's second running backup at a quota of 1: %v", err)
+	}
+	must[Backup](t)(create("bob@example.com", BackupQuota{OwnerRunning: 1, Running: 2}))
+	if _, err := create("cy@example.com", BackupQuota{OwnerRunning: 1, Running: 2}); !errors.As(err, &qerr) || qerr.Quota != QuotaRunningBackups || qerr.Count != 2 || qerr.Owner != "" {
+		t.Fatalf("a third running backup at a quota of 2: %v", err)
+	}
+	check(t, s.SetBackupDone(ctx, a.ID, "/b/1.tar.zst", 1000, "ab"))
+	must[Backup](t)(create("ada@example.com", BackupQuota{OwnerRunning: 1, Running: 2, TotalBytes: 1001}))
+	if _, err := create("cy@example.com", BackupQuota{TotalBytes: 1000}); !errors.As(err, &qerr) || qerr.Quota != QuotaBackupBytes || qerr.Count != 1000 {
+		t.Fatalf("a backup once they take 1000 bytes at a quota of 1000: %v", err)
+	}
+	if n := len(must[[]Backup](t)(s.ListBackups(ctx, BackupFilter{}))); n != 3 {
+		t.Fatalf("%d backups recorded, want 3 (no refused one)", n)
+	}
+}
+
+// BenchmarkCreateInstance measures the insert of an instance's row alone
+// and with a quota counted in its transaction.
+func BenchmarkCreateInstance(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		quota InstanceQuota
+	}{{"no_quota", InstanceQuota{}}, {"quota", InstanceQuota{Instances: 1 << 30, Protected: 1 << 30}}} {
+		b.Run(c.name, func(b *testing.B) {
+			s := newStore(b)
+			img, err := s.CreateImage(ctx, ImageInput{BackedUpAt: time.Now()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; b.Loop(); i++ {
+				if _, err := s.CreateInstance(ctx, InstanceInput{ImageID: img.ID, Owner: fmt.Sprintf("u%d@example.com", i%10), Quota: c.quota}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
