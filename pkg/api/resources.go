@@ -32,6 +32,7 @@ func init() {
 	RegisterClass(engine.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Bad request")
 	RegisterClass(postgres.ErrVersionMissing, http.StatusUnprocessableEntity, "pg_version_not_installed", "PostgreSQL version not installed")
 	RegisterClass(storage.ErrHasClones, http.StatusUnprocessableEntity, CodeImageHasInstances, "Image has instances")
+	RegisterClass(engine.ErrNotItsVolume, http.StatusConflict, "volume_mismatch", "The volume on disk is not this resource's")
 	// The metadata store refused a value (a check constraint, a NUL in
 	// text) or a duplicate: the request's fault, not the server's.
 	RegisterClass(store.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Invalid value")

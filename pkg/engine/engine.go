@@ -118,6 +118,15 @@ type Engine struct {
 		bytes int64
 	}
 	uploadAcct *UploadAccount // scp uploads; nil when off
+
+	installation  string   // the metadata database's id, once read
+	storeProblems []string // what the last reconcile found amiss between store and disk
+	// storeMismatch: the last reconcile found that the store does not
+	// describe the volumes; nothing is destroyed meanwhile.
+	storeMismatch atomic.Bool
+	// creationBegun: this process has recorded an instance; the first
+	// reconcile must then leave young creations alone.
+	creationBegun atomic.Bool
 }
 
 // New returns an engine; call Reconcile, then Run.
@@ -211,7 +220,11 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 	started := time.Now()
 	if err := e.build(ctx, &inst); err != nil {
 		e.log.Error("engine: instance creation failed; undoing", "instance_id", inst.ID, "err", err)
-		if uerr := e.teardown(context.WithoutCancel(ctx), inst.ID); uerr != nil {
+		undo := e.teardown
+		if errors.Is(err, errVolumeTaken) {
+			undo = e.forget
+		}
+		if uerr := undo(context.WithoutCancel(ctx), inst.ID); uerr != nil {
 			e.log.Error("engine: undoing a failed creation", "instance_id", inst.ID, "err", uerr)
 		}
 		e.auditFailure(ctx, "create_instance", "instance", inst.ID, err)
@@ -240,6 +253,7 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	if img.Status != store.ImageReady {
 		return store.Instance{}, fmt.Errorf("%w: image %d is %s", ErrImageNotReady, img.ID, img.Status)
 	}
+	e.creationBegun.Store(true)
 	return e.opts.Store.CreateInstance(ctx, store.InstanceInput{
 		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
 	})
@@ -261,10 +275,19 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	}
 	e.step("port", inst.ID)
 
-	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID)); errors.Is(err, storage.ErrNotFound) {
+	vol, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID))
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
 		return fmt.Errorf("%w: image %d is gone", ErrImageNotReady, inst.ImageID)
-	} else if err != nil {
+	case errors.Is(err, storage.ErrExists):
+		// Not this creation's: the store handed out an id that a volume
+		// already has (a database restored from an older dump).
+		return fmt.Errorf("%w: cloning image %d: %w", errVolumeTaken, inst.ImageID, err)
+	case err != nil:
 		return fmt.Errorf("cloning image %d: %w", inst.ImageID, err)
+	}
+	if err := e.recordInstanceVolume(ctx, vol.Path, *inst); err != nil {
+		return err
 	}
 	e.step("cloned", inst.ID)
 
@@ -284,6 +307,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool) error {
 	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(inst.ID))
 	if err != nil {
+		return err
+	}
+	if err := e.claimInstanceVolume(ctx, vol.Path, inst); err != nil {
 		return err
 	}
 	binDir, err := postgres.BinDirFor(e.opts.BinPattern, vol.Path)
@@ -413,10 +439,18 @@ func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
 }
 
 // teardown removes whatever an instance has, in the reverse order of
-// creation; each step tolerates what is already gone.
+// creation; each step tolerates what is already gone. A volume whose
+// record says it is not this instance's is left alone (reconcile reports
+// it): only the record goes.
 func (e *Engine) teardown(ctx context.Context, id int64) error {
 	e.unwatch(id)
 	name := InstanceVolume(id)
+	if why, err := e.notItsVolume(ctx, id); err != nil {
+		return err
+	} else if why != "" {
+		e.log.Error("engine: keeping a volume that is not this instance's; only its record goes", "instance_id", id, "volume", name, "why", why)
+		return e.forget(ctx, id)
+	}
 	if err := e.stopVolume(ctx, name); err != nil {
 		return err
 	}
@@ -436,6 +470,52 @@ func (e *Engine) teardown(ctx context.Context, id int64) error {
 	}
 	e.log.Info("engine: instance destroyed", "instance_id", id)
 	return nil
+}
+
+// errVolumeTaken: a creation found its volume's name taken.
+var errVolumeTaken = errors.New("the instance's volume name is taken")
+
+// forget deletes an instance's record (which frees its port) and nothing
+// else: its volume, if any, is another's.
+func (e *Engine) forget(ctx context.Context, id int64) error {
+	e.unwatch(id)
+	if err := e.opts.Store.DeleteInstance(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	e.log.Info("engine: instance record deleted; its volume name belongs to another", "instance_id", id)
+	return nil
+}
+
+// notItsVolume tells why the instance's volume is not its own, by the
+// volume's record; "" when it is, has no record, or is gone.
+func (e *Engine) notItsVolume(ctx context.Context, id int64) (why string, err error) {
+	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	inst, err := e.opts.Store.GetInstance(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	installation, err := e.installationID(ctx)
+	if err != nil {
+		return "", err
+	}
+	rec, ok, err := readVolumeRecord(vol.Path)
+	switch {
+	case err != nil:
+		return err.Error(), nil
+	case !ok, rec.is(installation, recordInstance, id, inst.CreatedAt),
+		rec.Installation == installation && rec.Kind == recordImage && rec.ID == inst.ImageID:
+		return "", nil
+	}
+	return fmt.Sprintf("%s records %s", vol.Name, rec), nil
 }
 
 // stopVolume stops a postmaster running on the volume, if any.

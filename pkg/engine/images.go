@@ -98,8 +98,14 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	if err := e.openUploadDir(img.ID); err != nil {
 		return store.Image{}, err
 	}
-	if _, err := e.opts.Storage.Create(ctx, UploadVolume(img.ID)); err != nil && !errors.Is(err, storage.ErrExists) {
+	vol, err := e.opts.Storage.Create(ctx, UploadVolume(img.ID))
+	if err != nil && !errors.Is(err, storage.ErrExists) {
 		return store.Image{}, err
+	}
+	if err == nil {
+		if err := e.recordImageVolume(ctx, vol.Path, img); err != nil {
+			return store.Image{}, err
+		}
 	}
 	e.audit(ctx, "create_image", "image", img.ID, "ok", "")
 	return img, nil
@@ -295,9 +301,15 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 		archive = nil
 	}
 	// Start afresh: what an earlier try left (its private postmaster, if
-	// sindrid died during it; an image frozen just before a crash) goes.
+	// sindrid died during it; an image frozen just before a crash) goes,
+	// unless it is not this image's.
 	volName := UploadVolume(img.ID)
 	for _, name := range []string{volName, ImageVolume(img.ID)} {
+		if vol, err := e.opts.Storage.Get(ctx, name); err == nil {
+			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {
+				return "", 0, err
+			}
+		}
 		if err := e.stopVolume(ctx, name); err != nil {
 			return "", 0, err
 		}
@@ -349,6 +361,10 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	}
 	size, err = dirSize(vol.Path)
 	if err != nil {
+		return "", 0, err
+	}
+	// Clones start with it, until their own replaces it.
+	if err := e.recordImageVolume(ctx, vol.Path, img); err != nil {
 		return "", 0, err
 	}
 	if _, err := e.opts.Storage.Freeze(ctx, volName, ImageVolume(img.ID)); err != nil {
@@ -654,7 +670,16 @@ func (e *Engine) finishImageDestroy(ctx context.Context, id int64) error {
 		}
 	}
 	e.step("image-instances-destroyed", id)
+	img, err := e.getImage(ctx, id)
+	if err != nil {
+		return err
+	}
 	for _, name := range []string{ImageVolume(id), UploadVolume(id)} {
+		if vol, err := e.opts.Storage.Get(ctx, name); err == nil {
+			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {
+				return err
+			}
+		}
 		err := e.opts.Storage.Destroy(ctx, name)
 		if errors.Is(err, storage.ErrHasClones) && e.backupReads(ctx, name) {
 			return fmt.Errorf("%w: a backup of image %d is being written; destroy it once the backup is done", ErrBackupRunning, id)
