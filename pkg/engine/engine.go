@@ -119,8 +119,9 @@ type Engine struct {
 	}
 	uploadAcct *UploadAccount // scp uploads; nil when off
 
-	installation  string   // the metadata database's id, once read
-	storeProblems []string // what the last reconcile found amiss between store and disk
+	installation  string          // the metadata database's id, once read
+	uploading     map[string]bool // temporary files of uploads being received
+	storeProblems []string        // what the last reconcile found amiss between store and disk
 	// storeMismatch: the last reconcile found that the store does not
 	// describe the volumes; nothing is destroyed meanwhile.
 	storeMismatch atomic.Bool
@@ -162,6 +163,7 @@ func New(opts Options) *Engine {
 		orphans:    map[string]time.Time{},
 		finalising: map[int64]*finaliseRun{},
 		backups:    map[int64]*backupRun{},
+		uploading:  map[string]bool{},
 	}
 }
 

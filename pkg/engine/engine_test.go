@@ -366,6 +366,9 @@ func TestRepeatedCrashesMarkTheInstanceFailed(t *testing.T) {
 // childMain is the short-lived sindrid: it creates one instance of image 1
 // and exits 0, unless CrashAt kills it first.
 func childMain() int {
+	if id := os.Getenv(finaliseEnv); id != "" {
+		return childFinalise(id)
+	}
 	ports := strings.Split(os.Getenv(portsEnv), "-")
 	minPort, _ := strconv.Atoi(ports[0])
 	maxPort, _ := strconv.Atoi(ports[1])

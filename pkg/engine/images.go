@@ -41,6 +41,10 @@ func UploadVolume(id int64) string { return "upload-" + strconv.FormatInt(id, 10
 // writes into the image's upload directory; scp may add others.
 const UploadFile = "upload.tar"
 
+// UploadTempPrefix starts the name of the file an HTTP upload is received
+// into before it becomes UploadFile; one left by a crash is swept.
+const UploadTempPrefix = ".upload-"
+
 // ImageRequest is what a caller asks for when creating an image.
 type ImageRequest struct {
 	Name                string
@@ -123,11 +127,19 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 	}
 	// Received without the image's lock (a slow upload must not hold up
 	// the image), then checked again and put in place under it.
-	tmp, err := os.CreateTemp(dir, ".upload-*")
+	tmp, err := os.CreateTemp(dir, UploadTempPrefix+"*")
 	if err != nil {
 		return 0, err
 	}
-	defer os.Remove(tmp.Name())
+	e.mu.Lock()
+	e.uploading[tmp.Name()] = true
+	e.mu.Unlock()
+	defer func() {
+		os.Remove(tmp.Name())
+		e.mu.Lock()
+		delete(e.uploading, tmp.Name())
+		e.mu.Unlock()
+	}()
 	dst := &writeErr{w: tmp}
 	n, err := io.Copy(dst, body)
 	if err != nil {
@@ -300,9 +312,12 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	} else {
 		archive = nil
 	}
-	// Start afresh: what an earlier try left (its private postmaster, if
-	// sindrid died during it; an image frozen just before a crash) goes,
-	// unless it is not this image's.
+	// Start afresh: what an earlier try left (its pg_basebackup or psql
+	// and its private postmaster, if sindrid died during it; an image
+	// frozen just before a crash) goes, unless it is not this image's.
+	if err := e.endStrayOperations(ctx, ImageVolume(img.ID)); err != nil {
+		return "", 0, err
+	}
 	volName := UploadVolume(img.ID)
 	for _, name := range []string{volName, ImageVolume(img.ID)} {
 		if vol, err := e.opts.Storage.Get(ctx, name); err == nil {
@@ -327,7 +342,7 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 		if err != nil {
 			return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
 		}
-	} else if err := e.pullBaseBackup(ctx, img.SourceURL, vol.Path); err != nil {
+	} else if err := e.pullBaseBackup(ctx, img.ID, img.SourceURL, vol.Path); err != nil {
 		return "", 0, err
 	}
 	if err := ingest.HoistDataDir(vol.Path); err != nil {
@@ -471,7 +486,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return err
 	}
 	if img.AnonymisationScript != "" {
-		if err := e.anonymise(ctx, binDir, sock, port, img.AnonymisationScript); err != nil {
+		if err := e.anonymise(ctx, img.ID, binDir, sock, port, img.AnonymisationScript); err != nil {
 			return err
 		}
 	}
@@ -567,7 +582,7 @@ func grantInDatabase(ctx context.Context, conn *pgx.Conn, role string) error {
 
 // anonymise runs the script with psql as the superuser, stopping at the
 // first error (its \c lines switch databases as they would for a person).
-func (e *Engine) anonymise(ctx context.Context, binDir, sock string, port int, script string) error {
+func (e *Engine) anonymise(ctx context.Context, imageID int64, binDir, sock string, port int, script string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
@@ -577,7 +592,7 @@ func (e *Engine) anonymise(ctx context.Context, binDir, sock string, port int, s
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.opts.Owner.UID, Gid: e.opts.Owner.GID}}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	if err := runOperation(cmd, "anonymise "+ImageVolume(imageID)); err != nil {
 		return fmt.Errorf("the anonymisation script failed: %s", strings.TrimSpace(out.String()))
 	}
 	return nil
@@ -911,7 +926,7 @@ func parseSource(s string) (source, error) {
 // (the newest installed major: it reads older servers too) from the
 // image's source server, as the postgres OS user, streaming the WAL the
 // backup needs so that the private start recovers to consistency.
-func (e *Engine) pullBaseBackup(ctx context.Context, sourceURL, dir string) error {
+func (e *Engine) pullBaseBackup(ctx context.Context, imageID int64, sourceURL, dir string) error {
 	src, err := parseSource(sourceURL)
 	if err != nil {
 		return err
@@ -943,8 +958,8 @@ func (e *Engine) pullBaseBackup(ctx context.Context, sourceURL, dir string) erro
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	started := time.Now()
-	e.log.Info("engine: pulling a base backup", "source", src.connString)
-	if err := cmd.Run(); err != nil {
+	e.log.Info("engine: pulling a base backup", "image_id", imageID, "source", src.connString)
+	if err := runOperation(cmd, "pull "+ImageVolume(imageID)); err != nil {
 		msg := strings.TrimSpace(out.String())
 		if len(msg) > 4096 {
 			msg = "..." + msg[len(msg)-4096:]

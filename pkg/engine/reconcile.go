@@ -258,6 +258,10 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 }
 
 // Reconcile makes store, volumes and postmasters agree:
+//   - whatever the store says, operation children (pg_basebackup, psql)
+//     and private postmasters of finalises that no live sindrid runs are
+//     ended, and the socket directories and upload files they leave are
+//     swept (see sweep);
 //   - a store that does not account for most volumes (see takeCensus) is
 //     reported, in Status and as ErrStoreMismatch, and nothing more is
 //     done: no volume is touched until they agree;
@@ -296,17 +300,18 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	e.storeProblems = c.problems
 	e.mu.Unlock()
 	e.storeMismatch.Store(c.mismatch)
+	sweepErr := e.sweep(ctx, entries)
 	if c.mismatch {
 		e.log.Error("engine: the metadata store does not match the volumes; nothing is removed or started until they agree",
 			"accounted_for", c.accounted, "unaccounted_for", len(c.unaccounted), "volumes", strings.Join(c.unaccounted, ","))
-		return fmt.Errorf("%w: %s", ErrStoreMismatch, c.problems[0])
+		return errors.Join(fmt.Errorf("%w: %s", ErrStoreMismatch, c.problems[0]), sweepErr)
 	}
 
 	volumes := map[string]storage.Entry{}
 	for _, v := range entries {
 		volumes[v.Name] = v
 	}
-	var errs []error
+	errs := []error{sweepErr}
 	first := e.reconciled.CompareAndSwap(false, true)
 	// The first reconcile undoes every creation, unless this process has
 	// begun some meanwhile (a first reconcile held back by a mismatch).
@@ -340,6 +345,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	errs = append(errs, e.finishImageDestroys(ctx))
 	e.removeOrphans(ctx, entries, c.abandoned)
 	errs = append(errs, e.reconcileBackups(ctx, entries))
+	errs = append(errs, e.sweepInstanceSocketDirs(ctx, volumes))
 	errs = append(errs, e.keepIDsAhead(ctx, c))
 	if _, err := e.opts.Store.PruneTombstones(ctx, e.now().Add(-tombstoneKeep), c.instanceVolumeIDs); err != nil {
 		errs = append(errs, err)
