@@ -563,3 +563,86 @@ func TestFinalisesAtOnceRunOnePull(t *testing.T) {
 		}
 	}
 }
+
+// sindrid is killed while a finalise runs the anonymisation script: psql
+// dies with it, the private postmaster (in a session of its own, like
+// every postmaster) outlives it, and the next start's reconcile stops
+// that postmaster, marks the image failed and, once it is older than the
+// grace, removes the finalise's socket directory.
+func TestSIGKILLDuringAnonymisationLeavesNothingRunning(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	img := newImage(t, e, "select pg_sleep(600);", sourceTarball(t))
+
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), childEnv+"=1", finaliseEnv+"="+strconv.FormatInt(img.ID, 10), dbEnv+"="+w.dbURL,
+		rootEnv+"="+w.root, runDirEnv+"="+w.runDir)
+	var childLog testenv.SyncBuffer
+	child.Stdout, child.Stderr = &childLog, &childLog
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	childDone := make(chan error, 1)
+	go func() { childDone <- child.Wait() }()
+	defer func() {
+		if t.Failed() {
+			t.Logf("child sindrid:\n%s", childLog.String())
+		}
+	}()
+	socketDir := filepath.Join(w.runDir, engine.ImageVolume(img.ID))
+	var psql []int
+	for deadline := time.Now().Add(2 * time.Minute); len(psql) == 0; time.Sleep(20 * time.Millisecond) {
+		psql = liveProcesses("psql", socketDir)
+		select {
+		case err := <-childDone:
+			t.Fatalf("the child sindrid ended (%v) before its script ran", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no psql running the script after 2 minutes")
+		}
+	}
+	upload := mustVolume(t, w, engine.UploadVolume(img.ID)).Path
+	private := postgres.Postmasters(upload)
+	if len(private) != 1 {
+		t.Fatalf("private postmasters on %s: %v, want one", upload, private)
+	}
+
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-childDone
+	for deadline := time.Now().Add(5 * time.Second); len(liveProcesses("psql", socketDir)) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("psql %v still runs 5 s after its sindrid was killed", liveProcesses("psql", socketDir))
+		}
+	}
+	if !processAlive(private[0]) {
+		t.Fatalf("the private postmaster %d died with sindrid: the test does not build its case", private[0])
+	}
+
+	next := engine.New(w.options())
+	if err := next.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := postgres.Postmasters(upload); len(left) > 0 || processAlive(private[0]) {
+		t.Fatalf("postgres still running on the upload volume after the next start's reconcile: %v", left)
+	}
+	got, err := w.store.GetImage(ctx, img.ID)
+	if err != nil || got.Status != store.ImageFailed || !strings.Contains(got.Error, "interrupted") {
+		t.Fatalf("the image after the next start: %+v %v, want failed, interrupted", got, err)
+	}
+	if _, err := os.Stat(socketDir); err != nil {
+		t.Fatalf("the finalise's socket directory went before its grace: %v", err)
+	}
+	old := time.Now().Add(-2 * engine.StrayGrace)
+	if err := os.Chtimes(socketDir, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(socketDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the finalise's socket directory %s after the grace: %v", socketDir, err)
+	}
+}
