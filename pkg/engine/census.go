@@ -97,6 +97,8 @@ func (e *Engine) takeCensus(ctx context.Context, entries []storage.Entry, instan
 			case !listed:
 				unreferenced = append(unreferenced, unlisted{v, rec, recorded})
 				unreferencedIDs = append(unreferencedIDs, id)
+			case inst.Status == store.InstanceCreating && recorded && rec.Made && rec.is(installation, recordInstance, id, inst.CreatedAt):
+				c.unaccounted = append(c.unaccounted, fmt.Sprintf("%s (instance %d is recorded creating, but its volume says it was made)", v.Name, id))
 			case !recorded, rec.is(installation, recordInstance, id, inst.CreatedAt),
 				rec.Kind == recordImage && rec.ID == inst.ImageID:
 				c.accounted++

@@ -288,7 +288,7 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	case err != nil:
 		return fmt.Errorf("cloning image %d: %w", inst.ImageID, err)
 	}
-	if err := e.recordInstanceVolume(ctx, vol.Path, *inst); err != nil {
+	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, false); err != nil {
 		return err
 	}
 	e.step("cloned", inst.ID)
@@ -301,6 +301,10 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	}
 	inst.Status = store.InstanceRunning
 	e.watch(inst.ID)
+	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, true); err != nil {
+		// Not fatal: the instance runs; reconcile marks it made.
+		e.log.Error("engine: recording an instance made in its volume", "instance_id", inst.ID, "err", err)
+	}
 	return nil
 }
 

@@ -132,7 +132,7 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 	if err != nil {
 		return err
 	}
-	if err := e.recordInstanceVolume(ctx, vol.Path, inst); err != nil {
+	if err := e.recordInstanceVolume(ctx, vol.Path, inst, false); err != nil {
 		return err
 	}
 	if inst.Port == 0 { // a failed instance gave its port up
@@ -149,6 +149,10 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 		return err
 	}
 	e.watch(inst.ID)
+	inst.Status = store.InstanceRunning
+	if err := e.recordInstanceVolume(ctx, vol.Path, inst, true); err != nil {
+		e.log.Error("engine: recording a reset instance made in its volume", "instance_id", inst.ID, "err", err)
+	}
 	return nil
 }
 

@@ -473,6 +473,13 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 	}
 	switch inst.Status {
 	case store.InstanceCreating:
+		if hasVolume {
+			if made, err := e.madeAlready(ctx, vol.Path, inst); err != nil {
+				return err
+			} else if made {
+				return fmt.Errorf("it is recorded creating, but its volume %s says its creation finished: the metadata store is older than the volume (a restored dump?); it is left as it is", name)
+			}
+		}
 		e.log.Warn("engine: undoing an instance creation cut short", "instance_id", inst.ID)
 		return e.teardown(ctx, inst.ID)
 	case store.InstanceDestroying:

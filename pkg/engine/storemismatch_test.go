@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -226,11 +227,13 @@ func pgRestore(t *testing.T, file string) *store.Store {
 }
 
 // An older dump of the metadata database restored with pg_restore: the
-// instances made since (a protected one among them) are in no row. When
-// they are most of the volumes, reconcile does nothing; when they are
-// few, the rest is reconciled and they are kept and reported. Either way
-// the ids the dump would hand out again are moved past theirs, so that a
-// new instance never takes the name of one on disk.
+// instances made since (a protected one among them) are in no row, and
+// one being created when the dump was taken is still "creating" in it.
+// When they are most of the volumes, reconcile does nothing; when they
+// are few, the rest is reconciled, and they are kept and reported, the
+// "creating" one too: its volume says its creation finished. The ids the
+// dump would hand out again are moved past theirs, so that a new
+// instance never takes the name of one on disk.
 func TestReconcileAgainstAnOlderDump(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
@@ -254,7 +257,14 @@ func TestReconcileAgainstAnOlderDump(t *testing.T) {
 			for range tc.before {
 				create(false)
 			}
+			// As the dump saw the first instance: still being created.
+			if err := w.store.SetInstanceStatus(ctx, all[0].ID, store.InstanceCreating, ""); err != nil {
+				t.Fatal(err)
+			}
 			dump := pgDump(t, w.dbURL)
+			if err := w.store.SetInstanceStatus(ctx, all[0].ID, store.InstanceRunning, ""); err != nil {
+				t.Fatal(err)
+			}
 			for i := range tc.after {
 				create(i == 0)
 			}
@@ -264,16 +274,23 @@ func TestReconcileAgainstAnOlderDump(t *testing.T) {
 			opts := w.options()
 			opts.Store, opts.OrphanGrace = pgRestore(t, dump), 0
 			old := engine.New(opts)
-			for range 2 {
-				err := old.Reconcile(ctx)
-				if tc.mismatch != errors.Is(err, engine.ErrStoreMismatch) || (!tc.mismatch && err != nil) {
-					t.Fatalf("reconcile on the older dump: %v, want mismatch %v", err, tc.mismatch)
-				}
+			// The first reconcile after a start undoes every creation it
+			// finds, were it allowed to; later ones only old ones.
+			err := old.Reconcile(ctx)
+			if tc.mismatch != errors.Is(err, engine.ErrStoreMismatch) ||
+				(!tc.mismatch && (err == nil || !strings.Contains(err.Error(), "recorded creating, but its volume"))) {
+				t.Fatalf("reconcile on the older dump: %v, want mismatch %v", err, tc.mismatch)
+			}
+			if err := old.Reconcile(ctx); tc.mismatch != errors.Is(err, engine.ErrStoreMismatch) {
+				t.Fatalf("reconcile again on the older dump: %v, want mismatch %v", err, tc.mismatch)
 			}
 			untouched(t, w, volumes, pids, all...)
 			newer := all[tc.before]
 			problems := problemsOf(t, old)
 			if want := engine.InstanceVolume(newer.ID) + " (no instance"; !strings.Contains(problems, want) {
+				t.Fatalf("/status problems %q do not name %s", problems, want)
+			}
+			if want := engine.InstanceVolume(all[0].ID) + " (instance " + strconv.FormatInt(all[0].ID, 10) + " is recorded creating"; !tc.mismatch && !strings.Contains(problems, want) {
 				t.Fatalf("/status problems %q do not name %s", problems, want)
 			}
 			if tc.mismatch {

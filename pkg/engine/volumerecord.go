@@ -44,6 +44,10 @@ type volumeRecord struct {
 	Kind         string    `json:"kind"`
 	ID           int64     `json:"id"`
 	CreatedAt    time.Time `json:"created_at"`
+	// Made: the instance's creation (or reset) on this volume finished.
+	// A store that says it is still being created is older than the
+	// volume.
+	Made bool `json:"made,omitempty"`
 }
 
 func (r volumeRecord) String() string {
@@ -62,7 +66,7 @@ const maxVolumeRecord = 4096
 
 // readVolumeRecord reads the record in dir; ok is false when there is none
 // (a volume made before records were kept, or an upload volume being
-// filled). A link is never followed, and a record that is not a regular
+// filled) or it is empty. A link is never followed, and a record that is not a regular
 // file or does not parse is an error.
 func readVolumeRecord(dir string) (rec volumeRecord, ok bool, err error) {
 	path := filepath.Join(dir, VolumeRecordFile)
@@ -84,6 +88,9 @@ func readVolumeRecord(dir string) (rec volumeRecord, ok bool, err error) {
 	if len(data) > maxVolumeRecord {
 		return rec, false, fmt.Errorf("%s is larger than %d bytes", path, maxVolumeRecord)
 	}
+	if len(data) == 0 {
+		return rec, false, nil // written just before a crash: see writeVolumeRecord
+	}
 	if err := json.Unmarshal(data, &rec); err != nil || rec.Installation == "" || rec.ID <= 0 {
 		return rec, false, fmt.Errorf("%s is not a volume record", path)
 	}
@@ -91,7 +98,12 @@ func readVolumeRecord(dir string) (rec volumeRecord, ok bool, err error) {
 }
 
 // writeVolumeRecord replaces the record in dir: a new file renamed over
-// whatever had the name (a rename replaces a link, never its target).
+// whatever had the name (a rename replaces a link, never its target). It
+// is not synced (that would add milliseconds to each creation): a crash
+// may leave the record before, which errs towards keeping the volume (an
+// image's record, or none, is never proof that a volume is abandoned), or
+// an empty file (BTRFS flushes a file renamed over another, not a new
+// one), which counts as no record.
 func writeVolumeRecord(dir string, rec volumeRecord) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
@@ -110,10 +122,6 @@ func writeVolumeRecord(dir string, rec volumeRecord) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
 	if err := f.Close(); err != nil {
 		return err
 	}
@@ -124,10 +132,7 @@ func writeVolumeRecord(dir string, rec volumeRecord) error {
 			return err
 		}
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return os.Rename(tmp, path)
 }
 
 // installationID is the metadata database's id, read once.
@@ -148,13 +153,14 @@ func (e *Engine) installationID(ctx context.Context) (string, error) {
 	return id, nil
 }
 
-// recordInstanceVolume writes the instance's record into its volume.
-func (e *Engine) recordInstanceVolume(ctx context.Context, dir string, inst store.Instance) error {
+// recordInstanceVolume writes the instance's record into its volume;
+// made once its creation or reset has finished.
+func (e *Engine) recordInstanceVolume(ctx context.Context, dir string, inst store.Instance, made bool) error {
 	installation, err := e.installationID(ctx)
 	if err != nil {
 		return err
 	}
-	return writeVolumeRecord(dir, volumeRecord{Installation: installation, Kind: recordInstance, ID: inst.ID, CreatedAt: inst.CreatedAt})
+	return writeVolumeRecord(dir, volumeRecord{Installation: installation, Kind: recordInstance, ID: inst.ID, CreatedAt: inst.CreatedAt, Made: made})
 }
 
 // claimInstanceVolume checks by its record that the volume at dir is the
@@ -170,14 +176,32 @@ func (e *Engine) claimInstanceVolume(ctx context.Context, dir string, inst store
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotItsVolume, err)
 	}
+	made := inst.Status != store.InstanceCreating && inst.Status != store.InstanceResetting
 	switch {
-	case ok && rec.is(installation, recordInstance, inst.ID, inst.CreatedAt):
+	case ok && rec.is(installation, recordInstance, inst.ID, inst.CreatedAt) && (rec.Made || !made):
 		return nil
+	case ok && rec.is(installation, recordInstance, inst.ID, inst.CreatedAt):
+		// Made since (a crash came between the record and the mark).
 	case ok && (rec.Installation != installation || rec.Kind != recordImage || rec.ID != inst.ImageID):
 		return fmt.Errorf("%w: volume %s records %s, not instance %d created %s of installation %s",
 			ErrNotItsVolume, InstanceVolume(inst.ID), rec, inst.ID, inst.CreatedAt.UTC().Format(time.RFC3339Nano), installation)
 	}
-	return e.recordInstanceVolume(ctx, dir, inst)
+	return e.recordInstanceVolume(ctx, dir, inst, made)
+}
+
+// madeAlready tells whether the volume at dir records that instance
+// inst's creation finished: then a store that says it is still being
+// created is older than the volume (a restored dump).
+func (e *Engine) madeAlready(ctx context.Context, dir string, inst store.Instance) (bool, error) {
+	installation, err := e.installationID(ctx)
+	if err != nil {
+		return false, err
+	}
+	rec, ok, err := readVolumeRecord(dir)
+	if err != nil || !ok {
+		return false, nil // not its record: teardown decides
+	}
+	return rec.Made && rec.is(installation, recordInstance, inst.ID, inst.CreatedAt), nil
 }
 
 // checkImageVolume checks, before an image's volume (image-N or
