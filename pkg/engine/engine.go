@@ -283,10 +283,21 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 		return fmt.Errorf("%w: image %d is gone", ErrImageNotReady, inst.ImageID)
 	case errors.Is(err, storage.ErrExists):
 		// Not this creation's: the store handed out an id that a volume
-		// already has (a database restored from an older dump).
-		return fmt.Errorf("%w: cloning image %d: %w", errVolumeTaken, inst.ImageID, err)
+		// already has (a database that does not match the volumes).
+		return fmt.Errorf("%w: %w: instance %d's volume name is taken: %w", ErrStoreMismatch, errVolumeTaken, inst.ID, err)
 	case err != nil:
 		return fmt.Errorf("cloning image %d: %w", inst.ImageID, err)
+	}
+	// The clone starts with its image's record: an image of another
+	// installation (whose store lists one of the same id) is not cloned.
+	if why, err := e.notThisImage(ctx, vol.Path, inst.ImageID); err != nil || why != "" {
+		if derr := e.opts.Storage.Destroy(context.WithoutCancel(ctx), vol.Name); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		if err == nil {
+			err = fmt.Errorf("%w: image %d's volume records %s", ErrNotItsVolume, inst.ImageID, why)
+		}
+		return err
 	}
 	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, false); err != nil {
 		return err

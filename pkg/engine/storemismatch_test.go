@@ -185,6 +185,10 @@ func TestAnotherInstallationsStoreTouchesNothing(t *testing.T) {
 	if _, err := wrong.CreateBackup(ctx, engine.BackupRequest{ImageID: img.ID}); !errors.Is(err, engine.ErrNotItsVolume) {
 		t.Errorf("backup of an image: %v, want ErrNotItsVolume", err)
 	}
+	// Its image of the same id is not this one: no clone of it is made.
+	if _, err := wrong.CreateInstance(ctx, engine.InstanceRequest{ImageID: img.ID, Owner: "mallory@example.com"}); !errors.Is(err, engine.ErrNotItsVolume) {
+		t.Errorf("an instance of their image %d: %v, want ErrNotItsVolume", img.ID, err)
+	}
 	// A destroy drops that store's record; the volume of that name is
 	// not its instance's and stays.
 	if err := wrong.DestroyInstance(ctx, second.ID); err != nil {
@@ -297,6 +301,12 @@ func TestReconcileAgainstAnOlderDump(t *testing.T) {
 				if !strings.Contains(problems, "older dump") {
 					t.Fatalf("/status problems %q do not suggest an older dump", problems)
 				}
+				// The store's next id is a newer instance's: the creation
+				// fails and forgets its record, and that instance stays.
+				if _, err := old.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"}); !errors.Is(err, engine.ErrStoreMismatch) {
+					t.Fatalf("a creation through the older store: %v, want ErrStoreMismatch", err)
+				}
+				untouched(t, w, volumes, pids, all...)
 				return
 			}
 			// A creation through the older store takes a fresh id.

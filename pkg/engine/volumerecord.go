@@ -222,6 +222,24 @@ func (e *Engine) checkImageVolume(ctx context.Context, dir string, img store.Ima
 	return nil
 }
 
+// notThisImage tells why the record in dir (a fresh clone's, which is its
+// image's) is not image id's of this installation; "" when it is, or
+// there is none (an image frozen before records were kept).
+func (e *Engine) notThisImage(ctx context.Context, dir string, id int64) (string, error) {
+	installation, err := e.installationID(ctx)
+	if err != nil {
+		return "", err
+	}
+	rec, ok, err := readVolumeRecord(dir)
+	switch {
+	case err != nil:
+		return err.Error(), nil
+	case !ok, rec.Installation == installation && rec.Kind == recordImage && rec.ID == id:
+		return "", nil
+	}
+	return rec.String(), nil
+}
+
 // recordImageVolume writes the image's record into an upload volume; the
 // image frozen from it keeps it.
 func (e *Engine) recordImageVolume(ctx context.Context, dir string, img store.Image) error {
