@@ -36,6 +36,8 @@ func init() {
 	RegisterClass(engine.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Bad request")
 	RegisterClass(postgres.ErrVersionMissing, http.StatusUnprocessableEntity, "pg_version_not_installed", "PostgreSQL version not installed")
 	RegisterClass(storage.ErrHasClones, http.StatusUnprocessableEntity, CodeImageHasInstances, "Image has instances")
+	RegisterClass(engine.ErrNotItsVolume, http.StatusConflict, "volume_mismatch", "The volume on disk is not this resource's")
+	RegisterClass(engine.ErrStoreMismatch, http.StatusServiceUnavailable, "store_mismatch", "The metadata store does not match the volumes on disk")
 	// The metadata store refused a value (a check constraint, a NUL in
 	// text) or a duplicate: the request's fault, not the server's.
 	RegisterClass(store.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Invalid value")

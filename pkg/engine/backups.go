@@ -150,6 +150,12 @@ func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (strin
 			unlock()
 			return "", nil, err
 		}
+		if vol, err := e.opts.Storage.Get(ctx, ImageVolume(img.ID)); err == nil {
+			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {
+				unlock()
+				return "", nil, err
+			}
+		}
 		return ImageVolume(img.ID), unlock, nil
 	}
 	unlock := e.locks.Lock(req.InstanceID)
@@ -159,6 +165,12 @@ func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (strin
 		case store.InstanceRunning, store.InstanceStopped, store.InstanceFailed:
 		default:
 			err = fmt.Errorf("%w: instance %d is %s; try again once it is running", ErrNotBackupReady, inst.ID, inst.Status)
+		}
+	}
+	if err == nil {
+		var why string
+		if why, err = e.notItsVolume(ctx, inst.ID); err == nil && why != "" {
+			err = fmt.Errorf("%w: %s", ErrNotItsVolume, why)
 		}
 	}
 	if err != nil {
@@ -239,7 +251,7 @@ func (e *Engine) writeBackup(ctx context.Context, id int64, snap storage.Entry) 
 // TLS key and log (the restore and each clone make theirs), and what
 // Postgres clears at start anyway.
 var backupSkips = map[string]bool{
-	"postmaster.pid": true, "postmaster.opts": true,
+	"postmaster.pid": true, "postmaster.opts": true, VolumeRecordFile: true,
 	postgres.ServerKeyFile: true, postgres.LogFile: true, postgres.LogFile + ".1": true,
 }
 
@@ -478,8 +490,9 @@ func (e *Engine) backupReads(ctx context.Context, image string) bool {
 }
 
 // reconcileBackups marks failed the backups no run of this process is
-// writing (sindrid stopped during them), and removes the partial files
-// and snapshots nothing is writing from.
+// writing (sindrid stopped during them), unless their whole archive is in
+// place, which makes them done, and removes the partial files and
+// snapshots nothing is writing from.
 func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) error {
 	e.backupMu.Lock()
 	defer e.backupMu.Unlock()
@@ -496,6 +509,14 @@ func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) 
 	var errs []error
 	for _, b := range backups {
 		if b.Status != store.BackupRunning || running[b.ID] {
+			continue
+		}
+		// An archive in place is whole (it is renamed there once synced):
+		// sindrid stopped before recording it, or the store is an older
+		// dump taken while it was written. It is kept, not thrown away.
+		if size, sum, err := checkArchive(e.backupPath(b.ID)); err == nil {
+			e.log.Warn("engine: a backup recorded running has its whole archive; recording it done", "backup_id", b.ID, "size_bytes", size)
+			errs = append(errs, e.opts.Store.SetBackupDone(ctx, b.ID, e.backupPath(b.ID), size, sum))
 			continue
 		}
 		msg := "sindrid stopped while the backup was being written; take it again"
@@ -521,12 +542,53 @@ func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) 
 	return errors.Join(errs...)
 }
 
+// checkArchive reads a backup's archive through: it must be a whole
+// tar.zst. It returns the archive's size and SHA-256 (hex).
+func checkArchive(path string) (int64, string, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	hash := sha256.New()
+	counted := &countingWriter{w: hash}
+	zr, err := zstd.NewReader(io.TeeReader(f, counted))
+	if err != nil {
+		return 0, "", err
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	for {
+		_, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, "", err
+		}
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return 0, "", err
+		}
+	}
+	// What follows the tar's end (its padding) is the archive's too.
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return 0, "", err
+	}
+	if _, err := io.Copy(counted, f); err != nil {
+		return 0, "", err
+	}
+	return counted.n, hex.EncodeToString(hash.Sum(nil)), nil
+}
+
 // DeleteExpiredBackups deletes the finished backups (done or failed) older
 // than BackupMaxAge, with their archives, and returns how many; nothing
 // when BackupMaxAge is 0. A running backup is never one of them.
 func (e *Engine) DeleteExpiredBackups(ctx context.Context) (int, error) {
 	if e.opts.BackupMaxAge <= 0 {
 		return 0, nil
+	}
+	if e.storeMismatch.Load() {
+		return 0, fmt.Errorf("%w: no backup is deleted for its age until they agree", ErrStoreMismatch)
 	}
 	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
 	if err != nil {

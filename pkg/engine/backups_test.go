@@ -394,3 +394,33 @@ func TestOldBackupsAreDeletedBySweep(t *testing.T) {
 		t.Fatalf("the held backup, released: %+v", b)
 	}
 }
+
+// A backup recorded running whose whole archive is in place (sindrid
+// stopped between the rename and the record, or the store is an older
+// dump taken while it was written) is recorded done, with its archive's
+// size and SHA-256, rather than failed and its archive thrown away.
+func TestBackupWithItsWholeArchiveIsRecordedDoneByReconcile(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	b, err := e.CreateBackup(ctx, engine.BackupRequest{ImageID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitBackup(t, e, b.ID)
+	if done.Status != store.BackupDone {
+		t.Fatalf("backup %+v", done)
+	}
+	if err := w.store.SetBackupStatus(ctx, b.ID, store.BackupRunning, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.New(w.options()).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.GetBackup(ctx, b.ID)
+	if err != nil || got.Status != store.BackupDone || got.SHA256 != done.SHA256 || got.SizeBytes != done.SizeBytes {
+		t.Fatalf("after reconcile: %+v %v, want done with size %d and SHA-256 %s", got, err, done.SizeBytes, done.SHA256)
+	}
+	if sum, size := fileSHA256(t, done.Path); sum != done.SHA256 || size != done.SizeBytes {
+		t.Fatalf("the archive: %d bytes, SHA-256 %s", size, sum)
+	}
+}

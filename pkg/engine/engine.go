@@ -127,6 +127,16 @@ type Engine struct {
 		bytes int64
 	}
 	uploadAcct *UploadAccount // scp uploads; nil when off
+
+	installation  string          // the metadata database's id, once read
+	uploading     map[string]bool // temporary files of uploads being received
+	storeProblems []string        // what the last reconcile found amiss between store and disk
+	// storeMismatch: the last reconcile found that the store does not
+	// describe the volumes; nothing is destroyed meanwhile.
+	storeMismatch atomic.Bool
+	// creationBegun: this process has recorded an instance; the first
+	// reconcile must then leave young creations alone.
+	creationBegun atomic.Bool
 }
 
 // New returns an engine; call Reconcile, then Run.
@@ -168,6 +178,7 @@ func New(opts Options) *Engine {
 		orphans:    map[string]time.Time{},
 		finalising: map[int64]*finaliseRun{},
 		backups:    map[int64]*backupRun{},
+		uploading:  map[string]bool{},
 	}
 }
 
@@ -226,7 +237,11 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 	started := time.Now()
 	if err := e.build(ctx, &inst); err != nil {
 		e.log.Error("engine: instance creation failed; undoing", "instance_id", inst.ID, "err", err)
-		if uerr := e.teardown(context.WithoutCancel(ctx), inst.ID); uerr != nil {
+		undo := e.teardown
+		if errors.Is(err, errVolumeTaken) {
+			undo = e.forget
+		}
+		if uerr := undo(context.WithoutCancel(ctx), inst.ID); uerr != nil {
 			e.log.Error("engine: undoing a failed creation", "instance_id", inst.ID, "err", uerr)
 		}
 		e.auditFailure(ctx, "create_instance", "instance", inst.ID, err)
@@ -262,6 +277,7 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	// The owner's instances are counted in the insert's transaction: a
 	// refusal leaves nothing behind, and concurrent creations cannot pass
 	// the limit together.
+	e.creationBegun.Store(true)
 	inst, err := e.opts.Store.CreateInstance(ctx, store.InstanceInput{
 		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
 		Quota: e.instanceQuota(req.Owner),
@@ -291,10 +307,30 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	}
 	e.step("port", inst.ID)
 
-	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID)); errors.Is(err, storage.ErrNotFound) {
+	vol, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID))
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
 		return fmt.Errorf("%w: image %d is gone", ErrImageNotReady, inst.ImageID)
-	} else if err != nil {
+	case errors.Is(err, storage.ErrExists):
+		// Not this creation's: the store handed out an id that a volume
+		// already has (a database that does not match the volumes).
+		return fmt.Errorf("%w: %w: instance %d's volume name is taken: %w", ErrStoreMismatch, errVolumeTaken, inst.ID, err)
+	case err != nil:
 		return fmt.Errorf("cloning image %d: %w", inst.ImageID, err)
+	}
+	// The clone starts with its image's record: an image of another
+	// installation (whose store lists one of the same id) is not cloned.
+	if why, err := e.notThisImage(ctx, vol.Path, inst.ImageID); err != nil || why != "" {
+		if derr := e.opts.Storage.Destroy(context.WithoutCancel(ctx), vol.Name); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		if err == nil {
+			err = fmt.Errorf("%w: image %d's volume records %s", ErrNotItsVolume, inst.ImageID, why)
+		}
+		return err
+	}
+	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, false); err != nil {
+		return err
 	}
 	e.step("cloned", inst.ID)
 
@@ -306,6 +342,10 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	}
 	inst.Status = store.InstanceRunning
 	e.watch(inst.ID)
+	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, true); err != nil {
+		// Not fatal: the instance runs; reconcile marks it made.
+		e.log.Error("engine: recording an instance made in its volume", "instance_id", inst.ID, "err", err)
+	}
 	return nil
 }
 
@@ -314,6 +354,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool) error {
 	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(inst.ID))
 	if err != nil {
+		return err
+	}
+	if err := e.claimInstanceVolume(ctx, vol.Path, inst); err != nil {
 		return err
 	}
 	binDir, err := postgres.BinDirFor(e.opts.BinPattern, vol.Path)
@@ -443,10 +486,18 @@ func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
 }
 
 // teardown removes whatever an instance has, in the reverse order of
-// creation; each step tolerates what is already gone.
+// creation; each step tolerates what is already gone. A volume whose
+// record says it is not this instance's is left alone (reconcile reports
+// it): only the record goes.
 func (e *Engine) teardown(ctx context.Context, id int64) error {
 	e.unwatch(id)
 	name := InstanceVolume(id)
+	if why, err := e.notItsVolume(ctx, id); err != nil {
+		return err
+	} else if why != "" {
+		e.log.Error("engine: keeping a volume that is not this instance's; only its record goes", "instance_id", id, "volume", name, "why", why)
+		return e.forget(ctx, id)
+	}
 	if err := e.stopVolume(ctx, name); err != nil {
 		return err
 	}
@@ -466,6 +517,52 @@ func (e *Engine) teardown(ctx context.Context, id int64) error {
 	}
 	e.log.Info("engine: instance destroyed", "instance_id", id)
 	return nil
+}
+
+// errVolumeTaken: a creation found its volume's name taken.
+var errVolumeTaken = errors.New("the instance's volume name is taken")
+
+// forget deletes an instance's record (which frees its port) and nothing
+// else: its volume, if any, is another's.
+func (e *Engine) forget(ctx context.Context, id int64) error {
+	e.unwatch(id)
+	if err := e.opts.Store.DeleteInstance(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	e.log.Info("engine: instance record deleted; its volume name belongs to another", "instance_id", id)
+	return nil
+}
+
+// notItsVolume tells why the instance's volume is not its own, by the
+// volume's record; "" when it is, has no record, or is gone.
+func (e *Engine) notItsVolume(ctx context.Context, id int64) (why string, err error) {
+	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	inst, err := e.opts.Store.GetInstance(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	installation, err := e.installationID(ctx)
+	if err != nil {
+		return "", err
+	}
+	rec, ok, err := readVolumeRecord(vol.Path)
+	switch {
+	case err != nil:
+		return err.Error(), nil
+	case !ok, rec.is(installation, recordInstance, id, inst.CreatedAt),
+		rec.Installation == installation && rec.Kind == recordImage && rec.ID == inst.ImageID:
+		return "", nil
+	}
+	return fmt.Sprintf("%s records %s", vol.Name, rec), nil
 }
 
 // stopVolume stops a postmaster running on the volume, if any.

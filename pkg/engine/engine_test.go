@@ -367,6 +367,9 @@ func TestRepeatedCrashesMarkTheInstanceFailed(t *testing.T) {
 // childMain is the short-lived sindrid: it creates one instance of image 1
 // and exits 0, unless CrashAt kills it first.
 func childMain() int {
+	if id := os.Getenv(finaliseEnv); id != "" {
+		return childFinalise(id)
+	}
 	ports := strings.Split(os.Getenv(portsEnv), "-")
 	minPort, _ := strconv.Atoi(ports[0])
 	maxPort, _ := strconv.Atoi(ports[1])
@@ -620,26 +623,87 @@ func TestClassifiedCreationErrorsLeaveNothing(t *testing.T) {
 	}
 }
 
-func TestOrphanVolumesAreRemovedAfterGrace(t *testing.T) {
+// A volume whose instance was destroyed (its tombstone in the store, its
+// own record naming it) is removed once its grace period is over. One
+// that nothing shows abandoned is kept, whatever the grace, and reported:
+// a clone no instance of the store ever had, and a volume whose record
+// names another creation of the destroyed instance's id.
+func TestOrphanVolumesAreRemovedAfterGraceOnlyWhenProvenAbandoned(t *testing.T) {
 	w := newWorld(t, 3)
+	opts := w.options()
+	e := engine.New(opts)
+	destroyed, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopPostgres(t, mustVolume(t, w, engine.InstanceVolume(destroyed.ID)).Path)
+	if err := w.store.DeleteInstance(ctx, destroyed.ID); err != nil { // its record goes; a tombstone stays
+		t.Fatal(err)
+	}
 	if _, err := w.storage.Clone(ctx, "image-1", "instance-999"); err != nil {
 		t.Fatal(err)
 	}
-	opts := w.options()
+	// Another destroyed instance, whose volume's record names a creation
+	// at another time (as a reused id would).
+	other, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopPostgres(t, mustVolume(t, w, engine.InstanceVolume(other.ID)).Path)
+	forged := mustVolume(t, w, engine.InstanceVolume(other.ID)).Path + "/" + engine.VolumeRecordFile
+	data, err := os.ReadFile(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := other.CreatedAt.UTC().Format(time.RFC3339Nano)
+	if !strings.Contains(string(data), created) {
+		t.Fatalf("record %s does not hold the creation time %s", data, created)
+	}
+	if err := os.WriteFile(forged, []byte(strings.Replace(string(data), created, "2001-01-01T00:00:00Z", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.store.DeleteInstance(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+
 	opts.OrphanGrace = time.Hour
 	if err := engine.New(opts).Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.storage.Get(ctx, "instance-999"); err != nil {
+	if _, err := w.storage.Get(ctx, engine.InstanceVolume(destroyed.ID)); err != nil {
 		t.Fatalf("orphan removed before its grace period: %v", err)
 	}
 	opts.OrphanGrace = 0
-	if err := engine.New(opts).Reconcile(ctx); err != nil {
+	e = engine.New(opts)
+	if err := e.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.storage.Get(ctx, "instance-999"); !errors.Is(err, storage.ErrNotFound) {
-		t.Fatalf("orphan volume still there after the grace period: %v", err)
+	if _, err := w.storage.Get(ctx, engine.InstanceVolume(destroyed.ID)); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the destroyed instance's volume is still there after the grace period: %v", err)
 	}
+	for _, kept := range []string{"instance-999", engine.InstanceVolume(other.ID)} {
+		if _, err := w.storage.Get(ctx, kept); err != nil {
+			t.Errorf("%s, which nothing shows abandoned, was removed: %v", kept, err)
+		}
+	}
+	st, err := e.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems := strings.Join(st.Problems, "\n")
+	if st.Healthy || !strings.Contains(problems, "instance-999 (no instance 999 in the store, nor a tombstone of one)") ||
+		!strings.Contains(problems, engine.InstanceVolume(other.ID)+" (records instance") {
+		t.Fatalf("status healthy=%v problems %q; want both kept volumes named with their reasons", st.Healthy, st.Problems)
+	}
+}
+
+func mustVolume(t testing.TB, w *world, name string) storage.Entry {
+	t.Helper()
+	v, err := w.storage.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 func stopPostgres(t *testing.T, dataDir string) {

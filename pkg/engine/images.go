@@ -41,6 +41,10 @@ func UploadVolume(id int64) string { return "upload-" + strconv.FormatInt(id, 10
 // writes into the image's upload directory; scp may add others.
 const UploadFile = "upload.tar"
 
+// UploadTempPrefix starts the name of the file an HTTP upload is received
+// into before it becomes UploadFile; one left by a crash is swept.
+const UploadTempPrefix = ".upload-"
+
 // ImageRequest is what a caller asks for when creating an image.
 type ImageRequest struct {
 	Name                string
@@ -111,8 +115,14 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	if err := e.openUploadDir(img.ID); err != nil {
 		return store.Image{}, err
 	}
-	if _, err := e.opts.Storage.Create(ctx, UploadVolume(img.ID)); err != nil && !errors.Is(err, storage.ErrExists) {
+	vol, err := e.opts.Storage.Create(ctx, UploadVolume(img.ID))
+	if err != nil && !errors.Is(err, storage.ErrExists) {
 		return store.Image{}, err
+	}
+	if err == nil {
+		if err := e.recordImageVolume(ctx, vol.Path, img); err != nil {
+			return store.Image{}, err
+		}
 	}
 	e.audit(ctx, "create_image", "image", img.ID, "ok", "")
 	return img, nil
@@ -133,11 +143,19 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 	}
 	// Received without the image's lock (a slow upload must not hold up
 	// the image), then checked again and put in place under it.
-	tmp, err := os.CreateTemp(dir, ".upload-*")
+	tmp, err := os.CreateTemp(dir, UploadTempPrefix+"*")
 	if err != nil {
 		return 0, err
 	}
-	defer os.Remove(tmp.Name())
+	e.mu.Lock()
+	e.uploading[tmp.Name()] = true
+	e.mu.Unlock()
+	defer func() {
+		os.Remove(tmp.Name())
+		e.mu.Lock()
+		delete(e.uploading, tmp.Name())
+		e.mu.Unlock()
+	}()
 	dst := &writeErr{w: e.guardWriter(ctx, tmp, "an upload")}
 	n, err := io.Copy(dst, body)
 	if err != nil {
@@ -349,10 +367,19 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	} else {
 		archive = nil
 	}
-	// Start afresh: what an earlier try left (its private postmaster, if
-	// sindrid died during it; an image frozen just before a crash) goes.
+	// Start afresh: what an earlier try left (its pg_basebackup or psql
+	// and its private postmaster, if sindrid died during it; an image
+	// frozen just before a crash) goes, unless it is not this image's.
+	if err := e.endStrayOperations(ctx, ImageVolume(img.ID)); err != nil {
+		return "", 0, err
+	}
 	volName := UploadVolume(img.ID)
 	for _, name := range []string{volName, ImageVolume(img.ID)} {
+		if vol, err := e.opts.Storage.Get(ctx, name); err == nil {
+			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {
+				return "", 0, err
+			}
+		}
 		if err := e.stopVolume(ctx, name); err != nil {
 			return "", 0, err
 		}
@@ -372,7 +399,7 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 		}
 	} else if sourceURL, err := e.opts.Store.ImageSourceURL(ctx, img.ID); err != nil {
 		return "", 0, err
-	} else if err := e.pullBaseBackup(ctx, sourceURL, vol.Path); err != nil {
+	} else if err := e.pullBaseBackup(ctx, img.ID, sourceURL, vol.Path); err != nil {
 		return "", 0, err
 	}
 	if err := ingest.HoistDataDir(vol.Path); err != nil {
@@ -406,6 +433,10 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	}
 	size, err = dirSize(vol.Path)
 	if err != nil {
+		return "", 0, err
+	}
+	// Clones start with it, until their own replaces it.
+	if err := e.recordImageVolume(ctx, vol.Path, img); err != nil {
 		return "", 0, err
 	}
 	if _, err := e.opts.Storage.Freeze(ctx, volName, ImageVolume(img.ID)); err != nil {
@@ -512,7 +543,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return err
 	}
 	if img.AnonymisationScript != "" {
-		if err := e.anonymise(ctx, binDir, sock, port, img.AnonymisationScript); err != nil {
+		if err := e.anonymise(ctx, img.ID, binDir, sock, port, img.AnonymisationScript); err != nil {
 			return err
 		}
 	}
@@ -608,7 +639,7 @@ func grantInDatabase(ctx context.Context, conn *pgx.Conn, role string) error {
 
 // anonymise runs the script with psql as the superuser, stopping at the
 // first error (its \c lines switch databases as they would for a person).
-func (e *Engine) anonymise(ctx context.Context, binDir, sock string, port int, script string) error {
+func (e *Engine) anonymise(ctx context.Context, imageID int64, binDir, sock string, port int, script string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
@@ -618,7 +649,7 @@ func (e *Engine) anonymise(ctx context.Context, binDir, sock string, port int, s
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.opts.Owner.UID, Gid: e.opts.Owner.GID}}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	if err := runOperation(cmd, "anonymise "+ImageVolume(imageID)); err != nil {
 		return fmt.Errorf("the anonymisation script failed: %s", strings.TrimSpace(out.String()))
 	}
 	return nil
@@ -711,7 +742,16 @@ func (e *Engine) finishImageDestroy(ctx context.Context, id int64) error {
 		}
 	}
 	e.step("image-instances-destroyed", id)
+	img, err := e.getImage(ctx, id)
+	if err != nil {
+		return err
+	}
 	for _, name := range []string{ImageVolume(id), UploadVolume(id)} {
+		if vol, err := e.opts.Storage.Get(ctx, name); err == nil {
+			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {
+				return err
+			}
+		}
 		err := e.opts.Storage.Destroy(ctx, name)
 		if errors.Is(err, storage.ErrHasClones) && e.backupReads(ctx, name) {
 			return fmt.Errorf("%w: a backup of image %d is being written; destroy it once the backup is done", ErrBackupRunning, id)
@@ -955,7 +995,7 @@ func parseSource(s string) (source, error) {
 // (the newest installed major: it reads older servers too) from the
 // image's source server, as the postgres OS user, streaming the WAL the
 // backup needs so that the private start recovers to consistency.
-func (e *Engine) pullBaseBackup(ctx context.Context, sourceURL, dir string) error {
+func (e *Engine) pullBaseBackup(ctx context.Context, imageID int64, sourceURL, dir string) error {
 	src, err := parseSource(sourceURL)
 	if err != nil {
 		return err
@@ -987,8 +1027,8 @@ func (e *Engine) pullBaseBackup(ctx context.Context, sourceURL, dir string) erro
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	started := time.Now()
-	e.log.Info("engine: pulling a base backup", "source", src.connString)
-	if err := cmd.Run(); err != nil {
+	e.log.Info("engine: pulling a base backup", "image_id", imageID, "source", src.connString)
+	if err := runOperation(cmd, "pull "+ImageVolume(imageID)); err != nil {
 		msg := strings.TrimSpace(out.String())
 		if len(msg) > 4096 {
 			msg = "..." + msg[len(msg)-4096:]

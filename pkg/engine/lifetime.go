@@ -122,6 +122,11 @@ func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, e
 func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 	e.unwatch(inst.ID)
 	name := InstanceVolume(inst.ID)
+	if why, err := e.notItsVolume(ctx, inst.ID); err != nil {
+		return err
+	} else if why != "" {
+		return fmt.Errorf("%w: %s; it is kept as it is", ErrNotItsVolume, why)
+	}
 	if err := e.stopVolume(ctx, name); err != nil {
 		return err
 	}
@@ -130,7 +135,11 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
-	if _, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), name); err != nil {
+	vol, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), name)
+	if err != nil {
+		return err
+	}
+	if err := e.recordInstanceVolume(ctx, vol.Path, inst, false); err != nil {
 		return err
 	}
 	if inst.Port == 0 { // a failed instance gave its port up
@@ -147,12 +156,19 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 		return err
 	}
 	e.watch(inst.ID)
+	inst.Status = store.InstanceRunning
+	if err := e.recordInstanceVolume(ctx, vol.Path, inst, true); err != nil {
+		e.log.Error("engine: recording a reset instance made in its volume", "instance_id", inst.ID, "err", err)
+	}
 	return nil
 }
 
 // DestroyExpired destroys the instances past their expiry that are not
 // protected, and returns how many it destroyed.
 func (e *Engine) DestroyExpired(ctx context.Context) (int, error) {
+	if e.storeMismatch.Load() {
+		return 0, fmt.Errorf("%w: no instance is destroyed for its expiry until they agree", ErrStoreMismatch)
+	}
 	expired, err := e.opts.Store.ExpiredInstances(ctx, e.now())
 	if err != nil {
 		return 0, err
@@ -284,7 +300,8 @@ type LimitUse struct {
 }
 
 // Status gathers the figures of GET /status. Degraded means an instance
-// or image failed, or the filesystem is nearly full.
+// or image failed, the filesystem is nearly full, or the last reconcile
+// found volumes that the metadata store does not account for.
 func (e *Engine) Status(ctx context.Context) (Status, error) {
 	st := Status{StorageDriver: e.opts.Storage.Name(), ImagesByStatus: map[string]int{}, InstancesByStatus: map[string]int{},
 		BackupsByStatus: map[string]int{}}
@@ -327,6 +344,9 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	st.Limits = e.limitUses(capacity, instancesOf, protectedOf, backups.RunningByOwner, backups.Running, st.UsedByBackupsBytes)
 	st.DiskReserveBytes = e.opts.Limits.DiskReserve.Of(capacity.TotalBytes)
 	st.ExpectedCloningTime = e.cloneTimes.median()
+	e.mu.Lock()
+	st.Problems = append(st.Problems, e.storeProblems...)
+	e.mu.Unlock()
 	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))
 	}

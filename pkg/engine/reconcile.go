@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -340,32 +342,65 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 }
 
 // Reconcile makes store, volumes and postmasters agree:
+//   - whatever the store says, operation children (pg_basebackup, psql)
+//     and private postmasters of finalises that no live sindrid runs are
+//     ended, and the socket directories and upload files they leave are
+//     swept (see sweep);
+//   - a store that does not account for most volumes (see takeCensus) is
+//     reported, in Status and as ErrStoreMismatch, and nothing more is
+//     done: no volume is touched until they agree;
 //   - an instance still "creating" that nobody is creating (the process that
 //     was died) is undone, and one "destroying" is finished;
 //   - a running instance gets its postmaster started when it is not alive,
 //     and adopted (same pid, no restart) when it is;
 //   - an instance whose volume is gone is marked failed, and a failed one
 //     gives up its port;
-//   - a volume no instance references is removed once it has been seen so
-//     for OrphanGrace, its postmaster stopped first.
+//   - a volume whose instance's record went (its tombstone in the store,
+//     its own record naming that instance) is removed once it has been
+//     seen so for OrphanGrace, its postmaster stopped first; an
+//     unreferenced volume that cannot be shown abandoned so is kept, and
+//     reported.
 func (e *Engine) Reconcile(ctx context.Context) error {
-	instances, err := e.opts.Store.ListInstances(ctx, "")
-	if err != nil {
-		return err
-	}
+	// Volumes first: a volume seen then has its record in the store by
+	// the time the store is read (records are made before volumes, and
+	// go after them).
 	entries, err := e.opts.Storage.List(ctx)
 	if err != nil {
 		return err
 	}
+	instances, err := e.opts.Store.ListInstances(ctx, "")
+	if err != nil {
+		return err
+	}
+	images, err := e.opts.Store.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	c, err := e.takeCensus(ctx, entries, instances, images)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.storeProblems = c.problems
+	e.mu.Unlock()
+	e.storeMismatch.Store(c.mismatch)
+	sweepErr := e.sweep(ctx, entries)
+	if c.mismatch {
+		e.log.Error("engine: the metadata store does not match the volumes; nothing is removed or started until they agree",
+			"accounted_for", c.accounted, "unaccounted_for", len(c.unaccounted), "volumes", strings.Join(c.unaccounted, ","))
+		return errors.Join(fmt.Errorf("%w: %s", ErrStoreMismatch, c.problems[0]), sweepErr)
+	}
+
 	volumes := map[string]storage.Entry{}
 	for _, v := range entries {
 		volumes[v.Name] = v
 	}
-	referenced := map[string]bool{}
-	var errs []error
+	errs := []error{sweepErr}
 	first := e.reconciled.CompareAndSwap(false, true)
+	// The first reconcile undoes every creation, unless this process has
+	// begun some meanwhile (a first reconcile held back by a mismatch).
+	undoAll := first && !e.creationBegun.Load()
 	for _, listed := range instances {
-		referenced[InstanceVolume(listed.ID)] = true
 		unlock, ok := e.locks.TryLock(listed.ID)
 		if !ok {
 			continue // an operation is under way on it
@@ -377,7 +412,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			errs = append(errs, err)
-		case inst.Status == store.InstanceCreating && !first && e.now().Sub(inst.CreatedAt) < e.opts.StartTimeout+time.Minute:
+		case inst.Status == store.InstanceCreating && !undoAll && e.now().Sub(inst.CreatedAt) < e.opts.StartTimeout+time.Minute:
 			// Possibly being created by this process, between its record
 			// and its lock; the first reconcile after a start undoes every
 			// creation, later ones only those older than any could take.
@@ -392,10 +427,18 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		errs = append(errs, e.reconcileImages(ctx, volumes))
 	}
 	errs = append(errs, e.finishImageDestroys(ctx), e.publishReserve(ctx))
-	e.removeOrphans(ctx, entries, referenced)
+	e.removeOrphans(ctx, entries, c.abandoned)
 	errs = append(errs, e.reconcileBackups(ctx, entries))
+	errs = append(errs, e.sweepInstanceSocketDirs(ctx, volumes))
+	errs = append(errs, e.keepIDsAhead(ctx, c))
+	if _, err := e.opts.Store.PruneTombstones(ctx, e.now().Add(-tombstoneKeep), c.instanceVolumeIDs); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
+
+// tombstoneKeep is how long an instance's tombstone outlives its volume.
+const tombstoneKeep = 7 * 24 * time.Hour
 
 // finishImageDestroys finishes the destroys of images marked destroying
 // that no operation is working on: a destroy cut short by a crash, or one
@@ -431,8 +474,8 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// reconcileImages marks failed the images a crash left finalising (no
-// finalise runs before the first reconcile), stopping the private
+// reconcileImages marks failed the images a crash left finalising (not
+// finalised by this process, which holds their lock), stopping the private
 // postmaster it may have left, so that done can be tried again; marks
 // failed a ready image whose volume is gone; and opens the upload
 // directories of pending and failed images to the upload account.
@@ -443,37 +486,84 @@ func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage
 	}
 	var errs []error
 	for _, img := range images {
-		if _, ok := volumes[ImageVolume(img.ID)]; img.Status == store.ImageReady && !ok {
-			// A destroy cut short after the volume went, or a lost disk.
-			e.log.Error("engine: a ready image has no volume; marking it failed", "image_id", img.ID)
-			errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
-				"its frozen data is gone (a destroy cut short?); destroy the image"))
-			continue
+		unlock, ok := e.imageLocks.TryLock(img.ID)
+		if !ok {
+			continue // a finalise, destroy or backup of this process holds it
 		}
-		if img.Status == store.ImagePending || img.Status == store.ImageFailed {
-			errs = append(errs, e.openUploadDir(img.ID)) // made before scp uploads were on
-			continue
-		}
-		if img.Status != store.ImageFinalising {
-			continue
-		}
-		e.log.Warn("engine: a finalise was cut short; marking the image failed", "image_id", img.ID)
-		if err := e.stopVolume(ctx, UploadVolume(img.ID)); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
-			"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"),
-			e.openUploadDir(img.ID))
+		errs = append(errs, e.reconcileImage(ctx, img, volumes))
+		unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// gone tells whether storage has no entry of that name now.
+func (e *Engine) gone(ctx context.Context, name string) bool {
+	_, err := e.opts.Storage.Get(ctx, name)
+	return errors.Is(err, storage.ErrNotFound)
+}
+
+func (e *Engine) reconcileImage(ctx context.Context, img store.Image, volumes map[string]storage.Entry) error {
+	e.mu.Lock()
+	run := e.finalising[img.ID]
+	e.mu.Unlock()
+	if run != nil {
+		return nil // this process's finalise, about to take the lock
+	}
+	img, err := e.opts.Store.GetImage(ctx, img.ID) // again, under the lock
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, ok := volumes[ImageVolume(img.ID)]; img.Status == store.ImageReady && !ok && e.gone(ctx, ImageVolume(img.ID)) {
+		// A destroy cut short after the volume went, or a lost disk.
+		e.log.Error("engine: a ready image has no volume; marking it failed", "image_id", img.ID)
+		return e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
+			"its frozen data is gone (a destroy cut short?); destroy the image")
+	}
+	if img.Status == store.ImagePending || img.Status == store.ImageFailed {
+		return e.openUploadDir(img.ID) // made before scp uploads were on
+	}
+	if img.Status != store.ImageFinalising {
+		return nil
+	}
+	e.log.Warn("engine: a finalise was cut short; marking the image failed", "image_id", img.ID)
+	if err := e.stopVolume(ctx, UploadVolume(img.ID)); err != nil {
+		return err
+	}
+	return errors.Join(e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
+		"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"),
+		e.openUploadDir(img.ID))
 }
 
 func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes map[string]storage.Entry) error {
 	name := InstanceVolume(inst.ID)
 	vol, hasVolume := volumes[name]
+	if !hasVolume {
+		// Made since the list, perhaps: ask again, under the lock.
+		got, err := e.opts.Storage.Get(ctx, name)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		vol, hasVolume = got, err == nil
+	}
+	var notIts string
+	if hasVolume && (inst.Status == store.InstanceFailed || inst.Status == store.InstanceRunning) {
+		var err error
+		if notIts, err = e.notItsVolume(ctx, inst.ID); err != nil {
+			return err
+		}
+	}
 	switch inst.Status {
 	case store.InstanceCreating:
+		if hasVolume {
+			if made, err := e.madeAlready(ctx, vol.Path, inst); err != nil {
+				return err
+			} else if made {
+				return fmt.Errorf("it is recorded creating, but its volume %s says its creation finished: the metadata store is older than the volume (a restored dump?); it is left as it is", name)
+			}
+		}
 		e.log.Warn("engine: undoing an instance creation cut short", "instance_id", inst.ID)
 		return e.teardown(ctx, inst.ID)
 	case store.InstanceDestroying:
@@ -487,7 +577,7 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 		return nil
 	case store.InstanceFailed:
 		if inst.Port != 0 {
-			if hasVolume {
+			if hasVolume && notIts == "" {
 				if err := postgres.Stop(ctx, vol.Path, 10*time.Second); err != nil {
 					return err
 				}
@@ -505,7 +595,18 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 		e.log.Error("engine: the volume of a running instance is gone", "instance_id", inst.ID)
 		return e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceFailed, "its volume "+name+" is gone")
 	}
+	if notIts != "" {
+		e.unwatch(inst.ID)
+		e.log.Error("engine: the volume of a running instance is not its own; it is neither started nor stopped",
+			"instance_id", inst.ID, "why", notIts)
+		return e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceFailed,
+			"its volume "+name+" belongs to something else ("+notIts+"): a restored older metadata dump? It is left as it is")
+	}
 	if st, err := postgres.Status(vol.Path); err == nil && st.Alive {
+		// One made before volumes kept records gets its own.
+		if err := e.claimInstanceVolume(ctx, vol.Path, inst); err != nil {
+			return err
+		}
 		if st.PID != inst.PID {
 			if err := e.opts.Store.SetInstancePID(ctx, inst.ID, st.PID); err != nil {
 				return err
@@ -574,11 +675,13 @@ func (e *Engine) watchStoppedForDisk(id int64) {
 	w.diskStop, w.startFull = true, true
 }
 
-func (e *Engine) removeOrphans(ctx context.Context, entries []storage.Entry, referenced map[string]bool) {
+// removeOrphans removes the abandoned volumes (see takeCensus) once each
+// has been seen so for OrphanGrace, its postmaster stopped first.
+func (e *Engine) removeOrphans(ctx context.Context, entries []storage.Entry, abandoned map[string]bool) {
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, v := range entries {
-		if _, ok := instanceIDOf(v.Name); !ok || v.Kind != storage.KindVolume || referenced[v.Name] {
+		if !abandoned[v.Name] {
 			continue
 		}
 		seen[v.Name] = true
@@ -600,6 +703,11 @@ func (e *Engine) removeOrphans(ctx context.Context, entries []storage.Entry, ref
 		if err := e.opts.Storage.Destroy(ctx, v.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			e.log.Error("engine: removing an orphan volume", "volume", v.Name, "err", err)
 			continue
+		}
+		if id, ok := instanceIDOf(v.Name); ok {
+			if err := os.RemoveAll(e.socketDir(id)); err != nil {
+				e.log.Error("engine: removing an orphan volume's socket directory", "volume", v.Name, "err", err)
+			}
 		}
 		seen[v.Name] = false
 	}

@@ -268,9 +268,15 @@ func setInstanceExpiry(ctx context.Context, db execer, id int64, expiresAt *time
 	return affected(tag, err, "set instance %d expiry", id)
 }
 
-// DeleteInstance deletes an instance's row, freeing its port.
+// DeleteInstance deletes an instance's row, freeing its port, and leaves
+// a tombstone in its place (see InstanceTombstones), in one statement.
 func (s *Store) DeleteInstance(ctx context.Context, id int64) error {
-	tag, err := s.pool.Exec(ctx, `delete from instances where id = $1`, id)
+	tag, err := s.pool.Exec(ctx, `with gone as (
+			delete from instances where id = $1 returning id, created_at
+		)
+		insert into instance_tombstones (instance_id, created_at)
+			select id, created_at from gone
+			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now()`, id)
 	return affected(tag, err, "delete instance %d", id)
 }
 
