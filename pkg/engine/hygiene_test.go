@@ -40,6 +40,10 @@ func childFinalise(id string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if _, err := s.LoadKeyring(ctx, os.Getenv(keyEnv), false); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	root := os.Getenv(rootEnv)
 	d, err := btrfs.New(root)
 	if err != nil {
@@ -197,7 +201,7 @@ func TestSIGKILLDuringAPullLeavesNoPgBasebackup(t *testing.T) {
 
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childEnv+"=1", finaliseEnv+"="+strconv.FormatInt(img.ID, 10), dbEnv+"="+w.dbURL,
-		rootEnv+"="+w.root, runDirEnv+"="+w.runDir)
+		rootEnv+"="+w.root, runDirEnv+"="+w.runDir, keyEnv+"="+w.store.Keyring().Path())
 	var childLog testenv.SyncBuffer
 	child.Stdout, child.Stderr = &childLog, &childLog
 	if err := child.Start(); err != nil {
@@ -576,7 +580,7 @@ func TestSIGKILLDuringAnonymisationLeavesNothingRunning(t *testing.T) {
 
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childEnv+"=1", finaliseEnv+"="+strconv.FormatInt(img.ID, 10), dbEnv+"="+w.dbURL,
-		rootEnv+"="+w.root, runDirEnv+"="+w.runDir)
+		rootEnv+"="+w.root, runDirEnv+"="+w.runDir, keyEnv+"="+w.store.Keyring().Path())
 	var childLog testenv.SyncBuffer
 	child.Stdout, child.Stderr = &childLog, &childLog
 	if err := child.Start(); err != nil {

@@ -219,13 +219,17 @@ func pgDump(t *testing.T, url string) string {
 }
 
 // pgRestore restores a dump into a fresh database and opens it.
-func pgRestore(t *testing.T, file string) *store.Store {
+func pgRestore(t *testing.T, file, keyFile string) *store.Store {
 	t.Helper()
 	s, url := storetest.New(t)
 	bin := strings.ReplaceAll(pgtest.BinPattern, "{version}", "15")
 	if out, err := exec.Command(filepath.Join(bin, "pg_restore"), "--clean", "--if-exists", "--single-transaction",
 		"-d", url, file).CombinedOutput(); err != nil {
 		t.Fatalf("pg_restore: %v\n%s", err, out)
+	}
+	// The dump's secrets are sealed with the installation's key file.
+	if _, err := s.LoadKeyring(ctx, keyFile, false); err != nil {
+		t.Fatal(err)
 	}
 	return s
 }
@@ -276,7 +280,7 @@ func TestReconcileAgainstAnOlderDump(t *testing.T) {
 			pids := postmasterPIDs(t, w, all...)
 
 			opts := w.options()
-			opts.Store, opts.OrphanGrace = pgRestore(t, dump), 0
+			opts.Store, opts.OrphanGrace = pgRestore(t, dump, w.store.Keyring().Path()), 0
 			old := engine.New(opts)
 			// The first reconcile after a start undoes every creation it
 			// finds, were it allowed to; later ones only old ones.
