@@ -438,7 +438,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
 		return err
 	}
-	p, err := postgres.Start(binDir, dataDir, e.opts.Owner)
+	p, err := postgres.Start(binDir, dataDir, settings, e.opts.Owner)
 	if err != nil {
 		return err
 	}
@@ -450,7 +450,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if err := postgres.WaitReady(ready, p, dataDir, sock, port, "postgres"); err != nil {
 		return err
 	}
-	url := postgres.SocketURL(sock, port, "postgres", "postgres")
+	url := postgres.SuperuserURL(sock, port, "postgres")
 	if err := grantClientRole(ctx, url); err != nil {
 		return err
 	}

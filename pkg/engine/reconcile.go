@@ -229,7 +229,7 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 	}
 	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(attempt, postgres.SocketURL(e.socketDir(id), inst.Port, "postgres", "postgres"))
+	conn, err := pgx.Connect(attempt, postgres.SuperuserURL(e.socketDir(id), inst.Port, "postgres"))
 	var pgErr *pgconn.PgError
 	// Only silence counts against it: an error that comes at once (no
 	// socket, a refused or full queue) is not a hang.
