@@ -227,16 +227,20 @@ func TestHostileDataConfigurationIsNotRead(t *testing.T) {
 // sindri's, and left no canary.
 func checkSindrisSettings(t *testing.T, i *pgtest.Instance, canaryDir string) {
 	t.Helper()
-	conn, err := pgx.Connect(ctx, i.SuperuserURL())
+	conn, err := pgx.Connect(ctx, i.SocketURL()) // a session without sindri's options
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
 	for _, h := range hostileSettings(canaryDir) {
-		var got string
-		if err := conn.QueryRow(ctx, "select setting from pg_settings where name = $1", h.name).Scan(&got); err != nil {
+		var got, source string
+		if err := conn.QueryRow(ctx, "select setting, source from pg_settings where name = $1", h.name).Scan(&got, &source); err != nil {
 			t.Errorf("%s: %v", h.name, err)
 			continue
+		}
+		// Postgres reports the files it was told of as an override.
+		if source != "command line" && !(source == "override" && slices.Contains([]string{"config_file", "data_directory", "hba_file", "ident_file"}, h.name)) {
+			t.Errorf("%s comes from %s, not the postmaster's command line", h.name, source)
 		}
 		if want := h.want(i); got != want {
 			if h.name == "shared_buffers" {
