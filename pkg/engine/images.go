@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -309,11 +310,14 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
+	defer func() {
+		if err != nil { // nothing half-made stays: the next finalise starts afresh
+			e.discardVolumes(context.WithoutCancel(ctx), img.ID)
+		}
+	}()
 	if archive != nil {
-		_, err = ingest.Extract(ctx, archive, vol.Path)
-		archive.Close()
-		if err != nil {
-			return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
+		if err := e.extract(ctx, archive, vol.Path); err != nil {
+			return "", 0, err
 		}
 	} else if err := e.pullBaseBackup(ctx, img.SourceURL, vol.Path); err != nil {
 		return "", 0, err
@@ -355,6 +359,53 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 		return "", 0, err
 	}
 	return pgVersion, size, nil
+}
+
+// extract writes the archive into the upload volume at dir, within the
+// free space less extractReserve, and closes it.
+func (e *Engine) extract(ctx context.Context, archive *os.File, dir string) error {
+	defer archive.Close()
+	capacity, err := e.opts.Storage.Capacity(ctx)
+	if err != nil {
+		return err
+	}
+	reserve := extractReserve(capacity.TotalBytes)
+	limits := ingest.Limits{MaxBytes: capacity.FreeBytes - reserve, MaxEntries: ingest.DefaultMaxEntries}
+	if limits.MaxBytes <= 0 {
+		return fmt.Errorf("%w: the filesystem has %s free, less than the %s kept for the instances; free some (destroy instances, images or backups) and finalise again",
+			ingest.ErrTooLarge, humanize.IBytes(uint64(max(capacity.FreeBytes, 0))), humanize.IBytes(uint64(reserve)))
+	}
+	_, err = ingest.Extract(ctx, archive, dir, limits)
+	if errors.Is(err, ingest.ErrTooLarge) {
+		err = fmt.Errorf("%w (the filesystem has %s free, of which %s is kept for the instances)",
+			err, humanize.IBytes(uint64(capacity.FreeBytes)), humanize.IBytes(uint64(reserve)))
+	}
+	if err != nil {
+		return fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
+	}
+	return nil
+}
+
+// extractReserve is the disk an extraction leaves free, of a filesystem
+// of total bytes, for the instances to write into: 5 %, and at least
+// 1 GiB (a quarter of a filesystem under 4 GiB).
+func extractReserve(total int64) int64 {
+	return max(total/20, min(1<<30, total/4))
+}
+
+// discardVolumes destroys what a failed finalise of image id made: its
+// upload volume (stopping a postmaster left on it) and an image volume a
+// freeze may have left.
+func (e *Engine) discardVolumes(ctx context.Context, id int64) {
+	for _, name := range []string{UploadVolume(id), ImageVolume(id)} {
+		err := e.stopVolume(ctx, name)
+		if err == nil {
+			err = e.opts.Storage.Destroy(ctx, name)
+		}
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			e.log.Error("engine: removing what a failed finalise left", "image_id", id, "volume", name, "err", err)
+		}
+	}
 }
 
 // findArchive opens the upload: the HTTP upload, or else the single file
@@ -451,6 +502,9 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return err
 	}
 	url := postgres.SuperuserURL(sock, port, "postgres")
+	if err := e.removeRoleSettings(ctx, img.ID, url); err != nil {
+		return err
+	}
 	if err := grantClientRole(ctx, url); err != nil {
 		return err
 	}
@@ -469,6 +523,22 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return err
 	}
 	return postgres.Stop(ctx, dataDir, time.Minute)
+}
+
+// removeRoleSettings removes from the data's catalog the settings per
+// database and role that sindri does not keep (see
+// postgres.RemoveUnsafeRoleSettings), before anything else runs in it.
+func (e *Engine) removeRoleSettings(ctx context.Context, id int64, superuserURL string) error {
+	conn, err := pgx.Connect(ctx, superuserURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	removed, err := postgres.RemoveUnsafeRoleSettings(ctx, conn)
+	if len(removed) > 0 {
+		e.log.Info("engine: removed settings per database and role that sindri does not keep", "image_id", id, "settings", strings.Join(removed, ", "))
+	}
+	return err
 }
 
 // grantClientRole creates role draupnir (no login yet: each instance

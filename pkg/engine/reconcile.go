@@ -349,7 +349,8 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 
 // reconcileImages marks failed the images a crash left finalising (no
 // finalise runs before the first reconcile), stopping the private
-// postmaster it may have left, so that done can be tried again; marks
+// postmaster it may have left and removing its volumes, so that done can
+// be tried again; marks
 // failed a ready image whose volume is gone; and opens the upload
 // directories of pending and failed images to the upload account.
 func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage.Entry) error {
@@ -378,6 +379,7 @@ func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage
 			errs = append(errs, err)
 			continue
 		}
+		e.discardVolumes(ctx, img.ID) // what it half made
 		errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
 			"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"),
 			e.openUploadDir(img.ID))
