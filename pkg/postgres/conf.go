@@ -176,10 +176,14 @@ func (s Settings) pins(dataDir string, major int) []setting {
 			out = append(out, v.setting)
 		}
 	}
-	maxConnections, walSenders := "100", "10"
 	if s.Clone {
 		out = append(out, cloneDefaults...)
-		maxConnections, walSenders = "", ""
+	} else { // Postgres's defaults of what cloneDefaults change
+		out = append(out, setting{"max_connections", "100"}, setting{"max_wal_senders", "10"})
+	}
+	sharedBuffers := s.SharedBuffers
+	if sharedBuffers == "" {
+		sharedBuffers = "128MB" // Postgres's default
 	}
 	ssl := "off"
 	if s.TLS != nil {
@@ -201,15 +205,8 @@ func (s Settings) pins(dataDir string, major int) []setting {
 		setting{"ssl_key_file", ServerKeyFile},
 		setting{"ssl_ca_file", CAFile},
 		setting{"cluster_name", s.ClusterName},
+		setting{"shared_buffers", sharedBuffers},
 	)
-	if maxConnections != "" {
-		out = append(out, setting{"max_connections", maxConnections}, setting{"max_wal_senders", walSenders})
-	}
-	if s.SharedBuffers != "" {
-		out = append(out, setting{"shared_buffers", s.SharedBuffers})
-	} else {
-		out = append(out, setting{"shared_buffers", "128MB"})
-	}
 	return out
 }
 
