@@ -350,9 +350,9 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 // reconcileImages marks failed the images a crash left finalising (no
 // finalise runs before the first reconcile), stopping the private
 // postmaster it may have left and removing its volumes, so that done can
-// be tried again; marks
-// failed a ready image whose volume is gone; and opens the upload
-// directories of pending and failed images to the upload account.
+// be tried again; marks failed a ready image whose volume is gone; and
+// opens the upload directories of pending and failed images to the upload
+// account.
 func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage.Entry) error {
 	images, err := e.opts.Store.ListImages(ctx)
 	if err != nil {
