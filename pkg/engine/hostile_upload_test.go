@@ -203,7 +203,8 @@ func TestFinaliseCutShortLeavesNoVolume(t *testing.T) {
 // start), and settings per database and role in the catalog (a library
 // loaded into every session, a library path, and a search_path that puts
 // the data's own pg_roles before the catalog's for the superuser, with a
-// view that records who read it); plus harmless settings that stay.
+// view that records who read it, and event triggers, one enabled ALWAYS,
+// that record the commands they see); plus harmless settings that stay.
 func hostileDataDir(t *testing.T, canaryDir string) string {
 	t.Helper()
 	src := pgtest.StartInstance(t)
@@ -221,6 +222,10 @@ func hostileDataDir(t *testing.T, canaryDir string) string {
 			"$$ insert into sindri_evil.hits values (current_user); select * from pg_catalog.pg_roles $$",
 		"create view sindri_evil.pg_roles as select * from sindri_evil.spy()",
 		"create view sindri_evil.pg_database as select * from pg_catalog.pg_database where (select count(*) from sindri_evil.spy()) >= 0",
+		"create function sindri_evil.on_ddl() returns event_trigger language plpgsql as $$ begin insert into sindri_evil.hits values ('event trigger ' || tg_tag); end $$",
+		"create event trigger sindri_evil_ddl on ddl_command_start execute function sindri_evil.on_ddl()",
+		"create event trigger sindri_evil_always on ddl_command_end execute function sindri_evil.on_ddl()",
+		"alter event trigger sindri_evil_always enable always",
 		"alter role postgres set search_path = sindri_evil, pg_catalog",
 		"alter role all set dynamic_library_path = '" + canaryDir + "'",
 		"alter database postgres set work_mem = '7MB'",
@@ -278,8 +283,11 @@ func checkInstanceIsSindris(t *testing.T, w *world, inst store.Instance, canaryD
 	if n := pgtest.MustQuery(t, conn, "select count(*)::text from people"); n != "3" {
 		t.Errorf("%s people in the instance, want 3", n)
 	}
-	if hits := pgtest.MustQuery(t, conn, "select count(*)::text from sindri_evil.hits"); hits != "0" {
-		t.Errorf("a session of sindri's read the upload's planted views %s times", hits)
+	if hits := pgtest.MustQueryAll(t, conn, "select who from sindri_evil.hits"); len(hits) != 0 {
+		t.Errorf("the upload's planted code ran in sindri's sessions: %q", hits)
+	}
+	if got := pgtest.MustQueryAll(t, conn, "select evtname || ' ' || evtenabled::text from pg_event_trigger"); strings.Join(got, ",") != "sindri_evil_always A,sindri_evil_ddl O" {
+		t.Errorf("the data's event triggers are now %q, want them as they were", got)
 	}
 	if left := pgtest.MustQueryAll(t, conn, "select unnest(setconfig) from pg_db_role_setting"); strings.Join(left, ",") != "work_mem=7MB" {
 		t.Errorf("settings per database and role left: %q, want work_mem alone", left)

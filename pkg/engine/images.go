@@ -573,13 +573,41 @@ func grantClientRole(ctx context.Context, superuserURL string) error {
 		if err != nil {
 			return fmt.Errorf("database %s: %w", db, err)
 		}
-		err = grantInDatabase(ctx, dbConn, role)
+		err = withoutAlwaysEventTriggers(ctx, dbConn, func() error { return grantInDatabase(ctx, dbConn, role) })
 		dbConn.Close(ctx)
 		if err != nil {
 			return fmt.Errorf("granting %s on database %s: %w", postgres.ClientRole, db, err)
 		}
 	}
 	return nil
+}
+
+// withoutAlwaysEventTriggers runs fn with the database's event triggers
+// that fire ALWAYS disabled, and enables them again after: sindri's
+// sessions run in replica mode (postgres.SessionOptions), where the others
+// do not fire, and the data's own code must not run as the superuser
+// while sindri's grants do.
+func withoutAlwaysEventTriggers(ctx context.Context, conn *pgx.Conn, fn func() error) error {
+	rows, err := conn.Query(ctx, "select evtname from pg_catalog.pg_event_trigger where evtenabled = 'A'")
+	if err != nil {
+		return err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if _, err := conn.Exec(ctx, "ALTER EVENT TRIGGER "+pgx.Identifier{name}.Sanitize()+" DISABLE"); err != nil {
+			return err
+		}
+	}
+	err = fn()
+	for _, name := range names {
+		if _, eerr := conn.Exec(ctx, "ALTER EVENT TRIGGER "+pgx.Identifier{name}.Sanitize()+" ENABLE ALWAYS"); eerr != nil {
+			err = errors.Join(err, eerr)
+		}
+	}
+	return err
 }
 
 func grantInDatabase(ctx context.Context, conn *pgx.Conn, role string) error {

@@ -266,9 +266,11 @@ func SocketURL(socketDir string, port int, user, database string) string {
 // what the data's catalog sets per database or role (ALTER DATABASE/ROLE
 // ... SET), so that no library is loaded into such a session, no name it
 // uses resolves to an object of the data's own (pg_catalog alone is
-// searched), and no timeout or read-only default stops it.
+// searched), no trigger or event trigger of the data's fires but those
+// enabled ALWAYS (replica mode), and no timeout or read-only default
+// stops it.
 const SessionOptions = "-c search_path=pg_catalog,pg_temp -c session_preload_libraries= -c local_preload_libraries=" +
-	" -c dynamic_library_path=$libdir -c statement_timeout=0 -c lock_timeout=0" +
+	" -c dynamic_library_path=$libdir -c session_replication_role=replica -c statement_timeout=0 -c lock_timeout=0" +
 	" -c idle_in_transaction_session_timeout=0 -c default_transaction_read_only=off"
 
 // SuperuserURL is SocketURL for sindri's own sessions as the superuser
