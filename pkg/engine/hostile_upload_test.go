@@ -28,7 +28,8 @@ import (
 func settledFree(t *testing.T, w *world) int64 {
 	t.Helper()
 	mnt := filepath.Dir(w.root)
-	for _, args := range [][]string{{"subvolume", "sync", mnt}, {"filesystem", "sync", mnt}} {
+	// A commit wakes the cleaner, which the subvolume sync waits for.
+	for _, args := range [][]string{{"filesystem", "sync", mnt}, {"subvolume", "sync", mnt}, {"filesystem", "sync", mnt}} {
 		if out, err := exec.Command("btrfs", args...).CombinedOutput(); err != nil {
 			t.Fatalf("btrfs %v: %v %s", args, err, out)
 		}
