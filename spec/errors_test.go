@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -240,6 +243,43 @@ func TestAPIErrors(t *testing.T) {
 	})
 
 	// Last: it fills the filesystem for a moment.
+	t.Run("archive that expands past the free space", func(t *testing.T) {
+		status, body := s.call(t, "POST", "/images", s.secret, resourceBody("images", map[string]any{"backed_up_at": "2026-11-01T12:00:00Z"}))
+		if status != 201 {
+			t.Fatalf("POST /images: %d %s", status, body)
+		}
+		pending := decode(t, body).one(t).ID
+		// GNU tar's archive of a sparse file of 1 TiB: about 10 kB.
+		dir := t.TempDir()
+		f, err := os.Create(filepath.Join(dir, "huge"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(1 << 40)
+		f.WriteAt([]byte("x"), 1<<39)
+		f.Close()
+		cmd := exec.Command("tar", "--sparse", "-cf", "-", "huge")
+		cmd.Dir = dir
+		sparse, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		octet := []string{"Content-Type", "application/octet-stream"}
+		if status, body := s.call(t, "PUT", "/images/"+pending+"/upload", s.secret, sparse, octet...); status != 200 {
+			t.Fatalf("upload of %d bytes: %d %s", len(sparse), status, body)
+		}
+		status, body = s.call(t, "POST", "/images/"+pending+"/done", s.secret, nil)
+		expectErrorDetail(t, fmt.Sprintf("done on a %d-byte archive of a 1 TiB sparse file", len(sparse)), status, body, 422, "image_finalise_failed",
+			"the archive expands past the free space", `"huge" would need 1.0 TiB`)
+		// The next upload into the same image finalises.
+		if status, body := s.call(t, "PUT", "/images/"+pending+"/upload", s.secret, pgTarball(t), octet...); status != 200 {
+			t.Fatalf("upload again: %d %s", status, body)
+		}
+		if status, body = s.call(t, "POST", "/images/"+pending+"/done", s.secret, nil); status != 200 {
+			t.Fatalf("done after the refusal: %d %s", status, body)
+		}
+	})
+
 	t.Run("upload without disk space", func(t *testing.T) {
 		status, body := s.call(t, "POST", "/images", s.secret, resourceBody("images", map[string]any{"backed_up_at": "2026-11-01T12:00:00Z"}))
 		if status != 201 {

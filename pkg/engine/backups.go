@@ -191,7 +191,7 @@ func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (strin
 func (e *Engine) flushWAL(ctx context.Context, inst store.Instance) {
 	c, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(c, postgres.SocketURL(e.socketDir(inst.ID), inst.Port, "postgres", "postgres"))
+	conn, err := pgx.Connect(c, postgres.SuperuserURL(e.socketDir(inst.ID), inst.Port, "postgres"))
 	if err == nil {
 		err = pgx.BeginFunc(c, conn, func(tx pgx.Tx) error {
 			// A commit flushes only if its transaction wrote WAL.

@@ -392,7 +392,7 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	if firstStart {
 		e.step("configured", inst.ID)
 	}
-	p, err := postgres.Start(binDir, vol.Path, e.opts.Owner)
+	p, err := postgres.Start(binDir, vol.Path, settings, e.opts.Owner)
 	if err != nil {
 		return err
 	}

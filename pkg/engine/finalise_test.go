@@ -208,13 +208,9 @@ func TestFinaliseRefusesHostileAndBrokenTarballs(t *testing.T) {
 		{"not a data directory", writeTar(t, noPGVersion), []string{"no PostgreSQL data directory", "PG_VERSION"}, false},
 		{"a major not installed", writeTar(t, oldMajor), []string{"PostgreSQL 9.6", "not installed"}, false},
 	}
-	firstID := int64(0)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			img := newImage(t, e, "", c.archive)
-			if firstID == 0 {
-				firstID = img.ID
-			}
 			got, err := e.FinaliseImage(ctx, img.ID)
 			if !errors.Is(err, engine.ErrFinaliseFailed) {
 				t.Fatalf("finalise: %+v, %v; want ErrFinaliseFailed", got, err)
@@ -236,8 +232,10 @@ func TestFinaliseRefusesHostileAndBrokenTarballs(t *testing.T) {
 			if !strings.Contains(err.Error(), got.Error) {
 				t.Errorf("finalise error %q does not carry the image's error %q", err, got.Error)
 			}
-			if _, err := w.storage.Get(ctx, engine.ImageVolume(img.ID)); !errors.Is(err, storage.ErrNotFound) {
-				t.Errorf("image volume after a failed finalise: %v, want ErrNotFound", err)
+			for _, name := range []string{engine.ImageVolume(img.ID), engine.UploadVolume(img.ID)} {
+				if _, err := w.storage.Get(ctx, name); !errors.Is(err, storage.ErrNotFound) {
+					t.Errorf("volume %s after a failed finalise: %v, want ErrNotFound", name, err)
+				}
 			}
 			if found := markersUnder(t, tree); len(found) != 0 {
 				t.Errorf("the hostile entries were made: %v", found)
@@ -278,11 +276,11 @@ func TestFinaliseRefusesHostileAndBrokenTarballs(t *testing.T) {
 			}
 		})
 	}
-	// The search for hostile entries sees into upload volumes: the data
-	// directory extracted before a refused entry is found there.
-	upload := filepath.Join(w.root, "volumes", engine.UploadVolume(firstID+1), "data", "PG_VERSION")
-	if found := namedUnder(t, tree, "PG_VERSION"); !slices.Contains(found, upload) {
-		t.Errorf("the walk of %s did not find %s: %v", tree, upload, found)
+	// The search for hostile entries sees into volumes: it finds the
+	// fixture image's PG_VERSION.
+	fixture := filepath.Join(w.root, "images", engine.ImageVolume(1), "PG_VERSION")
+	if found := namedUnder(t, tree, "PG_VERSION"); !slices.Contains(found, fixture) {
+		t.Errorf("the walk of %s did not find %s: %v", tree, fixture, found)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -391,11 +392,14 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err != nil {
 		return "", 0, err
 	}
+	defer func() {
+		if err != nil { // nothing half-made stays: the next finalise starts afresh
+			e.discardVolumes(context.WithoutCancel(ctx), img.ID)
+		}
+	}()
 	if archive != nil {
-		_, err = ingest.Extract(ctx, archive, vol.Path)
-		archive.Close()
-		if err != nil {
-			return "", 0, fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
+		if err := e.extract(ctx, archive, vol.Path); err != nil {
+			return "", 0, err
 		}
 	} else if sourceURL, err := e.opts.Store.ImageSourceURL(ctx, img.ID); err != nil {
 		return "", 0, err
@@ -443,6 +447,57 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 		return "", 0, err
 	}
 	return pgVersion, size, nil
+}
+
+// extract writes the archive into the upload volume at dir, within the
+// free space less extractReserve, and closes it.
+func (e *Engine) extract(ctx context.Context, archive *os.File, dir string) error {
+	defer archive.Close()
+	capacity, err := e.opts.Storage.Capacity(ctx)
+	if err != nil {
+		return err
+	}
+	reserve := e.extractReserve(capacity.TotalBytes)
+	limits := ingest.Limits{MaxBytes: capacity.FreeBytes - reserve, MaxEntries: ingest.DefaultMaxEntries}
+	if limits.MaxBytes <= 0 {
+		return fmt.Errorf("%w: the filesystem has %s free, less than the %s kept for the instances; free some (destroy instances, images or backups) and finalise again",
+			ingest.ErrTooLarge, humanize.IBytes(uint64(max(capacity.FreeBytes, 0))), humanize.IBytes(uint64(reserve)))
+	}
+	_, err = ingest.Extract(ctx, archive, dir, limits)
+	if errors.Is(err, ingest.ErrTooLarge) {
+		err = fmt.Errorf("%w (the filesystem has %s free, of which %s is kept for the instances)",
+			err, humanize.IBytes(uint64(capacity.FreeBytes)), humanize.IBytes(uint64(reserve)))
+	}
+	if err != nil {
+		return fmt.Errorf("extracting %s: %w", filepath.Base(archive.Name()), err)
+	}
+	return nil
+}
+
+// extractReserve is the disk an extraction leaves free, of a filesystem
+// of total bytes, for the instances to write into: the configured disk
+// reserve (limits.disk_reserve), or with none 5 %, and at least 1 GiB (a
+// quarter of a filesystem under 4 GiB).
+func (e *Engine) extractReserve(total int64) int64 {
+	if !e.opts.Limits.DiskReserve.IsZero() {
+		return e.opts.Limits.DiskReserve.Of(total)
+	}
+	return max(total/20, min(1<<30, total/4))
+}
+
+// discardVolumes destroys what a failed finalise of image id made: its
+// upload volume (stopping a postmaster left on it) and an image volume a
+// freeze may have left.
+func (e *Engine) discardVolumes(ctx context.Context, id int64) {
+	for _, name := range []string{UploadVolume(id), ImageVolume(id)} {
+		err := e.stopVolume(ctx, name)
+		if err == nil {
+			err = e.opts.Storage.Destroy(ctx, name)
+		}
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			e.log.Error("engine: removing what a failed finalise left", "image_id", id, "volume", name, "err", err)
+		}
+	}
 }
 
 // findArchive opens the upload: the HTTP upload, or else the single file
@@ -526,7 +581,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
 		return err
 	}
-	p, err := postgres.Start(binDir, dataDir, e.opts.Owner)
+	p, err := postgres.Start(binDir, dataDir, settings, e.opts.Owner)
 	if err != nil {
 		return err
 	}
@@ -538,7 +593,10 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if err := postgres.WaitReady(ready, p, dataDir, sock, port, "postgres"); err != nil {
 		return err
 	}
-	url := postgres.SocketURL(sock, port, "postgres", "postgres")
+	url := postgres.SuperuserURL(sock, port, "postgres")
+	if err := e.removeRoleSettings(ctx, img.ID, url); err != nil {
+		return err
+	}
 	if err := grantClientRole(ctx, url); err != nil {
 		return err
 	}
@@ -557,6 +615,22 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return err
 	}
 	return postgres.Stop(ctx, dataDir, time.Minute)
+}
+
+// removeRoleSettings removes from the data's catalog the settings per
+// database and role that sindri does not keep (see
+// postgres.RemoveUnsafeRoleSettings), before anything else runs in it.
+func (e *Engine) removeRoleSettings(ctx context.Context, id int64, superuserURL string) error {
+	conn, err := pgx.Connect(ctx, superuserURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	removed, err := postgres.RemoveUnsafeRoleSettings(ctx, conn)
+	if len(removed) > 0 {
+		e.log.Info("engine: removed settings per database and role that sindri does not keep", "image_id", id, "settings", strings.Join(removed, ", "))
+	}
+	return err
 }
 
 // grantClientRole creates role draupnir (no login yet: each instance
@@ -591,13 +665,41 @@ func grantClientRole(ctx context.Context, superuserURL string) error {
 		if err != nil {
 			return fmt.Errorf("database %s: %w", db, err)
 		}
-		err = grantInDatabase(ctx, dbConn, role)
+		err = withoutAlwaysEventTriggers(ctx, dbConn, func() error { return grantInDatabase(ctx, dbConn, role) })
 		dbConn.Close(ctx)
 		if err != nil {
 			return fmt.Errorf("granting %s on database %s: %w", postgres.ClientRole, db, err)
 		}
 	}
 	return nil
+}
+
+// withoutAlwaysEventTriggers runs fn with the database's event triggers
+// that fire ALWAYS disabled, and enables them again after: sindri's
+// sessions run in replica mode (postgres.SessionOptions), where the others
+// do not fire, and the data's own code must not run as the superuser
+// while sindri's grants do.
+func withoutAlwaysEventTriggers(ctx context.Context, conn *pgx.Conn, fn func() error) error {
+	rows, err := conn.Query(ctx, "select evtname from pg_catalog.pg_event_trigger where evtenabled = 'A'")
+	if err != nil {
+		return err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if _, err := conn.Exec(ctx, "ALTER EVENT TRIGGER "+pgx.Identifier{name}.Sanitize()+" DISABLE"); err != nil {
+			return err
+		}
+	}
+	err = fn()
+	for _, name := range names {
+		if _, eerr := conn.Exec(ctx, "ALTER EVENT TRIGGER "+pgx.Identifier{name}.Sanitize()+" ENABLE ALWAYS"); eerr != nil {
+			err = errors.Join(err, eerr)
+		}
+	}
+	return err
 }
 
 func grantInDatabase(ctx context.Context, conn *pgx.Conn, role string) error {

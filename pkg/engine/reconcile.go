@@ -315,7 +315,7 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 	}
 	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(attempt, postgres.SocketURL(e.socketDir(id), inst.Port, "postgres", "postgres"))
+	conn, err := pgx.Connect(attempt, postgres.SuperuserURL(e.socketDir(id), inst.Port, "postgres"))
 	var pgErr *pgconn.PgError
 	// Only silence counts against it: an error that comes at once (no
 	// socket, a refused or full queue) is not a hang.
@@ -476,9 +476,10 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 
 // reconcileImages marks failed the images a crash left finalising (not
 // finalised by this process, which holds their lock), stopping the private
-// postmaster it may have left, so that done can be tried again; marks
-// failed a ready image whose volume is gone; and opens the upload
-// directories of pending and failed images to the upload account.
+// postmaster it may have left and removing its volumes, so that done can
+// be tried again; marks failed a ready image whose volume is gone; and
+// opens the upload directories of pending and failed images to the upload
+// account.
 func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage.Entry) error {
 	images, err := e.opts.Store.ListImages(ctx)
 	if err != nil {
@@ -532,6 +533,7 @@ func (e *Engine) reconcileImage(ctx context.Context, img store.Image, volumes ma
 	if err := e.stopVolume(ctx, UploadVolume(img.ID)); err != nil {
 		return err
 	}
+	e.discardVolumes(ctx, img.ID) // what it half made
 	return errors.Join(e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
 		"finalising was interrupted by a restart of sindrid; POST /images/{id}/done again"),
 		e.openUploadDir(img.ID))

@@ -84,7 +84,7 @@ func BenchmarkExtract(b *testing.B) {
 				return err
 			}
 			defer f.Close()
-			_, err = Extract(context.Background(), f, dir)
+			_, err = Extract(context.Background(), f, dir, Limits{})
 			return err
 		})
 	})

@@ -17,16 +17,48 @@ import (
 	"path"
 	"strings"
 
+	"github.com/dustin/go-humanize"
 	"github.com/klauspost/compress/zstd"
 )
 
 // ErrUnsafe is an archive entry that would reach outside the directory or
 // make something that is not a plain file, directory or inner link.
 // ErrNotArchive is input that is not a (compressed) tar archive.
+// ErrTooLarge is an archive that expands past its Limits.
 var (
 	ErrUnsafe     = errors.New("unsafe archive entry")
 	ErrNotArchive = errors.New("not a tar, tar.gz or tar.zst archive")
+	ErrTooLarge   = errors.New("the archive expands past the free space")
 )
+
+// Limits bound what an archive may expand to; a zero field is no bound.
+// Both are checked before each entry is written, so that an archive is
+// refused as soon as it would pass them, however small it is compressed.
+type Limits struct {
+	// MaxBytes is the most disk the extracted entries may take: each
+	// regular file its size rounded up to a 4 KiB block (a sparse file's
+	// whole size too, though its holes are not written), and every entry
+	// EntryOverhead for its inode and directory entry.
+	MaxBytes int64
+	// MaxEntries is the most entries the archive may hold.
+	MaxEntries int
+}
+
+// EntryOverhead is what every entry is counted for, besides its data:
+// about what a file system's metadata for one file takes.
+const EntryOverhead = 1024
+
+// DefaultMaxEntries bounds the entries of an archive: a data directory
+// has a few files per table and index, so this is millions of relations.
+const DefaultMaxEntries = 4_000_000
+
+// MaxZstdWindow is the largest zstd window an archive may need (zstd
+// --long=27; the default levels use at most 8 MiB): the decoder holds
+// a window in memory.
+const MaxZstdWindow = 128 << 20
+
+// blockSize is what a regular file's size is rounded up to.
+const blockSize = 4096
 
 var (
 	gzipMagic = []byte{0x1f, 0x8b}
@@ -50,7 +82,7 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 		}
 		return z, nil
 	case bytes.HasPrefix(head, zstdMagic):
-		z, err := zstd.NewReader(br)
+		z, err := zstd.NewReader(br, zstd.WithDecoderMaxWindow(MaxZstdWindow))
 		if err != nil {
 			return nil, fmt.Errorf("%w: bad zstd header: %v", ErrNotArchive, err)
 		}
@@ -65,8 +97,11 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 // absolute names, "..", links whose target leaves the directory,
 // devices, FIFOs and sockets, and reports the entry. Owners are not kept
 // (the caller gives the tree to the postgres user); modes are, less
-// setuid, setgid and sticky bits.
-func Extract(ctx context.Context, r io.Reader, dir string) (entries int, err error) {
+// setuid, setgid and sticky bits. A sparse file (GNU or PAX sparse) is
+// written sparse. An archive that would pass limits is refused (ErrTooLarge)
+// before the entry that would pass them is written; what was written
+// stays, for the caller to remove.
+func Extract(ctx context.Context, r io.Reader, dir string, limits Limits) (entries int, err error) {
 	stream, err := Decompress(r)
 	if err != nil {
 		return 0, err
@@ -79,6 +114,7 @@ func Extract(ctx context.Context, r io.Reader, dir string) (entries int, err err
 	defer root.Close()
 	counted := &countingReader{r: stream}
 	tr := tar.NewReader(counted)
+	var used int64 // what the entries so far count for against limits.MaxBytes
 	for {
 		if err := ctx.Err(); err != nil {
 			return entries, err
@@ -100,12 +136,28 @@ func Extract(ctx context.Context, r io.Reader, dir string) (entries int, err err
 			}
 			return entries, nil
 		}
+		if errors.Is(err, zstd.ErrWindowSizeExceeded) {
+			return entries, fmt.Errorf("%w: its zstd compression needs a window of more than %d MiB (as zstd --long=28 or more makes); compress it with the default settings, or --long=27 at most", ErrTooLarge, MaxZstdWindow>>20)
+		}
 		if err != nil {
 			if entries == 0 {
 				return 0, fmt.Errorf("%w: %v", ErrNotArchive, err)
 			}
 			return entries, fmt.Errorf("reading the archive after %d entries (truncated?): %w", entries, err)
 		}
+		if limits.MaxEntries > 0 && entries >= limits.MaxEntries {
+			return entries, fmt.Errorf("%w: it holds more than %d entries, the most sindri extracts (%q is one more)", ErrTooLarge, limits.MaxEntries, hdr.Name)
+		}
+		need := int64(EntryOverhead)
+		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeGNUSparse {
+			need += (hdr.Size + blockSize - 1) / blockSize * blockSize
+		}
+		if limits.MaxBytes > 0 && need > limits.MaxBytes-used {
+			return entries, fmt.Errorf("%w: entry %q would need %s (%d bytes), and %s of the %s allowed are left after %d entries",
+				ErrTooLarge, hdr.Name, humanize.IBytes(uint64(hdr.Size)), hdr.Size,
+				humanize.IBytes(uint64(max(limits.MaxBytes-used, 0))), humanize.IBytes(uint64(limits.MaxBytes)), entries)
+		}
+		used += need
 		name, err := safeName(hdr.Name)
 		if err != nil {
 			return entries, err
@@ -165,12 +217,16 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) e
 			return fmt.Errorf("%w: %q: %v", ErrUnsafe, name, err)
 		}
 		return root.Chmod(name, mode|0o700)
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
 		f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
 		if err != nil {
 			return fmt.Errorf("%w: %q: %v", ErrUnsafe, name, err)
 		}
-		if _, err := io.Copy(f, tr); err != nil {
+		copyFile := func() error { _, err := io.Copy(f, tr); return err }
+		if sparse(hdr) {
+			copyFile = func() error { return copySparse(f, tr, hdr.Size) }
+		}
+		if err := copyFile(); err != nil {
 			f.Close()
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return fmt.Errorf("the archive ends in the middle of %q: it was cut short (truncated); upload the whole tarball", name)
@@ -194,6 +250,50 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) e
 		return nil
 	default:
 		return fmt.Errorf("%w: %q is a %s, not a file, directory or link", ErrUnsafe, name, typeName(hdr.Typeflag))
+	}
+}
+
+// sparse tells whether an entry is a sparse file: GNU's old format or
+// one of its PAX formats. Go's reader gives a sparse file's holes as
+// zeros.
+func sparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+// sparseChunk is the unit in which a sparse file's zeros are skipped.
+const sparseChunk = 64 << 10
+
+// copySparse writes r into f, size bytes, seeking over every read that
+// is all zeros instead of writing it, so that a sparse file's holes (read
+// as zeros) stay holes.
+func copySparse(f *os.File, r io.Reader, size int64) error {
+	buf := make([]byte, sparseChunk)
+	zeros := make([]byte, sparseChunk)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if bytes.Equal(buf[:n], zeros[:n]) {
+				if _, serr := f.Seek(int64(n), io.SeekCurrent); serr != nil {
+					return serr
+				}
+			} else if _, werr := f.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return f.Truncate(size) // a hole at the end has no block to write
+		}
+		if err != nil {
+			return err
+		}
 	}
 }
 

@@ -78,7 +78,7 @@ func TestExtractPlainGzipZstd(t *testing.T) {
 	for name, data := range map[string][]byte{"tar": raw, "tar.gz": gz.Bytes(), "tar.zst": zs.Bytes()} {
 		t.Run(name, func(t *testing.T) {
 			dir, _ := sandbox(t)
-			n, err := Extract(context.Background(), bytes.NewReader(data), dir)
+			n, err := Extract(context.Background(), bytes.NewReader(data), dir, Limits{})
 			if err != nil || n != len(dataDir) {
 				t.Fatalf("Extract = %d, %v", n, err)
 			}
@@ -127,7 +127,7 @@ func TestHostileArchives(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir, outside := sandbox(t)
-			_, err := Extract(context.Background(), bytes.NewReader(c.data), dir)
+			_, err := Extract(context.Background(), bytes.NewReader(c.data), dir, Limits{})
 			if err == nil || (c.want != nil && !errors.Is(err, c.want)) || !strings.Contains(err.Error(), c.says) {
 				t.Fatalf("got %v, want %v saying %q", err, c.want, c.says)
 			}

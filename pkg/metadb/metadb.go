@@ -73,7 +73,7 @@ func Start(ctx context.Context, dir, binPattern string, owner postgres.OSUser, l
 		if err := postgres.Configure(c.dataDir, settings, owner); err != nil {
 			return nil, err
 		}
-		p, err := postgres.Start(binDir, c.dataDir, owner)
+		p, err := postgres.Start(binDir, c.dataDir, settings, owner)
 		if err != nil {
 			return nil, err
 		}

@@ -95,7 +95,9 @@ func BenchmarkCloneToTLSLogin(b *testing.B) {
 	}
 	b.Run("sindri", func(b *testing.B) {
 		run(b, func(dataDir string) error {
-			p, err := postgres.Start(binDir, dataDir, owner)
+			settings := seed.Settings
+			settings.SocketDir = sock
+			p, err := postgres.Start(binDir, dataDir, settings, owner)
 			if err != nil {
 				return err
 			}
@@ -104,7 +106,8 @@ func BenchmarkCloneToTLSLogin(b *testing.B) {
 	})
 	b.Run("pg_ctl", func(b *testing.B) {
 		run(b, func(dataDir string) error {
-			cmd := exec.Command(filepath.Join(binDir, "pg_ctl"), "-w", "-D", dataDir, "-l", filepath.Join(dataDir, postgres.LogFile), "start")
+			cmd := exec.Command(filepath.Join(binDir, "pg_ctl"), "-w", "-D", dataDir, "-l", filepath.Join(dataDir, postgres.LogFile),
+				"-o", "-c config_file="+filepath.Join(dataDir, postgres.ConfFile), "start")
 			cmd.Dir = dataDir
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: owner.UID, Gid: owner.GID}}
 			if out, err := cmd.CombinedOutput(); err != nil {

@@ -108,12 +108,79 @@ func (u OSUser) Chown(path string, recursive bool) error {
 	})
 }
 
+// RemoveUnsafeRoleSettings deletes from the catalog every setting made
+// per database or role (ALTER DATABASE/ROLE ... SET) that is not a kept
+// one (KeptSetting), and every one made for a superuser role (whose
+// sessions are sindri's own and the anonymisation script's): such a
+// setting wins over the postmaster's command line, and
+// session_preload_libraries or dynamic_library_path there would load a
+// library, perhaps one in the data directory, into every session. It
+// returns what it removed, as "name (database d, role r)".
+func RemoveUnsafeRoleSettings(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	type row struct {
+		database, role   uint32
+		dbName, roleName string
+		superuser        bool
+		config           []string
+	}
+	rows, err := conn.Query(ctx, `select s.setdatabase, s.setrole, coalesce(d.datname, ''), coalesce(r.rolname, ''), coalesce(r.rolsuper, false), s.setconfig
+		from pg_catalog.pg_db_role_setting s
+		left join pg_catalog.pg_database d on d.oid = s.setdatabase
+		left join pg_catalog.pg_roles r on r.oid = s.setrole`)
+	if err != nil {
+		return nil, fmt.Errorf("reading the settings per database and role: %w", err)
+	}
+	settings, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		return x, r.Scan(&x.database, &x.role, &x.dbName, &x.roleName, &x.superuser, &x.config)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the settings per database and role: %w", err)
+	}
+	var removed []string
+	for _, s := range settings {
+		var kept []string
+		for _, item := range s.config {
+			name, _, _ := strings.Cut(item, "=")
+			if KeptSetting(name) && !s.superuser {
+				kept = append(kept, item)
+				continue
+			}
+			removed = append(removed, fmt.Sprintf("%s (database %s, role %s)", name, orAll(s.dbName), orAll(s.roleName)))
+		}
+		if len(kept) == len(s.config) {
+			continue
+		}
+		if len(kept) == 0 {
+			_, err = conn.Exec(ctx, `delete from pg_catalog.pg_db_role_setting where setdatabase = $1 and setrole = $2`, s.database, s.role)
+		} else {
+			_, err = conn.Exec(ctx, `update pg_catalog.pg_db_role_setting set setconfig = $3 where setdatabase = $1 and setrole = $2`, s.database, s.role, kept)
+		}
+		if err != nil {
+			return removed, fmt.Errorf("removing settings per database and role: %w", err)
+		}
+	}
+	return removed, nil
+}
+
+func orAll(name string) string {
+	if name == "" {
+		return "all"
+	}
+	return name
+}
+
 // SetUpClientRoles makes the roles clients log in as, through a superuser
 // connection (the one Ready returned, which saves a connection): ClientRole (certificate logins) and passwordRole with
 // password, a member of ClientRole so that it has the same grants. Neither
 // is a superuser unless superuser is set (the allow_superuser setting).
-// Existing roles are altered to match.
+// Existing roles are altered to match. First it removes the settings per
+// database and role that sindri does not keep (RemoveUnsafeRoleSettings),
+// for the clones of images finalised before sindri removed them there.
 func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, password string, superuser bool) error {
+	if _, err := RemoveUnsafeRoleSettings(ctx, conn); err != nil {
+		return err
+	}
 	super := "NOSUPERUSER"
 	if superuser {
 		super = "SUPERUSER"

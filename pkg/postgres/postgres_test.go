@@ -174,15 +174,21 @@ func TestRunningSeesZombies(t *testing.T) {
 	syscall.Wait4(pid, &ws, 0, nil)
 }
 
-func TestConfigureKeepsUserConfAndIsIdempotent(t *testing.T) {
+func TestConfigureIsIdempotent(t *testing.T) {
 	c := pgtest.StartInstance(t)
-	c.Configure(t)
-	conf, err := os.ReadFile(filepath.Join(c.DataDir, "postgresql.conf"))
+	auto := filepath.Join(c.DataDir, postgres.AutoConfFile)
+	before, err := os.ReadFile(auto)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(conf), postgres.IncludeLine); n != 1 {
-		t.Fatalf("postgresql.conf has the include line %d times after two Configure calls", n)
+	orig, err := os.ReadFile(filepath.Join(c.DataDir, "postgresql.conf"+postgres.KeptSuffix))
+	if err != nil || !strings.Contains(string(orig), "max_connections = 100") {
+		t.Fatalf("initdb's postgresql.conf is not kept beside sindri's: %v\n%s", err, orig)
+	}
+	c.Configure(t)
+	after, err := os.ReadFile(auto)
+	if err != nil || string(after) != string(before) {
+		t.Fatalf("postgresql.auto.conf changed on a second Configure: %v\n%s\nthen\n%s", err, before, after)
 	}
 	// sindri's settings are in force: the port, and no archiving.
 	got, err := query(t, c.SocketURL(), "select current_setting('port') || ' ' || current_setting('archive_mode') || ' ' || current_setting('listen_addresses')")

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,10 +32,20 @@ func (p *Process) Err() error { return p.err }
 
 // Start runs the data directory's postmaster as owner, in a session of its
 // own so that it outlives sindrid, with stderr appended to the data
-// directory's log file. It returns once the process runs, not once it is
-// ready: see WaitReady. A postmaster.pid left by a dead postmaster (a
-// crash, or a zombie nobody reaps) is removed first.
-func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
+// directory's log file, and every setting sindri decides (s, as Configure
+// wrote them) on its command line, where it wins over every configuration
+// file. It returns once the process runs, not once it is ready: see
+// WaitReady. A postmaster.pid left by a dead postmaster (a crash, or a
+// zombie nobody reaps) is removed first.
+func Start(binDir, dataDir string, s Settings, owner OSUser) (*Process, error) {
+	dataDir, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	major, err := MajorVersion(dataDir)
+	if err != nil {
+		return nil, err
+	}
 	if st, err := Status(dataDir); err == nil && st.Alive {
 		return nil, fmt.Errorf("a postmaster (pid %d) already runs on %s", st.PID, dataDir)
 	}
@@ -54,7 +65,7 @@ func Start(binDir, dataDir string, owner OSUser) (*Process, error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	cmd := exec.Command(filepath.Join(binDir, "postgres"), "-D", dataDir)
+	cmd := exec.Command(filepath.Join(binDir, "postgres"), s.commandLine(dataDir, majorNumber(major))...)
 	cmd.Dir = dataDir
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + owner.Home}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
@@ -250,6 +261,25 @@ func SocketURL(socketDir string, port int, user, database string) string {
 	return fmt.Sprintf("postgres://%s@/%s?host=%s&port=%d&sslmode=disable", user, database, socketDir, port)
 }
 
+// SessionOptions are the settings of sindri's own sessions in a cluster
+// whose data came from elsewhere, sent when they connect: they win over
+// what the data's catalog sets per database or role (ALTER DATABASE/ROLE
+// ... SET), so that no library is loaded into such a session, no name it
+// uses resolves to an object of the data's own (pg_catalog alone is
+// searched), no trigger or event trigger of the data's fires but those
+// enabled ALWAYS (replica mode), and no timeout or read-only default
+// stops it.
+const SessionOptions = "-c search_path=pg_catalog,pg_temp -c session_preload_libraries= -c local_preload_libraries=" +
+	" -c dynamic_library_path=$libdir -c session_replication_role=replica -c statement_timeout=0 -c lock_timeout=0" +
+	" -c idle_in_transaction_session_timeout=0 -c default_transaction_read_only=off"
+
+// SuperuserURL is SocketURL for sindri's own sessions as the superuser
+// postgres, with SessionOptions.
+func SuperuserURL(socketDir string, port int, database string) string {
+	// %20, not +: libpq and pgx read a + in a URL as itself.
+	return SocketURL(socketDir, port, "postgres", database) + "&options=" + strings.ReplaceAll(url.QueryEscape(SessionOptions), "+", "%20")
+}
+
 // pollInterval is how often readiness is checked.
 const pollInterval = time.Millisecond
 
@@ -264,7 +294,8 @@ func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port 
 }
 
 // Ready waits until the cluster accepts a connection over its unix socket
-// and returns that connection, for the caller's first statements. It
+// and returns that connection (a session with SessionOptions), for the
+// caller's first statements. It
 // first watches postmaster.pid, where the postmaster writes "ready" the
 // moment it accepts connections (a file read every millisecond: connection
 // attempts before that would each fork a backend that only says "starting
@@ -276,6 +307,7 @@ func Ready(ctx context.Context, p *Process, dataDir, socketDir string, port int,
 	if err != nil {
 		return nil, err
 	}
+	cfg.RuntimeParams["options"] = SessionOptions
 	var lastErr error
 	for {
 		if p != nil {

@@ -132,6 +132,16 @@ type Instance struct {
 // Cleanup stops it.
 func StartInstance(t testing.TB) *Instance {
 	t.Helper()
+	i := NewInstance(t)
+	i.Start(t)
+	return i
+}
+
+// NewInstance copies the template and chooses the instance's settings,
+// TLS material and password role, without configuring or starting it:
+// a test may change the data directory first.
+func NewInstance(t testing.TB) *Instance {
+	t.Helper()
 	owner := Owner(t)
 	base := Dir(t)
 	i := &Instance{
@@ -160,9 +170,22 @@ func StartInstance(t testing.TB) *Instance {
 		TLS: &certs, PasswordRole: i.PasswordRole, ClusterName: "pgtest", Clone: true,
 	}
 	i.ClientFiles = writeClientFiles(t, base, certs)
+	return i
+}
+
+// Start configures and starts the instance as sindri starts a new one
+// (client roles set up through a session of sindri's own); cleanup stops
+// it.
+func (i *Instance) Start(t testing.TB) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := postgres.Stop(context.Background(), i.DataDir, 10*time.Second); err != nil {
+			t.Errorf("stopping the test cluster: %v", err)
+		}
+	})
 	i.Configure(t)
 	i.Restart(t)
-	conn, err := pgx.Connect(context.Background(), i.SocketURL())
+	conn, err := pgx.Connect(context.Background(), i.SuperuserURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,12 +193,6 @@ func StartInstance(t testing.TB) *Instance {
 	if err := postgres.SetUpClientRoles(context.Background(), conn, i.PasswordRole, i.Password, false); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := postgres.Stop(context.Background(), i.DataDir, 10*time.Second); err != nil {
-			t.Errorf("stopping the test cluster: %v", err)
-		}
-	})
-	return i
 }
 
 // Configure writes sindri's settings into the data directory.
@@ -189,7 +206,7 @@ func (i *Instance) Configure(t testing.TB) {
 // Restart starts the postmaster (again) and waits until it is ready.
 func (i *Instance) Restart(t testing.TB) {
 	t.Helper()
-	p, err := postgres.Start(i.BinDir, i.DataDir, i.Owner)
+	p, err := postgres.Start(i.BinDir, i.DataDir, i.Settings, i.Owner)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +221,17 @@ func (i *Instance) Restart(t testing.TB) {
 // SocketURL reaches the cluster as the superuser over its private socket.
 func (i *Instance) SocketURL() string {
 	return postgres.SocketURL(i.SocketDir, i.Port, "postgres", "postgres")
+}
+
+// SuperuserURL is SocketURL for a session like sindri's own (see
+// postgres.SessionOptions).
+func (i *Instance) SuperuserURL() string {
+	return postgres.SuperuserURL(i.SocketDir, i.Port, "postgres")
+}
+
+// PasswordURL logs in over TLS as the password role, as a client does.
+func (i *Instance) PasswordURL() string {
+	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/postgres?sslmode=require", i.PasswordRole, i.Password, i.Port)
 }
 
 func writeClientFiles(t testing.TB, dir string, c postgres.Certificates) ClientFiles {
