@@ -350,8 +350,9 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 // reconcileImages marks failed the images a crash left finalising (no
 // finalise runs before the first reconcile), stopping the private
 // postmaster it may have left, so that done can be tried again; marks
-// failed a ready image whose volume is gone; and opens the upload
-// directories of pending and failed images to the upload account.
+// failed a ready image whose volume is gone; removes what is left of a
+// ready image's upload; and opens the upload directories of pending and
+// failed images to the upload account.
 func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage.Entry) error {
 	images, err := e.opts.Store.ListImages(ctx)
 	if err != nil {
@@ -364,6 +365,12 @@ func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage
 			e.log.Error("engine: a ready image has no volume; marking it failed", "image_id", img.ID)
 			errs = append(errs, e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
 				"its frozen data is gone (a destroy cut short?); destroy the image"))
+			continue
+		}
+		if img.Status == store.ImageReady {
+			// A start cut short between the record and the removal, or an
+			// image from before uploads were removed.
+			errs = append(errs, e.removeUpload(img.ID))
 			continue
 		}
 		if img.Status == store.ImagePending || img.Status == store.ImageFailed {

@@ -29,8 +29,14 @@ type Image struct {
 	AnonymisationScript string      `db:"anonymisation_script"`
 	SourceURL           string      `db:"source_url"`
 	BackupID            int64       `db:"backup_id"` // 0: none
-	CreatedAt           time.Time   `db:"created_at"`
-	UpdatedAt           time.Time   `db:"updated_at"`
+	// Anonymised: an anonymisation script ran and the scrub after it
+	// finished (set when the image is marked ready).
+	Anonymised bool `db:"anonymised"`
+	// UserWritten: the data may hold what an instance's user wrote (a
+	// restore of an instance's backup, or of a backup of such an image).
+	UserWritten bool      `db:"user_written"`
+	CreatedAt   time.Time `db:"created_at"`
+	UpdatedAt   time.Time `db:"updated_at"`
 }
 
 // ImageInput is what CreateImage records; the image starts pending.
@@ -40,21 +46,22 @@ type ImageInput struct {
 	AnonymisationScript string
 	SourceURL           string
 	BackupID            int64 // 0: none
+	UserWritten         bool
 }
 
 const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
 	coalesce(pg_version, '') as pg_version, coalesce(size_bytes, 0) as size_bytes, backed_up_at,
 	coalesce(anonymisation_script, '') as anonymisation_script,
 	coalesce(source_url, '') as source_url, coalesce(backup_id, 0) as backup_id,
-	created_at, updated_at`
+	anonymised, user_written, created_at, updated_at`
 
 // CreateImage records a new pending image.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
 	img, err := get[Image](ctx, s, `insert into images
-		(name, backed_up_at, anonymisation_script, source_url, backup_id)
-		values ($1, $2, $3, $4, $5) returning `+imageColumns,
+		(name, backed_up_at, anonymisation_script, source_url, backup_id, user_written)
+		values ($1, $2, $3, $4, $5, $6) returning `+imageColumns,
 		nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
-		nullText(in.SourceURL), nullInt(in.BackupID))
+		nullText(in.SourceURL), nullInt(in.BackupID), in.UserWritten)
 	return img, wrap(err, "create image")
 }
 
@@ -78,11 +85,11 @@ func (s *Store) SetImageStatus(ctx context.Context, id int64, status ImageStatus
 }
 
 // MarkImageReady records a finalised image: ready, its PostgreSQL version
-// and size, no error.
-func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64) error {
+// and size, whether it was anonymised, no error.
+func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64, anonymised bool) error {
 	tag, err := s.pool.Exec(ctx, `update images
-		set status = 'ready', error = null, pg_version = $2, size_bytes = $3 where id = $1`,
-		id, nullText(pgVersion), sizeBytes)
+		set status = 'ready', error = null, pg_version = $2, size_bytes = $3, anonymised = $4 where id = $1`,
+		id, nullText(pgVersion), sizeBytes, anonymised)
 	return affected(tag, err, "mark image %d ready", id)
 }
 
