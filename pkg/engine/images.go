@@ -69,19 +69,25 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 		}
 	}
 	var backup *os.File // the archive a restore takes, opened before anything is recorded
+	var userWritten bool
 	if req.BackupID != 0 {
 		if req.SourceURL != "" {
 			return store.Image{}, fmt.Errorf("%w: give source_url or backup_id, not both", ErrInvalid)
 		}
+		var b store.Backup
 		var err error
-		if backup, _, err = e.OpenBackup(ctx, req.BackupID); err != nil {
+		if backup, b, err = e.OpenBackup(ctx, req.BackupID); err != nil {
 			return store.Image{}, err
 		}
 		defer backup.Close()
+		if err := scriptAllowedOn(b, req.AnonymisationScript); err != nil {
+			return store.Image{}, err
+		}
+		userWritten = b.UserWritten
 	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
-		SourceURL: req.SourceURL, BackupID: req.BackupID,
+		SourceURL: req.SourceURL, BackupID: req.BackupID, UserWritten: userWritten,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -104,6 +110,22 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	}
 	e.audit(ctx, "create_image", "image", img.ID, "ok", "")
 	return img, nil
+}
+
+// scriptAllowedOn refuses an anonymisation script on a restore of a backup
+// whose data an instance's user could have written: the script runs as
+// superuser, and every trigger, rule, function or operator the user
+// planted for it would run so too. Such a restore is made without a
+// script, and is not anonymised.
+func scriptAllowedOn(b store.Backup, script string) error {
+	if script == "" || !b.UserWritten {
+		return nil
+	}
+	of := fmt.Sprintf("is of instance %d", b.InstanceID)
+	if b.InstanceID == 0 {
+		of = fmt.Sprintf("is of image %d, which was restored from an instance's backup", b.ImageID)
+	}
+	return fmt.Errorf("%w: backup %d %s: its users could have planted triggers, functions or operators that an anonymisation script, run as superuser, would fire. Restore it without anonymisation_script (the image is then not anonymised), or anonymise a data directory that came from outside sindri's instances", ErrInvalid, b.ID, of)
 }
 
 // UploadImage streams body into the image's upload directory, replacing
