@@ -548,7 +548,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	}
 	if scrub {
 		scrubCtx, cancel := context.WithTimeout(ctx, ScrubTimeout)
-		err := scrubDatabases(scrubCtx, url)
+		err := e.scrubDatabases(scrubCtx, img.ID, url)
 		cancel()
 		if err != nil {
 			return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
@@ -569,9 +569,11 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if !scrub {
 		return false, nil
 	}
+	started := time.Now()
 	if err := e.scrubFiles(ctx, binDir, dataDir); err != nil {
 		return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
 	}
+	e.log.Info("engine: new WAL and files scrubbed", "image_id", img.ID, "duration_ms", time.Since(started).Milliseconds())
 	return true, nil
 }
 

@@ -154,7 +154,7 @@ func rollBackPrepared(ctx context.Context, superuserURL string) error {
 
 // scrubDatabases is the scrub's part in the running private start: every
 // step above up to VACUUM FULL.
-func scrubDatabases(ctx context.Context, superuserURL string) error {
+func (e *Engine) scrubDatabases(ctx context.Context, imageID int64, superuserURL string) error {
 	admin, err := privateConn(ctx, superuserURL, "")
 	if err != nil {
 		return err
@@ -190,9 +190,11 @@ func scrubDatabases(ctx context.Context, superuserURL string) error {
 		return err
 	}
 	for _, db := range databases {
+		started := time.Now()
 		if err := scrubDatabase(ctx, superuserURL, db); err != nil {
 			return fmt.Errorf("database %s: %w", db, err)
 		}
+		e.log.Info("engine: database scrubbed", "image_id", imageID, "database", db, "duration_ms", time.Since(started).Milliseconds())
 	}
 	for _, db := range closed {
 		if _, err := admin.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s WITH ALLOW_CONNECTIONS false", pgx.Identifier{db}.Sanitize())); err != nil {
