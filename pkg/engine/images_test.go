@@ -3,6 +3,7 @@ package engine_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,24 +202,53 @@ func TestUploadIsRemovedOnceReadyOrFailed(t *testing.T) {
 	e := engine.New(w.options())
 	archive := sourceTarball(t)
 	uploads := filepath.Join(w.root, "image_uploads")
-	receiving := func(id int64) { // an HTTP upload's temporary file
+	// receiving starts an upload that is still being received when the
+	// image is finalised: its first bytes are in a temporary file of the
+	// upload directory. finish sends the rest and returns its outcome.
+	receiving := func(id int64) (finish func() error) {
 		t.Helper()
-		if err := os.WriteFile(filepath.Join(uploads, strconv.FormatInt(id, 10), ".upload-123456"), archive[:1000], 0o600); err != nil {
+		r, w := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.UploadImage(ctx, id, r)
+			done <- err
+		}()
+		if _, err := w.Write(archive[:1000]); err != nil {
 			t.Fatal(err)
+		}
+		dir := filepath.Join(uploads, strconv.FormatInt(id, 10))
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if tmp, _ := filepath.Glob(filepath.Join(dir, ".upload-*")); len(tmp) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the upload's temporary file did not appear")
+			}
+		}
+		return func() error {
+			w.Write(archive[1000:])
+			w.Close()
+			return <-done
 		}
 	}
 
 	ready := newImage(t, e, "", archive)
-	receiving(ready.ID)
+	late := receiving(ready.ID)
 	if got, err := e.FinaliseImage(ctx, ready.ID); err != nil || got.Status != store.ImageReady {
 		t.Fatalf("finalise: %+v, %v", got, err)
 	}
 	if left := uploadDirEntries(t, w, ready.ID); len(left) != 0 {
 		t.Errorf("the upload directory of a ready image holds %v; want it empty", left)
 	}
+	if err := late(); !errors.Is(err, engine.ErrImageNotPending) {
+		t.Errorf("an upload that ended after its image was ready: %v; want ErrImageNotPending", err)
+	}
+	if left := uploadDirEntries(t, w, ready.ID); len(left) != 0 {
+		t.Errorf("the upload directory of a ready image holds %v after a late upload; want it empty", left)
+	}
 
 	failed := newImage(t, e, "delete from people;", []byte("not a tarball\n"))
-	receiving(failed.ID)
+	late = receiving(failed.ID)
 	got, err := e.FinaliseImage(ctx, failed.ID)
 	if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed {
 		t.Fatalf("finalise of a broken upload: %+v, %v", got, err)
@@ -230,6 +260,14 @@ func TestUploadIsRemovedOnceReadyOrFailed(t *testing.T) {
 		if !strings.Contains(got.Error, says) {
 			t.Errorf("the failed image's error %q does not say %q", got.Error, says)
 		}
+	}
+	// The upload being received when the finalise failed was removed
+	// with the rest: it says so, and leaves nothing.
+	if err := late(); !errors.Is(err, engine.ErrImageNotPending) || !strings.Contains(err.Error(), "upload again") {
+		t.Errorf("an upload that ended after its image failed: %v; want ErrImageNotPending saying to upload again", err)
+	}
+	if left := uploadDirEntries(t, w, failed.ID); len(left) != 0 {
+		t.Errorf("the upload directory of a failed image holds %v after a late upload; want it empty", left)
 	}
 	if got, err := e.FinaliseImage(ctx, failed.ID); err == nil || !strings.Contains(got.Error, "nothing was uploaded") {
 		t.Errorf("finalise again without a new upload: %+v, %v; want it to say nothing was uploaded", got, err)
