@@ -271,7 +271,7 @@ var scrubbedDirs = []string{"log", "pg_log", "pg_stat", "pg_stat_tmp"}
 // secretSetting matches a configuration line, commented out or not, that
 // sets a setting whose value may hold a password or a command line with
 // credentials.
-var secretSetting = regexp.MustCompile(`(?i)^[\s#]*(?:overridden by sindri:\s*)?(primary_conninfo|primary_slot_name|restore_command|archive_command|archive_cleanup_command|recovery_end_command|ssl_passphrase_command)\s*(=|\s|$)`)
+var secretSetting = regexp.MustCompile(`(?i)^[\s#]*(?:overridden by sindri:\s*)?(primary_conninfo|restore_command|archive_command|archive_cleanup_command|recovery_end_command|ssl_passphrase_command)\s*(=|\s|$)`)
 
 // scrubFiles is the scrub's part after the clean shutdown: a new WAL, and
 // the files above.
