@@ -38,15 +38,19 @@ test: deps lint
 # Benchmarks: clone, destroy and cp -a on each driver; clone to TLS login
 # against pg_ctl -w start (feed both to benchstat for medians); ingest of a
 # 2 GB pgbench data directory against zstd -d | tar -x; backup and restore
-# of a running instance against pg_dump and pg_restore; and the API
-# against a real sindrid with pgbench images of each size in
-# SINDRI_BENCH_IMAGE_MB (MB, comma separated; default 1024,5120), beside
+# of a running instance against pg_dump and pg_restore; the finalise of
+# pgbench images of each size in SINDRI_BENCH_IMAGE_MB (MB, comma
+# separated; default 1024,5120) with an anonymisation script, with and
+# without the scrub, and the disk an image takes with and without its
+# upload (medians of SINDRI_BENCH_FINALISE_SAMPLES, default 3); and the API
+# against a real sindrid with pgbench images of those sizes, beside
 # CREATE DATABASE ... TEMPLATE.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
 	$(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine
+	$(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS

@@ -87,7 +87,8 @@ func TestBackupsEndToEnd(t *testing.T) {
 			{"neither id", ada, map[string]any{}, 400, "bad_request"},
 			{"both ids", ada, map[string]any{"instance_id": inst.ID, "image_id": imageID}, 400, "bad_request"},
 			{"unknown instance", ada, map[string]any{"instance_id": "999"}, 404, "resource_not_found"},
-			{"unknown image", ada, map[string]any{"image_id": "999"}, 404, "resource_not_found"},
+			{"unknown image", s.secret, map[string]any{"image_id": "999"}, 404, "resource_not_found"},
+			{"an image, by a user", ada, map[string]any{"image_id": imageID}, 403, "forbidden"},
 			{"another user's instance", bob, map[string]any{"instance_id": inst.ID}, 404, "resource_not_found"},
 			{"garbage id", ada, map[string]any{"instance_id": "x"}, 400, "bad_request"},
 		} {
@@ -177,6 +178,15 @@ func TestBackupsEndToEnd(t *testing.T) {
 	if status != 200 || decode(t, body).one(t).Attributes["ready"] != true {
 		t.Fatalf("done on the restored image: %d %s", status, body)
 	}
+	if restored = decode(t, body).one(t); restored.Attributes["anonymised"] != false {
+		t.Errorf("an image restored without a script says anonymised %v", restored.Attributes["anonymised"])
+	}
+	// An instance's backup takes no anonymisation script: its users could
+	// have planted code for the script to run as superuser.
+	status, body = s.call(t, "POST", "/images", s.secret, resourceBody("images", map[string]any{
+		"backed_up_at": "2026-11-02T12:00:00Z", "backup_id": created.ID, "anonymisation_script": "update people set email = 'x';"}))
+	expectErrorDetail(t, "restore of an instance's backup with a script", status, body, 400, "bad_request",
+		"instance "+inst.ID, "without anonymisation_script")
 	clone, _ := s.createInstance(t, ada, restored.ID, nil)
 	cloneURL := clone.Attributes["database_url"].(string)
 	if got, err := query(cloneURL, "select string_agg(id::text, ',' order by id) from people"); err != nil || got != "1,2,10" {
@@ -196,18 +206,34 @@ func TestBackupsEndToEnd(t *testing.T) {
 		t.Errorf("the restored clone after deleting the backup: %q, %v", got, err)
 	}
 
-	// Any user may back up an image; the backup is theirs.
+	// Only the upload user may back up an image: a user gets a 403 (the
+	// image is theirs to see, not to copy whole).
 	status, body = s.call(t, "POST", "/backups", bob, resourceBody("backups", map[string]any{"image_id": imageID}))
+	expectErrorDetail(t, "a user's backup of an image", status, body, 403, "forbidden", "upload user")
+	status, body = s.call(t, "GET", "/backups", bob, nil)
+	if status != 200 || string(decode(t, body).Data) != "[]" {
+		t.Errorf("bob's backups after his refused backup of an image: %d %s", status, body)
+	}
+	status, body = s.call(t, "POST", "/backups", s.secret, resourceBody("backups", map[string]any{"image_id": imageID}))
 	if status != 202 {
-		t.Fatalf("backup of an image: %d %s", status, body)
+		t.Fatalf("the upload user's backup of an image: %d %s", status, body)
 	}
 	ib := decode(t, body).one(t)
-	if got := s.waitBackup(t, ib.ID, bob); got.Attributes["status"] != "done" || got.Attributes["image_id"] != float64(idNumber(t, imageID)) {
+	if got := s.waitBackup(t, ib.ID, s.secret); got.Attributes["status"] != "done" || got.Attributes["image_id"] != float64(idNumber(t, imageID)) {
 		t.Errorf("backup of image %s: %+v", imageID, got.Attributes)
 	}
-	status, body = s.call(t, "GET", "/backups", s.secret, nil)
-	if status != 200 || !containsID(t, body, ib.ID) {
-		t.Errorf("the upload user's list lacks bob's backup: %d %s", status, body)
+	status, body = s.call(t, "GET", "/backups/"+ib.ID, bob, nil)
+	expectError(t, "the upload user's backup of an image, asked for by a user", status, body, 404, "resource_not_found")
+	// A backup of an uploaded image may be restored with a script.
+	status, body = s.call(t, "POST", "/images", s.secret, resourceBody("images", map[string]any{
+		"backed_up_at": "2026-11-02T12:00:00Z", "backup_id": ib.ID, "anonymisation_script": "delete from people;"}))
+	if status != 201 {
+		t.Fatalf("restore of an image's backup with a script: %d %s", status, body)
+	}
+	fromImage := decode(t, body).one(t)
+	status, body = s.call(t, "POST", "/images/"+fromImage.ID+"/done", s.secret, nil)
+	if got := decode(t, body).one(t); status != 200 || got.Attributes["anonymised"] != true {
+		t.Errorf("done on the restore of an image's backup with a script: %d %s", status, body)
 	}
 }
 

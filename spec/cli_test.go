@@ -140,6 +140,7 @@ type cliImage struct {
 	Status     string `json:"status"`
 	PGVersion  string `json:"pg_version"`
 	BackupID   int64  `json:"backup_id"`
+	Anonymised bool   `json:"anonymised"`
 	BackedUpAt string `json:"backed_up_at"`
 }
 
@@ -221,13 +222,16 @@ func TestCLIEndToEnd(t *testing.T) {
 			t.Fatalf("images finalise: %s", out)
 		}
 		admin.okJSON(&cliImg, "images", "get", id)
-		if !cliImg.Ready || cliImg.Status != "ready" || cliImg.PGVersion != "15" {
+		if !cliImg.Ready || cliImg.Status != "ready" || cliImg.PGVersion != "15" || !cliImg.Anonymised {
 			t.Fatalf("images get --json: %+v", cliImg)
+		}
+		if out := admin.ok("images", "get", id); !hasLine(out, "anonymised yes") {
+			t.Errorf("images get of the anonymised image: %q, want a line: anonymised yes", out)
 		}
 		out = admin.ok("images", "list")
 		if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], "ID") ||
-			!strings.Contains(lines[1], "from-cli") {
-			t.Errorf("images list: %q", out)
+			!strings.Contains(lines[1], "from-cli") || strings.Fields(lines[0])[3] != "ANONYMISED" || strings.Fields(lines[1])[3] != "yes" {
+			t.Errorf("images list: %q, want the image's ANONYMISED column yes", out)
 		}
 		admin.fails(2, []string{"usage: sindri images upload ID FILE"}, "images", "upload", id)
 		admin.fails(2, []string{"no such file"}, "images", "upload", id, filepath.Join(dir, "nope.tar"))
@@ -236,8 +240,15 @@ func TestCLIEndToEnd(t *testing.T) {
 		t.Fatal("no image made with the CLI")
 	}
 
-	// A newer image, made through the API without a script.
+	// A newer image, made through the API without a script: the data as
+	// uploaded, and it says so.
 	newest, _ := strconv.ParseInt(s.readyImage(t, ""), 10, 64)
+	if out := admin.ok("images", "get", strconv.FormatInt(newest, 10)); !hasLine(out, "anonymised no") {
+		t.Errorf("images get of an image without a script: %q, want a line: anonymised no", out)
+	}
+	if out := admin.ok("images", "list"); !strings.HasPrefix(strings.Fields(strings.Split(out, "\n")[1])[3], "no") {
+		t.Errorf("images list: %q, want the newest image's ANONYMISED column no", out)
+	}
 	var inst cliInstance
 	t.Run("instances create without an id uses the newest ready image", func(t *testing.T) {
 		admin.okJSON(&inst, "instances", "create", "--ttl", "30m")

@@ -344,6 +344,9 @@ func TestSCPUpload(t *testing.T) {
 		if uid, gid, perm := statOwner(t, filepath.Join(uploads, img)); uid != 0 || gid != 0 || perm != 0o750 {
 			t.Errorf("upload dir of ready image: %d:%d %v, want root:root 0750", uid, gid, perm)
 		}
+		if entries, err := os.ReadDir(filepath.Join(uploads, img)); err != nil || len(entries) != 0 {
+			t.Errorf("upload dir of ready image holds %v (%v); want the upload removed", entries, err)
+		}
 		ready = append(ready, img)
 	}
 	inst, creds := s.createInstance(t, s.secret, ready[1], nil)
@@ -362,6 +365,9 @@ func TestSCPUpload(t *testing.T) {
 	}
 	if uid, gid, perm := statOwner(t, filepath.Join(uploads, retry)); uid != 0 || gid != accountGID || perm != 0o770 {
 		t.Fatalf("upload dir after a failed finalise: %d:%d %v, want root:%s 0770 again", uid, gid, perm, uploadAccount)
+	}
+	if entries, err := os.ReadDir(filepath.Join(uploads, retry)); err != nil || len(entries) != 0 {
+		t.Errorf("upload dir after a failed finalise holds %v (%v); want the upload removed", entries, err)
 	}
 	if out, err := ssh.scp(tarball, "/"+retry+"/", false); err != nil {
 		t.Fatalf("scp after a failed finalise: %v %s", err, out)
@@ -441,8 +447,33 @@ func TestSCPUpload(t *testing.T) {
 	}
 
 	// Nothing landed outside image_uploads/<id>/.
-	if entries, err := os.ReadDir(filepath.Join(uploads, ready[0])); err != nil || len(entries) != 1 {
+	if entries, err := os.ReadDir(filepath.Join(uploads, ready[0])); err != nil || len(entries) != 0 {
 		t.Errorf("ready image's upload dir: %v %v", entries, err)
+	}
+	// What the account can read in the data path: its upload into a
+	// pending image until the image is ready, then nothing.
+	readable := func() []string {
+		t.Helper()
+		// find exits 1 on the directories it may not enter: its output is
+		// what counts, and it must have run as the account.
+		cmd := exec.Command("runuser", "-u", uploadAccount, "--", "find", dataPath, "-type", "f", "-readable")
+		out, err := cmd.Output()
+		if err != nil && (cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1) {
+			t.Fatalf("find as %s: %v", uploadAccount, err)
+		}
+		return strings.Fields(string(out))
+	}
+	if out, err := ssh.scp(tarball, "/"+pending+"/data.tgz", false); err != nil {
+		t.Fatalf("scp into the pending image: %v %s", err, out)
+	}
+	if got := readable(); len(got) != 1 || got[0] != filepath.Join(uploads, pending, "data.tgz") {
+		t.Fatalf("files the upload account can read with an upload pending: %v; want just that upload", got)
+	}
+	if status, got, body := done(pending); status != 200 || got.Attributes["status"] != "ready" {
+		t.Fatalf("done: %d %s", status, body)
+	}
+	if got := readable(); len(got) != 0 {
+		t.Errorf("files of the data path the upload account can read once the images are ready or failed: %v", got)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(uploads, pending)); len(entries) != 0 {
 		t.Errorf("pending image's upload dir after refusals: %v", entries)

@@ -53,14 +53,17 @@ func (a *app) backupsCmd() *cobra.Command {
 	var wait bool
 	create := &cobra.Command{
 		Use:   "create (--instance ID | --image ID)",
-		Short: "back up an instance of yours or a ready image, without stopping it (--wait: until it is written)",
-		Long: `create backs up a running instance of yours (--instance) or a ready image
-(--image) without stopping it: the backup holds the data as it was when the
-command returns, and the server writes it as a tar.zst in the background.
---wait waits until it is done (exit 1 if it failed, with the reason).
+		Short: "back up an instance of yours or (upload user) a ready image, without stopping it (--wait: until it is written)",
+		Long: `create backs up a running instance of yours (--instance) or, for the upload
+user only, a ready image (--image) without stopping it: the backup holds the
+data as it was when the command returns, and the server writes it as a
+tar.zst in the background. --wait waits until it is done (exit 1 if it
+failed, with the reason).
 
 Download it with backups download ID; restore it as an image with
-images create --backup ID (upload user).`,
+images create --backup ID (upload user). A restore of an instance's backup
+takes no --anonymisation-script: the instance's users could have planted
+code that the script, run as superuser, would fire.`,
 		Args: args(),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if (instance == "") == (image == "") {
@@ -105,7 +108,7 @@ images create --backup ID (upload user).`,
 		},
 	}
 	create.Flags().StringVar(&instance, "instance", "", "back up instance `ID` (one of yours)")
-	create.Flags().StringVar(&image, "image", "", "back up image `ID` (a ready one)")
+	create.Flags().StringVar(&image, "image", "", "back up image `ID` (a ready one; upload user only)")
 	create.Flags().BoolVar(&wait, "wait", false, "wait until the backup is done (exit 1 if it fails)")
 
 	var output string

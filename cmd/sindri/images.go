@@ -252,10 +252,10 @@ func (a *app) showImages(images []client.Image) error {
 		return a.printJSON(images)
 	}
 	w := a.table()
-	fmt.Fprintln(w, "ID\tNAME\tSTATUS\tPG\tSIZE\tBACKED UP AT\tCREATED AT")
+	fmt.Fprintln(w, "ID\tNAME\tSTATUS\tANONYMISED\tPG\tSIZE\tBACKED UP AT\tCREATED AT")
 	for _, img := range images {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", img.ID, orDash(img.Name), img.Status, orDash(img.PGVersion),
-			bytesText(img.SizeBytes), when(img.BackedUpAt), when(img.CreatedAt))
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", img.ID, orDash(img.Name), img.Status, yesNo(img.Anonymised),
+			orDash(img.PGVersion), bytesText(img.SizeBytes), when(img.BackedUpAt), when(img.CreatedAt))
 	}
 	return w.Flush()
 }
@@ -271,6 +271,7 @@ func (a *app) showImage(img *client.Image) error {
 	}
 	fmt.Fprintf(w, "status\t%s\n", img.Status)
 	fmt.Fprintf(w, "ready\t%s\n", yesNo(img.Ready))
+	fmt.Fprintf(w, "anonymised\t%s\n", yesNo(img.Anonymised))
 	if img.Error != "" {
 		fmt.Fprintf(w, "error\t%s\n", img.Error)
 	}

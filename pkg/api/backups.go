@@ -118,6 +118,13 @@ func (h *Handlers) createBackup(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	} else {
+		// Images are everybody's to see, so another user gets a 403, not
+		// a 404: a backup of an image carries all of its files, what the
+		// image's instances would never show them included.
+		if !principal(r).Upload {
+			WriteError(w, r, Forbidden("only the upload user (the shared secret) may back up an image; back up an instance of yours instead"))
+			return
+		}
 		req.ImageID = int64(*attrs.ImageID)
 		notFound = NotFound(fmt.Sprintf("there is no image %d", req.ImageID))
 	}

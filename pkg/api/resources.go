@@ -55,6 +55,9 @@ type Image struct {
 	PGVersion  string    `jsonapi:"attr,pg_version,omitempty"`
 	SizeBytes  int64     `jsonapi:"attr,size_bytes"`
 	BackupID   int64     `jsonapi:"attr,backup_id,omitempty"`
+	// Anonymised: an anonymisation script ran on the image's data and the
+	// scrub after it finished.
+	Anonymised bool      `jsonapi:"attr,anonymised"`
 	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601"`
 	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601"`
 }
@@ -195,12 +198,22 @@ func imageStatus(img store.Image) (status, errText string) {
 	return string(img.Status), img.Error
 }
 
-func imageResource(img store.Image) *Image {
+// hiddenImageError is what users other than the upload user see of a
+// failed finalise: its text may quote the data (an anonymisation script's
+// error names the row it failed on).
+const hiddenImageError = "finalising the image failed; the upload user can see why"
+
+// imageResource renders an image for the caller: only the upload user
+// sees why a finalise failed.
+func imageResource(img store.Image, upload bool) *Image {
 	status, errText := imageStatus(img)
+	if errText != "" && img.Status == store.ImageFailed && !upload {
+		errText = hiddenImageError
+	}
 	return &Image{
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
 		Status: status, Error: errText, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
-		BackupID: img.BackupID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
+		BackupID: img.BackupID, Anonymised: img.Anonymised, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }
 
@@ -212,7 +225,7 @@ func (h *Handlers) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]*Image, 0, len(images))
 	for _, img := range images {
-		out = append(out, imageResource(img))
+		out = append(out, imageResource(img, principal(r).Upload))
 	}
 	WriteResources(w, http.StatusOK, out)
 }
@@ -235,7 +248,7 @@ func (h *Handlers) getImage(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, err)
 		return
 	}
-	WriteResource(w, http.StatusOK, imageResource(img))
+	WriteResource(w, http.StatusOK, imageResource(img, principal(r).Upload))
 }
 
 func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) {
@@ -278,7 +291,7 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) {
 		// request; done and GET /images/{id} join or watch that same run.
 		go h.Engine.FinaliseImage(context.WithoutCancel(actorContext(r)), img.ID)
 	}
-	WriteResource(w, http.StatusCreated, imageResource(img))
+	WriteResource(w, http.StatusCreated, imageResource(img, principal(r).Upload))
 }
 
 // imageToChange is imageByPath for the routes that change an image, which
@@ -313,7 +326,7 @@ func (h *Handlers) uploadImage(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, err)
 		return
 	}
-	WriteResource(w, http.StatusOK, imageResource(img))
+	WriteResource(w, http.StatusOK, imageResource(img, principal(r).Upload))
 }
 
 func (h *Handlers) finaliseImage(w http.ResponseWriter, r *http.Request) {
@@ -327,7 +340,7 @@ func (h *Handlers) finaliseImage(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, err)
 		return
 	}
-	WriteResource(w, http.StatusOK, imageResource(img))
+	WriteResource(w, http.StatusOK, imageResource(img, principal(r).Upload))
 }
 
 func (h *Handlers) destroyImage(w http.ResponseWriter, r *http.Request) {

@@ -20,13 +20,33 @@ func TestImageStatusStaysInTheContract(t *testing.T) {
 		store.ImagePending: "pending", store.ImageFinalising: "finalising", store.ImageReady: "ready",
 		store.ImageFailed: "failed", store.ImageDestroying: "failed",
 	} {
-		got := imageResource(store.Image{ID: 1, Status: in, Error: ""})
+		got := imageResource(store.Image{ID: 1, Status: in, Error: ""}, true)
 		if got.Status != want || got.Ready != (in == store.ImageReady) {
 			t.Errorf("a %s image shows %q (ready %v), want %q", in, got.Status, got.Ready, want)
 		}
 		if in == store.ImageDestroying && got.Error == "" {
 			t.Errorf("a destroying image shows failed without saying why")
 		}
+	}
+}
+
+func TestFailedFinaliseTextIsTheUploadUsers(t *testing.T) {
+	scriptErr := `the anonymisation script failed: psql:<stdin>:1: ERROR:  duplicate key value violates unique constraint "people_email_key"
+DETAIL:  Key (email)=(ada@real-customer.example) already exists.`
+	img := store.Image{ID: 3, Status: store.ImageFailed, Error: scriptErr}
+	if got := imageResource(img, true).Error; got != scriptErr {
+		t.Errorf("the upload user sees %q, want the script's whole error", got)
+	}
+	other := imageResource(img, false)
+	if other.Status != "failed" || strings.Contains(other.Error, "real-customer") || other.Error != hiddenImageError {
+		t.Errorf("another user sees status %q, error %q; want failed with %q", other.Status, other.Error, hiddenImageError)
+	}
+	ready := imageResource(store.Image{ID: 4, Status: store.ImageReady, Anonymised: true}, false)
+	if !ready.Anonymised || ready.Error != "" {
+		t.Errorf("an anonymised ready image shows anonymised %v, error %q", ready.Anonymised, ready.Error)
+	}
+	if destroying := imageResource(store.Image{ID: 5, Status: store.ImageDestroying}, false); destroying.Error == hiddenImageError {
+		t.Errorf("a destroying image hides why it shows failed: %q", destroying.Error)
 	}
 }
 

@@ -132,6 +132,9 @@ type Image struct {
 	PGVersion  string    `json:"pg_version,omitempty"`
 	SizeBytes  int64     `json:"size_bytes"`
 	BackupID   int64     `json:"backup_id,omitempty"` // the backup it was restored from
+	// Anonymised: an anonymisation script ran on the image's data and the
+	// scrub after it finished. An image without is the data as uploaded.
+	Anonymised bool      `json:"anonymised"`
 	CreatedAt  time.Time `json:"created_at"`
 	UpdatedAt  time.Time `json:"updated_at"`
 }

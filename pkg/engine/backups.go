@@ -86,7 +86,7 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 	// its record and its registration must not look abandoned.
 	e.backupMu.RLock()
 	defer e.backupMu.RUnlock()
-	source, unlock, err := e.lockBackupSource(ctx, req)
+	source, userWritten, unlock, err := e.lockBackupSource(ctx, req)
 	if err != nil {
 		return store.Backup{}, err
 	}
@@ -101,7 +101,7 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 	}
 	// Counted in the insert's transaction, as instances are.
 	b, err := e.opts.Store.CreateBackup(ctx, store.BackupInput{
-		InstanceID: req.InstanceID, ImageID: req.ImageID, Owner: req.Owner,
+		InstanceID: req.InstanceID, ImageID: req.ImageID, Owner: req.Owner, UserWritten: userWritten,
 		Quota: e.backupQuota(req.Owner, capacity),
 	})
 	if err != nil {
@@ -138,8 +138,9 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 }
 
 // lockBackupSource checks that the source can be backed up and holds its
-// lock; it returns the source's storage name and the lock's release.
-func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (string, func(), error) {
+// lock; it returns the source's storage name, whether its data may hold
+// what an instance's user wrote, and the lock's release.
+func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (string, bool, func(), error) {
 	if req.ImageID != 0 {
 		unlock := e.imageLocks.Lock(req.ImageID)
 		img, err := e.getImage(ctx, req.ImageID)
@@ -148,15 +149,15 @@ func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (strin
 		}
 		if err != nil {
 			unlock()
-			return "", nil, err
+			return "", false, nil, err
 		}
 		if vol, err := e.opts.Storage.Get(ctx, ImageVolume(img.ID)); err == nil {
 			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {
 				unlock()
-				return "", nil, err
+				return "", false, nil, err
 			}
 		}
-		return ImageVolume(img.ID), unlock, nil
+		return ImageVolume(img.ID), img.UserWritten, unlock, nil
 	}
 	unlock := e.locks.Lock(req.InstanceID)
 	inst, err := e.GetInstance(ctx, req.InstanceID)
@@ -175,12 +176,12 @@ func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (strin
 	}
 	if err != nil {
 		unlock()
-		return "", nil, err
+		return "", false, nil, err
 	}
 	if inst.Status == store.InstanceRunning {
 		e.flushWAL(ctx, inst)
 	}
-	return InstanceVolume(inst.ID), unlock, nil
+	return InstanceVolume(inst.ID), true, unlock, nil
 }
 
 // flushWAL makes every commit so far durable before a snapshot. Clones
@@ -195,7 +196,9 @@ func (e *Engine) flushWAL(ctx context.Context, inst store.Instance) {
 	if err == nil {
 		err = pgx.BeginFunc(c, conn, func(tx pgx.Tx) error {
 			// A commit flushes only if its transaction wrote WAL.
-			_, err := tx.Exec(c, "set local synchronous_commit = on; select pg_logical_emit_message(true, 'sindri', 'backup')")
+			// search_path pinned: the instance's users can make functions
+			// that a superuser's unqualified call could pick.
+			_, err := tx.Exec(c, "set local search_path = pg_catalog; set local synchronous_commit = on; select pg_catalog.pg_logical_emit_message(true, 'sindri', 'backup')")
 			return err
 		})
 		conn.Close(context.WithoutCancel(ctx))

@@ -104,6 +104,11 @@ type Options struct {
 	// CrashAt names a step of CreateInstance at which the process kills
 	// itself with SIGKILL: a fault tests cannot cause otherwise.
 	CrashAt string
+
+	// skipScrub leaves out the scrub after an anonymisation script (the
+	// image is then not marked anonymised): only a benchmark sets it, to
+	// measure what the scrub costs.
+	skipScrub bool
 }
 
 // Engine runs instances' lifecycles.

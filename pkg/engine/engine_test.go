@@ -155,7 +155,7 @@ func (w *world) makeImage(t testing.TB, id int64, pgVersion string) {
 	if _, err := w.storage.Freeze(ctx, vol.Name, engine.ImageVolume(id)); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.store.MarkImageReady(ctx, id, "15", 1); err != nil {
+	if err := w.store.MarkImageReady(ctx, id, "15", 1, false); err != nil {
 		t.Fatal(err)
 	}
 }

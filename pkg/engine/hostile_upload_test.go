@@ -359,7 +359,7 @@ func TestHostileImageFromBeforeStartsSafely(t *testing.T) {
 	if _, err := w.storage.Freeze(ctx, vol.Name, engine.ImageVolume(img.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.store.MarkImageReady(ctx, img.ID, "15", 1); err != nil {
+	if err := w.store.MarkImageReady(ctx, img.ID, "15", 1, false); err != nil {
 		t.Fatal(err)
 	}
 	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: img.ID, Owner: "upload"})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/exec"
@@ -86,19 +87,25 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 		}
 	}
 	var backup *os.File // the archive a restore takes, opened before anything is recorded
+	var userWritten bool
 	if req.BackupID != 0 {
 		if req.SourceURL != "" {
 			return store.Image{}, fmt.Errorf("%w: give source_url or backup_id, not both", ErrInvalid)
 		}
+		var b store.Backup
 		var err error
-		if backup, _, err = e.OpenBackup(ctx, req.BackupID); err != nil {
+		if backup, b, err = e.OpenBackup(ctx, req.BackupID); err != nil {
 			return store.Image{}, err
 		}
 		defer backup.Close()
+		if err := scriptAllowedOn(b, req.AnonymisationScript); err != nil {
+			return store.Image{}, err
+		}
+		userWritten = b.UserWritten
 	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
-		SourceURL: req.SourceURL, SourceURLRedacted: redacted, BackupID: req.BackupID,
+		SourceURL: req.SourceURL, SourceURLRedacted: redacted, BackupID: req.BackupID, UserWritten: userWritten,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -127,6 +134,22 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	}
 	e.audit(ctx, "create_image", "image", img.ID, "ok", "")
 	return img, nil
+}
+
+// scriptAllowedOn refuses an anonymisation script on a restore of a backup
+// whose data an instance's user could have written: the script runs as
+// superuser, and every trigger, rule, function or operator the user
+// planted for it would run so too. Such a restore is made without a
+// script, and is not anonymised.
+func scriptAllowedOn(b store.Backup, script string) error {
+	if script == "" || !b.UserWritten {
+		return nil
+	}
+	of := fmt.Sprintf("is of instance %d", b.InstanceID)
+	if b.InstanceID == 0 {
+		of = fmt.Sprintf("is of image %d, which was restored from an instance's backup", b.ImageID)
+	}
+	return fmt.Errorf("%w: backup %d %s: its users could have planted triggers, functions or operators that an anonymisation script, run as superuser, would fire. Restore it without anonymisation_script (the image is then not anonymised), or anonymise a data directory that came from outside sindri's instances", ErrInvalid, b.ID, of)
 }
 
 // UploadImage streams body into the image's upload directory, replacing
@@ -177,7 +200,11 @@ func (e *Engine) UploadImage(ctx context.Context, id int64, body io.Reader) (int
 	if err := e.acceptsUpload(ctx, id); err != nil {
 		return 0, err
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, UploadFile)); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, UploadFile)); errors.Is(err, fs.ErrNotExist) {
+		// A finalise that ended while this was received removed it with
+		// the rest of the upload.
+		return 0, fmt.Errorf("%w: image %d was finalised while this upload was received, which removed it; upload again", ErrImageNotPending, id)
+	} else if err != nil {
 		return n, err
 	}
 	e.log.Info("engine: image upload received", "image_id", id, "bytes", n)
@@ -282,34 +309,37 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 		return img, err
 	}
 	started := time.Now()
-	// From here on the upload account can no longer write the upload; a
-	// failure hands it back so that the user can upload again. The
-	// extraction or the pull stops at the disk reserve.
+	// From here on the upload account can no longer write the upload. It
+	// is removed once the outcome is recorded, ready or failed: a retry
+	// after a failure takes a new upload, into the directory handed back.
+	// The extraction or the pull stops at the disk reserve.
+	var pgVersion string
+	var size int64
+	var anonymised bool
 	guarded, stopGuard := e.guardReserve(ctx, "finalising an image")
-	pgVersion, size, err := func() (string, int64, error) {
-		if err := e.closeUploadDir(id); err != nil {
-			return "", 0, err
-		}
-		return e.prepare(guarded, img)
-	}()
+	err = e.closeUploadDir(id)
+	if err == nil {
+		pgVersion, size, err = e.prepare(guarded, img, &anonymised)
+	}
 	full := reserveCause(guarded)
 	stopGuard()
 	if err != nil {
-		if oerr := e.openUploadDir(id); oerr != nil {
-			e.log.Error("engine: giving the upload directory back to the upload account", "image_id", id, "err", oerr)
-		}
 		if full != nil {
-			err = full
-			// What was extracted or pulled so far goes: the space is
-			// what was missing.
-			if derr := e.dropUploadVolume(ctx, id); derr != nil {
-				e.log.Error("engine: removing a finalise's partial data", "image_id", id, "err", derr)
-			}
+			err = full // prepare removed what it had extracted or pulled
 		}
 		msg := err.Error()
 		e.log.Error("engine: finalising failed", "image_id", id, "err", msg)
+		if e.hasUpload(id) {
+			msg += "; " + retryAdvice(img)
+		}
 		if serr := e.opts.Store.SetImageStatus(ctx, id, store.ImageFailed, msg); serr != nil {
 			return img, errors.Join(err, serr)
+		}
+		if rerr := e.removeUpload(id); rerr != nil {
+			e.log.Error("engine: removing the upload of a failed image", "image_id", id, "err", rerr)
+		}
+		if oerr := e.openUploadDir(id); oerr != nil {
+			e.log.Error("engine: giving the upload directory back to the upload account", "image_id", id, "err", oerr)
 		}
 		e.audit(ctx, "finalise_image", "image", id, "failed", msg)
 		if full != nil {
@@ -317,29 +347,55 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 		}
 		return e.getImageOr(ctx, id, img), fmt.Errorf("%w: %s", ErrFinaliseFailed, msg)
 	}
-	if err := e.opts.Store.MarkImageReady(ctx, id, pgVersion, size); err != nil {
+	if err := e.opts.Store.MarkImageReady(ctx, id, pgVersion, size, anonymised); err != nil {
 		return img, err
 	}
+	if err := e.removeUpload(id); err != nil {
+		// Reconcile removes it at the next start.
+		e.log.Error("engine: removing the upload of a ready image", "image_id", id, "err", err)
+	}
 	e.log.Info("engine: image ready", "image_id", id, "pg_version", pgVersion, "size_bytes", size,
-		"duration_ms", time.Since(started).Milliseconds())
+		"anonymised", anonymised, "duration_ms", time.Since(started).Milliseconds())
 	e.audit(ctx, "finalise_image", "image", id, "ok", "")
 	return e.getImageOr(ctx, id, img), nil
 }
 
-// dropUploadVolume replaces the image's upload volume by an empty one,
-// stopping the private postmaster a finalise may have left on it.
-func (e *Engine) dropUploadVolume(ctx context.Context, id int64) error {
-	name := UploadVolume(id)
-	if err := e.stopVolume(ctx, name); err != nil {
+// retryAdvice says, after a failed finalise removed the upload, how to
+// try again.
+func retryAdvice(img store.Image) string {
+	switch {
+	case img.BackupID != 0:
+		return fmt.Sprintf("the restored archive was removed from image %d: restore backup %d again as a new image", img.ID, img.BackupID)
+	case img.HasSourceURL:
+		return fmt.Sprintf("the uploaded tarball was removed: POST /images/%d/done pulls from the source server again", img.ID)
+	}
+	return fmt.Sprintf("the upload was removed: upload the data directory again (PUT /images/%d/upload, or scp), then POST /images/%d/done", img.ID, img.ID)
+}
+
+// hasUpload tells whether the image's upload directory holds anything.
+func (e *Engine) hasUpload(id int64) bool {
+	entries, _ := os.ReadDir(e.uploadDir(id))
+	return len(entries) > 0
+}
+
+// removeUpload removes what the image's upload directory holds: the
+// archive, anything else scp put there, unfinished HTTP uploads. The
+// directory itself stays, root's and closed unless openUploadDir hands it
+// back.
+func (e *Engine) removeUpload(id int64) error {
+	dir := e.uploadDir(id)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	if err := e.opts.Storage.Destroy(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return err
+	var errs []error
+	for _, de := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, de.Name())))
 	}
-	if _, err := e.opts.Storage.Create(ctx, name); err != nil && !errors.Is(err, storage.ErrExists) {
-		return err
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (e *Engine) getImageOr(ctx context.Context, id int64, fallback store.Image) store.Image {
@@ -352,11 +408,12 @@ func (e *Engine) getImageOr(ctx context.Context, id int64, fallback store.Image)
 // prepare turns the upload into a clean data directory and freezes it:
 // a fresh upload volume, the archive extracted into it, the postmaster's
 // leftovers removed, a private start in which role draupnir gets read and
-// write on every database, the anonymisation script, a checkpoint and a
-// clean shutdown (so that clones start without crash recovery), then the
-// freeze. The upload itself is kept until the image is destroyed, so that
-// a failed finalise can be tried again.
-func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string, size int64, err error) {
+// write on every database, the anonymisation script and the scrub (see
+// scrub.go), a checkpoint and a clean shutdown (so that clones start
+// without crash recovery), then the freeze. It sets *anonymised when a
+// script ran and the scrub finished. The caller removes the upload
+// afterwards.
+func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool) (pgVersion string, size int64, err error) {
 	// An image made from a source server pulls its data with
 	// pg_basebackup, unless a tarball was uploaded for it after all.
 	archive, err := e.findArchive(img.ID)
@@ -432,7 +489,7 @@ func (e *Engine) prepare(ctx context.Context, img store.Image) (pgVersion string
 	if err := os.Chmod(vol.Path, 0o700); err != nil {
 		return "", 0, err
 	}
-	if err := e.preparePrivately(ctx, img, vol.Path, binDir); err != nil {
+	if *anonymised, err = e.preparePrivately(ctx, img, vol.Path, binDir); err != nil {
 		return "", 0, err
 	}
 	size, err = dirSize(vol.Path)
@@ -564,26 +621,28 @@ func openRegular(path string) (*os.File, error) {
 }
 
 // preparePrivately starts the data directory on a private socket only,
-// sets up role draupnir, runs the anonymisation script, checkpoints and
-// shuts down cleanly.
-func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir, binDir string) error {
+// sets up role draupnir, runs the anonymisation script and the scrub
+// after it, checkpoints and shuts down cleanly; with a script, the scrub
+// then gives it a new WAL. It tells whether the data was anonymised: a
+// script ran and the scrub finished.
+func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir, binDir string) (bool, error) {
 	sock := filepath.Join(e.opts.RunDir, "image-"+strconv.FormatInt(img.ID, 10))
 	if err := os.MkdirAll(sock, 0o700); err != nil {
-		return err
+		return false, err
 	}
 	defer os.RemoveAll(sock)
 	if err := e.opts.Owner.Chown(sock, false); err != nil {
-		return err
+		return false, err
 	}
 	const port = 5432 // only names the socket file
 	settings := postgres.Settings{Port: port, ListenAddresses: "", SocketDir: sock,
 		SharedBuffers: e.opts.SharedBuffers, ClusterName: ImageVolume(img.ID), Clone: true}
 	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
-		return err
+		return false, err
 	}
 	p, err := postgres.Start(binDir, dataDir, settings, e.opts.Owner)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer postgres.StopAll(context.WithoutCancel(ctx), dataDir, time.Minute)
 	// A backup that needs WAL replay recovers to consistency here; the
@@ -591,30 +650,56 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	ready, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 	if err := postgres.WaitReady(ready, p, dataDir, sock, port, "postgres"); err != nil {
-		return err
+		return false, err
 	}
 	url := postgres.SuperuserURL(sock, port, "postgres")
 	if err := e.removeRoleSettings(ctx, img.ID, url); err != nil {
-		return err
+		return false, err
 	}
 	if err := grantClientRole(ctx, url); err != nil {
-		return err
+		return false, err
 	}
-	if img.AnonymisationScript != "" {
+	script := img.AnonymisationScript != ""
+	scrub := script && !e.opts.skipScrub
+	if script {
+		// The source's prepared transactions would hold their locks and
+		// row versions through the script.
+		if err := rollBackPrepared(ctx, url); err != nil {
+			return false, fmt.Errorf("before the anonymisation script: %w", err)
+		}
 		if err := e.anonymise(ctx, img.ID, binDir, sock, port, img.AnonymisationScript); err != nil {
-			return err
+			return false, err
 		}
 	}
-	conn, err := pgx.Connect(ctx, url)
+	if scrub {
+		scrubCtx, cancel := context.WithTimeout(ctx, ScrubTimeout)
+		err := e.scrubDatabases(scrubCtx, img.ID, url)
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
+		}
+	}
+	conn, err := privateConn(ctx, url, "")
 	if err != nil {
-		return err
+		return false, err
 	}
 	_, err = conn.Exec(ctx, "CHECKPOINT")
 	conn.Close(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
-	return postgres.Stop(ctx, dataDir, time.Minute)
+	if err := postgres.Stop(ctx, dataDir, time.Minute); err != nil {
+		return false, err
+	}
+	if !scrub {
+		return false, nil
+	}
+	started := time.Now()
+	if err := e.scrubFiles(ctx, binDir, dataDir); err != nil {
+		return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
+	}
+	e.log.Info("engine: new WAL and files scrubbed", "image_id", img.ID, "duration_ms", time.Since(started).Milliseconds())
+	return true, nil
 }
 
 // removeRoleSettings removes from the data's catalog the settings per
@@ -638,7 +723,11 @@ func (e *Engine) removeRoleSettings(ctx context.Context, id int64, superuserURL 
 // write on all tables, sequences and schemas, now and for objects the
 // owners make later; owners stay as they were.
 func grantClientRole(ctx context.Context, superuserURL string) error {
-	conn, err := pgx.Connect(ctx, superuserURL)
+	// With the scrub's settings: search_path pinned to pg_catalog, so that
+	// no function or operator the data's owners made is picked instead of
+	// the built-in one (a public."!~~"(name, name) would be, for NOT LIKE
+	// below), and their triggers and event triggers do not fire.
+	conn, err := privateConn(ctx, superuserURL, "")
 	if err != nil {
 		return err
 	}
@@ -657,13 +746,10 @@ func grantClientRole(ctx context.Context, superuserURL string) error {
 	if err != nil {
 		return err
 	}
-	cfg := conn.Config()
 	for _, db := range databases {
-		dbCfg := cfg.Copy()
-		dbCfg.Database = db
-		dbConn, err := pgx.ConnectConfig(ctx, dbCfg)
+		dbConn, err := privateConn(ctx, superuserURL, db)
 		if err != nil {
-			return fmt.Errorf("database %s: %w", db, err)
+			return err
 		}
 		err = withoutAlwaysEventTriggers(ctx, dbConn, func() error { return grantInDatabase(ctx, dbConn, role) })
 		dbConn.Close(ctx)

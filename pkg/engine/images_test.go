@@ -3,10 +3,12 @@ package engine_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -143,8 +145,11 @@ func TestAnonymisationScript(t *testing.T) {
 	if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed || !strings.Contains(got.Error, `relation "no_such_table" does not exist`) {
 		t.Fatalf("script with an SQL error: %+v, %v", got, err)
 	}
-	if _, err := os.Stat(filepath.Join(w.root, "image_uploads", "3", engine.UploadFile)); err != nil {
-		t.Fatalf("the upload of a failed image is gone: %v", err)
+	if entries, err := os.ReadDir(filepath.Join(w.root, "image_uploads", "3")); err != nil || len(entries) != 0 {
+		t.Fatalf("the upload directory of a failed image holds %v (%v); want it empty, the upload removed", entries, err)
+	}
+	if !strings.Contains(got.Error, "upload the data directory again") {
+		t.Errorf("the failed image's error %q does not say that a retry needs a new upload", got.Error)
 	}
 	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: bad.ID, Owner: "upload"}); !errors.Is(err, engine.ErrImageNotReady) {
 		t.Fatalf("instance of a failed image: %v, want ErrImageNotReady", err)
@@ -170,5 +175,123 @@ func TestReadyImageWithoutItsVolumeIsMarkedFailed(t *testing.T) {
 	}
 	if err := e.DestroyImage(ctx, 1, false); err != nil {
 		t.Fatalf("destroying the broken image: %v", err)
+	}
+}
+
+// uploadDirEntries lists what image id's upload directory holds.
+func uploadDirEntries(t *testing.T, w *world, id int64) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(w.root, "image_uploads", strconv.FormatInt(id, 10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, de := range entries {
+		names = append(names, de.Name())
+	}
+	return names
+}
+
+// TestUploadIsRemovedOnceReadyOrFailed checks that nothing of an upload
+// (the tarball, an HTTP upload still being received) stays once the image
+// is ready, nor once a failure is recorded, after which a new upload
+// finalises; and that reconcile removes what an older sindri kept of a
+// ready image's upload.
+func TestUploadIsRemovedOnceReadyOrFailed(t *testing.T) {
+	w := newWorld(t, 3)
+	e := engine.New(w.options())
+	archive := sourceTarball(t)
+	uploads := filepath.Join(w.root, "image_uploads")
+	// receiving starts an upload that is still being received when the
+	// image is finalised: its first bytes are in a temporary file of the
+	// upload directory. finish sends the rest and returns its outcome.
+	receiving := func(id int64) (finish func() error) {
+		t.Helper()
+		r, w := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			_, err := e.UploadImage(ctx, id, r)
+			done <- err
+		}()
+		if _, err := w.Write(archive[:1000]); err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(uploads, strconv.FormatInt(id, 10))
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if tmp, _ := filepath.Glob(filepath.Join(dir, ".upload-*")); len(tmp) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the upload's temporary file did not appear")
+			}
+		}
+		return func() error {
+			w.Write(archive[1000:])
+			w.Close()
+			return <-done
+		}
+	}
+
+	ready := newImage(t, e, "", archive)
+	late := receiving(ready.ID)
+	if got, err := e.FinaliseImage(ctx, ready.ID); err != nil || got.Status != store.ImageReady {
+		t.Fatalf("finalise: %+v, %v", got, err)
+	}
+	if left := uploadDirEntries(t, w, ready.ID); len(left) != 0 {
+		t.Errorf("the upload directory of a ready image holds %v; want it empty", left)
+	}
+	if err := late(); !errors.Is(err, engine.ErrImageNotPending) {
+		t.Errorf("an upload that ended after its image was ready: %v; want ErrImageNotPending", err)
+	}
+	if left := uploadDirEntries(t, w, ready.ID); len(left) != 0 {
+		t.Errorf("the upload directory of a ready image holds %v after a late upload; want it empty", left)
+	}
+
+	failed := newImage(t, e, "delete from people;", []byte("not a tarball\n"))
+	late = receiving(failed.ID)
+	got, err := e.FinaliseImage(ctx, failed.ID)
+	if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed {
+		t.Fatalf("finalise of a broken upload: %+v, %v", got, err)
+	}
+	if left := uploadDirEntries(t, w, failed.ID); len(left) != 0 {
+		t.Errorf("the upload directory of a failed image holds %v; want it empty", left)
+	}
+	for _, says := range []string{"not a tar", "the upload was removed", "upload the data directory again"} {
+		if !strings.Contains(got.Error, says) {
+			t.Errorf("the failed image's error %q does not say %q", got.Error, says)
+		}
+	}
+	// The upload being received when the finalise failed was removed
+	// with the rest: it says so, and leaves nothing.
+	if err := late(); !errors.Is(err, engine.ErrImageNotPending) || !strings.Contains(err.Error(), "upload again") {
+		t.Errorf("an upload that ended after its image failed: %v; want ErrImageNotPending saying to upload again", err)
+	}
+	if left := uploadDirEntries(t, w, failed.ID); len(left) != 0 {
+		t.Errorf("the upload directory of a failed image holds %v after a late upload; want it empty", left)
+	}
+	if got, err := e.FinaliseImage(ctx, failed.ID); err == nil || !strings.Contains(got.Error, "nothing was uploaded") {
+		t.Errorf("finalise again without a new upload: %+v, %v; want it to say nothing was uploaded", got, err)
+	}
+	// A new upload, and the image finalises.
+	if _, err := e.UploadImage(ctx, failed.ID, bytes.NewReader(archive)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.FinaliseImage(ctx, failed.ID); err != nil || got.Status != store.ImageReady || !got.Anonymised {
+		t.Fatalf("finalise after a new upload: %+v, %v", got, err)
+	}
+	if left := uploadDirEntries(t, w, failed.ID); len(left) != 0 {
+		t.Errorf("the upload directory holds %v once ready after a retry; want it empty", left)
+	}
+
+	// An older sindri kept the tarball of a ready image: reconcile at
+	// start removes it.
+	if err := os.WriteFile(filepath.Join(uploads, strconv.FormatInt(ready.ID, 10), engine.UploadFile), archive, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.New(w.options()).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := uploadDirEntries(t, w, ready.ID); len(left) != 0 {
+		t.Errorf("after reconcile the upload directory of a ready image holds %v; want it empty", left)
 	}
 }

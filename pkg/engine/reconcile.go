@@ -477,9 +477,9 @@ func (e *Engine) finishImageDestroys(ctx context.Context) error {
 // reconcileImages marks failed the images a crash left finalising (not
 // finalised by this process, which holds their lock), stopping the private
 // postmaster it may have left and removing its volumes, so that done can
-// be tried again; marks failed a ready image whose volume is gone; and
-// opens the upload directories of pending and failed images to the upload
-// account.
+// be tried again; marks failed a ready image whose volume is gone; removes
+// what is left of a ready image's upload; and opens the upload directories
+// of pending and failed images to the upload account.
 func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage.Entry) error {
 	images, err := e.opts.Store.ListImages(ctx)
 	if err != nil {
@@ -522,6 +522,11 @@ func (e *Engine) reconcileImage(ctx context.Context, img store.Image, volumes ma
 		e.log.Error("engine: a ready image has no volume; marking it failed", "image_id", img.ID)
 		return e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
 			"its frozen data is gone (a destroy cut short?); destroy the image")
+	}
+	if img.Status == store.ImageReady {
+		// A start cut short between the record and the removal, or an
+		// image from before uploads were removed.
+		return e.removeUpload(img.ID)
 	}
 	if img.Status == store.ImagePending || img.Status == store.ImageFailed {
 		return e.openUploadDir(img.ID) // made before scp uploads were on

@@ -140,7 +140,7 @@ func TestAnotherInstallationsStoreTouchesNothing(t *testing.T) {
 		if err != nil || theirs.ID != id {
 			t.Fatalf("their image %+v %v, want id %d", theirs, err, id)
 		}
-		if err := other.MarkImageReady(ctx, id, "15", 1); err != nil {
+		if err := other.MarkImageReady(ctx, id, "15", 1, false); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -191,6 +191,10 @@ func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, passwor
 		// Clones run with synchronous_commit off; the roles must survive a
 		// crash right after they are made, or the instance is unusable.
 		"SET synchronous_commit = on",
+		// The clone's data may hold functions and operators its users
+		// made (an image restored from an instance's backup): none may be
+		// picked by these statements, run as superuser.
+		"SET search_path = pg_catalog",
 		fmt.Sprintf(`DO $$BEGIN
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) THEN CREATE ROLE %s; END IF;

@@ -30,8 +30,11 @@ type Backup struct {
 	Path       string       `db:"path"`
 	SizeBytes  int64        `db:"size_bytes"`
 	SHA256     string       `db:"sha256"`
-	CreatedAt  time.Time    `db:"created_at"`
-	UpdatedAt  time.Time    `db:"updated_at"`
+	// UserWritten: the data may hold what an instance's user wrote (a
+	// backup of an instance, or of an image restored from one).
+	UserWritten bool      `db:"user_written"`
+	CreatedAt   time.Time `db:"created_at"`
+	UpdatedAt   time.Time `db:"updated_at"`
 }
 
 // BackupInput is what CreateBackup records; the backup starts running.
@@ -43,6 +46,9 @@ type BackupInput struct {
 	Path       string // may be set later by SetBackupDone
 	// Quota, if not zero, caps the backups: see BackupQuota.
 	Quota BackupQuota
+	// UserWritten is recorded as given for a backup of an image; a backup
+	// of an instance is always user-written.
+	UserWritten bool
 }
 
 // BackupFilter selects backups: zero fields match anything.
@@ -55,7 +61,7 @@ type BackupFilter struct {
 const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
 	coalesce(image_id, 0) as image_id, owner, status, coalesce(error, '') as error,
 	coalesce(path, '') as path, coalesce(size_bytes, 0) as size_bytes,
-	coalesce(sha256, '') as sha256, created_at, updated_at`
+	coalesce(sha256, '') as sha256, user_written, created_at, updated_at`
 
 // CreateBackup records a new running backup; a *QuotaError
 // (ErrQuotaExceeded) if in.Quota refuses it.
@@ -64,9 +70,9 @@ func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error
 	if owner == "" {
 		owner = "upload"
 	}
-	const insert = `insert into backups (instance_id, image_id, owner, path)
-		values ($1, $2, $3, $4) returning ` + backupColumns
-	args := []any{nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path)}
+	const insert = `insert into backups (instance_id, image_id, owner, path, user_written)
+		values ($1, $2, $3, $4, $5) returning ` + backupColumns
+	args := []any{nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path), in.UserWritten || in.InstanceID != 0}
 	if in.Quota == (BackupQuota{}) {
 		b, err := get[Backup](ctx, s, insert, args...)
 		return b, wrap(err, "create backup")

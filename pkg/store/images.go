@@ -30,8 +30,14 @@ type Image struct {
 	HasSourceURL        bool        `db:"has_source_url"`      // a pull's source_url is kept (sealed) until ready: ImageSourceURL
 	SourceURLRedacted   string      `db:"source_url_redacted"` // the source_url without its password, for the record
 	BackupID            int64       `db:"backup_id"`           // 0: none
-	CreatedAt           time.Time   `db:"created_at"`
-	UpdatedAt           time.Time   `db:"updated_at"`
+	// Anonymised: an anonymisation script ran and the scrub after it
+	// finished (set when the image is marked ready).
+	Anonymised bool `db:"anonymised"`
+	// UserWritten: the data may hold what an instance's user wrote (a
+	// restore of an instance's backup, or of a backup of such an image).
+	UserWritten bool      `db:"user_written"`
+	CreatedAt   time.Time `db:"created_at"`
+	UpdatedAt   time.Time `db:"updated_at"`
 }
 
 // ImageInput is what CreateImage records; the image starts pending.
@@ -42,6 +48,7 @@ type ImageInput struct {
 	SourceURL           string // stored sealed
 	SourceURLRedacted   string // SourceURL without its password
 	BackupID            int64  // 0: none
+	UserWritten         bool
 }
 
 const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
@@ -49,7 +56,7 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 	coalesce(anonymisation_script, '') as anonymisation_script,
 	source_url is not null as has_source_url,
 	coalesce(source_url_redacted, '') as source_url_redacted, coalesce(backup_id, 0) as backup_id,
-	created_at, updated_at`
+	anonymised, user_written, created_at, updated_at`
 
 // CreateImage records a new pending image, its source_url sealed.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
@@ -68,11 +75,11 @@ func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
 		id = &next
 	}
 	img, err := get[Image](ctx, s, `insert into images
-		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id)
-		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7)
+		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id, user_written)
+		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7, $8)
 		returning `+imageColumns,
 		id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
-		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID))
+		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID), in.UserWritten)
 	return img, wrap(err, "create image")
 }
 
@@ -114,12 +121,13 @@ func (s *Store) SetImageStatus(ctx context.Context, id int64, status ImageStatus
 }
 
 // MarkImageReady records a finalised image: ready, its PostgreSQL version
-// and size, no error, and no source_url any more (the pull is over; its
-// redacted form stays).
-func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64) error {
+// and size, whether it was anonymised, no error, and no source_url any
+// more (the pull is over; its redacted form stays).
+func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64, anonymised bool) error {
 	tag, err := s.pool.Exec(ctx, `update images
-		set status = 'ready', error = null, pg_version = $2, size_bytes = $3, source_url = null where id = $1`,
-		id, nullText(pgVersion), sizeBytes)
+		set status = 'ready', error = null, pg_version = $2, size_bytes = $3, anonymised = $4, source_url = null
+		where id = $1`,
+		id, nullText(pgVersion), sizeBytes, anonymised)
 	return affected(tag, err, "mark image %d ready", id)
 }
 

@@ -209,9 +209,12 @@ func TestImages(t *testing.T) {
 	if got.Status != ImageFailed || got.Error != "disk full" || got.UpdatedAt.Before(img.UpdatedAt) {
 		t.Fatalf("after failing: %+v", got)
 	}
-	check(t, s.MarkImageReady(ctx, img.ID, "15.4", 1<<30))
+	if got.Anonymised || got.UserWritten {
+		t.Fatalf("a new image from an upload: anonymised %v, user-written %v; want neither", got.Anonymised, got.UserWritten)
+	}
+	check(t, s.MarkImageReady(ctx, img.ID, "15.4", 1<<30, true))
 	got = must[Image](t)(s.GetImage(ctx, img.ID))
-	if got.Status != ImageReady || got.Error != "" || got.PGVersion != "15.4" || got.SizeBytes != 1<<30 {
+	if got.Status != ImageReady || got.Error != "" || got.PGVersion != "15.4" || got.SizeBytes != 1<<30 || !got.Anonymised {
 		t.Fatalf("after ready: %+v", got)
 	}
 	// The pull is over: the source_url goes, its redacted form stays.
@@ -220,6 +223,11 @@ func TestImages(t *testing.T) {
 	}
 	wantErr(t, s.SetImageStatus(ctx, img.ID, "bogus", ""), ErrInvalid)
 
+	restored := must[Image](t)(s.CreateImage(ctx, ImageInput{BackedUpAt: backedUp, BackupID: 7, UserWritten: true}))
+	if got := must[Image](t)(s.GetImage(ctx, restored.ID)); !got.UserWritten || got.Anonymised {
+		t.Fatalf("an image restored from an instance's backup: %+v; want user-written, not anonymised", got)
+	}
+	check(t, s.DeleteImage(ctx, restored.ID))
 	second := newImage(t, s, "")
 	imgs := must[[]Image](t)(s.ListImages(ctx))
 	if len(imgs) != 2 || imgs[0].ID != second.ID || imgs[1].ID != img.ID {
@@ -231,7 +239,7 @@ func TestImages(t *testing.T) {
 	wantErr(t, err, ErrNotFound)
 	wantErr(t, s.DeleteImage(ctx, img.ID), ErrNotFound)
 	wantErr(t, s.SetImageStatus(ctx, img.ID, ImageReady, ""), ErrNotFound)
-	wantErr(t, s.MarkImageReady(ctx, img.ID, "15", 1), ErrNotFound)
+	wantErr(t, s.MarkImageReady(ctx, img.ID, "15", 1, false), ErrNotFound)
 }
 
 func TestInstances(t *testing.T) {
@@ -494,6 +502,12 @@ func TestBackups(t *testing.T) {
 		t.Fatalf("created %+v", b)
 	}
 	img := must[Backup](t)(s.CreateBackup(ctx, BackupInput{ImageID: 3, Path: "/backups/3.tar"}))
+	tainted := must[Backup](t)(s.CreateBackup(ctx, BackupInput{ImageID: 4, UserWritten: true}))
+	if !b.UserWritten || img.UserWritten || !tainted.UserWritten {
+		t.Fatalf("user-written: of an instance %v, of an upload's image %v, of a restored instance's image %v; want true, false, true",
+			b.UserWritten, img.UserWritten, tainted.UserWritten)
+	}
+	check(t, s.DeleteBackup(ctx, tainted.ID))
 	_, err := s.CreateBackup(ctx, BackupInput{InstanceID: 1, ImageID: 1})
 	wantErr(t, err, ErrInvalid)
 	_, err = s.CreateBackup(ctx, BackupInput{})

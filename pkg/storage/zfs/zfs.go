@@ -177,7 +177,14 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 	if err := unmount(ds); err != nil {
 		return storage.Entry{}, fmt.Errorf("unmounting volume: %w", classify(err, volume))
 	}
-	frozen, err := ds.Rename(d.image(image), false, false)
+	// zfs-fuse can call a dataset busy for a moment after its unmount
+	// too, when much was freed on it just before.
+	var frozen *gozfs.Dataset
+	err = retryBusy(func() error {
+		var err error
+		frozen, err = ds.Rename(d.image(image), false, false)
+		return err
+	})
 	if err != nil {
 		return storage.Entry{}, fmt.Errorf("renaming volume into image: %w", classify(err, image))
 	}
