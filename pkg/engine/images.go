@@ -514,7 +514,7 @@ func (e *Engine) extract(ctx context.Context, archive *os.File, dir string) erro
 	if err != nil {
 		return err
 	}
-	reserve := e.extractReserve(capacity.TotalBytes)
+	reserve := extractReserve(capacity.TotalBytes)
 	limits := ingest.Limits{MaxBytes: capacity.FreeBytes - reserve, MaxEntries: ingest.DefaultMaxEntries}
 	if limits.MaxBytes <= 0 {
 		return fmt.Errorf("%w: the filesystem has %s free, less than the %s kept for the instances; free some (destroy instances, images or backups) and finalise again",
@@ -532,13 +532,12 @@ func (e *Engine) extract(ctx context.Context, archive *os.File, dir string) erro
 }
 
 // extractReserve is the disk an extraction leaves free, of a filesystem
-// of total bytes, for the instances to write into: the configured disk
-// reserve (limits.disk_reserve), or with none 5 %, and at least 1 GiB (a
-// quarter of a filesystem under 4 GiB).
-func (e *Engine) extractReserve(total int64) int64 {
-	if !e.opts.Limits.DiskReserve.IsZero() {
-		return e.opts.Limits.DiskReserve.Of(total)
-	}
+// of total bytes, for the instances to write into: 5 %, and at least
+// 1 GiB (a quarter of a filesystem under 4 GiB). It bounds what an archive
+// may claim whatever limits.disk_reserve says; the configured reserve is
+// enforced beside it while the extraction runs (guardReserve), with its
+// own 503 naming it.
+func extractReserve(total int64) int64 {
 	return max(total/20, min(1<<30, total/4))
 }
 
@@ -635,8 +634,13 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return false, err
 	}
 	const port = 5432 // only names the socket file
+	prepared, err := postgres.PreparedTransactionsSetting(ctx, binDir, dataDir)
+	if err != nil {
+		return false, err
+	}
 	settings := postgres.Settings{Port: port, ListenAddresses: "", SocketDir: sock,
-		SharedBuffers: e.opts.SharedBuffers, ClusterName: ImageVolume(img.ID), Clone: true}
+		SharedBuffers: e.opts.SharedBuffers, ClusterName: ImageVolume(img.ID), Clone: true,
+		PreparedTransactions: prepared}
 	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
 		return false, err
 	}
@@ -659,14 +663,15 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if err := grantClientRole(ctx, url); err != nil {
 		return false, err
 	}
+	// The source's prepared transactions are its work in flight: they
+	// would hold their locks and row versions through the script, and no
+	// clone (max_prepared_transactions = 0) could start with them.
+	if err := rollBackPrepared(ctx, url); err != nil {
+		return false, fmt.Errorf("rolling back the source's prepared transactions: %w", err)
+	}
 	script := img.AnonymisationScript != ""
 	scrub := script && !e.opts.skipScrub
 	if script {
-		// The source's prepared transactions would hold their locks and
-		// row versions through the script.
-		if err := rollBackPrepared(ctx, url); err != nil {
-			return false, fmt.Errorf("before the anonymisation script: %w", err)
-		}
 		if err := e.anonymise(ctx, img.ID, binDir, sock, port, img.AnonymisationScript); err != nil {
 			return false, err
 		}
