@@ -756,6 +756,14 @@ func grantClientRole(ctx context.Context, superuserURL string) error {
 		if err != nil {
 			return err
 		}
+		if untrusted, err := postgres.UntrustedLibraries(ctx, dbConn); err != nil || len(untrusted) > 0 {
+			dbConn.Close(ctx)
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("database %s has C functions whose library is not one of the server's own, which sindri does not serve (a client's call would load the file as the postgres OS user): %s; drop them, or install their extension and name its library as $libdir/NAME",
+				db, strings.Join(untrusted, "; "))
+		}
 		err = withoutAlwaysEventTriggers(ctx, dbConn, func() error { return grantInDatabase(ctx, dbConn, role) })
 		dbConn.Close(ctx)
 		if err != nil {
