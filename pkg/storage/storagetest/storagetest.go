@@ -674,3 +674,25 @@ func Bench(b *testing.B, factory Factory) {
 		}
 	})
 }
+
+// BenchGet measures Get of one clone with each number of volumes present
+// (clones of one image), so that a lookup's cost can be seen not to grow
+// with the number of volumes.
+func BenchGet(b *testing.B, factory Factory, sizes ...int) {
+	d, _ := factory(b, smallFS)
+	makeImage(b, d, "image-1", map[string][]byte{"PG_VERSION": []byte("15\n")})
+	made := 0
+	for _, n := range sizes {
+		for ; made < n; made++ {
+			mustClone(b, d, "image-1", fmt.Sprintf("instance-%d", made))
+		}
+		b.Run(fmt.Sprintf("volumes=%d", n), func(b *testing.B) {
+			name := fmt.Sprintf("instance-%d", n/2)
+			for b.Loop() {
+				if _, err := d.Get(ctx, name); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
