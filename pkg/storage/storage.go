@@ -86,9 +86,13 @@ type Driver interface {
 	Snapshot(ctx context.Context, source, image string) (Entry, error)
 	// Destroy removes a volume, or an image that has no clones.
 	Destroy(ctx context.Context, name string) error
-	// Get returns one entry.
+	// Get returns one entry. It costs the same however many entries
+	// exist, and a name destroyed while it runs is ErrNotFound or the
+	// entry as it was, never another error.
 	Get(ctx context.Context, name string) (Entry, error)
-	// List returns every volume and image, sorted by name.
+	// List returns every volume and image, sorted by name. An entry made
+	// or destroyed while it runs may be listed or not, but never makes it
+	// fail.
 	List(ctx context.Context) ([]Entry, error)
 	// ExclusiveBytes is the disk an entry holds that nothing else shares:
 	// for a clone, what was written into it since the clone. On ZFS it

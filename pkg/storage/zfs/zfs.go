@@ -334,17 +334,11 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if kind == storage.KindImage {
-		entries, err := d.list()
-		if err != nil {
-			return err
-		}
-		if err := storage.RefuseIfCloned(entries, name); err != nil {
-			return err
-		}
-	}
 	// Recursive: an image's @frozen snapshot, or the snapshot a cut-short
-	// freeze left on a volume, goes with it.
+	// freeze left on a volume, goes with it. Not -R: while a clone of one
+	// of those snapshots exists, zfs itself refuses, before it unmounts
+	// anything, that it "has dependent clones" (ErrHasClones), which
+	// spares a listing of every dataset.
 	err = retryBusy(func() error { return ds.Destroy(gozfs.DestroyRecursive | gozfs.DestroyForceUmount) })
 	if err != nil {
 		return fmt.Errorf("destroying %s: %w", kind, classify(err, name))
