@@ -1,8 +1,3 @@
-// Package engine is the one place that knows the order of things: it
-// records each step's intent in the store before it touches volumes or
-// processes, holds a lock per instance while it works on one, undoes what
-// a failed step left, and reconciles store, volumes and postmasters after a
-// crash or on a timer.
 package engine
 
 import (
