@@ -87,9 +87,7 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 	go func() {
 		defer close(run.done)
 		defer cancel()
-		if e.opts.BackupSnapshotted != nil {
-			e.opts.BackupSnapshotted(b.ID)
-		}
+		e.backupSnapshotted(b.ID)
 		e.writeBackup(runCtx, b.ID, snap)
 		e.mu.Lock()
 		delete(e.backups, b.ID)

@@ -3,10 +3,8 @@ package engine
 import (
 	"context"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
@@ -74,18 +72,9 @@ type Options struct {
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
 	ObserveInstanceReady func(time.Duration)
 
-	// BackupSnapshotted, if set, is called by a backup's writer between
-	// the snapshot and the archive: tests hold a backup there.
-	BackupSnapshotted func(backupID int64)
-
-	// CrashAt names a step of CreateInstance at which the process kills
-	// itself with SIGKILL: a fault tests cannot cause otherwise.
-	CrashAt string
-
-	// skipScrub leaves out the scrub after an anonymisation script (the
-	// image is then not marked anonymised): only a benchmark sets it, to
-	// measure what the scrub costs.
-	skipScrub bool
+	// hooks are where the package's tests act on an operation under way
+	// (hooks.go); production code cannot set them.
+	hooks hooks
 }
 
 // Engine runs instances' lifecycles.
@@ -210,15 +199,4 @@ func (e *Engine) now() time.Time {
 		return e.opts.Now()
 	}
 	return time.Now()
-}
-
-// step is where CreateInstance records progress; a test can make the
-// process die there.
-func (e *Engine) step(name string, id int64) {
-	e.log.Debug("engine: step", "step", name, "instance_id", id)
-	if e.opts.CrashAt == name {
-		e.log.Warn("engine: crashing on purpose", "step", name, "instance_id", id)
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
-	}
 }

@@ -369,7 +369,7 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		return false, err
 	}
 	script := img.AnonymisationScript != ""
-	scrub := script && !e.opts.skipScrub
+	scrub := script && !e.opts.hooks.skipScrub
 	if script {
 		// The source's prepared transactions would hold their locks and
 		// row versions through the script.

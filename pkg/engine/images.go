@@ -127,10 +127,6 @@ func (e *Engine) getImageOr(ctx context.Context, id int64, fallback store.Image)
 	return fallback
 }
 
-// ImageDestroySteps are DestroyImage's steps after its intent is
-// recorded, for crash tests.
-var ImageDestroySteps = []string{"image-destroy-recorded", "image-instances-destroyed"}
-
 // DestroyImage destroys an image, its upload and its record. While it has
 // instances it is refused, unless force, which destroys them first. The
 // image is marked destroying before anything goes: no instance is cloned

@@ -18,9 +18,6 @@ import (
 // PasswordRole is the role an instance's database_url logs in as.
 const PasswordRole = "sindri"
 
-// CreateSteps are CreateInstance's steps in order, for crash tests.
-var CreateSteps = []string{"recorded", "credentials", "port", "cloned", "configured", "started", "ready"}
-
 // InstanceRequest is what a caller asks for.
 type InstanceRequest struct {
 	ImageID   int64
