@@ -292,11 +292,11 @@ func linkBackup(src *os.File, dir string) error {
 	return out.Close()
 }
 
-// backupPins tells whether a backup being written pins the volume: on ZFS
-// its snapshot does, until the backup is written; a BTRFS snapshot does
-// not.
+// backupPins tells whether a backup being written pins the volume: its
+// snapshot does, until the backup is written, on a driver whose snapshots
+// pin their source (storage.Capabilities).
 func (e *Engine) backupPins(volume string) bool {
-	if e.opts.Storage.Name() != "zfs" {
+	if !e.opts.Storage.Capabilities().SnapshotPinsSource {
 		return false
 	}
 	e.mu.Lock()
@@ -309,8 +309,9 @@ func (e *Engine) backupPins(volume string) bool {
 	return false
 }
 
-// backupReads tells whether a backup's snapshot was cloned from image, as
-// on ZFS, where it then pins the image.
+// backupReads tells whether a backup's snapshot lists image as its origin,
+// as on a driver whose snapshots pin their source, where it then pins the
+// image.
 func (e *Engine) backupReads(ctx context.Context, image string) bool {
 	entries, err := e.opts.Storage.List(ctx)
 	if err != nil {

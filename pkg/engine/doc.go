@@ -57,8 +57,9 @@
 //     DestroyImage destroys its instances first (force), then image-N and
 //     upload-N (each only if its volume record is the image's), then the
 //     upload directory, then the row. A backup whose snapshot pins the image
-//     (on ZFS) refuses the destroy with
-//     ErrBackupRunning, and DestroyImage gives the image its status back.
+//     (storage.Capabilities.SnapshotPinsSource, as on ZFS) refuses the
+//     destroy with ErrBackupRunning, and DestroyImage gives the image its
+//     status back.
 //     Reconcile, at every run, finishes a destroy that a crash or a failure
 //     cut short.
 //

@@ -314,9 +314,9 @@ func (e *Engine) teardown(ctx context.Context, id int64) error {
 		return err
 	}
 	if err := e.opts.Storage.Destroy(ctx, name); errors.Is(err, storage.ErrHasClones) {
-		// On ZFS a backup's snapshot pins the volume while the backup is
-		// written; the volume, stopped and unreferenced, is then an orphan
-		// that reconcile removes.
+		// Where snapshots pin their source (ZFS), a backup's snapshot pins
+		// the volume while the backup is written; the volume, stopped and
+		// unreferenced, is then an orphan that reconcile removes.
 		e.log.Info("engine: volume kept until its backup is written", "volume", name)
 	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("destroying volume %s: %w", name, err)

@@ -82,6 +82,12 @@ func IsBtrfs(path string) error {
 
 func (d *Driver) Name() string { return "btrfs" }
 
+// Capabilities: a Snapshot is a subvolume of its own, which destroying its
+// source leaves whole, so it pins nothing.
+func (d *Driver) Capabilities() storage.Capabilities {
+	return storage.Capabilities{SnapshotPinsSource: false}
+}
+
 func (d *Driver) volumePath(name string) string { return filepath.Join(d.root, volumesDir, name) }
 func (d *Driver) imagePath(name string) string  { return filepath.Join(d.root, imagesDir, name) }
 

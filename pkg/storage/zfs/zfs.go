@@ -74,6 +74,12 @@ func New(parent string) (*Driver, error) {
 
 func (d *Driver) Name() string { return "zfs" }
 
+// Capabilities: a Snapshot is a clone of a ZFS snapshot of its source,
+// which ZFS does not destroy while the clone exists, so it pins the source.
+func (d *Driver) Capabilities() storage.Capabilities {
+	return storage.Capabilities{SnapshotPinsSource: true}
+}
+
 func (d *Driver) volumes() string              { return d.parent + "/" + volumesDataset }
 func (d *Driver) images() string               { return d.parent + "/" + imagesDataset }
 func (d *Driver) volume(name string) string    { return d.volumes() + "/" + name }
