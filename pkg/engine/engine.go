@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
@@ -81,8 +82,8 @@ type Options struct {
 type Engine struct {
 	opts       Options
 	log        *slog.Logger
-	locks      keyedMutex // per instance
-	imageLocks keyedMutex // per image
+	locks      keyedmutex.Map[int64] // per instance
+	imageLocks keyedmutex.Map[int64] // per image
 
 	mu         sync.Mutex
 	watched    map[int64]*watch

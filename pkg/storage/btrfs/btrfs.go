@@ -26,6 +26,7 @@ import (
 	cbtrfs "github.com/containerd/btrfs/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -37,7 +38,7 @@ const (
 // Driver implements storage.Driver on a directory of a BTRFS filesystem.
 type Driver struct {
 	root  string
-	locks storage.NameLocks
+	locks keyedmutex.Map[string]
 }
 
 var _ storage.Driver = (*Driver)(nil)

@@ -26,6 +26,7 @@ import (
 
 	gozfs "github.com/mistifyio/go-zfs/v3"
 
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -45,7 +46,7 @@ const (
 // Driver implements storage.Driver on a parent ZFS dataset.
 type Driver struct {
 	parent string
-	locks  storage.NameLocks
+	locks  keyedmutex.Map[string]
 }
 
 var _ storage.Driver = (*Driver)(nil)
