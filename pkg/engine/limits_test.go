@@ -198,7 +198,7 @@ func TestBackupLimits(t *testing.T) {
 	w := newWorld(t, 5)
 	hold := make(chan struct{})
 	opts := w.options()
-	opts.BackupSnapshotted = func(int64) { <-hold }
+	opts = engine.WithBackupSnapshotted(opts, func(int64) { <-hold })
 	opts.Limits = engine.Limits{RunningBackupsPerUser: 1, RunningBackups: 2, BackupsTotal: engine.Amount{Bytes: 1}}
 	e := engine.New(opts)
 	backup := func(owner string) (store.Backup, error) {

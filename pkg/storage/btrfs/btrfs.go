@@ -34,6 +34,7 @@ import (
 	cbtrfs "github.com/containerd/btrfs/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -45,7 +46,7 @@ const (
 // Driver implements storage.Driver on a directory of a BTRFS filesystem.
 type Driver struct {
 	root  string
-	locks storage.NameLocks
+	locks keyedmutex.Map[string]
 	// Where the entries of each kind are linked: the subvolume holding the
 	// volumes/ or images/ directory and that directory's inode number, as
 	// a subvolume's record names them.
@@ -108,6 +109,12 @@ func IsBtrfs(path string) error {
 }
 
 func (d *Driver) Name() string { return "btrfs" }
+
+// Capabilities: a Snapshot is a subvolume of its own, which destroying its
+// source leaves whole, so it pins nothing.
+func (d *Driver) Capabilities() storage.Capabilities {
+	return storage.Capabilities{SnapshotPinsSource: false}
+}
 
 func (d *Driver) volumePath(name string) string { return filepath.Join(d.root, volumesDir, name) }
 func (d *Driver) imagePath(name string) string  { return filepath.Join(d.root, imagesDir, name) }

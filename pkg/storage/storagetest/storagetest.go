@@ -46,6 +46,7 @@ func Run(t *testing.T, factory Factory) {
 		{"FreezeConsumesVolume", testFreezeConsumesVolume},
 		{"DestroyCloneLeavesImageAndSiblings", testDestroyCloneLeavesImageAndSiblings},
 		{"DestroyImageWithClonesRefused", testDestroyImageWithClonesRefused},
+		{"SnapshotPinsSourceAsDeclared", testSnapshotPinsSourceAsDeclared},
 		{"ClassifiedErrors", testClassifiedErrors},
 		{"InvalidNamesRejected", testInvalidNamesRejected},
 		{"ReopenListsWhatExists", testReopenListsWhatExists},
@@ -306,6 +307,58 @@ func testSnapshotIsAPointInTimeCopy(t *testing.T, factory Factory) {
 	}
 	if err := d.Destroy(ctx, "image-1"); err != nil {
 		t.Fatalf("Destroy of the image once its snapshot and clone are gone: %v", err)
+	}
+	if got := names(t, d); len(got) != 0 {
+		t.Errorf("left after destroying everything: %v", got)
+	}
+}
+
+// testSnapshotPinsSourceAsDeclared holds the driver to its
+// Capabilities().SnapshotPinsSource, for a snapshot of a volume and of an
+// image: declared, Destroy of the source is refused with ErrHasClones
+// while the snapshot exists, and succeeds once it is gone; not declared,
+// the source can be destroyed at once. Either way the snapshot stays whole.
+func testSnapshotPinsSourceAsDeclared(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	pins := d.Capabilities().SnapshotPinsSource
+	makeImage(t, d, "image-1", fixture)
+	c := mustClone(t, d, "image-1", "instance-1")
+	writeFiles(t, c.Path, map[string][]byte{"base/1/1259": []byte("written in the clone")})
+	cloneDigest := digest(t, c.Path)
+
+	for _, tc := range []struct {
+		source, snapshot string
+		want             map[string][32]byte
+	}{
+		// The volume first: while it exists its image has a clone, and
+		// could not be destroyed whatever the snapshot does.
+		{"instance-1", "backup-1", cloneDigest},
+		{"image-1", "backup-2", fixtureDigest()},
+	} {
+		snap, err := d.Snapshot(ctx, tc.source, tc.snapshot)
+		if err != nil {
+			t.Fatalf("Snapshot(%s): %v", tc.source, err)
+		}
+		err = d.Destroy(ctx, tc.source)
+		switch {
+		case pins && !errors.Is(err, storage.ErrHasClones):
+			t.Fatalf("the driver declares that a snapshot pins its source, but Destroy(%s) while %s exists: %v, want ErrHasClones",
+				tc.source, tc.snapshot, err)
+		case !pins && err != nil:
+			t.Fatalf("the driver declares that a snapshot does not pin its source, but Destroy(%s) while %s exists: %v",
+				tc.source, tc.snapshot, err)
+		}
+		if got := digest(t, snap.Path); !sameDigest(got, tc.want) {
+			t.Errorf("%s changed when its source %s was destroyed, or refused", tc.snapshot, tc.source)
+		}
+		if err := d.Destroy(ctx, tc.snapshot); err != nil {
+			t.Fatalf("Destroy(%s): %v", tc.snapshot, err)
+		}
+		if pins {
+			if err := d.Destroy(ctx, tc.source); err != nil {
+				t.Fatalf("Destroy(%s) once its snapshot %s is gone: %v", tc.source, tc.snapshot, err)
+			}
+		}
 	}
 	if got := names(t, d); len(got) != 0 {
 		t.Errorf("left after destroying everything: %v", got)
