@@ -2,7 +2,7 @@
 // contract, api.md): a gorilla/mux router wrapped in the API's middleware
 // (request ids, access log, panic recovery, the Draupnir-Version header,
 // authentication, body limits), error rendering (Error, WriteError,
-// RegisterClass, RegisterPublicClass), request decoding (DecodeJSON, DecodeResource, ParseID,
+// RegisterClass, RegisterPublicClass, RegisterRetryClass), request decoding (DecodeJSON, DecodeResource, ParseID,
 // PathID, ID), JSON:API rendering with google/jsonapi (WriteResource,
 // WriteResources) and downloads (ServeContent). Resource handlers are
 // registered on Server.Router().
@@ -39,4 +39,10 @@
 // global count or size) or 503 no_disk_space (the disk reserve), with a
 // detail that names the limit's key and the current figure; GET /status
 // shows each limit and its use under the attribute limits.
+//
+// While the metadata database is out of reach (store.ErrUnavailable: its
+// leader changing in a failover, or down), every request that needs it is
+// answered 503 metadata_unavailable with Retry-After: 2, and may be sent
+// again as it is: whatever it began is finished or undone by the engine.
+// GET /health_check does not need it and keeps answering.
 package api

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/sindri-db/sindri/pkg/api/wire"
 	"github.com/sindri-db/sindri/pkg/version"
@@ -29,6 +32,7 @@ const (
 	CodeNoFreePort              = "no_free_port"
 	CodeNoDiskSpace             = "no_disk_space"
 	CodeQuotaExceeded           = "quota_exceeded"
+	CodeMetadataUnavailable     = "metadata_unavailable"
 	CodeInternalServerError     = "internal_server_error"
 )
 
@@ -60,6 +64,9 @@ type Error struct {
 	// Draupnir's own error for this case, where Code alone does not tell
 	// (see WithDraupnir).
 	Draupnir *wire.DraupnirError
+	// RetryAfter, when set, is sent as the Retry-After header (in whole
+	// seconds): the request may be sent again as it is after that long.
+	RetryAfter time.Duration
 }
 
 // ErrorSource is JSON:API's source member of an error.
@@ -195,11 +202,13 @@ func InternalServerError(requestID string) *Error {
 }
 
 type errorClass struct {
-	target error
-	status int
-	code   string
-	title  string
-	public bool // the error's message is the detail, even for a 5xx
+	target     error
+	status     int
+	code       string
+	title      string
+	public     bool          // the error's message is the detail, even for a 5xx
+	detail     string        // a fixed detail instead of the message, if set
+	retryAfter time.Duration // the Retry-After header, if set
 }
 
 var classes struct {
@@ -229,18 +238,43 @@ func RegisterPublicClass(target error, status int, code, title string) {
 	registerClass(target, status, code, title, true)
 }
 
+// RegisterRetryClass makes WriteError render every error e with
+// errors.Is(e, target) as 503 code/title with a fixed detail written for
+// the client (e, which may name internals, is logged) and a Retry-After
+// header of retryAfter: something sindrid depends on is out of reach for
+// a while, and the request may be sent again as it is. For example, the
+// metadata database while its leader changes:
+//
+//	api.RegisterRetryClass(store.ErrUnavailable, api.CodeMetadataUnavailable, "Metadata store unavailable", "…", 2*time.Second)
+func RegisterRetryClass(target error, code, title, detail string, retryAfter time.Duration) {
+	if detail == "" || retryAfter <= 0 {
+		panic(fmt.Sprintf("api.RegisterRetryClass(%v, %q): a detail and a positive Retry-After are required", target, code))
+	}
+	c := newClass(target, http.StatusServiceUnavailable, code, title, false)
+	c.detail, c.retryAfter = detail, retryAfter
+	add(c)
+}
+
 func registerClass(target error, status int, code, title string, public bool) {
+	add(newClass(target, status, code, title, public))
+}
+
+func newClass(target error, status int, code, title string, public bool) errorClass {
 	if target == nil || status < 400 || status > 599 || code == "" {
 		panic(fmt.Sprintf("api.RegisterClass(%v, %d, %q): bad class", target, status, code))
 	}
 	if title == "" {
 		title = http.StatusText(status)
 	}
-	c := errorClass{target: target, status: status, code: code, title: title, public: public}
+	return errorClass{target: target, status: status, code: code, title: title, public: public}
+}
+
+// add registers c, replacing the class of the same target.
+func add(c errorClass) {
 	classes.Lock()
 	defer classes.Unlock()
 	for i := range classes.list {
-		if classes.list[i].target == target {
+		if classes.list[i].target == c.target {
 			classes.list[i] = c
 			return
 		}
@@ -269,9 +303,12 @@ func AsError(err error, requestID string) (e *Error, internal bool) {
 	defer classes.RUnlock()
 	for _, c := range classes.list {
 		if errors.Is(err, c.target) {
-			e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error()}
+			e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error(), RetryAfter: c.retryAfter}
 			if c.status >= 500 && !c.public {
 				e.Detail = c.title
+				if c.detail != "" {
+					e.Detail = c.detail
+				}
 				if requestID != "" {
 					e.Detail += "; request id " + requestID
 				}
@@ -312,6 +349,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sindri"`)
+	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
 	wire.WriteError(w, wire.FormatOf(r), e.wire())
 }

@@ -42,6 +42,12 @@ func init() {
 	// text) or a duplicate: the request's fault, not the server's.
 	RegisterClass(store.ErrInvalid, http.StatusBadRequest, CodeBadRequest, "Invalid value")
 	RegisterClass(store.ErrConflict, http.StatusConflict, CodeConflict, "Conflict with an existing resource")
+	// The metadata database out of reach, as while its leader changes:
+	// whatever the request began is finished or undone by sindri.
+	RegisterRetryClass(store.ErrUnavailable, CodeMetadataUnavailable, "Metadata store unavailable",
+		"sindri's metadata database cannot be reached or is changing leader, so the request did not complete; "+
+			"whatever it began is finished or undone by sindri: send it again in a few seconds",
+		2*time.Second)
 }
 
 // Image is the images resource.
