@@ -7,10 +7,10 @@ import (
 	"math"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/api/wire"
+	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/version"
 )
 
@@ -39,14 +39,14 @@ const (
 // ErrUnauthorized is the sentinel an Options.Authenticate function returns
 // (or wraps) when the request carries no valid credential; it is rendered as
 // 401 unauthorized. Any other error from Authenticate goes through WriteError
-// like a handler's error (an *Error as is, a registered class, else a 500),
+// like a handler's error (an *Error as is, an engine class, else a 500),
 // so that a broken token store is not reported as a bad token.
 var ErrUnauthorized = errors.New("unauthorized")
 
 const unauthorizedDetail = "missing or invalid bearer token in the Authorization header"
 
-// Error is an error that knows its rendering. Handlers return (or pass to
-// WriteError) an *Error when they know the status and code; Detail is shown
+// Error is an error that knows its rendering. Handlers return an *Error
+// when they know the status and code (a malformed body, a bad parameter); Detail is shown
 // to the client verbatim, so it must not hold internals. WriteError renders
 // it in the request's wire format (package wire): a JSON:API error document
 // for API 5.4, Draupnir's bare error object for a Draupnir client, which
@@ -201,94 +201,82 @@ func InternalServerError(requestID string) *Error {
 	return NewError(http.StatusInternalServerError, CodeInternalServerError, "Internal server error", detail)
 }
 
+// errorClass is a row of the error table.
 type errorClass struct {
-	target     error
-	status     int
-	code       string
-	title      string
-	public     bool          // the error's message is the detail, even for a 5xx
-	detail     string        // a fixed detail instead of the message, if set
-	retryAfter time.Duration // the Retry-After header, if set
+	class  error
+	status int
+	code   string
+	title  string
+	// public: the error's message is written for the client and holds no
+	// internals, so a 5xx shows it as the detail too.
+	public bool
+	// detail, if set, is a 5xx's detail instead of its title: written for
+	// the client, it says what to do.
+	detail string
+	// retryAfter, if set, is sent as the Retry-After header: the request
+	// may be sent again as it is after that long.
+	retryAfter time.Duration
 }
 
-var classes struct {
-	sync.RWMutex
-	list []errorClass
-}
-
-// RegisterClass makes WriteError render every error e with
-// errors.Is(e, target) as status/code/title, for example
-//
-//	api.RegisterClass(engine.ErrNotFound, 404, api.CodeNotFound, "Resource not found")
-//
-// For a 4xx class the detail is e.Error() (the wrapped message, e.g.
-// "image 3: not found"); for a 5xx class the detail is the title only and
-// e is logged, since a 5xx must not leak internals. Classes are tried in
-// registration order; registering the same target again replaces its
-// class. It panics on a nil target or a status outside 400-599.
-func RegisterClass(target error, status int, code, title string) {
-	registerClass(target, status, code, title, false)
-}
-
-// RegisterPublicClass is RegisterClass for errors whose messages are
-// written for the client and hold no internals, so that a 5xx of the class
-// shows e.Error() as its detail too: for example a refusal for want of
-// disk space that names the reserve and the free bytes.
-func RegisterPublicClass(target error, status int, code, title string) {
-	registerClass(target, status, code, title, true)
-}
-
-// RegisterRetryClass makes WriteError render every error e with
-// errors.Is(e, target) as 503 code/title with a fixed detail written for
-// the client (e, which may name internals, is logged) and a Retry-After
-// header of retryAfter: something sindrid depends on is out of reach for
-// a while, and the request may be sent again as it is. For example, the
-// metadata database while its leader changes:
-//
-//	api.RegisterRetryClass(store.ErrUnavailable, api.CodeMetadataUnavailable, "Metadata store unavailable", "…", 2*time.Second)
-func RegisterRetryClass(target error, code, title, detail string, retryAfter time.Duration) {
-	if detail == "" || retryAfter <= 0 {
-		panic(fmt.Sprintf("api.RegisterRetryClass(%v, %q): a detail and a positive Retry-After are required", target, code))
-	}
-	c := newClass(target, http.StatusServiceUnavailable, code, title, false)
-	c.detail, c.retryAfter = detail, retryAfter
-	add(c)
-}
-
-func registerClass(target error, status int, code, title string, public bool) {
-	add(newClass(target, status, code, title, public))
-}
-
-func newClass(target error, status int, code, title string, public bool) errorClass {
-	if target == nil || status < 400 || status > 599 || code == "" {
-		panic(fmt.Sprintf("api.RegisterClass(%v, %d, %q): bad class", target, status, code))
-	}
-	if title == "" {
-		title = http.StatusText(status)
-	}
-	return errorClass{target: target, status: status, code: code, title: title, public: public}
-}
-
-// add registers c, replacing the class of the same target.
-func add(c errorClass) {
-	classes.Lock()
-	defer classes.Unlock()
-	for i := range classes.list {
-		if classes.list[i].target == c.target {
-			classes.list[i] = c
-			return
-		}
-	}
-	classes.list = append(classes.list, c)
+// errorClasses is the one table of the API's errors: each of the engine's
+// classes (pkg/engine/errors.go; the engine gives the store's, the
+// storage's and Postgres's errors these classes before they reach a
+// handler) with its status, code and title. AsError takes the first row
+// whose class the error is (errors.Is), so an error of two classes is the
+// earlier row's. A 4xx shows the error's message as the detail (the
+// engine writes it for the client: "there is no image 3"); a 5xx shows
+// its title and the request id and the error is logged, unless the row is
+// public.
+var errorClasses = []errorClass{
+	{class: engine.ErrBackupNotDone, status: http.StatusConflict, code: "backup_not_done", title: "Backup not done"},
+	{class: engine.ErrBackupRunning, status: http.StatusConflict, code: "backup_running", title: "A backup is being written"},
+	{class: engine.ErrNotBackupReady, status: http.StatusConflict, code: "instance_busy", title: "Instance cannot be backed up now"},
+	{class: engine.ErrNotFound, status: http.StatusNotFound, code: CodeNotFound, title: "Resource not found"},
+	{class: engine.ErrForbidden, status: http.StatusForbidden, code: CodeForbidden, title: "Forbidden"},
+	{class: engine.ErrImageNotReady, status: http.StatusUnprocessableEntity, code: CodeImageNotReady, title: "Image not ready"},
+	{class: engine.ErrImageHasInstances, status: http.StatusUnprocessableEntity, code: CodeImageHasInstances, title: "Image has instances"},
+	{class: engine.ErrFinaliseFailed, status: http.StatusUnprocessableEntity, code: CodeImageFinaliseFailed, title: "Image finalise failed"},
+	{class: engine.ErrImageNotPending, status: http.StatusConflict, code: "image_not_pending", title: "Image does not accept uploads"},
+	{class: engine.ErrUploadInterrupted, status: http.StatusBadRequest, code: CodeBadRequest, title: "Upload interrupted"},
+	{class: engine.ErrNoPort, status: http.StatusServiceUnavailable, code: CodeNoFreePort, title: "No free port"},
+	{class: engine.ErrDiskFull, status: http.StatusServiceUnavailable, code: CodeNoDiskSpace, title: "No disk space"},
+	// The [limits]: their messages name the limit and the figure.
+	{class: engine.ErrQuotaExceeded, status: http.StatusTooManyRequests, code: CodeQuotaExceeded, title: "Quota exceeded"},
+	{class: engine.ErrNoDiskSpace, status: http.StatusServiceUnavailable, code: CodeNoDiskSpace, title: "No disk space", public: true},
+	{class: engine.ErrTTLTooLong, status: http.StatusBadRequest, code: CodeBadRequest, title: "Bad request"},
+	{class: engine.ErrInvalid, status: http.StatusBadRequest, code: CodeBadRequest, title: "Bad request"},
+	{class: engine.ErrPGVersionMissing, status: http.StatusUnprocessableEntity, code: "pg_version_not_installed", title: "PostgreSQL version not installed"},
+	{class: engine.ErrNotItsVolume, status: http.StatusConflict, code: "volume_mismatch", title: "The volume on disk is not this resource's"},
+	{class: engine.ErrStoreMismatch, status: http.StatusServiceUnavailable, code: "store_mismatch", title: "The metadata store does not match the volumes on disk"},
+	{class: engine.ErrConflict, status: http.StatusConflict, code: CodeConflict, title: "Conflict with an existing resource"},
+	// Two sindrids on one store: the message names the other's process.
+	{class: engine.ErrOperationRunning, status: http.StatusServiceUnavailable, code: "operation_running", title: "Another sindrid is running this operation"},
+	// The metadata database out of reach, as while its leader changes: the
+	// driver's message (hosts, user) is logged, not shown.
+	{class: engine.ErrMetadataUnavailable, status: http.StatusServiceUnavailable, code: CodeMetadataUnavailable,
+		title: "Metadata store unavailable", retryAfter: 2 * time.Second,
+		detail: "sindri's metadata database cannot be reached or is changing leader, so the request did not complete; " +
+			"whatever it began is finished or undone by sindri: send it again in a few seconds"},
 }
 
 // AsError classifies err the way WriteError renders it: an *Error (also
 // wrapped) as is; ErrUnauthorized (also wrapped) as 401 unauthorized with a
 // fixed detail (the reason a credential was refused is not told); a
-// *http.MaxBytesError as 413; a registered class; anything else as 500
-// internal_server_error carrying requestID. internal reports whether err
-// should be logged (5xx other than an *Error).
+// *http.MaxBytesError as 413; an error of an engine class by the error
+// table (errorClasses); anything else as 500 internal_server_error carrying
+// requestID. An error given Draupnir's own object with WithDraupnirError
+// carries it. internal reports whether err should be logged (5xx other
+// than an *Error or a public class).
 func AsError(err error, requestID string) (e *Error, internal bool) {
+	e, internal = classifyError(err, requestID)
+	var d *draupnirOverride
+	if errors.As(err, &d) {
+		e = e.WithDraupnir(d.object)
+	}
+	return e, internal
+}
+
+func classifyError(err error, requestID string) (e *Error, internal bool) {
 	if errors.As(err, &e) {
 		return e, false
 	}
@@ -299,26 +287,40 @@ func AsError(err error, requestID string) (e *Error, internal bool) {
 	if errors.As(err, &mbe) {
 		return RequestTooLarge(mbe.Limit), false
 	}
-	classes.RLock()
-	defer classes.RUnlock()
-	for _, c := range classes.list {
-		if errors.Is(err, c.target) {
-			e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error(), RetryAfter: c.retryAfter}
-			if c.status >= 500 && !c.public {
-				e.Detail = c.title
-				if c.detail != "" {
-					e.Detail = c.detail
-				}
-				if requestID != "" {
-					e.Detail += "; request id " + requestID
-				}
-				return e, true
-			}
-			return e, false
+	for _, c := range errorClasses {
+		if !errors.Is(err, c.class) {
+			continue
 		}
+		e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error(), RetryAfter: c.retryAfter}
+		if c.status >= 500 && !c.public {
+			e.Detail = c.title
+			if c.detail != "" {
+				e.Detail = c.detail
+			}
+			if requestID != "" {
+				e.Detail += "; request id " + requestID
+			}
+			return e, true
+		}
+		return e, false
 	}
 	return InternalServerError(requestID), true
 }
+
+// WithDraupnirError returns err, which a Draupnir client sees as d: for an
+// error Draupnir had under a code sindri shares with others (POST
+// /instances naming an unknown image is Draupnir's "Image Not Found").
+func WithDraupnirError(err error, d wire.DraupnirError) error {
+	return &draupnirOverride{err: err, object: d}
+}
+
+type draupnirOverride struct {
+	err    error
+	object wire.DraupnirError
+}
+
+func (d *draupnirOverride) Error() string { return d.err.Error() }
+func (d *draupnirOverride) Unwrap() error { return d.err }
 
 // WriteError renders err in the request's wire format (wire.FormatOf: a
 // JSON:API error document for API 5.4 and requests without the version
