@@ -252,6 +252,30 @@ func TestMetadataFailover(t *testing.T) {
 			}
 		}
 	}()
+	// Other reads, each needing the store: the image, an instance the
+	// clients hold, the status.
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			switch i % 3 {
+			case 0:
+				client.do("GET", "/images/"+imageID, nil)
+			case 1:
+				for id := range ledger.live() {
+					client.do("GET", "/instances/"+id, nil)
+					break
+				}
+			case 2:
+				client.do("GET", "/status", nil)
+			}
+		}
+	}()
 	stopped := false
 	stopLoad := func() {
 		if !stopped {
@@ -313,6 +337,8 @@ func TestMetadataFailover(t *testing.T) {
 			if !a.unavailable() || a.retryAfter != "2" {
 				t.Errorf("%s %s: 503 %s with Retry-After %q, want metadata_unavailable with Retry-After 2: %s", a.method, a.path, a.code, a.retryAfter, a.body)
 			}
+		case a.status == 404 && a.method == "GET" && ledger.destroyed[strings.TrimPrefix(a.path, "/instances/")]:
+			// Read while a client destroyed it.
 		case a.status >= 300 && !(a.method == "DELETE" && a.status == 404):
 			t.Errorf("%s %s at %s: %d %s", a.method, a.path, a.at.Format(time.StampMilli), a.status, a.body)
 		}
