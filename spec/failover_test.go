@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 )
 
 // haClient sends the requests of TestMetadataFailover and keeps every
@@ -532,4 +533,43 @@ func summarise(answers []haAnswer, since time.Time) string {
 		last = a.body
 	}
 	return fmt.Sprintf("%v; last body %s", counts, last)
+}
+
+// sindrid started while its metadata database is not up yet (the whole
+// cluster restarting, or no leader yet) waits for it, trying again with
+// backoff, instead of exiting; once the database is up it serves.
+func TestSindridWaitsForItsMetadataStore(t *testing.T) {
+	meta := pgtest.NewInstance(t)
+	t.Cleanup(func() { postgres.Stop(context.Background(), meta.DataDir, 10*time.Second) })
+	const delay = 5 * time.Second
+	up := make(chan error, 1)
+	go func() {
+		time.Sleep(delay)
+		if err := postgres.Configure(meta.DataDir, meta.Settings, meta.Owner); err != nil {
+			up <- err
+			return
+		}
+		p, err := postgres.Start(meta.BinDir, meta.DataDir, meta.Settings, meta.Owner)
+		if err != nil {
+			up <- err
+			return
+		}
+		c, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		up <- postgres.WaitReady(c, p, meta.DataDir, meta.SocketDir, meta.Port, "postgres")
+	}()
+	began := time.Now()
+	s := startServerSized(t, "1GiB", "", fmt.Sprintf("database_url = %q", meta.SocketURL()))
+	if err := <-up; err != nil {
+		t.Fatalf("starting the metadata database: %v", err)
+	}
+	if waited := time.Since(began); waited < delay {
+		t.Fatalf("sindrid answered its health check %s after its start, before its metadata database was up", waited)
+	}
+	if status, body := s.call(t, "GET", "/status", s.secret, nil); status != 200 {
+		t.Fatalf("GET /status once the database is up: %d %s", status, body)
+	}
+	if err := s.stop(); err != nil {
+		t.Errorf("sindrid on SIGTERM: %v", err)
+	}
 }
