@@ -209,6 +209,14 @@ func (c *patroniCluster) stopMember(m *patroniMember) {
 		m.cmd.Process.Kill()
 		<-m.done
 	}
+	// Patroni stopped while it was starting PostgreSQL (a member that
+	// rejoins) leaves that PostgreSQL running: stop it as an operator would.
+	if st, err := postgres.Status(m.data); err == nil && st.Alive {
+		t.Logf("patroni %s left its PostgreSQL (pid %d) running; stopping it", m.name, st.PID)
+		if err := postgres.Stop(context.Background(), m.data, 30*time.Second); err != nil {
+			t.Errorf("stopping the PostgreSQL of %s: %v", m.name, err)
+		}
+	}
 	for _, pid := range processesUnder(filepath.Dir(m.data)) {
 		t.Errorf("process %d left in %s after Patroni stopped; killed", pid, filepath.Dir(m.data))
 		syscall.Kill(pid, syscall.SIGKILL)
