@@ -16,8 +16,9 @@
 //   - An image is a read-only snapshot. Freeze turns a volume into an image
 //     of a new name: the volume's content becomes the image and the volume is
 //     gone. On a driver with immutable images (Capabilities.ImmutableImages)
-//     nothing can write into an image: a write fails with EROFS, root's
-//     too; otherwise an image is read-only by its mode bits alone.
+//     nothing can write into an image: a write fails (EROFS on BTRFS and
+//     ZFS), root's too; otherwise an image is read-only by its mode bits
+//     alone.
 //
 //     Create(v)  ──▶ volume v (empty, writable)
 //     Freeze(v, i) ──▶ image i (read-only); volume v no longer exists
@@ -93,11 +94,14 @@ type Capabilities struct {
 	// the source, and a clone's ExclusiveBytes are all of its bytes.
 	ThinClones bool
 	// ImmutableImages: the filesystem itself refuses every write into an
-	// image, root's included, with EROFS (a read-only subvolume or
-	// snapshot). Without it an image is read-only by its mode bits alone:
-	// nothing in it has a write bit, so a process without CAP_DAC_OVERRIDE
-	// is refused with EACCES, but root can still write into it and its
-	// owner can chmod it back.
+	// image, root's included: with EROFS where the image is a read-only
+	// subvolume or dataset, with EPERM where each of its files and
+	// directories carries the immutable flag. Either way the image shows
+	// the volume's modes. Without it an image is read-only by its mode
+	// bits alone: nothing in it has a write bit (so whoever reads its
+	// modes, a backup's archive, sees none), a process without
+	// CAP_DAC_OVERRIDE is refused with EACCES, but root can still write
+	// into it and its owner can chmod it back.
 	ImmutableImages bool
 	// AtomicSnapshot: Snapshot takes every byte of the source at one
 	// instant, so that a snapshot of a running Postgres's volume recovers
