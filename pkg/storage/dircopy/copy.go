@@ -252,15 +252,18 @@ func walkModes(ctx context.Context, root string, fn func(rel, path string, mode 
 	})
 }
 
-// removeTree removes path and everything under it, giving its directories
-// back their owner's write bit where that is what stops it (an image's,
-// for a driver that is not root).
+// removeTree removes path and everything under it, clearing immutable
+// flags and giving directories their owner's write bit back where that is
+// what stops it (an image's).
 func removeTree(path string) error {
 	err := os.RemoveAll(path)
 	if err == nil || !errors.Is(err, fs.ErrPermission) {
 		return err
 	}
 	filepath.WalkDir(path, func(p string, de fs.DirEntry, err error) error {
+		if err == nil && (de.IsDir() || de.Type().IsRegular()) {
+			setImmutable(p, false)
+		}
 		if err == nil && de.IsDir() {
 			os.Chmod(p, 0o700)
 		}
@@ -299,4 +302,76 @@ func diskUsage(ctx context.Context, root string) (int64, error) {
 		return nil
 	})
 	return total, err
+}
+
+// immutableFlag is FS_IMMUTABLE_FL (linux/fs.h): nobody, root included,
+// may change, remove, rename or link the inode, or add to a directory.
+const immutableFlag = 0x10
+
+// setImmutable sets or clears the immutable flag of the regular file or
+// directory at path.
+func setImmutable(path string, on bool) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return &fs.PathError{Op: "FS_IOC_GETFLAGS", Path: path, Err: err}
+	}
+	want := flags &^ immutableFlag
+	if on {
+		want = flags | immutableFlag
+	}
+	if want == flags {
+		return nil
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(want)); err != nil {
+		return &fs.PathError{Op: "FS_IOC_SETFLAGS", Path: path, Err: err}
+	}
+	return nil
+}
+
+// markImmutable sets the immutable flag of every regular file and
+// directory under root; root's own is seal's to set, once it is in place.
+// Symlinks cannot have it, and device nodes and FIFOs are not opened:
+// their immutable directories keep them from being removed or replaced.
+func markImmutable(ctx context.Context, root string) error {
+	return walkModes(ctx, root, func(rel, p string, mode uint32) error {
+		if rel == "." {
+			return nil
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return &fs.PathError{Op: "lstat", Path: p, Err: err}
+		}
+		if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFDIR {
+			return nil
+		}
+		return setImmutable(p, true)
+	})
+}
+
+// canMarkImmutable tells whether the driver may set the immutable flag on
+// the filesystem of dir: it needs CAP_LINUX_IMMUTABLE and a filesystem that
+// keeps the flag (ext4, XFS, BTRFS, tmpfs since Linux 6.0).
+func canMarkImmutable(dir string) bool {
+	probe := filepath.Join(dir, "probe")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		return false
+	}
+	if setImmutable(probe, true) != nil {
+		return false
+	}
+	return setImmutable(probe, false) == nil
+}
+
+// isImmutable tells whether the inode at path has the immutable flag.
+func isImmutable(path string) bool {
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, 0, &st); err != nil {
+		return false
+	}
+	return st.Attributes_mask&unix.STATX_ATTR_IMMUTABLE != 0 && st.Attributes&unix.STATX_ATTR_IMMUTABLE != 0
 }

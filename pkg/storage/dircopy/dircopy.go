@@ -4,15 +4,14 @@
 // on any filesystem, by copying, as containerd's "native" snapshotter
 // does. It is there so that the layers above storage can be tested on a
 // machine without BTRFS or ZFS, and it passes the same conformance suite;
-// it is not offered in sindrid's configuration, because it declares none
-// of the capabilities that serving relies on (see Capabilities): every
-// clone is a full copy, an image is read-only by its mode bits alone, and
-// a snapshot of a volume being written is not atomic.
+// it is not offered in sindrid's configuration, because it lacks what
+// serving relies on (see Capabilities): every clone is a full copy, and a
+// snapshot of a volume being written is not atomic.
 //
 // Under the root directory:
 //
 //	volumes/<name>   a volume's files (Entry.Path)
-//	images/<name>    an image's files, without write bits
+//	images/<name>    an image's files, made read-only
 //	meta/<name>      the entry's record: the directory it belongs to, a
 //	                 clone's image, and the modes Freeze took write bits from
 //	work/<step>/     one call's copy being made or entry being removed; the
@@ -26,20 +25,28 @@
 // record left by a call that died before its rename, or after a Destroy's,
 // is never taken for another entry's. A new driver removes the work
 // directories that no call holds, and seals an image whose call died
-// between its rename and the chmod of its root.
+// between its rename and the sealing of its root.
 //
 // # What an image promises
 //
-// Freeze takes the write bits from every file and directory of the volume,
-// recording the modes it changed so that a clone gets them back exactly
-// (were the records lost, a clone gets its owner's write bit back
-// everywhere, which is exact for a Postgres data directory). A process
-// without CAP_DAC_OVERRIDE, such as the Postgres user, is then refused
-// every create, write, remove and mkdir in the image with EACCES. Root is
-// not: without a filesystem feature nothing refuses root, and an owner can
-// chmod a file back. The conformance suite checks exactly that (no write
-// bit anywhere; those writes refused to a thread without
-// CAP_DAC_OVERRIDE), where on BTRFS and ZFS it checks EROFS for root.
+// Where it can (root, or CAP_LINUX_IMMUTABLE, on a filesystem that keeps
+// the flag: ext4, XFS, BTRFS, tmpfs since Linux 6.0; New tries), Freeze
+// sets the immutable flag on every file and directory of the image: every
+// write, chmod, remove or rename in it fails with EPERM, root's too, and
+// the image keeps the volume's modes, so a backup's archive of it restores
+// as the volume was. The driver then declares ImmutableImages. Symlinks
+// cannot carry the flag and FIFOs and device nodes are not opened to set
+// it, but their directories keep them from being replaced.
+//
+// Otherwise (a driver that is not root) Freeze takes the write bits from
+// every file and directory, recording the modes it changed so that a clone
+// gets them back exactly (were the records lost, a clone gets its owner's
+// write bit back everywhere, which is exact for a Postgres data
+// directory). A process without CAP_DAC_OVERRIDE is then refused every
+// create, write, remove and mkdir in the image with EACCES; root is not,
+// an owner can chmod a file back, and whoever reads the image's modes (a
+// backup's archive) sees no write bit. The conformance suite checks each
+// case as the driver declares it.
 //
 // # What a clone costs
 //
@@ -47,11 +54,12 @@
 // the image. Holes in sparse files stay holes, and where the filesystem can
 // share extents (XFS, BTRFS used as a plain directory) the kernel's
 // copy_file_range shares them. Owners, modes, times, symlinks, hard links
-// within the tree, FIFOs and device nodes are kept; extended attributes and
-// ACLs are not. ExclusiveBytes counts every block of the entry's files, the
-// whole copy, as its own. A Snapshot of a volume that is being written
-// copies its files one after another, so it may hold them at different
-// moments: a backup of a running Postgres taken so may not recover.
+// within the tree, FIFOs and device nodes are kept; extended attributes,
+// ACLs and file flags are not. ExclusiveBytes counts every block of the
+// entry's files, the whole copy, as its own. A Snapshot of a volume that
+// is being written copies its files one after another, so it may hold them
+// at different moments: a backup of a running Postgres taken so may not
+// recover.
 package dircopy
 
 import (
@@ -80,6 +88,9 @@ const (
 type Driver struct {
 	root  string
 	locks keyedmutex.Map[string]
+	// immutable: images are made read-only by the immutable flag, which
+	// binds root too; otherwise by taking their write bits.
+	immutable bool
 }
 
 var _ storage.Driver = (*Driver)(nil)
@@ -104,15 +115,26 @@ func New(root string) (*Driver, error) {
 	if err := d.removeAbandonedWork(); err != nil {
 		return nil, err
 	}
+	st, err := d.begin("probe")
+	if err != nil {
+		return nil, err
+	}
+	d.immutable = canMarkImmutable(st.dir)
+	if err := st.end(); err != nil {
+		return nil, err
+	}
 	if err := d.sealImages(); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// seal takes the write bits from an image's root directory, the last of its
-// tree to lose them: moving a directory to another parent needs them.
-func seal(image string) error {
+// seal makes an image's root directory read-only, the last of its tree:
+// moving a directory to another parent needs it writable.
+func (d *Driver) seal(image string) error {
+	if d.immutable {
+		return setImmutable(image, true)
+	}
 	var st unix.Stat_t
 	if err := unix.Lstat(image, &st); err != nil {
 		return &fs.PathError{Op: "lstat", Path: image, Err: err}
@@ -126,9 +148,12 @@ func seal(image string) error {
 	return nil
 }
 
-// unseal gives an image's root directory its owner's write bit back, for
-// Destroy to move it.
-func unseal(image string) error {
+// unseal makes an image's root directory writable again, for Destroy to
+// move it.
+func (d *Driver) unseal(image string) error {
+	if d.immutable {
+		return setImmutable(image, false)
+	}
 	var st unix.Stat_t
 	if err := unix.Lstat(image, &st); err != nil {
 		return &fs.PathError{Op: "lstat", Path: image, Err: err}
@@ -139,6 +164,23 @@ func unseal(image string) error {
 	return nil
 }
 
+// makeReadOnly makes everything under root but root itself read-only, and
+// records in rec the modes it changes.
+func (d *Driver) makeReadOnly(ctx context.Context, st *step, root, image string, rec record) error {
+	if !d.immutable {
+		if err := recordModes(ctx, root, rec.modes); err != nil {
+			return err
+		}
+	}
+	if err := d.writeRecord(st, image, rec); err != nil {
+		return err
+	}
+	if d.immutable {
+		return markImmutable(ctx, root)
+	}
+	return takeWriteBits(ctx, root)
+}
+
 // sealImages seals the images whose Freeze, Snapshot or Destroy died
 // between its rename and its chmod of the image's root.
 func (d *Driver) sealImages() error {
@@ -147,7 +189,7 @@ func (d *Driver) sealImages() error {
 		return err
 	}
 	for _, de := range des {
-		if err := seal(d.path(storage.KindImage, de.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := d.seal(d.path(storage.KindImage, de.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
@@ -250,10 +292,10 @@ func (d *Driver) removeAbandonedWork() error {
 func (d *Driver) Name() string { return "dircopy" }
 
 // Capabilities: everything is a copy, so a snapshot pins nothing, clones
-// are not thin, images are read-only by their mode bits only, and a
-// snapshot is taken file by file.
+// are not thin and a snapshot is taken file by file. Images are immutable,
+// to root too, where the driver can set the immutable flag.
 func (d *Driver) Capabilities() storage.Capabilities {
-	return storage.Capabilities{}
+	return storage.Capabilities{ImmutableImages: d.immutable}
 }
 
 func (d *Driver) kindDir(kind storage.Kind) string {
@@ -369,13 +411,7 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 	if rec.id != id {
 		rec = record{id: id, modes: map[string]uint32{}}
 	}
-	if err := recordModes(ctx, src, rec.modes); err != nil {
-		return storage.Entry{}, fmt.Errorf("freezing volume %q: %w", volume, err)
-	}
-	if err := d.writeRecord(st, image, rec); err != nil {
-		return storage.Entry{}, err
-	}
-	if err := takeWriteBits(ctx, src); err != nil {
+	if err := d.makeReadOnly(ctx, st, src, image, rec); err != nil {
 		return storage.Entry{}, fmt.Errorf("freezing volume %q: %w", volume, err)
 	}
 	if err := st.sync(); err != nil {
@@ -385,7 +421,7 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 	if err := place(src, dst); err != nil {
 		return storage.Entry{}, fmt.Errorf("freezing volume %q into image %q: %w", volume, image, err)
 	}
-	if err := seal(dst); err != nil {
+	if err := d.seal(dst); err != nil {
 		return storage.Entry{}, fmt.Errorf("freezing volume %q into image %q: %w", volume, image, err)
 	}
 	if err := d.removeRecord(volume); err != nil {
@@ -460,13 +496,7 @@ func (d *Driver) Snapshot(ctx context.Context, source, image string) (storage.En
 		rec.id, err = identify(work)
 	}
 	if err == nil {
-		err = recordModes(ctx, work, rec.modes)
-	}
-	if err == nil {
-		err = d.writeRecord(st, image, rec)
-	}
-	if err == nil {
-		err = takeWriteBits(ctx, work)
+		err = d.makeReadOnly(ctx, st, work, image, rec)
 	}
 	if err == nil {
 		err = st.sync()
@@ -476,7 +506,7 @@ func (d *Driver) Snapshot(ctx context.Context, source, image string) (storage.En
 		err = place(work, dst)
 	}
 	if err == nil {
-		err = seal(dst)
+		err = d.seal(dst)
 	}
 	if err != nil {
 		return storage.Entry{}, fmt.Errorf("snapshotting %q into image %q: %w", source, image, err)
@@ -499,10 +529,10 @@ func (d *Driver) copyOf(ctx context.Context, kind storage.Kind, name, src, dst s
 			return err
 		}
 		// Without its record (lost, or the tree moved to another
-		// filesystem, which changes every identity) the owner's write bit
-		// comes back everywhere: a Postgres data directory (0700 and 0600)
-		// is whole again.
-		modes, restore = rec.modes, rec.id != id
+		// filesystem, which changes every identity) an image made read-only
+		// by its modes gets its owner's write bit back everywhere: a
+		// Postgres data directory (0700 and 0600) is whole again.
+		modes, restore = rec.modes, rec.id != id && !isImmutable(src)
 	}
 	if err := os.Mkdir(dst, 0o700); err != nil {
 		return err
@@ -544,7 +574,7 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 	defer st.end()
 	if kind == storage.KindImage {
 		// Moving a directory to another parent writes into it (its "..").
-		if err := unseal(path); err != nil {
+		if err := d.unseal(path); err != nil {
 			return fmt.Errorf("destroying image %q: %w", name, err)
 		}
 	}
