@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sindri-db/sindri/pkg/osuser"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -199,10 +200,7 @@ func openRegular(path string) (*os.File, error) {
 
 // UploadAccount is the OS account that uploads with scp through sshd,
 // which runs sindri-upload-shell for it, confined to the uploads directory.
-type UploadAccount struct {
-	Name     string
-	UID, GID uint32
-}
+type UploadAccount = osuser.User
 
 // SetUploadAccount turns scp uploads on: from now on a pending or failed
 // image's upload directory is root:<account's group> 0770, writable by the
@@ -234,8 +232,7 @@ func (e *Engine) SetUploadAccount(a UploadAccount) (warning string, err error) {
 		if err != nil {
 			return "", err
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if ok && st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		if uid, _, ok := osuser.Owner(fi); ok && uid != 0 || fi.Mode().Perm()&0o022 != 0 {
 			warning = fmt.Sprintf("%s is not root's or is writable by group or others (%s): another user could swap the uploads directory %s for their own", p, fi.Mode().Perm(), dir)
 			break
 		}
