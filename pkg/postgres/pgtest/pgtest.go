@@ -21,7 +21,7 @@ import (
 )
 
 // BinPattern is Debian's layout of PostgreSQL binaries.
-const BinPattern = "/usr/lib/postgresql/{version}/bin"
+const BinPattern = postgres.DefaultBinPattern
 
 // Major is the PostgreSQL version the tests use.
 const Major = "15"
