@@ -18,6 +18,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/iocount"
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -88,7 +89,7 @@ func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, stri
 	if err := os.Rename(tmp, e.backupPath(id)); err != nil {
 		return 0, "", err
 	}
-	if err := syncDir(e.opts.BackupsDir); err != nil {
+	if err := safefile.SyncDir(e.opts.BackupsDir); err != nil {
 		return 0, "", err
 	}
 	return counted.N, hex.EncodeToString(hash.Sum(nil)), nil
@@ -159,15 +160,6 @@ func writeTar(ctx context.Context, w io.Writer, dir string) error {
 		return err
 	}
 	return tw.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // checkArchive reads a backup's archive through: it must be a whole

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -210,7 +210,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	e.mu.Lock()
 	wasStopped := false
 	if w := e.watched[id]; w != nil {
-		w.startFull = errors.Is(err, syscall.ENOSPC)
+		w.startFull = errors.Is(err, safefile.ErrNoSpace)
 		wasStopped = w.diskStop
 		if err == nil {
 			w.diskStop, w.diskWaits = false, 0

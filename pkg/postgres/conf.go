@@ -7,7 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/sindri-db/sindri/pkg/safefile"
 )
 
 // Files sindri writes into a data directory. The postmaster is started
@@ -569,7 +570,7 @@ func writeOwned(path, content string, owner OSUser) error {
 	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	f, err := safefile.CreateNew(tmp, 0o600)
 	if err != nil {
 		return err
 	}
