@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sindri-db/sindri/pkg/operation"
 	"github.com/sindri-db/sindri/pkg/postgres"
 )
 
@@ -160,7 +161,7 @@ func (e *Engine) anonymise(ctx context.Context, imageID int64, binDir, sock stri
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.opts.Owner.UID, Gid: e.opts.Owner.GID}}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := runOperation(cmd, "anonymise "+ImageVolume(imageID)); err != nil {
+	if err := operation.Run(cmd, "anonymise "+ImageVolume(imageID)); err != nil {
 		return fmt.Errorf("the anonymisation script failed: %s", strings.TrimSpace(out.String()))
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sindri-db/sindri/pkg/operation"
 	"github.com/sindri-db/sindri/pkg/postgres"
 )
 
@@ -142,7 +143,7 @@ func (e *Engine) pullBaseBackup(ctx context.Context, imageID int64, sourceURL, d
 	cmd.Stdout, cmd.Stderr = &out, &out
 	started := time.Now()
 	e.log.Info("engine: pulling a base backup", "image_id", imageID, "source", src.connString)
-	if err := runOperation(cmd, "pull "+ImageVolume(imageID)); err != nil {
+	if err := operation.Run(cmd, "pull "+ImageVolume(imageID)); err != nil {
 		msg := strings.TrimSpace(out.String())
 		if len(msg) > 4096 {
 			msg = "..." + msg[len(msg)-4096:]

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // Process is a postmaster that this sindrid started. Exited is closed when
@@ -143,16 +144,21 @@ func removeStaleSocketLock(pf PIDFile) error {
 // for a zombie), its command name, and ok false when there is no such
 // process.
 func ProcessState(pid int) (state byte, comm string, ok bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, ok := procStat(pid)
+	if !ok || st.State == "" {
+		return 0, "", false
+	}
+	return st.State[0], st.Comm, true
+}
+
+// procStat reads /proc/PID/stat (with prometheus/procfs).
+func procStat(pid int) (procfs.ProcStat, bool) {
+	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return 0, "", false
+		return procfs.ProcStat{}, false
 	}
-	// pid (comm) state ...; comm may hold spaces and parentheses.
-	open, close := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
-	if open < 0 || close < open || close+2 >= len(data) {
-		return 0, "", false
-	}
-	return data[close+2], string(data[open+1 : close]), true
+	st, err := p.Stat()
+	return st, err == nil
 }
 
 // Running tells whether pid is a live postgres process: it exists, is not
@@ -494,16 +500,11 @@ func Postmasters(dataDir string) []int {
 
 // ParentPID is pid's parent from /proc/PID/stat; 0 when pid is gone.
 func ParentPID(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	st, ok := procStat(pid)
+	if !ok {
 		return 0
 	}
-	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
+	return st.PPID
 }
 
 // StopAll stops every postmaster working in dataDir, whether or not its
