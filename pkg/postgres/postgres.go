@@ -1,8 +1,16 @@
 // Package postgres knows PostgreSQL and nothing else: which binaries serve
-// a data directory, the settings sindri writes into it, TLS material,
-// starting a postmaster as the configured OS user on a port and a private
-// socket directory, waiting until it accepts connections, stopping it, and
-// telling whether one is alive.
+// a data directory, the settings sindri writes into it, TLS material, and
+// the work sindri does in a cluster, each through a Cluster (a data
+// directory with its binaries, OS user, private socket directory, port
+// and settings): making it (Init), starting a postmaster (Start) and
+// waiting until it accepts connections (Ready), stopping it, telling
+// whether one is alive (Status) or answers (Answers); readying an
+// upload for clones (GrantClientRole, RollBackPrepared), running an
+// anonymisation script (RunScript) and scrubbing after it (scrub.go),
+// pulling a base backup (BaseBackup), flushing the WAL before a snapshot
+// (FlushWAL). Every Postgres program runs through Cluster.Command, which
+// owns its environment and credentials; psql and pg_basebackup run as
+// operation children (pkg/operation), which die with sindrid.
 //
 // Postmasters are started detached (a session of their own) so that they
 // outlive sindrid; a later sindrid adopts them by their postmaster.pid.
@@ -92,7 +100,7 @@ func LookupUser(name string) (OSUser, error) {
 	return u, nil
 }
 
-// RemoveUnsafeRoleSettings deletes from the catalog every setting made
+// removeUnsafeRoleSettings deletes from the catalog every setting made
 // per database or role (ALTER DATABASE/ROLE ... SET) that is not a kept
 // one (KeptSetting), and every one made for a superuser role (whose
 // sessions are sindri's own and the anonymisation script's): such a
@@ -100,7 +108,7 @@ func LookupUser(name string) (OSUser, error) {
 // session_preload_libraries or dynamic_library_path there would load a
 // library, perhaps one in the data directory, into every session. It
 // returns what it removed, as "name (database d, role r)".
-func RemoveUnsafeRoleSettings(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+func removeUnsafeRoleSettings(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 	type row struct {
 		database, role   uint32
 		dbName, roleName string
@@ -154,15 +162,17 @@ func orAll(name string) string {
 	return name
 }
 
-// SetUpClientRoles makes the roles clients log in as, through a superuser
-// connection (the one Ready returned, which saves a connection): ClientRole (certificate logins) and passwordRole with
-// password, a member of ClientRole so that it has the same grants. Neither
-// is a superuser unless superuser is set (the allow_superuser setting).
-// Existing roles are altered to match. First it removes the settings per
-// database and role that sindri does not keep (RemoveUnsafeRoleSettings),
-// for the clones of images finalised before sindri removed them there.
-func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, password string, superuser bool) error {
-	if _, err := RemoveUnsafeRoleSettings(ctx, conn); err != nil {
+// SetUpClientRoles makes, in the session Ready returned (which saves a
+// connection), the roles clients log in as: ClientRole (certificate
+// logins) and passwordRole with password, a member of ClientRole so that
+// it has the same grants. Neither is a superuser unless superuser is set
+// (the allow_superuser setting). Existing roles are altered to match.
+// First it removes the settings per database and role that sindri does
+// not keep (removeUnsafeRoleSettings), for the clones of images finalised
+// before sindri removed them there.
+func (s *Session) SetUpClientRoles(ctx context.Context, passwordRole, password string, superuser bool) error {
+	conn := s.conn
+	if _, err := removeUnsafeRoleSettings(ctx, conn); err != nil {
 		return err
 	}
 	super := "NOSUPERUSER"
