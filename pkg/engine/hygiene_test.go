@@ -24,7 +24,6 @@ import (
 	"github.com/sindri-db/sindri/pkg/operation"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
-	"github.com/sindri-db/sindri/pkg/storage/btrfs"
 	"github.com/sindri-db/sindri/pkg/store"
 	"github.com/sindri-db/sindri/pkg/testenv"
 )
@@ -46,7 +45,7 @@ func childFinalise(id string) int {
 		return 2
 	}
 	root := os.Getenv(rootEnv)
-	d, err := btrfs.New(root)
+	d, err := openDriver(root)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
