@@ -567,18 +567,22 @@ func TestSindridWaitsForItsMetadataStore(t *testing.T) {
 	up := make(chan error, 1)
 	go func() {
 		time.Sleep(delay)
-		if err := postgres.Configure(meta.DataDir, meta.Settings, meta.Owner); err != nil {
+		if err := meta.Cluster.Configure(); err != nil {
 			up <- err
 			return
 		}
-		p, err := postgres.Start(meta.BinDir, meta.DataDir, meta.Settings, meta.Owner)
+		p, err := meta.Cluster.Start()
 		if err != nil {
 			up <- err
 			return
 		}
 		c, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		up <- postgres.WaitReady(c, p, meta.DataDir, meta.SocketDir, meta.Port, "postgres")
+		session, err := meta.Ready(c, p)
+		if err == nil {
+			session.Close(context.Background())
+		}
+		up <- err
 	}()
 	began := time.Now()
 	s := startServerSized(t, "1GiB", "", fmt.Sprintf("database_url = %q", meta.SocketURL()))

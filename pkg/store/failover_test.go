@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/secrets"
 	"github.com/sindri-db/sindri/pkg/testenv"
 )
@@ -50,7 +51,7 @@ func postgresCredential(t *testing.T) *syscall.Credential {
 }
 
 func asPostgres(t *testing.T, dir, name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(pgBin, name), args...)
+	cmd := exec.Command(filepath.Join(pgtest.BinDir(t), name), args...)
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: postgresCredential(t), Pdeathsig: syscall.SIGINT}
