@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -54,6 +55,10 @@ func Run(t *testing.T, factory Factory) {
 		{"HundredClonesAreThin", testHundredClonesAreThin},
 		{"SnapshotIsAPointInTimeCopy", testSnapshotIsAPointInTimeCopy},
 		{"ListAndGetDuringChurn", testListAndGetDuringChurn},
+		{"SendReceiveRoundTrip", testSendReceiveRoundTrip},
+		{"ReceiveRefusesOtherFormats", testReceiveRefusesOtherFormats},
+		{"ReceiveCutShortLeavesNothing", testReceiveCutShortLeavesNothing},
+		{"SendReceiveClassifiedErrors", testSendReceiveClassifiedErrors},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })
@@ -500,6 +505,8 @@ func testInvalidNamesRejected(t *testing.T, factory Factory) {
 		calls["Destroy"] = d.Destroy(ctx, name)
 		_, calls["Get"] = d.Get(ctx, name)
 		_, calls["ExclusiveBytes"] = d.ExclusiveBytes(ctx, name)
+		calls["Send"] = d.Send(ctx, name, io.Discard)
+		_, calls["Receive"] = d.Receive(ctx, name, bytes.NewReader(nil))
 		for call, err := range calls {
 			if !errors.Is(err, storage.ErrInvalidName) {
 				t.Errorf("%s(%q): got %v, want ErrInvalidName", call, name, err)
