@@ -1,7 +1,9 @@
 package zfs
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +60,9 @@ func (d *Driver) Receive(ctx context.Context, image string, r io.Reader) (storag
 	}
 	stream, err := storage.CheckStream(r, storage.StreamZFS)
 	if err != nil {
+		return storage.Entry{}, err
+	}
+	if stream, err = checkBegin(stream); err != nil {
 		return storage.Entry{}, err
 	}
 	stage := d.stage(image)
@@ -140,3 +145,47 @@ func (d *Driver) destroyStages() error {
 	}
 	return nil
 }
+
+// The fields of a zfs stream's first record (DRR_BEGIN) that checkBegin
+// reads, at their offsets: drr_type and drr_payloadlen (uint32 each), then
+// drr_magic, drr_versioninfo, drr_creation_time (uint64 each), the
+// objset's type and drr_flags (uint32 each), drr_toguid, drr_fromguid.
+const (
+	beginMagicAt    = 8
+	beginVersionAt  = 16
+	beginFromGUIDAt = 48
+	beginHead       = 56
+	// dmu_send.h: the low two bits of drr_versioninfo; a plain stream of
+	// one snapshot is a substream, what zfs send -R or -p writes (with
+	// the properties of the datasets, their mountpoints among them) a
+	// compound stream.
+	streamHeaderTypeMask = 0x3
+	substream            = 1
+)
+
+// checkBegin refuses, before zfs receive sees them, the zfs streams that
+// Send does not write: a compound stream, which would set properties on
+// what it makes (such as where it is mounted) and make more than one
+// dataset, and an incremental one, which needs a snapshot that the image
+// to make would not have. It returns a reader of the whole stream.
+func checkBegin(r io.Reader) (io.Reader, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	head, err := br.Peek(beginHead)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the zfs stream ends within its first record: %v", storage.ErrStreamFormat, err)
+	}
+	order := binary.ByteOrder(binary.LittleEndian)
+	if order.Uint64(head[beginMagicAt:]) != zfsStreamMagic {
+		order = binary.BigEndian
+	}
+	if t := order.Uint64(head[beginVersionAt:]) & streamHeaderTypeMask; t != substream {
+		return nil, fmt.Errorf("%w: the zfs stream is a compound one (zfs send -R or -p), which carries properties and more than one dataset; sindri receives the stream of one snapshot, as plain zfs send writes it", storage.ErrStreamFormat)
+	}
+	if order.Uint64(head[beginFromGUIDAt:]) != 0 {
+		return nil, fmt.Errorf("%w: the zfs stream is an incremental one (zfs send -i), and sindri receives full streams only", storage.ErrStreamFormat)
+	}
+	return br, nil
+}
+
+// zfsStreamMagic is DMU_BACKUP_MAGIC.
+const zfsStreamMagic = 0x2F5bacbac
