@@ -263,6 +263,12 @@ func checkFixtureTree(t testing.TB, got map[string]node, native bool) {
 // the receive returned.
 func replicate(t testing.TB, send func(w io.Writer) error, receive func(r io.Reader) (storage.Entry, error)) (storage.Entry, error) {
 	t.Helper()
+	return pipe(send, receive)
+}
+
+// pipe runs send into receive through a pipe. A send that fails while the
+// receive succeeds is an error too.
+func pipe(send func(w io.Writer) error, receive func(r io.Reader) (storage.Entry, error)) (storage.Entry, error) {
 	pr, pw := io.Pipe()
 	sent := make(chan error, 1)
 	go func() {
@@ -274,7 +280,7 @@ func replicate(t testing.TB, send func(w io.Writer) error, receive func(r io.Rea
 	// A sender whose receiver stopped reading must not wait for ever.
 	pr.CloseWithError(errors.New("the receive returned"))
 	if serr := <-sent; serr != nil && err == nil {
-		t.Fatalf("the send failed while the receive succeeded: %v", serr)
+		return e, fmt.Errorf("the send failed while the receive succeeded: %w", serr)
 	}
 	return e, err
 }
@@ -675,6 +681,7 @@ func RunPortable(t *testing.T, from, to Factory) {
 		{"CutShortLeavesNothing", testPortableCutShort},
 		{"OtherFormatsRefused", testPortableRefusesOtherFormats},
 		{"TooLargeLeavesNothing", testPortableTooLarge},
+		{"LeftByACrashIsReplaced", testPortableLeftByACrash},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, from, to) })
@@ -795,5 +802,37 @@ func testPortableTooLarge(t *testing.T, from, to Factory) {
 	}
 	if got := names(t, dst); len(got) != 0 {
 		t.Errorf("a refused stream left %v", got)
+	}
+}
+
+// testPortableLeftByACrash: what a crash in the middle of a tar.zst
+// receive leaves, its half-filled volume, is destroyed by the next receive
+// of the same image, which makes the image whole, with nothing of the
+// half-filled volume in it and nothing else left.
+func testPortableLeftByACrash(t *testing.T, from, to Factory) {
+	src, _ := from(t, replicaFS)
+	dst, _ := to(t, replicaFS)
+	img := makeReplicaImage(t, src, "image-1", false)
+	var buf bytes.Buffer
+	if err := portable.Send(ctx, src, "image-1", &buf); err != nil {
+		t.Fatal(err)
+	}
+	stage, err := dst.Create(ctx, portable.StageVolume("image-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ingest.ExtractWith(ctx, bytes.NewReader(buf.Bytes()[:buf.Len()/2]), stage.Path, ingest.Options{Replica: true}); err == nil {
+		t.Fatal("half a stream was extracted whole")
+	}
+	if err := os.WriteFile(filepath.Join(stage.Path, "left-by-the-crash"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := portable.Receive(ctx, dst, "image-2", bytes.NewReader(buf.Bytes()), noLimits)
+	if err != nil {
+		t.Fatalf("receiving over what a crash left: %v", err)
+	}
+	checkImage(t, dst, e, "image-2", tree(t, img.Path))
+	if got, want := names(t, dst), []string{"image:image-2<"}; !slices.Equal(got, want) {
+		t.Errorf("after the receive, List = %v, want %v", got, want)
 	}
 }
