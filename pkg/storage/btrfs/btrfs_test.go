@@ -42,6 +42,8 @@ func TestNewRefusesOtherFilesystems(t *testing.T) {
 	}
 }
 
+func BenchmarkReplication(b *testing.B) { storagetest.BenchReplication(b, factory) }
+
 // TestReceiveLeftByACrashIsRemovedByNew leaves in receiving/ what a crash
 // of sindrid leaves there: the subvolume of a btrfs receive killed half-way
 // and the whole one of a receive that finished before its image was made.

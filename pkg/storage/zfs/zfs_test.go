@@ -51,6 +51,8 @@ func BenchmarkGet(b *testing.B) {
 	storagetest.BenchGet(b, factory, 10, many)
 }
 
+func BenchmarkReplication(b *testing.B) { storagetest.BenchReplication(b, factory) }
+
 // TestReceiveLeftByACrashIsRemovedByNew leaves under receiving/ what a
 // crash of sindrid leaves there: a zfs receive killed half-way, and the
 // whole filesystem of one that finished, made read-only and unmounted
