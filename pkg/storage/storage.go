@@ -175,8 +175,9 @@ type Driver interface {
 	// another format ErrStreamFormat, both before the stream is read
 	// past its first bytes; a stream cut short or corrupt, an error of
 	// r (wrapped) or the end of ctx leave no image and nothing else
-	// (see "Moving images between hosts"). r is read to its end on
-	// success, not always on failure.
+	// (see "Moving images between hosts"); so does a filesystem that
+	// runs out of space, an error that NoSpace tells. r is read to its
+	// end on success, not always on failure.
 	Receive(ctx context.Context, image string, r io.Reader) (Entry, error)
 }
 

@@ -123,7 +123,7 @@ func BenchReplication(b *testing.B, factory Factory) {
 // both filesystems free a destroyed subvolume or dataset in the
 // background, and the next iteration must not run out of space, nor pay
 // for the last one's cleaning.
-func waitFreed(b *testing.B, d storage.Driver, path string, free int64) {
+func waitFreed(b testing.TB, d storage.Driver, path string, free int64) {
 	b.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {

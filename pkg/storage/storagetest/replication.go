@@ -682,6 +682,7 @@ func RunPortable(t *testing.T, from, to Factory) {
 		{"OtherFormatsRefused", testPortableRefusesOtherFormats},
 		{"TooLargeLeavesNothing", testPortableTooLarge},
 		{"LeftByACrashIsReplaced", testPortableLeftByACrash},
+		{"IntoAFullFilesystem", testPortableIntoAFullFilesystem},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, from, to) })
@@ -835,4 +836,97 @@ func testPortableLeftByACrash(t *testing.T, from, to Factory) {
 	if got, want := names(t, dst), []string{"image:image-2<"}; !slices.Equal(got, want) {
 		t.Errorf("after the receive, List = %v, want %v", got, want)
 	}
+}
+
+// fill writes zeros into a new volume of d until its filesystem is full,
+// and returns a function that destroys the volume and waits until the
+// space is free again.
+func fill(t testing.TB, d storage.Driver) (free func()) {
+	t.Helper()
+	c, err := d.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := d.Create(ctx, "filler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(v.Path, "zeros"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for written := int64(0); ; written += int64(len(chunk)) {
+		_, err := f.Write(chunk)
+		if storage.NoSpace(err) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if written > c.TotalBytes {
+			t.Fatalf("wrote %d bytes into a filesystem of %d without running out of space", written, c.TotalBytes)
+		}
+	}
+	// What the page cache holds is written, or refused, now.
+	if err := f.Sync(); err != nil && !storage.NoSpace(err) {
+		t.Fatal(err)
+	}
+	f.Close()
+	return func() {
+		t.Helper()
+		if err := d.Destroy(ctx, "filler"); err != nil {
+			t.Fatal(err)
+		}
+		waitFreed(t, d, filepath.Dir(v.Path), c.FreeBytes-(64<<20))
+	}
+}
+
+// checkFullFilesystem receives into a filesystem that fill made full: the
+// receive fails with an error that storage.NoSpace tells (as the engine
+// maps it to "insufficient storage"), and leaves nothing; once there is
+// space again the same stream is received.
+func checkFullFilesystem(t *testing.T, d storage.Driver, data []byte, receive func(r io.Reader) (storage.Entry, error)) storage.Entry {
+	free := fill(t, d)
+	before := names(t, d)
+	_, err := receive(bytes.NewReader(data))
+	if !storage.NoSpace(err) {
+		t.Errorf("a receive into a full filesystem: %v, want an error that storage.NoSpace tells", err)
+	} else {
+		t.Logf("a receive into a full filesystem: %v", err)
+	}
+	if after := names(t, d); !slices.Equal(before, after) {
+		t.Fatalf("a receive into a full filesystem left %v (before: %v)", after, before)
+	}
+	free()
+	e, err := receive(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("the receive, once there was space again: %v", err)
+	}
+	return e
+}
+
+func testReceiveIntoAFullFilesystem(t *testing.T, factory Factory) {
+	src, _ := factory(t, smallFS)
+	dst, _ := factory(t, smallFS)
+	img := makeReplicaImage(t, src, "image-1", true)
+	data := sendBytes(t, src, "image-1")
+	e := checkFullFilesystem(t, dst, data, func(r io.Reader) (storage.Entry, error) {
+		return dst.Receive(ctx, "image-2", r)
+	})
+	checkImage(t, dst, e, "image-2", tree(t, img.Path))
+}
+
+func testPortableIntoAFullFilesystem(t *testing.T, from, to Factory) {
+	src, _ := from(t, replicaFS)
+	dst, _ := to(t, replicaFS)
+	img := makeReplicaImage(t, src, "image-1", false)
+	var buf bytes.Buffer
+	if err := portable.Send(ctx, src, "image-1", &buf); err != nil {
+		t.Fatal(err)
+	}
+	e := checkFullFilesystem(t, dst, buf.Bytes(), func(r io.Reader) (storage.Entry, error) {
+		return portable.Receive(ctx, dst, "image-2", r, noLimits)
+	})
+	checkImage(t, dst, e, "image-2", tree(t, img.Path))
 }

@@ -59,6 +59,7 @@ func Run(t *testing.T, factory Factory) {
 		{"ReceiveRefusesOtherFormats", testReceiveRefusesOtherFormats},
 		{"ReceiveCutShortLeavesNothing", testReceiveCutShortLeavesNothing},
 		{"SendReceiveClassifiedErrors", testSendReceiveClassifiedErrors},
+		{"ReceiveIntoAFullFilesystem", testReceiveIntoAFullFilesystem},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })

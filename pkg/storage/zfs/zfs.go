@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	gozfs "github.com/mistifyio/go-zfs/v3"
@@ -115,6 +116,9 @@ func classify(err error, name string) error {
 		kind = storage.ErrHasClones
 	case strings.Contains(msg, "busy"):
 		kind = storage.ErrBusy
+	case strings.Contains(msg, "out of space"):
+		// What storage.NoSpace tells, as for a write that ENOSPC refuses.
+		return fmt.Errorf("%s: %w: %s", zerr.Debug, syscall.ENOSPC, msg)
 	default:
 		return fmt.Errorf("%s: %s", zerr.Debug, msg)
 	}

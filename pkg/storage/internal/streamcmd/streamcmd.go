@@ -38,7 +38,8 @@ const maxStderr = 8 << 10
 // ends or the stream stalls, the command gets SIGTERM, and SIGKILL after a
 // grace period. The error names the command and holds its stderr, and
 // wraps the first cause: ctx's error (or ErrStalled), then an error of in
-// or out, then the command's exit status. A reader that blocks is not
+// or out, then the command's exit status; and syscall.ENOSPC too when
+// stderr says the filesystem is full. A reader that blocks is not
 // waited for once the command has exited: the caller closes it.
 func Run(ctx context.Context, in io.Reader, out io.Writer, name string, args ...string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -114,6 +115,9 @@ func Run(ctx context.Context, in io.Reader, out io.Writer, name string, args ...
 		cause = waitErr
 	}
 	msg := strings.TrimSpace(stderr.String())
+	if outOfSpace(msg) && !errors.Is(cause, syscall.ENOSPC) {
+		cause = fmt.Errorf("%w (%w)", cause, syscall.ENOSPC)
+	}
 	if msg == "" {
 		return fmt.Errorf("%s: %w", describe(name, args), cause)
 	}
@@ -140,6 +144,13 @@ func watch(moved *atomic.Int64, done <-chan struct{}, cancel context.CancelCause
 			}
 		}
 	}
+}
+
+// outOfSpace tells from a tool's stderr that the filesystem ran out of
+// space, which its exit status does not: btrfs receive prints strerror's
+// words, zfs receive "out of space".
+func outOfSpace(stderr string) bool {
+	return strings.Contains(stderr, "No space left on device") || strings.Contains(stderr, "out of space")
 }
 
 func describe(name string, args []string) string {
