@@ -50,11 +50,18 @@ func Send(ctx context.Context, d storage.Driver, image string, w io.Writer) erro
 	if e.Kind != storage.KindImage {
 		return storage.WrongKind(image, storage.KindImage)
 	}
+	return SendTree(ctx, image, e.Path, w)
+}
+
+// SendTree is Send of the image whose tree is at dir, for a driver whose
+// own stream is tar.zst (dircopy): it has looked the image up, and keeps
+// it from being destroyed until SendTree returns.
+func SendTree(ctx context.Context, image, dir string, w io.Writer) error {
 	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	if err != nil {
 		return err
 	}
-	if err := tarball.Write(ctx, zw, e.Path, tarball.Options{Owners: true, Top: true}); err != nil {
+	if err := tarball.Write(ctx, zw, dir, tarball.Options{Owners: true, Top: true}); err != nil {
 		zw.Close()
 		return fmt.Errorf("sending image %q as tar.zst: %w", image, err)
 	}
