@@ -21,6 +21,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/sindri-db/sindri/pkg/ingest"
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/internal/streamcmd"
 	"github.com/sindri-db/sindri/pkg/tarball"
@@ -29,6 +30,9 @@ import (
 // Format is the format of the stream, for a Capabilities.StreamFormat
 // comparison: tar.zst.
 const Format = storage.StreamTarZstd
+
+// receiving serialises the receives of one image into one driver.
+var receiving keyedmutex.Map[string]
 
 // stageSuffix names the volume a Receive fills.
 const stageSuffix = ".receiving"
@@ -89,6 +93,8 @@ func Receive(ctx context.Context, d storage.Driver, image string, r io.Reader, l
 	if err := storage.ValidateName(stage); err != nil {
 		return storage.Entry{}, fmt.Errorf("%w: image name %q is too long to receive as tar.zst (the volume it is received into would be %q)", storage.ErrInvalidName, image, stage)
 	}
+	// Two receives of one image would share its stage volume.
+	defer receiving.Lock(fmt.Sprintf("%p/%s", d, image))()
 	if _, err := d.Get(ctx, image); err == nil {
 		return storage.Entry{}, storage.Exists(image)
 	} else if !errors.Is(err, storage.ErrNotFound) {

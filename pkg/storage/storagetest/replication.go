@@ -684,6 +684,7 @@ func RunPortable(t *testing.T, from, to Factory) {
 		{"TooLargeLeavesNothing", testPortableTooLarge},
 		{"LeftByACrashIsReplaced", testPortableLeftByACrash},
 		{"IntoAFullFilesystem", testPortableIntoAFullFilesystem},
+		{"TwoReceivesOfOneName", testPortableTwoReceivesOfOneName},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, from, to) })
@@ -933,4 +934,63 @@ func testPortableIntoAFullFilesystem(t *testing.T, from, to Factory) {
 		return portable.Receive(ctx, dst, "image-2", r, noLimits)
 	})
 	checkImage(t, dst, e, "image-2", contentTree(t, img.Path))
+}
+
+// gatedReader yields half of data, then waits for open to be closed
+// before it yields the rest.
+type gatedReader struct {
+	first, rest io.Reader
+	open        chan struct{}
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	n, err := g.first.Read(p)
+	if errors.Is(err, io.EOF) {
+		<-g.open
+		return g.rest.Read(p)
+	}
+	return n, err
+}
+
+// testPortableTwoReceivesOfOneName: a second receive of an image while the
+// first is half-way does not take the first's stage volume from under it:
+// the first makes the image whole and the second is refused with
+// ErrExists.
+func testPortableTwoReceivesOfOneName(t *testing.T, from, to Factory) {
+	src, _ := from(t, replicaFS)
+	dst, _ := to(t, replicaFS)
+	img := makeReplicaImage(t, src, "image-1", false)
+	var buf bytes.Buffer
+	if err := portable.Send(ctx, src, "image-1", &buf); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	gate := &gatedReader{first: bytes.NewReader(data[:len(data)/2]), rest: bytes.NewReader(data[len(data)/2:]), open: make(chan struct{})}
+	type result struct {
+		e   storage.Entry
+		err error
+	}
+	first, second := make(chan result, 1), make(chan result, 1)
+	go func() {
+		e, err := portable.Receive(ctx, dst, "image-2", gate, noLimits)
+		first <- result{e, err}
+	}()
+	time.Sleep(500 * time.Millisecond) // the first is half-way
+	go func() {
+		e, err := portable.Receive(ctx, dst, "image-2", bytes.NewReader(data), noLimits)
+		second <- result{e, err}
+	}()
+	time.Sleep(500 * time.Millisecond) // the second has started
+	close(gate.open)
+	r1, r2 := <-first, <-second
+	if r1.err != nil {
+		t.Fatalf("the first receive: %v", r1.err)
+	}
+	if !errors.Is(r2.err, storage.ErrExists) {
+		t.Errorf("the second receive of the same name: %+v, %v; want ErrExists", r2.e, r2.err)
+	}
+	checkImage(t, dst, r1.e, "image-2", contentTree(t, img.Path))
+	if got, want := names(t, dst), []string{"image:image-2<"}; !slices.Equal(got, want) {
+		t.Errorf("after both receives, List = %v, want %v", got, want)
+	}
 }
