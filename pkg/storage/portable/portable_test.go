@@ -8,6 +8,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/btrfs"
+	"github.com/sindri-db/sindri/pkg/storage/dircopy"
 	"github.com/sindri-db/sindri/pkg/storage/storagetest"
 	"github.com/sindri-db/sindri/pkg/storage/zfs"
 	"github.com/sindri-db/sindri/pkg/testfs"
@@ -37,6 +38,20 @@ func zfsFactory(t testing.TB, size int64) (storage.Driver, func() storage.Driver
 	return open(), open
 }
 
+// dircopyFactory puts dircopy on a tmpfs of its own (the tests run as
+// root), where it declares immutable images.
+func dircopyFactory(t testing.TB, size int64) (storage.Driver, func() storage.Driver) {
+	root := filepath.Join(testfs.Tmpfs(t, size), "sindri")
+	open := func() storage.Driver {
+		d, err := dircopy.New(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	return open(), open
+}
+
 func TestBtrfsToZFS(t *testing.T) { storagetest.RunPortable(t, btrfsFactory, zfsFactory) }
 
 func TestZFSToBtrfs(t *testing.T) { storagetest.RunPortable(t, zfsFactory, btrfsFactory) }
@@ -44,3 +59,7 @@ func TestZFSToBtrfs(t *testing.T) { storagetest.RunPortable(t, zfsFactory, btrfs
 // TestBtrfsToBtrfs: the same kinds may use tar.zst too (as when one host's
 // kernel cannot read the other's stream).
 func TestBtrfsToBtrfs(t *testing.T) { storagetest.RunPortable(t, btrfsFactory, btrfsFactory) }
+
+func TestBtrfsToDircopy(t *testing.T) { storagetest.RunPortable(t, btrfsFactory, dircopyFactory) }
+
+func TestDircopyToZFS(t *testing.T) { storagetest.RunPortable(t, dircopyFactory, zfsFactory) }
