@@ -210,8 +210,10 @@ type Driver interface {
 	// past its first bytes; a stream cut short or corrupt, an error of
 	// r (wrapped) or the end of ctx leave no image and nothing else
 	// (see "Moving images between hosts"); so does a filesystem that
-	// runs out of space, an error that NoSpace tells. r is read to its
-	// end on success, not always on failure.
+	// runs out of space, an error that NoSpace tells, and a filesystem's
+	// stream that holds device nodes, FIFOs, sockets or set-ID files,
+	// ErrUnsafeContent (CheckReceivedTree; tar.zst never makes them). r
+	// is read to its end on success, not always on failure.
 	Receive(ctx context.Context, image string, r io.Reader) (Entry, error)
 }
 
@@ -226,6 +228,9 @@ var (
 	// ErrStreamFormat is a stream to receive that is not in the
 	// receiver's format (or in none that sindri knows).
 	ErrStreamFormat = errors.New("the stream is not in the format this driver receives")
+	// ErrUnsafeContent is a received stream whose files no data
+	// directory holds (see CheckReceivedTree).
+	ErrUnsafeContent = errors.New("the stream holds files an image may not")
 )
 
 var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)

@@ -3,10 +3,13 @@ package storage
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"path/filepath"
 )
 
 // streamHead is how many bytes tell a stream's format.
@@ -65,4 +68,41 @@ func CheckStream(r io.Reader, want string) (io.Reader, error) {
 	}
 	return nil, fmt.Errorf("%w: it is a %s stream, and this driver receives %s streams; images go between drivers of different formats as tar.zst (package storage/portable)",
 		ErrStreamFormat, got, want)
+}
+
+// CheckReceivedTree walks the tree that a filesystem's receive made at dir
+// and refuses, with ErrUnsafeContent, what no data directory holds and
+// what would give whoever uses a clone of the image more than its files:
+// device nodes, FIFOs and sockets, set-user-ID files and set-group-ID
+// files. A filesystem's stream carries them all; the tar.zst stream never
+// makes them (its extractor writes directories, regular files and links,
+// with permission bits only).
+func CheckReceivedTree(ctx context.Context, dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		switch t := d.Type(); {
+		case t&fs.ModeDevice != 0:
+			return fmt.Errorf("%w: %q is a device node", ErrUnsafeContent, rel)
+		case t&(fs.ModeNamedPipe|fs.ModeSocket) != 0:
+			return fmt.Errorf("%w: %q is a FIFO or a socket", ErrUnsafeContent, rel)
+		case t.IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if info.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+				return fmt.Errorf("%w: %q is set-user-ID or set-group-ID (%v)", ErrUnsafeContent, rel, info.Mode())
+			}
+		}
+		return nil
+	})
 }

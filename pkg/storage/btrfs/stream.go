@@ -47,7 +47,8 @@ func (d *Driver) Send(ctx context.Context, image string, w io.Writer) error {
 // Receive runs `btrfs receive` confined (chroot) to a directory of its own
 // under receiving/, checks that it made one read-only subvolume with a
 // received UUID (which btrfs receive sets only once the whole stream is
-// in), and snapshots that, read-only, into images/: the snapshot is the
+// in) and holds nothing unsafe (storage.CheckReceivedTree), and
+// snapshots that, read-only, into images/: the snapshot is the
 // step that makes the image exist, and it keeps the received UUID. A
 // received subvolume cannot be moved into images/ instead: renaming a
 // read-only directory into another directory fails with EROFS (its ".."
@@ -86,6 +87,9 @@ func (d *Driver) receive(ctx context.Context, image, stage string, stream io.Rea
 	}
 	received, err := checkReceived(stage)
 	if err != nil {
+		return storage.Entry{}, fmt.Errorf("receiving image %q: %w", image, err)
+	}
+	if err := storage.CheckReceivedTree(ctx, received); err != nil {
 		return storage.Entry{}, fmt.Errorf("receiving image %q: %w", image, err)
 	}
 	dst := d.imagePath(image)

@@ -19,6 +19,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sindri-db/sindri/pkg/ingest"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/storage/portable"
@@ -993,4 +995,68 @@ func testPortableTwoReceivesOfOneName(t *testing.T, from, to Factory) {
 	if got, want := names(t, dst), []string{"image:image-2<"}; !slices.Equal(got, want) {
 		t.Errorf("after both receives, List = %v, want %v", got, want)
 	}
+}
+
+// testReceiveRefusesUnsafeContent sends images that hold what no data
+// directory holds and what would give a clone's user more than files: a
+// set-user-ID file, a set-group-ID one, a FIFO, a device node. A
+// filesystem's stream carries each, and Receive refuses it with
+// ErrUnsafeContent, leaving nothing; the tar.zst stream never carries
+// them, and the image arrives without them.
+func testReceiveRefusesUnsafeContent(t *testing.T, factory Factory) {
+	src, _ := factory(t, smallFS)
+	dst, _ := factory(t, smallFS)
+	tarZst := src.Capabilities().StreamFormat == storage.StreamTarZstd
+	cases := []struct {
+		what string
+		make func(path string) error
+	}{
+		{"a set-user-ID file", func(p string) error { return writeWithMode(p, 0o755|fs.ModeSetuid) }},
+		{"a set-group-ID file", func(p string) error { return writeWithMode(p, 0o755|fs.ModeSetgid) }},
+		{"a FIFO", func(p string) error { return unix.Mkfifo(p, 0o600) }},
+		{"a device node", func(p string) error { return unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))) }},
+	}
+	for i, c := range cases {
+		image := fmt.Sprintf("image-%d", i+1)
+		v, err := src.Create(ctx, image+"-upload")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(v.Path, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.make(filepath.Join(v.Path, "unsafe")); err != nil {
+			t.Fatalf("making %s: %v", c.what, err)
+		}
+		if _, err := src.Freeze(ctx, v.Name, image); err != nil {
+			t.Fatalf("Freeze of a volume with %s: %v", c.what, err)
+		}
+		e, err := nativeReplicate(t, src, image, dst, image)
+		switch {
+		case tarZst && err != nil:
+			t.Errorf("a tar.zst receive of an image with %s: %v", c.what, err)
+		case tarZst:
+			info, err := os.Lstat(filepath.Join(e.Path, "unsafe"))
+			if err == nil && (!info.Mode().IsRegular() || info.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0) {
+				t.Errorf("a tar.zst receive of an image with %s made it: %v", c.what, info.Mode())
+			}
+			if err := dst.Destroy(ctx, image); err != nil {
+				t.Fatal(err)
+			}
+		case !errors.Is(err, storage.ErrUnsafeContent):
+			t.Errorf("Receive of an image with %s: %+v, %v; want ErrUnsafeContent", c.what, e, err)
+		default:
+			t.Logf("%s: %v", c.what, err)
+		}
+		if got := names(t, dst); len(got) != 0 {
+			t.Fatalf("the receive of an image with %s left %v", c.what, got)
+		}
+	}
+}
+
+func writeWithMode(path string, mode fs.FileMode) error {
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"), 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(path, mode)
 }

@@ -87,6 +87,7 @@ func Run(t *testing.T, factory Factory) {
 		{"ReceiveCutShortLeavesNothing", testReceiveCutShortLeavesNothing},
 		{"SendReceiveClassifiedErrors", testSendReceiveClassifiedErrors},
 		{"ReceiveIntoAFullFilesystem", testReceiveIntoAFullFilesystem},
+		{"ReceiveRefusesUnsafeContent", testReceiveRefusesUnsafeContent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })

@@ -46,7 +46,8 @@ func (d *Driver) Send(ctx context.Context, image string, w io.Writer) error {
 
 // Receive runs `zfs receive` into receiving/<image>@frozen, whatever the
 // sent snapshot was called, checks that it made one filesystem with that
-// one snapshot, and promotes it into images/ as Freeze does a volume. A
+// one snapshot and nothing unsafe in it (storage.CheckReceivedTree), and
+// promotes it into images/ as Freeze does a volume. A
 // receive that fails leaves nothing: zfs itself destroys a new filesystem
 // whose stream failed, and what is left in receiving/ (a crash, a
 // filesystem that failed the check) is destroyed.
@@ -84,6 +85,12 @@ func (d *Driver) receive(ctx context.Context, image, stage string, stream io.Rea
 	}
 	ds, err := d.checkReceived(stage)
 	if err != nil {
+		return storage.Entry{}, fmt.Errorf("receiving image %q: %w", image, err)
+	}
+	if ds, err = mountReadOnly(ds); err != nil {
+		return storage.Entry{}, fmt.Errorf("mounting the received filesystem: %w", classify(err, image))
+	}
+	if err := storage.CheckReceivedTree(ctx, ds.Mountpoint); err != nil {
 		return storage.Entry{}, fmt.Errorf("receiving image %q: %w", image, err)
 	}
 	return d.promote(ds, image, image, "received filesystem")
