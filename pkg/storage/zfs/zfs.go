@@ -29,6 +29,7 @@ import (
 	"time"
 
 	gozfs "github.com/mistifyio/go-zfs/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
@@ -255,10 +256,26 @@ func unmount(ds *gozfs.Dataset) error {
 	})
 }
 
+// mountReadOnly mounts ds read-only, unless it is so already. zfs-fuse
+// sometimes mounts a dataset by itself, read-write, once it is renamed:
+// such a mount is replaced, since on it an open file of a dataset whose
+// readonly property is on can still be overwritten.
 func mountReadOnly(ds *gozfs.Dataset) (*gozfs.Dataset, error) {
 	mounted, err := isMounted(ds)
-	if err != nil || mounted {
+	if err != nil {
 		return ds, err
+	}
+	if mounted {
+		var st unix.Statfs_t
+		if err := unix.Statfs(ds.Mountpoint, &st); err != nil {
+			return ds, err
+		}
+		if st.Flags&unix.ST_RDONLY != 0 {
+			return ds, nil
+		}
+		if err := unmount(ds); err != nil {
+			return ds, fmt.Errorf("unmounting a read-write mount: %w", err)
+		}
 	}
 	return ds.Mount(false, []string{"ro"})
 }
