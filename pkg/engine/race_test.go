@@ -98,6 +98,9 @@ func namedInstances(text string) []int64 {
 	return ids
 }
 
+// lineOf is the instance a line of a joined error is about.
+var lineOf = regexp.MustCompile(`^instance (\d+): `)
+
 // others are the ids in named that are not own.
 func others(named []int64, own int64) []int64 {
 	var out []int64
@@ -109,8 +112,9 @@ func others(named []int64, own int64) []int64 {
 	return out
 }
 
-// Several goroutines create and destroy instances side by side while the
-// supervisor and reconcile run: every create and destroy succeeds, and no
+// Several goroutines create and destroy instances side by side, beside
+// others that live on, while the supervisor and reconcile (every second)
+// run: every create and destroy succeeds, and no
 // error, returned or logged, is about another instance than its own (a
 // lookup or a listing that trips over a volume that another goroutine
 // creates or destroys at that moment).
@@ -119,9 +123,9 @@ func TestCreatesRacingDestroysFailOnlyForThemselves(t *testing.T) {
 		t.Run(fs, func(t *testing.T) {
 			var w *world
 			if fs == "btrfs" {
-				w = newWorld(t, 40)
+				w = newWorld(t, 60)
 			} else {
-				w = newWorldZFS(t, 40)
+				w = newWorldZFS(t, 60)
 			}
 			logs := newLoggedErrors()
 			opts := w.options()
@@ -135,7 +139,18 @@ func TestCreatesRacingDestroysFailOnlyForThemselves(t *testing.T) {
 				e.Run(run, time.Second, time.Minute)
 			}()
 
-			const workers, keep = 4, 3
+			// Bystanders: instances that live through the race, so that
+			// each listing has entries to trip over, and the supervisor
+			// instances to watch.
+			const workers, keep, bystanders = 4, 3, 30
+			var standing []int64
+			for range bystanders {
+				inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: engine.UploadOwner})
+				if err != nil {
+					t.Fatal(err)
+				}
+				standing = append(standing, inst.ID)
+			}
 			duration := 20 * time.Second
 			type failure struct {
 				op     string
@@ -195,7 +210,12 @@ func TestCreatesRacingDestroysFailOnlyForThemselves(t *testing.T) {
 			wg.Wait()
 			stop()
 			running.Wait()
-			t.Logf("%d creates and %d destroys in %s by %d goroutines", ops["create"], ops["destroy"], duration, workers)
+			t.Logf("%d creates and %d destroys in %s by %d goroutines, beside %d instances", ops["create"], ops["destroy"], duration, workers, bystanders)
+			for _, id := range standing {
+				if err := e.DestroyInstance(ctx, id); err != nil {
+					t.Errorf("destroying instance %d: %v", id, err)
+				}
+			}
 
 			var about []string
 			for _, f := range failures {
@@ -209,8 +229,16 @@ func TestCreatesRacingDestroysFailOnlyForThemselves(t *testing.T) {
 				if r.level < slog.LevelError {
 					continue
 				}
-				if o := others(namedInstances(r.err), r.instanceID); len(o) > 0 && r.err != "" {
-					about = append(about, fmt.Sprintf("NAMES ANOTHER INSTANCE %v: logged for instance %d: %s: %s", o, r.instanceID, r.msg, r.err))
+				// Reconcile joins its errors, one line each, as
+				// "instance N: why".
+				for _, line := range strings.Split(r.err, "\n") {
+					own := r.instanceID
+					if m := lineOf.FindStringSubmatch(line); m != nil {
+						own, _ = strconv.ParseInt(m[1], 10, 64)
+					}
+					if o := others(namedInstances(line), own); len(o) > 0 {
+						about = append(about, fmt.Sprintf("NAMES ANOTHER INSTANCE %v: logged about instance %d: %s: %s", o, own, r.msg, line))
+					}
 				}
 			}
 			if len(about) > 0 {
