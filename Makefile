@@ -35,7 +35,9 @@ lint:
 test: deps lint
 	$(GO) test -p 1 -count=1 -timeout 45m $(PKGS)
 
-# Benchmarks: clone, destroy and cp -a on each driver; clone to TLS login
+# Benchmarks: clone, destroy and cp -a on each driver, and Get with 10 and
+# with 1,000 volumes present (200 on ZFS, SINDRI_ZFS_BENCH_VOLUMES to
+# change); clone to TLS login
 # against pg_ctl -w start (feed both to benchstat for medians); ingest of a
 # 2 GB pgbench data directory against zstd -d | tar -x; backup and restore
 # of a running instance against pg_dump and pg_restore; the finalise of

@@ -451,7 +451,9 @@ func TestSCPUpload(t *testing.T) {
 		t.Errorf("ready image's upload dir: %v %v", entries, err)
 	}
 	// What the account can read in the data path: its upload into a
-	// pending image until the image is ready, then nothing.
+	// pending image until the image is ready, then nothing; but for the
+	// disk reserve sindrid publishes for the upload shell, a number.
+	reserveFile := filepath.Join(uploads, ".disk_reserve")
 	readable := func() []string {
 		t.Helper()
 		// find exits 1 on the directories it may not enter: its output is
@@ -461,7 +463,16 @@ func TestSCPUpload(t *testing.T) {
 		if err != nil && (cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1) {
 			t.Fatalf("find as %s: %v", uploadAccount, err)
 		}
-		return strings.Fields(string(out))
+		var files []string
+		for _, f := range strings.Fields(string(out)) {
+			if f != reserveFile {
+				files = append(files, f)
+			}
+		}
+		return files
+	}
+	if b, err := os.ReadFile(reserveFile); err != nil || strings.Trim(string(b), "0123456789\n") != "" {
+		t.Errorf("%s holds %q (%v), want the reserve in bytes and nothing else", reserveFile, b, err)
 	}
 	if out, err := ssh.scp(tarball, "/"+pending+"/data.tgz", false); err != nil {
 		t.Fatalf("scp into the pending image: %v %s", err, out)

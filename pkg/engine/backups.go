@@ -1,58 +1,20 @@
 package engine
 
 import (
-	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/klauspost/compress/zstd"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
-
-// Classified errors of backups.
-var (
-	ErrBackupNotDone  = errors.New("backup is not done")
-	ErrBackupRunning  = errors.New("a backup is reading it")
-	ErrNotBackupReady = errors.New("cannot be backed up now")
-)
-
-// BackupVolume names the read-only snapshot a backup is read from while
-// it is written.
-func BackupVolume(id int64) string { return "backup-" + strconv.FormatInt(id, 10) }
-
-func backupIDOf(name string) (int64, bool) {
-	rest, ok := strings.CutPrefix(name, "backup-")
-	if !ok {
-		return 0, false
-	}
-	id, err := strconv.ParseInt(rest, 10, 64)
-	return id, err == nil && id > 0
-}
-
-// BackupFile is the name of a finished backup's archive in BackupsDir.
-func BackupFile(id int64) string { return strconv.FormatInt(id, 10) + ".tar.zst" }
-
-func (e *Engine) backupPath(id int64) string {
-	return filepath.Join(e.opts.BackupsDir, BackupFile(id))
-}
-
-func (e *Engine) backupTempPath(id int64) string {
-	return filepath.Join(e.opts.BackupsDir, "."+BackupFile(id)+".partial")
-}
 
 // BackupRequest names what to back up: exactly one of an instance and an
 // image.
@@ -125,9 +87,7 @@ func (e *Engine) CreateBackup(ctx context.Context, req BackupRequest) (store.Bac
 	go func() {
 		defer close(run.done)
 		defer cancel()
-		if e.opts.BackupSnapshotted != nil {
-			e.opts.BackupSnapshotted(b.ID)
-		}
+		e.backupSnapshotted(b.ID)
 		e.writeBackup(runCtx, b.ID, snap)
 		e.mu.Lock()
 		delete(e.backups, b.ID)
@@ -226,166 +186,6 @@ func (e *Engine) failBackup(ctx context.Context, id int64, msg string) {
 	e.audit(ctx, "create_backup", "backup", id, "failed", msg)
 }
 
-// writeBackup archives the snapshot, records the outcome and destroys the
-// snapshot.
-func (e *Engine) writeBackup(ctx context.Context, id int64, snap storage.Entry) {
-	started := time.Now()
-	size, sum, err := e.archive(ctx, id, snap.Path)
-	if derr := e.opts.Storage.Destroy(context.WithoutCancel(ctx), snap.Name); derr != nil && !errors.Is(derr, storage.ErrNotFound) {
-		e.log.Error("engine: destroying a backup's snapshot; reconcile retries", "backup_id", id, "err", derr)
-	}
-	if ctx.Err() != nil {
-		return // deleted while being written
-	}
-	if err != nil {
-		e.failBackup(ctx, id, err.Error())
-		return
-	}
-	if err := e.opts.Store.SetBackupDone(ctx, id, e.backupPath(id), size, sum); err != nil {
-		e.log.Error("engine: recording a finished backup", "backup_id", id, "err", err)
-		return
-	}
-	e.log.Info("engine: backup done", "backup_id", id, "size_bytes", size,
-		"duration_ms", time.Since(started).Milliseconds())
-	e.audit(ctx, "create_backup", "backup", id, "ok", "")
-}
-
-// Not part of a backup: the postmaster's lock files, the instance's own
-// TLS key and log (the restore and each clone make theirs), and what
-// Postgres clears at start anyway.
-var backupSkips = map[string]bool{
-	"postmaster.pid": true, "postmaster.opts": true, VolumeRecordFile: true,
-	postgres.ServerKeyFile: true, postgres.LogFile: true, postgres.LogFile + ".1": true,
-}
-
-var backupEmptied = map[string]bool{"pg_stat_tmp": true, "pg_dynshmem": true}
-
-// archive writes the data directory at dir as tar.zst into BackupsDir and
-// returns the archive's size and SHA-256 (hex). It writes a partial file
-// and renames it into place once synced.
-func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, string, error) {
-	tmp := e.backupTempPath(id)
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return 0, "", err
-	}
-	defer os.Remove(tmp)
-	defer f.Close()
-	hash := sha256.New()
-	counted := &countingWriter{w: io.MultiWriter(e.guardWriter(ctx, f, "a backup"), hash)}
-	zw, err := zstd.NewWriter(counted, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		return 0, "", err
-	}
-	if err := writeTar(ctx, zw, dir); err != nil {
-		zw.Close()
-		return 0, "", fmt.Errorf("writing the backup: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return 0, "", fmt.Errorf("writing the backup: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return 0, "", err
-	}
-	if err := f.Close(); err != nil {
-		return 0, "", err
-	}
-	if err := os.Rename(tmp, e.backupPath(id)); err != nil {
-		return 0, "", err
-	}
-	if err := syncDir(e.opts.BackupsDir); err != nil {
-		return 0, "", err
-	}
-	return counted.n, hex.EncodeToString(hash.Sum(nil)), nil
-}
-
-// writeTar writes dir's tree as a tar stream: directories, regular files
-// and symbolic links, with paths relative to dir, owners left out.
-func writeTar(ctx context.Context, w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
-	buf := make([]byte, 1<<20)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil || rel == "." {
-			return err
-		}
-		parent := filepath.Dir(rel)
-		if (parent == "." && backupSkips[rel]) || backupEmptied[parent] || strings.HasPrefix(d.Name(), "pgsql_tmp") {
-			if d.IsDir() {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		switch {
-		case info.Mode()&fs.ModeSymlink != 0:
-			if link, err = os.Readlink(path); err != nil {
-				return err
-			}
-		case info.IsDir(), info.Mode().IsRegular():
-		default:
-			return nil // sockets and the like are not data
-		}
-		hdr, err := tar.FileInfoHeader(info, link)
-		if err != nil {
-			return err
-		}
-		hdr.Name = filepath.ToSlash(rel)
-		if info.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		src, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer src.Close()
-		// A file cannot change in a snapshot, so its size is its length.
-		_, err = io.CopyBuffer(tw, io.LimitReader(src, hdr.Size), buf)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // GetBackup returns one backup.
 func (e *Engine) GetBackup(ctx context.Context, id int64) (store.Backup, error) {
 	b, err := e.opts.Store.GetBackup(ctx, id)
@@ -439,6 +239,38 @@ func (e *Engine) DeleteBackup(ctx context.Context, id int64) error {
 	return nil
 }
 
+// DeleteExpiredBackups deletes the finished backups (done or failed) older
+// than BackupMaxAge, with their archives, and returns how many; nothing
+// when BackupMaxAge is 0. A running backup is never one of them.
+func (e *Engine) DeleteExpiredBackups(ctx context.Context) (int, error) {
+	if e.opts.BackupMaxAge <= 0 {
+		return 0, nil
+	}
+	if e.storeMismatch.Load() {
+		return 0, fmt.Errorf("%w: no backup is deleted for its age until they agree", ErrStoreMismatch)
+	}
+	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
+	if err != nil {
+		return 0, err
+	}
+	cutoff := e.now().Add(-e.opts.BackupMaxAge)
+	ctx = WithActor(ctx, "expiry")
+	var errs []error
+	n := 0
+	for _, b := range backups {
+		if b.Status == store.BackupRunning || !b.CreatedAt.Before(cutoff) {
+			continue
+		}
+		e.log.Info("engine: backup expired", "backup_id", b.ID, "created_at", b.CreatedAt)
+		if err := e.DeleteBackup(ctx, b.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, fmt.Errorf("backup %d: %w", b.ID, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
 // linkBackup puts a finished backup's archive, opened by OpenBackup, into
 // an image's upload directory, as if it had been uploaded: a hard link
 // where the filesystem allows, a copy where not.
@@ -460,11 +292,11 @@ func linkBackup(src *os.File, dir string) error {
 	return out.Close()
 }
 
-// backupPins tells whether a backup being written pins the volume: on ZFS
-// its snapshot does, until the backup is written; a BTRFS snapshot does
-// not.
+// backupPins tells whether a backup being written pins the volume: its
+// snapshot does, until the backup is written, on a driver whose snapshots
+// pin their source (storage.Capabilities).
 func (e *Engine) backupPins(volume string) bool {
-	if e.opts.Storage.Name() != "zfs" {
+	if !e.opts.Storage.Capabilities().SnapshotPinsSource {
 		return false
 	}
 	e.mu.Lock()
@@ -477,8 +309,9 @@ func (e *Engine) backupPins(volume string) bool {
 	return false
 }
 
-// backupReads tells whether a backup's snapshot was cloned from image, as
-// on ZFS, where it then pins the image.
+// backupReads tells whether a backup's snapshot lists image as its origin,
+// as on a driver whose snapshots pin their source, where it then pins the
+// image.
 func (e *Engine) backupReads(ctx context.Context, image string) bool {
 	entries, err := e.opts.Storage.List(ctx)
 	if err != nil {
@@ -543,74 +376,4 @@ func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) 
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// checkArchive reads a backup's archive through: it must be a whole
-// tar.zst. It returns the archive's size and SHA-256 (hex).
-func checkArchive(path string) (int64, string, error) {
-	f, err := openRegular(path)
-	if err != nil {
-		return 0, "", err
-	}
-	defer f.Close()
-	hash := sha256.New()
-	counted := &countingWriter{w: hash}
-	zr, err := zstd.NewReader(io.TeeReader(f, counted))
-	if err != nil {
-		return 0, "", err
-	}
-	defer zr.Close()
-	tr := tar.NewReader(zr)
-	for {
-		_, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return 0, "", err
-		}
-		if _, err := io.Copy(io.Discard, tr); err != nil {
-			return 0, "", err
-		}
-	}
-	// What follows the tar's end (its padding) is the archive's too.
-	if _, err := io.Copy(io.Discard, zr); err != nil {
-		return 0, "", err
-	}
-	if _, err := io.Copy(counted, f); err != nil {
-		return 0, "", err
-	}
-	return counted.n, hex.EncodeToString(hash.Sum(nil)), nil
-}
-
-// DeleteExpiredBackups deletes the finished backups (done or failed) older
-// than BackupMaxAge, with their archives, and returns how many; nothing
-// when BackupMaxAge is 0. A running backup is never one of them.
-func (e *Engine) DeleteExpiredBackups(ctx context.Context) (int, error) {
-	if e.opts.BackupMaxAge <= 0 {
-		return 0, nil
-	}
-	if e.storeMismatch.Load() {
-		return 0, fmt.Errorf("%w: no backup is deleted for its age until they agree", ErrStoreMismatch)
-	}
-	backups, err := e.opts.Store.ListBackups(ctx, store.BackupFilter{})
-	if err != nil {
-		return 0, err
-	}
-	cutoff := e.now().Add(-e.opts.BackupMaxAge)
-	ctx = WithActor(ctx, "expiry")
-	var errs []error
-	n := 0
-	for _, b := range backups {
-		if b.Status == store.BackupRunning || !b.CreatedAt.Before(cutoff) {
-			continue
-		}
-		e.log.Info("engine: backup expired", "backup_id", b.ID, "created_at", b.CreatedAt)
-		if err := e.DeleteBackup(ctx, b.ID); err != nil && !errors.Is(err, ErrNotFound) {
-			errs = append(errs, fmt.Errorf("backup %d: %w", b.ID, err))
-			continue
-		}
-		n++
-	}
-	return n, errors.Join(errs...)
 }

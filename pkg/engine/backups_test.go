@@ -294,7 +294,7 @@ func TestBackupOnZFSPinsTheVolumeUntilWritten(t *testing.T) {
 	w := newWorldZFS(t, 5)
 	release := make(chan struct{})
 	opts := w.options()
-	opts.BackupSnapshotted = func(int64) { <-release }
+	opts = engine.WithBackupSnapshotted(opts, func(int64) { <-release })
 	e := engine.New(opts)
 	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
 	if err != nil {
@@ -353,11 +353,11 @@ func TestOldBackupsAreDeletedBySweep(t *testing.T) {
 	opts := w.options()
 	opts.Now = func() time.Time { return time.Unix(0, now.Load()) }
 	opts.BackupMaxAge = 24 * time.Hour
-	opts.BackupSnapshotted = func(id int64) {
+	opts = engine.WithBackupSnapshotted(opts, func(id int64) {
 		if id == holding.Load() {
 			<-hold
 		}
-	}
+	})
 	e := engine.New(opts)
 
 	old, err := e.CreateBackup(ctx, engine.BackupRequest{ImageID: 1})

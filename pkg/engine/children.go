@@ -162,10 +162,6 @@ func operationProcesses() []operationProcess {
 	return out
 }
 
-// ErrOperationRunning is an operation that another live sindrid runs on
-// the same thing.
-var ErrOperationRunning = errors.New("another sindrid is running this operation")
-
 // endStrayOperations kills, with SIGKILL, the operation processes whose
 // sindrid is gone (and so are this process's to end), for subject only
 // ("image-4") or all when subject is "", and waits until they are gone.

@@ -365,7 +365,7 @@ func TestRepeatedCrashesMarkTheInstanceFailed(t *testing.T) {
 }
 
 // childMain is the short-lived sindrid: it creates one instance of image 1
-// and exits 0, unless CrashAt kills it first.
+// and exits 0, unless killAt kills it first.
 func childMain() int {
 	if id := os.Getenv(finaliseEnv); id != "" {
 		return childFinalise(id)
@@ -388,11 +388,11 @@ func childMain() int {
 		return 2
 	}
 	owner, _ := postgres.LookupUser("postgres")
-	e := engine.New(engine.Options{
+	e := engine.New(engine.WithStepHook(engine.Options{
 		Store: s, Storage: d, Owner: owner, BinPattern: pgtest.BinPattern, MinPort: minPort, MaxPort: maxPort,
 		PublicHostname: "localhost", SharedBuffers: "16MB", RunDir: os.Getenv(runDirEnv),
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)), CrashAt: os.Getenv(crashEnv),
-	})
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	}, killAt(os.Getenv(crashEnv))))
 	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "upload"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -409,6 +409,20 @@ func childMain() int {
 	return 0
 }
 
+// killAt is a step hook that kills the process with SIGKILL at the named
+// step of CreateSteps or ImageDestroySteps: a fault tests cannot cause
+// otherwise. The engine itself never sends it.
+func killAt(step string) func(name string, id int64) {
+	return func(name string, id int64) {
+		if step == "" || name != step {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "child: killing itself on purpose at step %s (id %d)\n", name, id)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
 func (w *world) runChild(t *testing.T, crashAt string) (stdout string, err error) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -423,7 +437,7 @@ func (w *world) runChild(t *testing.T, crashAt string) (stdout string, err error
 	return out.String(), err
 }
 
-// crashChild runs the child sindrid with CrashAt step and fails the test
+// crashChild runs the child sindrid, killed at step, and fails the test
 // unless it died there by SIGKILL.
 func (w *world) crashChild(t *testing.T, step string) {
 	t.Helper()

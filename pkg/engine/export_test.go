@@ -1,9 +1,23 @@
 package engine
 
+// WithStepHook is opts with step called at each of CreateSteps and
+// ImageDestroySteps (see hooks): a crash test kills the process there.
+func WithStepHook(opts Options, step func(name string, id int64)) Options {
+	opts.hooks.step = step
+	return opts
+}
+
+// WithBackupSnapshotted is opts with f called by each backup's writer
+// between its snapshot and its archive: tests hold a backup there.
+func WithBackupSnapshotted(opts Options, f func(backupID int64)) Options {
+	opts.hooks.backupSnapshotted = f
+	return opts
+}
+
 // WithoutScrub is opts with the scrub after an anonymisation script left
 // out, for the benchmark that measures what the scrub costs; images
 // finalised so are not marked anonymised.
 func WithoutScrub(opts Options) Options {
-	opts.skipScrub = true
+	opts.hooks.skipScrub = true
 	return opts
 }

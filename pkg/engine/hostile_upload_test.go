@@ -141,9 +141,11 @@ func TestFinaliseRefusesArchivesThatExpandPastTheFreeSpace(t *testing.T) {
 					t.Errorf("volume %s after the refusal: %v, want none", name, err)
 				}
 			}
+			// The disk is as it was, but for the upload, which a failed
+			// finalise removes.
 			after := settledFree(t, w)
-			if diff := before - after; diff > 16<<20 || diff < -16<<20 {
-				t.Errorf("free bytes %d before the finalise, %d after: the disk is not as it was", before, after)
+			if diff := before + int64(len(c.archive)) - after; diff > 16<<20 || diff < -16<<20 {
+				t.Errorf("free bytes %d before the finalise, %d after, the %d-byte upload removed: the disk is not as it was", before, after, len(c.archive))
 			}
 
 			if _, err := e.UploadImage(ctx, img.ID, bytes.NewReader(good)); err != nil {
@@ -367,4 +369,66 @@ func TestHostileImageFromBeforeStartsSafely(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkInstanceIsSindris(t, w, inst, canaryDir)
+}
+
+// An uploaded catalog can name, as a C function's library, a file it
+// ships in its own data directory: a client's call would load it into the
+// server as the postgres OS user. The library here writes a file when it
+// is loaded; finalise refuses the upload, naming the function, and
+// nothing loads it.
+func TestUploadedLibraryIsRefused(t *testing.T) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Fatal("gcc is not installed; `make deps` installs it")
+	}
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	// Where the library, loaded by a postmaster, would leave its mark.
+	marks := pgtest.Dir(t)
+	if err := w.owner.Chown(marks, false); err != nil {
+		t.Fatal(err)
+	}
+	loaded := filepath.Join(marks, "loaded")
+	src := pgtest.StartSource(t)
+	// The library goes into the data directory the upload carries; the
+	// catalog names it where the upload's volume will have it.
+	lib := filepath.Join(src.DataDir, "evil.so")
+	code := filepath.Join(t.TempDir(), "evil.c")
+	os.WriteFile(code, []byte(`#include <stdio.h>
+__attribute__((constructor)) static void loaded(void) { FILE *f = fopen(LOADED, "w"); if (f) fclose(f); }
+`), 0o600)
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", lib, fmt.Sprintf(`-DLOADED="%s"`, loaded), code).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	// The image's frozen volume keeps the file for the image's whole life.
+	where := filepath.Join(w.root, "images", engine.ImageVolume(2), "evil.so")
+	// CREATE FUNCTION loads the library it names: the functions are made
+	// with one of the server's own, and the catalog is then pointed at
+	// where the upload's file will be, as a hostile upload's is.
+	execSQL(t, src.SocketURL(), fmt.Sprintf(`create function evil() returns int as '$libdir/plpgsql', 'plpgsql_call_handler' language c;
+		create function evil_too() returns int as '$libdir/plpgsql', 'plpgsql_call_handler' language c;
+		update pg_proc set probin = '%[1]s' where proname = 'evil';
+		update pg_proc set probin = '$libdir/../../../..%[1]s' where proname = 'evil_too';`, where))
+	if err := postgres.Stop(ctx, src.DataDir, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	tarball, err := exec.Command("tar", "-C", src.DataDir, "-czf", "-", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := newImage(t, e, "", tarball)
+	if img.ID != 2 {
+		t.Fatalf("image %d, want 2: the catalog names image 2's volume", img.ID)
+	}
+	got, err := e.FinaliseImage(ctx, img.ID)
+	if !errors.Is(err, engine.ErrFinaliseFailed) || got.Status != store.ImageFailed {
+		t.Fatalf("finalise: %s, %v; want failed", got.Status, err)
+	}
+	for _, want := range []string{"evil()", where, "evil_too()", "not one of the server's own"} {
+		if !strings.Contains(got.Error, want) {
+			t.Errorf("the image's error does not say %q: %s", want, got.Error)
+		}
+	}
+	if _, err := os.Stat(loaded); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the uploaded library was loaded: %v", err)
+	}
 }

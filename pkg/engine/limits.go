@@ -18,15 +18,6 @@ import (
 	"github.com/sindri-db/sindri/pkg/writeback"
 )
 
-// Refusals by the configured limits, for errors.Is; each is a *LimitError.
-var (
-	// ErrQuotaExceeded: a per-user or global count or size is at its limit.
-	ErrQuotaExceeded = errors.New("quota exceeded")
-	// ErrNoDiskSpace: the free space is under the disk reserve, or would
-	// be.
-	ErrNoDiskSpace = errors.New("not enough disk space")
-)
-
 // UploadOwner is the owner the API records for the upload user (the
 // shared secret: auth.UploadOwner), whom only the UploadUser* limits and
 // the disk reserve hold.
@@ -92,31 +83,6 @@ func size(n int64) string {
 		return "-" + humanize.IBytes(uint64(-n))
 	}
 	return humanize.IBytes(uint64(n))
-}
-
-// LimitError is a refusal by a limit: its message, written for the
-// person who asked, names the limit's key and the figure that reached it.
-type LimitError struct {
-	// Key is the configuration key, e.g. "limits.instances_per_user".
-	Key string
-	// Used is the figure (for the disk reserve: the free bytes) and Limit
-	// the limit (the reserve's bytes).
-	Used, Limit int64
-	// Disk is set for the disk reserve (ErrNoDiskSpace); otherwise it is a
-	// quota (ErrQuotaExceeded).
-	Disk bool
-	// Msg is the message.
-	Msg string
-}
-
-func (e *LimitError) Error() string { return e.Msg }
-
-// Unwrap makes errors.Is(err, ErrNoDiskSpace) or ErrQuotaExceeded true.
-func (e *LimitError) Unwrap() error {
-	if e.Disk {
-		return ErrNoDiskSpace
-	}
-	return ErrQuotaExceeded
 }
 
 func (e *Engine) isUpload(owner string) bool { return owner == UploadOwner }

@@ -23,17 +23,6 @@ import (
 // its image's record until its own replaces it.
 const VolumeRecordFile = "sindri_volume.json"
 
-// Classified errors of the volumes' records: ErrNotItsVolume, a volume
-// whose record names another installation, instance or image than the
-// store's row, which is therefore left alone; ErrStoreMismatch, a
-// metadata store that does not account for most volumes (a wrong
-// database_url, an empty database, another installation's or an older
-// dump), while which nothing is destroyed.
-var (
-	ErrNotItsVolume  = errors.New("the volume belongs to something else")
-	ErrStoreMismatch = errors.New("the metadata store does not match the volumes")
-)
-
 const (
 	recordInstance = "instance"
 	recordImage    = "image"

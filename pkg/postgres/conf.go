@@ -57,6 +57,11 @@ type Settings struct {
 	// Clone applies cloneDefaults: cheap, and cut off from the server the
 	// data came from. The metadata cluster keeps Postgres's durable ones.
 	Clone bool
+	// PreparedTransactions is max_prepared_transactions: 0 but for
+	// finalise's private start, which must recover the prepared
+	// transactions an upload holds (PreparedTransactionsSetting) to roll
+	// them back.
+	PreparedTransactions int
 }
 
 // setting is one pinned setting: its name and raw value (as given after
@@ -171,7 +176,6 @@ var pinnedEverywhere = []versioned{
 	// cannot make every clone take the host's memory.
 	{setting: setting{"huge_pages", "off"}},
 	{setting: setting{"max_worker_processes", "8"}},
-	{setting: setting{"max_prepared_transactions", "0"}},
 	{setting: setting{"max_locks_per_transaction", "64"}},
 	{setting: setting{"max_pred_locks_per_transaction", "64"}},
 	{setting: setting{"max_replication_slots", "10"}},
@@ -222,6 +226,7 @@ func (s Settings) pins(dataDir string, major int) []setting {
 		setting{"ssl_ca_file", CAFile},
 		setting{"cluster_name", s.ClusterName},
 		setting{"shared_buffers", sharedBuffers},
+		setting{"max_prepared_transactions", strconv.Itoa(max(s.PreparedTransactions, 0))},
 	)
 	return out
 }

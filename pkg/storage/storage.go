@@ -23,9 +23,10 @@
 //
 // Snapshot is how a running instance is backed up without stopping it: the
 // copy is as consistent as the filesystem's snapshot, which is atomic on
-// both drivers, so Postgres recovers it like a crashed server. On ZFS the
-// snapshot pins its source: Destroy of the source is refused with
-// ErrHasClones until the snapshot is destroyed; on BTRFS it is not.
+// both drivers, so Postgres recovers it like a crashed server. Whether the
+// snapshot pins its source, so that Destroy of the source is refused with
+// ErrHasClones until the snapshot is destroyed, is a driver's capability
+// (Capabilities.SnapshotPinsSource): on ZFS it does, on BTRFS it does not.
 //
 // Names are one path element made of lower-case letters, digits, '-', '_'
 // and '.', starting with a letter or digit, at most 64 bytes, with no '..'. Volumes and images share one namespace. Callers derive names from ids
@@ -69,11 +70,27 @@ type Capacity struct {
 	FreeBytes  int64
 }
 
+// Capabilities are what a driver's filesystem does differently that its
+// callers must allow for, declared by the driver rather than guessed from
+// its name (as containerd's snapshotters declare theirs). The conformance
+// suite holds each driver to what it declares.
+type Capabilities struct {
+	// SnapshotPinsSource: while an image made by Snapshot exists, Destroy
+	// of its source (a volume or an image) is refused with ErrHasClones;
+	// once the snapshot is destroyed, the source can be. Without it the
+	// source can be destroyed at any time and the snapshot stays whole.
+	SnapshotPinsSource bool
+}
+
 // Driver is a copy-on-write store of volumes and images. See the package
 // documentation for the lifecycle.
 type Driver interface {
-	// Name is the driver's name as in the config: "btrfs" or "zfs".
+	// Name is the driver's name as in the config: "btrfs" or "zfs". It is
+	// for people (logs, /status); callers branch on Capabilities instead.
 	Name() string
+	// Capabilities declares how the driver's filesystem behaves where
+	// drivers differ.
+	Capabilities() Capabilities
 	// Create makes an empty writable volume.
 	Create(ctx context.Context, volume string) (Entry, error)
 	// Freeze turns a volume into a read-only image named image. The volume
@@ -86,9 +103,13 @@ type Driver interface {
 	Snapshot(ctx context.Context, source, image string) (Entry, error)
 	// Destroy removes a volume, or an image that has no clones.
 	Destroy(ctx context.Context, name string) error
-	// Get returns one entry.
+	// Get returns one entry. It costs the same however many entries
+	// exist, and a name destroyed while it runs is ErrNotFound or the
+	// entry as it was, never another error.
 	Get(ctx context.Context, name string) (Entry, error)
-	// List returns every volume and image, sorted by name.
+	// List returns every volume and image, sorted by name. An entry made
+	// or destroyed while it runs may be listed or not, but never makes it
+	// fail.
 	List(ctx context.Context) ([]Entry, error)
 	// ExclusiveBytes is the disk an entry holds that nothing else shares:
 	// for a clone, what was written into it since the clone. On ZFS it

@@ -90,11 +90,11 @@ func createEmpty(t testing.TB, path string) string {
 }
 
 // CompatDir returns a directory holding a `zfs` and a `zpool` that run
-// scripts/zfs-fuse-compat, for putting first on PATH.
+// zfs-fuse-compat (beside this file), for putting first on PATH.
 func CompatDir(t testing.TB) string {
 	t.Helper()
 	_, self, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(self), "..", "..", "scripts", "zfs-fuse-compat")
+	script := filepath.Join(filepath.Dir(self), "zfs-fuse-compat")
 	script, err := filepath.Abs(script)
 	if err != nil {
 		t.Fatal(err)
@@ -112,8 +112,9 @@ func CompatDir(t testing.TB) string {
 }
 
 // ZFSPool makes a ZFS pool in a sparse file under zfs-fuse (starting the
-// daemon when it is not running), puts scripts/zfs-fuse-compat first on PATH
-// as `zfs` and `zpool`, and returns the pool's name. Cleanup destroys the pool.
+// daemon when it is not running), puts zfs-fuse-compat first on PATH as
+// `zfs` and `zpool`, and returns the pool's name. Cleanup destroys the
+// pool.
 func ZFSPool(t testing.TB, size int64) string {
 	t.Helper()
 	testenv.RequireRoot(t, "mount filesystems")

@@ -247,3 +247,44 @@ func writeClientFiles(t testing.TB, dir string, c postgres.Certificates) ClientF
 
 // String names the instance in test logs.
 func (i *Instance) String() string { return fmt.Sprintf("cluster on port %d (%s)", i.Port, i.DataDir) }
+
+// StartSource starts a copy of the template as a production server runs
+// its own data: with Postgres's own configuration files and only the
+// given settings ("name=value") besides its port and private socket on the
+// command line, none of sindri's pins. It stands for the server a user
+// uploads, pulls or replicates from. Cleanup stops it.
+func StartSource(t testing.TB, settings ...string) *Instance {
+	t.Helper()
+	owner := Owner(t)
+	base := Dir(t)
+	i := &Instance{
+		DataDir:   filepath.Join(base, "data"),
+		SocketDir: filepath.Join(base, "socket"),
+		Port:      FreePort(t),
+		BinDir:    BinDir(t),
+		Owner:     owner,
+	}
+	CopyTemplate(t, i.DataDir)
+	if err := os.Mkdir(i.SocketDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Chown(i.SocketDir, false); err != nil {
+		t.Fatal(err)
+	}
+	opts := fmt.Sprintf("-c port=%d -c listen_addresses='' -c unix_socket_directories=%s", i.Port, i.SocketDir)
+	for _, s := range settings {
+		opts += " -c " + s
+	}
+	cmd := exec.Command("runuser", "-u", owner.Name, "--", filepath.Join(i.BinDir, "pg_ctl"),
+		"-D", i.DataDir, "-o", opts, "-l", filepath.Join(i.SocketDir, "source.log"), "-w", "start")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(i.SocketDir, "source.log"))
+		t.Fatalf("starting the source server: %v\n%s\n%s", err, out, log)
+	}
+	t.Cleanup(func() {
+		if err := postgres.Stop(context.Background(), i.DataDir, 10*time.Second); err != nil {
+			t.Errorf("stopping the source server: %v", err)
+		}
+	})
+	return i
+}

@@ -13,12 +13,20 @@
 // so the driver keeps that rule itself: a volume's subvolume records the
 // UUID of the image it was cloned from (its parent UUID), and an image with
 // any volume naming it as parent is not destroyed.
+//
+// Lookups by name cost the same however many entries exist: Get opens the
+// one directory and asks the kernel for its subvolume's record, and finds
+// a clone's image through the filesystem's UUID tree. Only List, and the
+// destroy of an image (which must know that no volume was cloned from it),
+// read every subvolume's record, in one tree search that opens nothing, so
+// that an entry destroyed meanwhile is simply not listed.
 package btrfs
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -26,6 +34,7 @@ import (
 	cbtrfs "github.com/containerd/btrfs/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -37,8 +46,14 @@ const (
 // Driver implements storage.Driver on a directory of a BTRFS filesystem.
 type Driver struct {
 	root  string
-	locks storage.NameLocks
+	locks keyedmutex.Map[string]
+	// Where the entries of each kind are linked: the subvolume holding the
+	// volumes/ or images/ directory and that directory's inode number, as
+	// a subvolume's record names them.
+	dirs map[storage.Kind]linkDir
 }
+
+type linkDir struct{ subvol, ino uint64 }
 
 var _ storage.Driver = (*Driver)(nil)
 
@@ -65,7 +80,20 @@ func New(root string) (*Driver, error) {
 	if err := enableQuota(root); err != nil {
 		return nil, err
 	}
-	return &Driver{root: root}, nil
+	d := &Driver{root: root, dirs: map[storage.Kind]linkDir{}}
+	for kind, dir := range map[storage.Kind]string{storage.KindVolume: volumesDir, storage.KindImage: imagesDir} {
+		path := filepath.Join(root, dir)
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return nil, fmt.Errorf("stat %s: %w", path, err)
+		}
+		id, err := cbtrfs.SubvolID(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading the subvolume of %s: %w", path, err)
+		}
+		d.dirs[kind] = linkDir{subvol: id, ino: st.Ino}
+	}
+	return d, nil
 }
 
 // IsBtrfs reports whether path is on a BTRFS filesystem.
@@ -82,8 +110,28 @@ func IsBtrfs(path string) error {
 
 func (d *Driver) Name() string { return "btrfs" }
 
+// Capabilities: a Snapshot is a subvolume of its own, which destroying its
+// source leaves whole, so it pins nothing.
+func (d *Driver) Capabilities() storage.Capabilities {
+	return storage.Capabilities{SnapshotPinsSource: false}
+}
+
 func (d *Driver) volumePath(name string) string { return filepath.Join(d.root, volumesDir, name) }
 func (d *Driver) imagePath(name string) string  { return filepath.Join(d.root, imagesDir, name) }
+
+func (d *Driver) path(kind storage.Kind, name string) string {
+	if kind == storage.KindImage {
+		return d.imagePath(name)
+	}
+	return d.volumePath(name)
+}
+
+// linkedIn tells whether a subvolume is linked as name in the directory
+// of the entries of kind.
+func (d *Driver) linkedIn(kind storage.Kind, sv subvol, name string) bool {
+	dir := d.dirs[kind]
+	return sv.parentID == dir.subvol && sv.dirID == dir.ino && sv.name == name
+}
 
 // lookup tells which kind of entry name is, or ErrNotFound.
 func (d *Driver) lookup(name string) (storage.Kind, string, error) {
@@ -137,14 +185,14 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 		return storage.Entry{}, storage.WrongKind(volume, storage.KindVolume)
 	}
 	dst := d.imagePath(image)
-	srcInfo, err := cbtrfs.SubvolInfo(src)
+	srcInfo, err := readSubvolAt(src)
 	if err != nil {
 		return storage.Entry{}, fmt.Errorf("reading volume %q: %w", volume, err)
 	}
-	if imgInfo, err := cbtrfs.SubvolInfo(dst); err == nil {
+	if imgInfo, err := readSubvolAt(dst); err == nil {
 		// A freeze that stopped after the snapshot: the image is this
 		// volume's snapshot, so only the volume's removal is left to do.
-		if imgInfo.ParentUUID != srcInfo.UUID {
+		if imgInfo.parent != srcInfo.uuid {
 			return storage.Entry{}, storage.Exists(image)
 		}
 	} else if err := d.requireFree(image); err != nil {
@@ -209,6 +257,8 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 		return err
 	}
 	if kind == storage.KindImage {
+		// Which volumes name the image as parent is known only from each
+		// subvolume's record: the one step that reads them all.
 		entries, err := d.list()
 		if err != nil {
 			return err
@@ -227,67 +277,78 @@ func (d *Driver) Get(ctx context.Context, name string) (storage.Entry, error) {
 	if err := storage.ValidateName(name); err != nil {
 		return storage.Entry{}, err
 	}
-	entries, err := d.list()
-	if err != nil {
-		return storage.Entry{}, err
-	}
-	for _, e := range entries {
-		if e.Name == name {
-			return e, nil
+	for _, kind := range []storage.Kind{storage.KindVolume, storage.KindImage} {
+		e, ok, err := d.get(kind, name)
+		if err != nil || ok {
+			return e, err
 		}
 	}
 	return storage.Entry{}, storage.NotFound(name)
+}
+
+// get reads the entry name of kind from its subvolume's record; false when
+// there is none (a missing path, a plain directory, a subvolume being
+// deleted).
+func (d *Driver) get(kind storage.Kind, name string) (storage.Entry, bool, error) {
+	path := d.path(kind, name)
+	f, sv, err := openSubvol(path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotSubvol) {
+		return storage.Entry{}, false, nil
+	}
+	if err != nil {
+		return storage.Entry{}, false, err
+	}
+	defer f.Close()
+	if !d.linkedIn(kind, sv, name) {
+		return storage.Entry{}, false, nil
+	}
+	e := storage.Entry{Name: name, Kind: kind, Path: path}
+	if kind == storage.KindVolume && !sv.parent.isZero() {
+		img, ok, err := subvolByUUID(f, sv.parent)
+		if err != nil {
+			return storage.Entry{}, false, fmt.Errorf("finding the image of volume %q: %w", name, err)
+		}
+		if ok && d.linkedIn(storage.KindImage, img, img.name) && storage.ValidateName(img.name) == nil {
+			e.Origin = img.name
+		}
+	}
+	return e, true, nil
+}
+
+// readSubvolAt reads the record of the subvolume whose root is path.
+func readSubvolAt(path string) (subvol, error) {
+	f, sv, err := openSubvol(path)
+	if err != nil {
+		return subvol{}, err
+	}
+	f.Close()
+	return sv, nil
 }
 
 func (d *Driver) List(ctx context.Context) ([]storage.Entry, error) {
 	return d.list()
 }
 
-// subvolumes returns every subvolume of the filesystem by id. (The
-// library's Info.Path leaves out plain directories between subvolumes, so
-// entries are matched by id, not by path.)
-func (d *Driver) subvolumes() (map[uint64]cbtrfs.Info, error) {
+// list reads every subvolume's record in one tree search and keeps those
+// linked under volumes/ and images/. It opens nothing, so an entry
+// destroyed while it runs is left out, not an error.
+func (d *Driver) list() ([]storage.Entry, error) {
 	infos, err := cbtrfs.SubvolList(d.root)
 	if err != nil {
 		return nil, fmt.Errorf("listing subvolumes of %s: %w", d.root, err)
 	}
-	byID := make(map[uint64]cbtrfs.Info, len(infos))
-	for _, info := range infos {
-		byID[info.ID] = info
-	}
-	return byID, nil
-}
-
-func (d *Driver) list() ([]storage.Entry, error) {
-	subvols, err := d.subvolumes()
-	if err != nil {
-		return nil, err
-	}
 	imageByUUID := map[string]string{}
 	var entries []storage.Entry
-	for _, c := range []struct {
-		kind storage.Kind
-		dir  string
-	}{{storage.KindImage, imagesDir}, {storage.KindVolume, volumesDir}} {
-		dirents, err := os.ReadDir(filepath.Join(d.root, c.dir))
-		if err != nil {
-			return nil, err
-		}
-		for _, de := range dirents {
-			path := filepath.Join(d.root, c.dir, de.Name())
-			if !de.IsDir() || storage.ValidateName(de.Name()) != nil {
-				continue // not ours
+	for _, kind := range []storage.Kind{storage.KindImage, storage.KindVolume} {
+		dir := d.dirs[kind]
+		for _, info := range infos {
+			// No UUID: its root item was not read, as when the
+			// subvolume was deleted during the search.
+			if info.ParentID != dir.subvol || info.DirID != dir.ino || info.UUID == "" || storage.ValidateName(info.Name) != nil {
+				continue
 			}
-			id, err := cbtrfs.SubvolID(path)
-			if err != nil {
-				return nil, err
-			}
-			info, ok := subvols[id]
-			if !ok || info.DirID == 0 {
-				continue // a plain directory, not a subvolume
-			}
-			e := storage.Entry{Name: de.Name(), Kind: c.kind, Path: path}
-			if c.kind == storage.KindImage {
+			e := storage.Entry{Name: info.Name, Kind: kind, Path: d.path(kind, info.Name)}
+			if kind == storage.KindImage {
 				imageByUUID[info.UUID] = e.Name
 			} else {
 				e.Origin = imageByUUID[info.ParentUUID]
@@ -307,17 +368,19 @@ func (d *Driver) ExclusiveBytes(ctx context.Context, name string) (int64, error)
 	if err != nil {
 		return 0, err
 	}
-	id, err := cbtrfs.SubvolID(path)
+	sv, err := readSubvolAt(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, storage.NotFound(name)
+	}
 	if err != nil {
 		return 0, err
 	}
-	usage, err := exclusiveBytes(d.root)
+	excl, ok, err := exclusiveBytes(d.root, sv.id)
 	if err != nil {
 		return 0, err
 	}
-	excl, ok := usage[id]
 	if !ok {
-		return 0, fmt.Errorf("no quota group for %q (subvolume %d); is quota accounting on?", name, id)
+		return 0, fmt.Errorf("no quota group for %q (subvolume %d); is quota accounting on?", name, sv.id)
 	}
 	return excl, nil
 }

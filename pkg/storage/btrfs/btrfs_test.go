@@ -28,6 +28,8 @@ func TestConformance(t *testing.T) { storagetest.Run(t, factory) }
 
 func BenchmarkDriver(b *testing.B) { storagetest.Bench(b, factory) }
 
+func BenchmarkGet(b *testing.B) { storagetest.BenchGet(b, factory, 10, 1000) }
+
 func TestNewRefusesOtherFilesystems(t *testing.T) {
 	if _, err := btrfs.New(t.TempDir()); err == nil {
 		t.Fatal("btrfs.New accepted a directory that is not on BTRFS")

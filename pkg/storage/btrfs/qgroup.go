@@ -10,44 +10,33 @@ package btrfs
 #include <linux/btrfs.h>
 #include <linux/btrfs_tree.h>
 
-// qgroup_exclusive fills ids and excl with up to max level-0 qgroups of the
-// filesystem open at fd; it returns their number, or -errno.
-static int qgroup_exclusive(int fd, unsigned long long *ids, unsigned long long *excl, int max) {
+// qgroup_exclusive sets excl to the exclusive bytes of the level-0 qgroup
+// of subvolume id on the filesystem open at fd. It returns 1, 0 when there
+// is no such qgroup, or -1 with errno (ENOENT: quota is off).
+static int qgroup_exclusive(int fd, unsigned long long id, unsigned long long *excl) {
 	struct btrfs_ioctl_search_args args;
-	int n = 0;
 	memset(&args, 0, sizeof(args));
 	args.key.tree_id = BTRFS_QUOTA_TREE_OBJECTID;
 	args.key.min_type = BTRFS_QGROUP_INFO_KEY;
 	args.key.max_type = BTRFS_QGROUP_INFO_KEY;
-	args.key.min_objectid = 0;
+	args.key.min_objectid = 0; // level 0: one qgroup per subvolume
 	args.key.max_objectid = 0;
-	args.key.min_offset = 0;
-	args.key.max_offset = (1ULL << 48) - 1; // level 0: one qgroup per subvolume
+	args.key.min_offset = id;
+	args.key.max_offset = id;
 	args.key.max_transid = (unsigned long long)-1;
-	for (;;) {
-		args.key.nr_items = 4096;
-		if (ioctl(fd, BTRFS_IOC_TREE_SEARCH, &args) < 0)
-			return -1;
-		if (args.key.nr_items == 0)
-			return n;
-		size_t off = 0;
-		struct btrfs_ioctl_search_header sh;
-		for (unsigned i = 0; i < args.key.nr_items; i++) {
-			memcpy(&sh, args.buf + off, sizeof(sh));
-			off += sizeof(sh);
-			if (sh.type == BTRFS_QGROUP_INFO_KEY && n < max) {
-				struct btrfs_qgroup_info_item item;
-				memcpy(&item, args.buf + off, sizeof(item));
-				ids[n] = sh.offset;
-				excl[n] = le64toh(item.excl);
-				n++;
-			}
-			off += sh.len;
-			args.key.min_offset = sh.offset + 1;
-		}
-		if (args.key.min_offset == 0 || args.key.min_offset > args.key.max_offset)
-			return n;
-	}
+	args.key.nr_items = 1;
+	if (ioctl(fd, BTRFS_IOC_TREE_SEARCH, &args) < 0)
+		return -1;
+	if (args.key.nr_items == 0)
+		return 0;
+	struct btrfs_ioctl_search_header sh;
+	memcpy(&sh, args.buf, sizeof(sh));
+	if (sh.type != BTRFS_QGROUP_INFO_KEY || sh.len < sizeof(struct btrfs_qgroup_info_item))
+		return 0;
+	struct btrfs_qgroup_info_item item;
+	memcpy(&item, args.buf + sizeof(sh), sizeof(item));
+	*excl = le64toh(item.excl);
+	return 1;
 }
 
 // Simple quotas (Linux 6.7) charge each extent to the subvolume that
@@ -96,29 +85,25 @@ func enableQuota(path string) error {
 }
 
 // exclusiveBytes commits the running transaction, so that the accounting
-// is current, and returns each subvolume's exclusive bytes by subvolume id.
-func exclusiveBytes(path string) (map[uint64]int64, error) {
+// is current, and returns the exclusive bytes of subvolume id; false when
+// the subvolume has no quota group. It reads that one quota group, whatever
+// the number of subvolumes.
+func exclusiveBytes(path string, id uint64) (int64, bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return 0, false, err
 	}
 	defer f.Close()
 	if r, errno := C.fs_sync(C.int(f.Fd())); r < 0 {
-		return nil, fmt.Errorf("btrfs sync %s: %w", path, errno)
+		return 0, false, fmt.Errorf("btrfs sync %s: %w", path, errno)
 	}
-	const max = 1 << 16
-	ids := make([]C.ulonglong, max)
-	excl := make([]C.ulonglong, max)
-	n, errno := C.qgroup_exclusive(C.int(f.Fd()), &ids[0], &excl[0], max)
-	if n < 0 {
+	var excl C.ulonglong
+	r, errno := C.qgroup_exclusive(C.int(f.Fd()), C.ulonglong(id), &excl)
+	if r < 0 {
 		if errno == syscall.ENOENT {
-			return nil, fmt.Errorf("btrfs quota is not enabled on %s", path)
+			return 0, false, fmt.Errorf("btrfs quota is not enabled on %s", path)
 		}
-		return nil, fmt.Errorf("reading btrfs qgroups of %s: %w", path, errno)
+		return 0, false, fmt.Errorf("reading btrfs qgroup of %s: %w", path, errno)
 	}
-	out := make(map[uint64]int64, int(n))
-	for i := 0; i < int(n); i++ {
-		out[uint64(ids[i])] = int64(excl[i])
-	}
-	return out, nil
+	return int64(excl), r == 1, nil
 }

@@ -14,7 +14,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -44,12 +46,14 @@ func Run(t *testing.T, factory Factory) {
 		{"FreezeConsumesVolume", testFreezeConsumesVolume},
 		{"DestroyCloneLeavesImageAndSiblings", testDestroyCloneLeavesImageAndSiblings},
 		{"DestroyImageWithClonesRefused", testDestroyImageWithClonesRefused},
+		{"SnapshotPinsSourceAsDeclared", testSnapshotPinsSourceAsDeclared},
 		{"ClassifiedErrors", testClassifiedErrors},
 		{"InvalidNamesRejected", testInvalidNamesRejected},
 		{"ReopenListsWhatExists", testReopenListsWhatExists},
 		{"ConcurrentCloneDestroyLeavesNoStray", testConcurrentCloneDestroy},
 		{"HundredClonesAreThin", testHundredClonesAreThin},
 		{"SnapshotIsAPointInTimeCopy", testSnapshotIsAPointInTimeCopy},
+		{"ListAndGetDuringChurn", testListAndGetDuringChurn},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })
@@ -309,6 +313,58 @@ func testSnapshotIsAPointInTimeCopy(t *testing.T, factory Factory) {
 	}
 }
 
+// testSnapshotPinsSourceAsDeclared holds the driver to its
+// Capabilities().SnapshotPinsSource, for a snapshot of a volume and of an
+// image: declared, Destroy of the source is refused with ErrHasClones
+// while the snapshot exists, and succeeds once it is gone; not declared,
+// the source can be destroyed at once. Either way the snapshot stays whole.
+func testSnapshotPinsSourceAsDeclared(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	pins := d.Capabilities().SnapshotPinsSource
+	makeImage(t, d, "image-1", fixture)
+	c := mustClone(t, d, "image-1", "instance-1")
+	writeFiles(t, c.Path, map[string][]byte{"base/1/1259": []byte("written in the clone")})
+	cloneDigest := digest(t, c.Path)
+
+	for _, tc := range []struct {
+		source, snapshot string
+		want             map[string][32]byte
+	}{
+		// The volume first: while it exists its image has a clone, and
+		// could not be destroyed whatever the snapshot does.
+		{"instance-1", "backup-1", cloneDigest},
+		{"image-1", "backup-2", fixtureDigest()},
+	} {
+		snap, err := d.Snapshot(ctx, tc.source, tc.snapshot)
+		if err != nil {
+			t.Fatalf("Snapshot(%s): %v", tc.source, err)
+		}
+		err = d.Destroy(ctx, tc.source)
+		switch {
+		case pins && !errors.Is(err, storage.ErrHasClones):
+			t.Fatalf("the driver declares that a snapshot pins its source, but Destroy(%s) while %s exists: %v, want ErrHasClones",
+				tc.source, tc.snapshot, err)
+		case !pins && err != nil:
+			t.Fatalf("the driver declares that a snapshot does not pin its source, but Destroy(%s) while %s exists: %v",
+				tc.source, tc.snapshot, err)
+		}
+		if got := digest(t, snap.Path); !sameDigest(got, tc.want) {
+			t.Errorf("%s changed when its source %s was destroyed, or refused", tc.snapshot, tc.source)
+		}
+		if err := d.Destroy(ctx, tc.snapshot); err != nil {
+			t.Fatalf("Destroy(%s): %v", tc.snapshot, err)
+		}
+		if pins {
+			if err := d.Destroy(ctx, tc.source); err != nil {
+				t.Fatalf("Destroy(%s) once its snapshot %s is gone: %v", tc.source, tc.snapshot, err)
+			}
+		}
+	}
+	if got := names(t, d); len(got) != 0 {
+		t.Errorf("left after destroying everything: %v", got)
+	}
+}
+
 func testFreezeConsumesVolume(t *testing.T, factory Factory) {
 	d, _ := factory(t, smallFS)
 	makeImage(t, d, "image-1", fixture)
@@ -525,6 +581,187 @@ func testConcurrentCloneDestroy(t *testing.T, factory Factory) {
 	}
 }
 
+// churnFor is how long testListAndGetDuringChurn creates and destroys
+// entries while it lists and gets.
+const churnFor = 3 * time.Second
+
+// testListAndGetDuringChurn lists and gets while other entries are created
+// and destroyed from several goroutines, as sindrid does when creates race
+// destroys: a List or Get never fails because of an entry that came or
+// went meanwhile, what they return is whole, and a Get of a name being
+// destroyed finds the entry or ErrNotFound, nothing else.
+func testListAndGetDuringChurn(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	image := makeImage(t, d, "image-1", map[string][]byte{"PG_VERSION": []byte("15\n")})
+	stable := map[string]storage.Entry{image.Name: image}
+	for i := range 3 {
+		c := mustClone(t, d, "image-1", fmt.Sprintf("stable-%d", i))
+		stable[c.Name] = c
+	}
+	upload, err := d.Create(ctx, "upload-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stable[upload.Name] = upload
+
+	var (
+		mu       sync.Mutex
+		failures []string
+		failed   atomic.Int64
+	)
+	fail := func(format string, args ...any) {
+		if failed.Add(1) > 20 {
+			return // the first twenty say enough
+		}
+		mu.Lock()
+		failures = append(failures, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
+	// A churned name's parity tells how it was made: even ones are clones
+	// of image-1, odd ones empty volumes.
+	origin := func(name string) string {
+		var w, i int
+		fmt.Sscanf(name, "churn-%d-%d", &w, &i)
+		if i%2 == 0 {
+			return "image-1"
+		}
+		return ""
+	}
+	// check reports an entry that is not what its name says it is.
+	check := func(call string, e storage.Entry) {
+		want, isStable := stable[e.Name]
+		switch {
+		case isStable:
+			if e != want {
+				fail("%s: %+v, want %+v", call, e, want)
+			}
+		case strings.HasPrefix(e.Name, "churn-"):
+			if e.Kind != storage.KindVolume || e.Origin != origin(e.Name) || !filepath.IsAbs(e.Path) {
+				fail("%s: %+v, want a volume from %q with an absolute path", call, e, origin(e.Name))
+			}
+		default:
+			fail("%s: an entry nobody made: %+v", call, e)
+		}
+	}
+
+	const churners = 4
+	churning, stop := context.WithTimeout(ctx, churnFor)
+	defer stop()
+	var (
+		current [churners]atomic.Pointer[string] // the name each churner works on
+		cycles  atomic.Int64
+		lists   atomic.Int64
+		gets    atomic.Int64
+		found   atomic.Int64
+		wg      sync.WaitGroup
+	)
+	for w := range churners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; churning.Err() == nil; i++ {
+				name := fmt.Sprintf("churn-%d-%d", w, i)
+				current[w].Store(&name)
+				var err error
+				if origin(name) != "" {
+					_, err = d.Clone(ctx, "image-1", name)
+				} else {
+					_, err = d.Create(ctx, name)
+				}
+				if err != nil {
+					fail("making %s: %v", name, err)
+					return
+				}
+				if err := d.Destroy(ctx, name); err != nil {
+					fail("Destroy(%s): %v", name, err)
+					return
+				}
+				cycles.Add(1)
+			}
+		}()
+	}
+	readers := sync.WaitGroup{}
+	readers.Add(3)
+	go func() {
+		defer readers.Done()
+		for churning.Err() == nil {
+			entries, err := d.List(ctx)
+			if err != nil {
+				fail("List: %v", err)
+				continue
+			}
+			lists.Add(1)
+			seen := map[string]bool{}
+			for i, e := range entries {
+				check("List", e)
+				if i > 0 && entries[i-1].Name >= e.Name {
+					fail("List is not sorted by name: %q before %q", entries[i-1].Name, e.Name)
+				}
+				seen[e.Name] = true
+			}
+			for name := range stable {
+				if !seen[name] {
+					fail("List left out %q, which nobody destroyed", name)
+				}
+			}
+		}
+	}()
+	go func() {
+		defer readers.Done()
+		for churning.Err() == nil {
+			for w := range churners {
+				p := current[w].Load()
+				if p == nil {
+					continue
+				}
+				e, err := d.Get(ctx, *p)
+				gets.Add(1)
+				switch {
+				case err == nil:
+					found.Add(1)
+					if e.Name != *p {
+						fail("Get(%s) returned %+v", *p, e)
+					}
+					check("Get", e)
+				case !errors.Is(err, storage.ErrNotFound):
+					fail("Get(%s) while it comes and goes: %v, want the entry or ErrNotFound", *p, err)
+				}
+			}
+		}
+	}()
+	go func() {
+		defer readers.Done()
+		for churning.Err() == nil {
+			for name := range stable {
+				e, err := d.Get(ctx, name)
+				if err != nil {
+					fail("Get(%s), which nobody destroyed: %v", name, err)
+					continue
+				}
+				check("Get", e)
+			}
+		}
+	}()
+	wg.Wait()
+	readers.Wait()
+	t.Logf("%s: %d create/destroy cycles, %d lists, %d gets of a churned name (%d found) in %s",
+		d.Name(), cycles.Load(), lists.Load(), gets.Load(), found.Load(), churnFor)
+	for _, f := range failures {
+		t.Error(f)
+	}
+	if n := failed.Load(); n > int64(len(failures)) {
+		t.Errorf("... and %d more failures", n-int64(len(failures)))
+	}
+	// Nothing above may pass for want of trying.
+	if cycles.Load() < churners || lists.Load() == 0 || gets.Load() == 0 {
+		t.Errorf("too little happened to tell: %d cycles, %d lists, %d gets", cycles.Load(), lists.Load(), gets.Load())
+	}
+	want := []string{"image:image-1<", "volume:stable-0<image-1", "volume:stable-1<image-1", "volume:stable-2<image-1", "volume:upload-1<"}
+	if got := names(t, d); !slices.Equal(got, want) {
+		t.Errorf("List after the churn = %v, want %v", got, want)
+	}
+}
+
 // testHundredClonesAreThin measures the filesystem's free space before and
 // after 100 clones of a 200 MB image.
 func testHundredClonesAreThin(t *testing.T, factory Factory) {
@@ -673,4 +910,26 @@ func Bench(b *testing.B, factory Factory) {
 			}
 		}
 	})
+}
+
+// BenchGet measures Get of one clone with each number of volumes present
+// (clones of one image), so that a lookup's cost can be seen not to grow
+// with the number of volumes.
+func BenchGet(b *testing.B, factory Factory, sizes ...int) {
+	d, _ := factory(b, smallFS)
+	makeImage(b, d, "image-1", map[string][]byte{"PG_VERSION": []byte("15\n")})
+	made := 0
+	for _, n := range sizes {
+		for ; made < n; made++ {
+			mustClone(b, d, "image-1", fmt.Sprintf("instance-%d", made))
+		}
+		b.Run(fmt.Sprintf("volumes=%d", n), func(b *testing.B) {
+			name := fmt.Sprintf("instance-%d", n/2)
+			for b.Loop() {
+				if _, err := d.Get(ctx, name); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -26,6 +26,7 @@ import (
 
 	gozfs "github.com/mistifyio/go-zfs/v3"
 
+	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -45,7 +46,7 @@ const (
 // Driver implements storage.Driver on a parent ZFS dataset.
 type Driver struct {
 	parent string
-	locks  storage.NameLocks
+	locks  keyedmutex.Map[string]
 }
 
 var _ storage.Driver = (*Driver)(nil)
@@ -73,6 +74,12 @@ func New(parent string) (*Driver, error) {
 }
 
 func (d *Driver) Name() string { return "zfs" }
+
+// Capabilities: a Snapshot is a clone of a ZFS snapshot of its source,
+// which ZFS does not destroy while the clone exists, so it pins the source.
+func (d *Driver) Capabilities() storage.Capabilities {
+	return storage.Capabilities{SnapshotPinsSource: true}
+}
 
 func (d *Driver) volumes() string              { return d.parent + "/" + volumesDataset }
 func (d *Driver) images() string               { return d.parent + "/" + imagesDataset }
@@ -334,17 +341,11 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if kind == storage.KindImage {
-		entries, err := d.list()
-		if err != nil {
-			return err
-		}
-		if err := storage.RefuseIfCloned(entries, name); err != nil {
-			return err
-		}
-	}
 	// Recursive: an image's @frozen snapshot, or the snapshot a cut-short
-	// freeze left on a volume, goes with it.
+	// freeze left on a volume, goes with it. Not -R: while a clone of one
+	// of those snapshots exists, zfs itself refuses, before it unmounts
+	// anything, that it "has dependent clones" (ErrHasClones), which
+	// spares a listing of every dataset.
 	err = retryBusy(func() error { return ds.Destroy(gozfs.DestroyRecursive | gozfs.DestroyForceUmount) })
 	if err != nil {
 		return fmt.Errorf("destroying %s: %w", kind, classify(err, name))

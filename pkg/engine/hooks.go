@@ -1,0 +1,43 @@
+package engine
+
+// hooks are the points where the package's own tests act on an operation
+// under way: a crash test kills the process at a step of a creation or an
+// image destroy, a backup test holds a backup between its snapshot and its
+// archive, a benchmark leaves out the scrub. Options.hooks is unexported
+// and only export_test.go sets it, so no production code can run one; the
+// zero value does nothing.
+type hooks struct {
+	// step is called as CreateInstance passes each of CreateSteps, and
+	// DestroyImage each of ImageDestroySteps, once the step is done.
+	step func(name string, id int64)
+	// backupSnapshotted is called by a backup's writer between the
+	// snapshot and the archive.
+	backupSnapshotted func(backupID int64)
+	// skipScrub leaves out the scrub after an anonymisation script (the
+	// image is then not marked anonymised), to measure what it costs.
+	skipScrub bool
+}
+
+// CreateSteps are CreateInstance's steps in order, for crash tests.
+var CreateSteps = []string{"recorded", "credentials", "port", "cloned", "configured", "started", "ready"}
+
+// ImageDestroySteps are DestroyImage's steps after its intent is
+// recorded, for crash tests.
+var ImageDestroySteps = []string{"image-destroy-recorded", "image-instances-destroyed"}
+
+// step marks that an operation passed the named step of CreateSteps or
+// ImageDestroySteps.
+func (e *Engine) step(name string, id int64) {
+	e.log.Debug("engine: step", "step", name, "id", id)
+	if e.opts.hooks.step != nil {
+		e.opts.hooks.step(name, id)
+	}
+}
+
+// backupSnapshotted marks that a backup's snapshot is taken and its
+// archive about to be written.
+func (e *Engine) backupSnapshotted(id int64) {
+	if e.opts.hooks.backupSnapshotted != nil {
+		e.opts.hooks.backupSnapshotted(id)
+	}
+}
