@@ -78,10 +78,16 @@ func Start(binDir, dataDir string, s Settings, owner OSUser) (*Process, error) {
 	}
 	exited := make(chan struct{})
 	p := &Process{PID: cmd.Process.Pid, Exited: exited}
-	go func() {
+	reap := func() {
 		p.err = cmd.Wait()
 		close(exited)
-	}()
+	}
+	// Reaped once it has ended (Wait then returns at once), rather than by
+	// a Wait from the start, which would hold a thread per postmaster for
+	// its whole life: a dense host runs a thousand.
+	if _, err := OnExit(p.PID, reap); err != nil {
+		go reap()
+	}
 	return p, nil
 }
 
