@@ -40,8 +40,11 @@ type Options struct {
 	// OrphanGrace is how long a volume that no instance references stays
 	// before reconcile removes it.
 	OrphanGrace time.Duration
-	// SupervisePeriod is how often the supervisor checks postmasters.
+	// SupervisePeriod is how often the supervisor checks postmasters:
+	// at each tick, those whose postmaster ended (it watches each one's
+	// end) and the next SuperviseBatch of the others (default 8), in turn.
 	SupervisePeriod time.Duration
+	SuperviseBatch  int
 	// MaxCrashes within CrashWindow mark an instance failed.
 	MaxCrashes  int
 	CrashWindow time.Duration
@@ -87,6 +90,7 @@ type Engine struct {
 
 	mu         sync.Mutex
 	watched    map[int64]*watch
+	rounds     rounds               // the supervisor's schedule
 	orphans    map[string]time.Time // volume name → first seen unreferenced
 	reconciled atomic.Bool          // the first Reconcile has run
 	finalising map[int64]*finaliseRun
@@ -118,6 +122,9 @@ func New(opts Options) *Engine {
 	}
 	if opts.SupervisePeriod == 0 {
 		opts.SupervisePeriod = 500 * time.Millisecond
+	}
+	if opts.SuperviseBatch == 0 {
+		opts.SuperviseBatch = 8
 	}
 	if opts.MaxCrashes == 0 {
 		opts.MaxCrashes = 5

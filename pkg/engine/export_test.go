@@ -21,3 +21,10 @@ func WithoutScrub(opts Options) Options {
 	opts.hooks.skipScrub = true
 	return opts
 }
+
+// WithTickHook is opts with f called at each supervisor tick with the
+// number of due and of round checks it starts.
+func WithTickHook(opts Options, f func(due, round int)) Options {
+	opts.hooks.tick = f
+	return opts
+}
