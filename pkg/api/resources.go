@@ -413,7 +413,8 @@ func (h *Handlers) listInstances(w http.ResponseWriter, r *http.Request) {
 	if p.Upload {
 		owner = ""
 	}
-	instances, err := h.Store.ListInstances(r.Context(), owner)
+	// Without certificates and keys, which a listing does not show.
+	instances, err := h.Store.ListInstanceSummaries(r.Context(), owner)
 	if err != nil {
 		WriteError(w, r, err)
 		return
@@ -422,7 +423,7 @@ func (h *Handlers) listInstances(w http.ResponseWriter, r *http.Request) {
 	for _, inst := range instances {
 		out = append(out, h.instanceResource(inst, false))
 	}
-	WriteResources(w, http.StatusOK, out)
+	writeInstanceList(w, http.StatusOK, out)
 }
 
 func (h *Handlers) getInstance(w http.ResponseWriter, r *http.Request) {

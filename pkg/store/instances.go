@@ -164,6 +164,40 @@ func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, er
 	return insts, wrap(err, "list instances")
 }
 
+// summaryColumns are instanceColumns without the certificates and private
+// keys: what a listing of instances shows.
+const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
+	coalesce(username, '') as username, coalesce(password, '') as password,
+	coalesce(error, '') as error, coalesce(pid, 0) as pid,
+	expires_at, protected, created_at, updated_at`
+
+// ListInstanceSummaries is ListInstances without the certificates and
+// private keys (left empty): it reads and opens a tenth of the bytes, for
+// a listing of a thousand instances. An owner's rows are found by the
+// index on owner.
+func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
+	var rows pgx.Rows
+	if owner == "" {
+		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances order by id`)
+	} else {
+		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances where owner = $1 order by id`, owner)
+	}
+	// Lax: the certificates and keys have no column here.
+	insts, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[Instance])
+	if insts == nil {
+		insts = []Instance{}
+	}
+	if err != nil {
+		return insts, wrap(err, "list instances")
+	}
+	for i := range insts {
+		if insts[i].Password, err = s.open("instances", "password", insts[i].ID, insts[i].Password); err != nil {
+			return []Instance{}, wrap(err, "list instances")
+		}
+	}
+	return insts, nil
+}
+
 // InstanceState is an instance's id and status: what /status and /metrics
 // count, without its credentials.
 type InstanceState struct {
