@@ -9,9 +9,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
@@ -245,7 +242,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	}
 	if st, err := postgres.Status(dataDir); err == nil && st.Alive {
 		e.watchExit(id, st.PID, dataDir)
-		if !e.hung(ctx, id) {
+		if !e.hung(ctx, id, st) {
 			return
 		}
 		// A process that exists but never answers (stopped, wedged) is
@@ -409,10 +406,11 @@ func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
 }
 
 // hung tells whether a live postmaster has failed MaxUnanswered connection
-// attempts in a row, one every ProbeEvery. Any answer, even a refusal such
-// as "the database system is starting up", counts as answering: only
-// silence until ProbeTimeout does not.
-func (e *Engine) hung(ctx context.Context, id int64) bool {
+// attempts in a row, one every ProbeEvery at the most (the round comes to
+// an instance every SupervisePeriod × instances / SuperviseBatch). Any
+// answer counts as answering (see postgres.Answers, which asks for no
+// login): only silence until ProbeTimeout does not.
+func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) bool {
 	e.mu.Lock()
 	w := e.watched[id]
 	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery {
@@ -422,20 +420,15 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 	w.probedAt = time.Now()
 	e.mu.Unlock()
 
-	inst, err := e.opts.Store.GetInstance(ctx, id)
-	if err != nil {
-		return false
+	if st.Port <= 0 {
+		return false // postmaster.pid does not say yet
 	}
 	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(attempt, postgres.SuperuserURL(e.socketDir(id), inst.Port, "postgres"))
-	var pgErr *pgconn.PgError
+	err := postgres.Answers(attempt, e.socketDir(id), st.Port)
 	// Only silence counts against it: an error that comes at once (no
 	// socket, a refused or full queue) is not a hang.
-	answered := err == nil || errors.As(err, &pgErr) || attempt.Err() == nil
-	if conn != nil {
-		conn.Close(ctx)
-	}
+	answered := !errors.Is(err, postgres.ErrNoAnswer)
 	if ctx.Err() != nil {
 		return false
 	}
