@@ -27,9 +27,8 @@ import (
 
 // What BenchmarkDensity samples at each point.
 const (
-	densityTimedCreates = 20  // POST /instances, one after another, kept
-	densityListSamples  = 50  // GET /instances as the upload user
-	densityGetSamples   = 100 // GET /instances/{id} of a random instance
+	densityListSamples = 50  // GET /instances as the upload user
+	densityGetSamples  = 100 // GET /instances/{id} of a random instance
 	// densityMinMemory is the memory the host must keep available: the
 	// fill stops short of it (the machine is shared).
 	densityMinMemory = 3 << 30
@@ -39,12 +38,15 @@ const (
 // with Live instances running.
 type densityPoint struct {
 	Live                             int
-	CreateP50, CreateP99             float64 // ms, client side
+	CreateP50, CreateP90, CreateP99  float64 // ms, client side
 	ListP50, ListP99                 float64 // ms, client side, body read
 	ListServerP50, ListServerP99     float64 // ms, sindrid's access log
 	GetP50, GetP99                   float64 // ms, client side
+	GetServerP50, GetServerP99       float64 // ms, sindrid's access log
 	SindridRSS                       float64 // MB
+	SindridThreads                   int
 	InstancesPSS                     float64 // MB, every process of every instance
+	PSSPerInstance                   float64 // MB
 	PSSProcesses                     int
 	IdleCPU                          float64 // % of one core: all below
 	IdleSindrid, IdleInstances       float64
@@ -109,9 +111,10 @@ func densitySeconds(b *testing.B, name string, def int) time.Duration {
 //   - sindrid's RSS and the total PSS of the instances' processes;
 //   - GET /instances as the upload user (client side, and server side from
 //     sindrid's access log) and GET /instances/{id};
-//   - 20 POST /instances one after another, which are kept: they are the
-//     first of the fill towards the next count (so the last point's are
-//     timed at N to N+19 live instances);
+//   - SINDRI_BENCH_DENSITY_CREATES (default 40) POST /instances one after
+//     another, which are kept: they are the first of the fill towards the
+//     next count (so the last point's are timed at N to N+39 live
+//     instances);
 //   - that every instance's database_url answers a SELECT.
 //
 // It writes density.csv (the table it prints), creates.csv (every
@@ -120,7 +123,9 @@ func densitySeconds(b *testing.B, name string, def int) time.Duration {
 // (bench-out/ at the top of the checkout unless set; LABEL is
 // SINDRI_BENCH_LABEL or the time). SINDRI_BENCH_SINDRID runs another
 // sindrid binary, e.g. one built from another checkout, to measure before
-// and after in one sitting; otherwise sindrid is built with -tags
+// and after; SINDRI_BENCH_DENSITY_BEFORE names the density.csv of such a
+// run, which the table at the end (and before-after.md) sets beside this
+// run's. Otherwise sindrid is built with -tags
 // sindri_pprof, and from SINDRI_BENCH_DENSITY_PPROF live instances
 // (default 500) CPU profiles of sindrid are taken during the idle minute
 // and the requests (sindrid-idle-N.pprof, sindrid-active-N.pprof). Ports
@@ -151,6 +156,24 @@ func BenchmarkDensity(b *testing.B) {
 			b.Fatalf("SINDRI_BENCH_DENSITY_MIN_PORT=%q: want a port", v)
 		}
 		minPort = n
+	}
+	densityTimedCreates := 40
+	if v := os.Getenv("SINDRI_BENCH_DENSITY_CREATES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("SINDRI_BENCH_DENSITY_CREATES=%q: want a count of creates", v)
+		}
+		densityTimedCreates = n
+	}
+	var before []densityRow
+	if path := os.Getenv("SINDRI_BENCH_DENSITY_BEFORE"); path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatalf("SINDRI_BENCH_DENSITY_BEFORE: %v", err)
+		}
+		if before, err = readDensityCSV(string(data)); err != nil {
+			b.Fatalf("SINDRI_BENCH_DENSITY_BEFORE=%s: %v", path, err)
+		}
 	}
 	maxLive := sizes[len(sizes)-1]
 	if minPort+maxLive+densityTimedCreates+100 > 65536 {
@@ -306,6 +329,13 @@ func BenchmarkDensity(b *testing.B) {
 		write()
 		table := densityTable(points)
 		say("instances live at the end: %d; outputs in %s\n%s", len(ids), out, table)
+		if before != nil {
+			compared := densityBeforeAfter(before, points)
+			if err := os.WriteFile(filepath.Join(out, "before-after.md"), []byte(compared), 0o644); err != nil {
+				b.Error(err)
+			}
+			say("before (%s) and after (this run):\n%s", os.Getenv("SINDRI_BENCH_DENSITY_BEFORE"), compared)
+		}
 	}()
 
 	var profiles []string
@@ -413,8 +443,12 @@ func BenchmarkDensity(b *testing.B) {
 		}
 
 		p.SindridRSS = float64(pgtest.RSS(s.pid)) / (1 << 20)
+		p.SindridThreads = threads(s.pid)
 		pss, procs := pgtest.PSS(postmasters)
 		p.InstancesPSS, p.PSSProcesses = float64(pss)/(1<<20), procs
+		if len(postmasters) > 0 {
+			p.PSSPerInstance = p.InstancesPSS / float64(len(postmasters))
+		}
 		p.MemAvailable = float64(memAvailable()) / (1 << 20)
 
 		// The requests.
@@ -434,13 +468,17 @@ func BenchmarkDensity(b *testing.B) {
 				serverList = append(serverList, time.Duration(d*float64(time.Millisecond)))
 			}
 		}
+		var serverGet []time.Duration
 		for range densityGetSamples {
 			id := ids[rand.IntN(len(ids))]
-			status, data, _, elapsed, err := request("GET", "/instances/"+id, nil)
+			status, data, rid, elapsed, err := request("GET", "/instances/"+id, nil)
 			if err != nil || status != 200 {
 				b.Fatalf("GET /instances/%s: %d %v %.200s", id, status, err, data)
 			}
 			p.getTimes = append(p.getTimes, elapsed)
+			if d, ok := access.duration(rid); ok {
+				serverGet = append(serverGet, time.Duration(d*float64(time.Millisecond)))
+			}
 		}
 		for range densityTimedCreates {
 			elapsed, err := create(true)
@@ -451,7 +489,7 @@ func BenchmarkDensity(b *testing.B) {
 			p.createTimes = append(p.createTimes, elapsed)
 		}
 		waitProfile()
-		for _, d := range [][]time.Duration{p.listTimes, p.getTimes, p.createTimes, serverList} {
+		for _, d := range [][]time.Duration{p.listTimes, p.getTimes, p.createTimes, serverList, serverGet} {
 			slices.Sort(d)
 		}
 		p.ListP50, p.ListP99 = benchPercentile(p.listTimes, 0.5), benchPercentile(p.listTimes, 0.99)
@@ -461,7 +499,11 @@ func BenchmarkDensity(b *testing.B) {
 			p.ListServerP50, p.ListServerP99 = math.NaN(), math.NaN()
 		}
 		p.GetP50, p.GetP99 = benchPercentile(p.getTimes, 0.5), benchPercentile(p.getTimes, 0.99)
-		p.CreateP50, p.CreateP99 = benchPercentile(p.createTimes, 0.5), benchPercentile(p.createTimes, 0.99)
+		p.GetServerP50, p.GetServerP99 = math.NaN(), math.NaN()
+		if len(serverGet) > 0 {
+			p.GetServerP50, p.GetServerP99 = benchPercentile(serverGet, 0.5), benchPercentile(serverGet, 0.99)
+		}
+		p.CreateP50, p.CreateP90, p.CreateP99 = benchPercentile(p.createTimes, 0.5), benchPercentile(p.createTimes, 0.9), benchPercentile(p.createTimes, 0.99)
 
 		// Every instance answers (those just made too).
 		p.LiveAfter = len(ids)
@@ -480,9 +522,9 @@ func BenchmarkDensity(b *testing.B) {
 				lines = append(lines, fmt.Sprintf("  %-45s %6.2f %% of a core", role, p.idleRoles[role]))
 			}
 		}
-		say("%d live: create p50 %.1f ms p99 %.1f ms; list p99 %.1f ms (server %.1f ms, %d kB); get p99 %.1f ms; sindrid RSS %.0f MB; instances' PSS %.0f MB (%d processes); idle CPU %.2f %% (load %.2f → %.2f); %d/%d answer\n%s",
-			p.Live, p.CreateP50, p.CreateP99, p.ListP99, p.ListServerP99, p.ListBytes/1000, p.GetP99, p.SindridRSS, p.InstancesPSS, p.PSSProcesses,
-			p.IdleCPU, p.LoadBefore, p.LoadAfter, p.Answering, len(ids), strings.Join(lines, "\n"))
+		say("%d live: create p50 %.1f ms p90 %.1f ms p99 %.1f ms; list p99 %.1f ms (server %.1f ms, %d kB); get p99 %.1f ms (server %.1f ms); sindrid RSS %.0f MB, %d threads; instances' PSS %.0f MB (%.1f MB each, %d processes); idle CPU %.2f %% (load %.2f → %.2f); %d/%d answer\n%s",
+			p.Live, p.CreateP50, p.CreateP90, p.CreateP99, p.ListP99, p.ListServerP99, p.ListBytes/1000, p.GetP99, p.GetServerP99, p.SindridRSS, p.SindridThreads,
+			p.InstancesPSS, p.PSSPerInstance, p.PSSProcesses, p.IdleCPU, p.LoadBefore, p.LoadAfter, p.Answering, len(ids), strings.Join(lines, "\n"))
 		if p.Answering != len(ids) {
 			b.Errorf("%d of %d instances answer a SELECT", p.Answering, len(ids))
 		}
@@ -591,14 +633,93 @@ func (a *accessLog) duration(requestID string) (float64, bool) {
 	}
 }
 
-var densityColumns = []string{"live", "create_p50_ms", "create_p99_ms", "list_p50_ms", "list_p99_ms", "list_server_p50_ms", "list_server_p99_ms",
-	"get_p50_ms", "get_p99_ms", "sindrid_rss_mb", "instances_pss_mb", "pss_processes", "idle_cpu_pct", "idle_sindrid_pct", "idle_instances_pct",
+var densityColumns = []string{"live", "create_p50_ms", "create_p90_ms", "create_p99_ms", "list_p50_ms", "list_p99_ms", "list_server_p50_ms", "list_server_p99_ms",
+	"get_p50_ms", "get_p99_ms", "get_server_p50_ms", "get_server_p99_ms", "sindrid_rss_mb", "sindrid_threads", "instances_pss_mb", "pss_per_instance_mb",
+	"pss_processes", "idle_cpu_pct", "idle_sindrid_pct", "idle_instances_pct",
 	"idle_metadata_pct", "live_after", "answering", "load1_before", "load1_after", "mem_available_mb", "list_bytes"}
 
 func (p densityPoint) values() []float64 {
-	return []float64{float64(p.Live), p.CreateP50, p.CreateP99, p.ListP50, p.ListP99, p.ListServerP50, p.ListServerP99,
-		p.GetP50, p.GetP99, p.SindridRSS, p.InstancesPSS, float64(p.PSSProcesses), p.IdleCPU, p.IdleSindrid, p.IdleInstances,
+	return []float64{float64(p.Live), p.CreateP50, p.CreateP90, p.CreateP99, p.ListP50, p.ListP99, p.ListServerP50, p.ListServerP99,
+		p.GetP50, p.GetP99, p.GetServerP50, p.GetServerP99, p.SindridRSS, float64(p.SindridThreads), p.InstancesPSS, p.PSSPerInstance,
+		float64(p.PSSProcesses), p.IdleCPU, p.IdleSindrid, p.IdleInstances,
 		p.IdleMetadata, float64(p.LiveAfter), float64(p.Answering), p.LoadBefore, p.LoadAfter, p.MemAvailable, float64(p.ListBytes)}
+}
+
+// densityRow is a row of a density.csv, by column name: an older run's
+// may lack the newer columns (NaN).
+type densityRow map[string]float64
+
+func (r densityRow) get(column string) float64 {
+	if v, ok := r[column]; ok {
+		return v
+	}
+	return math.NaN()
+}
+
+func readDensityCSV(text string) ([]densityRow, error) {
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	if len(lines) < 2 {
+		return nil, fmt.Errorf("no rows")
+	}
+	header := strings.Split(lines[0], ",")
+	var rows []densityRow
+	for _, line := range lines[1:] {
+		cells := strings.Split(line, ",")
+		if len(cells) != len(header) {
+			return nil, fmt.Errorf("a row of %d cells under %d columns", len(cells), len(header))
+		}
+		row := densityRow{}
+		for i, c := range cells {
+			v, err := strconv.ParseFloat(c, 64)
+			if err != nil {
+				return nil, fmt.Errorf("column %s: %w", header[i], err)
+			}
+			row[header[i]] = v
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// densityBeforeAfter is a Markdown table of the points that both runs
+// measured at the same count of live instances: before → after.
+func densityBeforeAfter(before []densityRow, after []densityPoint) string {
+	var b strings.Builder
+	b.WriteString("| live | POST /instances p50 / p90 / p99 | GET /instances server p50 / p99 | GET /instances/{id} p50 / p99 | idle CPU (all; sindrid; instances) | PSS per instance | sindrid RSS |\n")
+	b.WriteString("| ---: | --- | --- | --- | --- | --- | --- |\n")
+	for _, p := range after {
+		i := slices.IndexFunc(before, func(r densityRow) bool { return int(r.get("live")) == p.Live })
+		if i < 0 {
+			continue
+		}
+		r := before[i]
+		pssBefore := r.get("pss_per_instance_mb")
+		if math.IsNaN(pssBefore) && r.get("live") > 0 {
+			pssBefore = r.get("instances_pss_mb") / r.get("live")
+		}
+		fmt.Fprintf(&b, "| %d | %.0f / %.0f / %.0f → %.0f / %.0f / %.0f ms | %.1f / %.1f → %.1f / %.1f ms | %.1f / %.1f → %.1f / %.1f ms | %.1f; %.1f; %.1f → %.1f; %.1f; %.1f %% | %.1f → %.1f MB | %.0f → %.0f MB |\n",
+			p.Live, r.get("create_p50_ms"), r.get("create_p90_ms"), r.get("create_p99_ms"), p.CreateP50, p.CreateP90, p.CreateP99,
+			r.get("list_server_p50_ms"), r.get("list_server_p99_ms"), p.ListServerP50, p.ListServerP99,
+			r.get("get_p50_ms"), r.get("get_p99_ms"), p.GetP50, p.GetP99,
+			r.get("idle_cpu_pct"), r.get("idle_sindrid_pct"), r.get("idle_instances_pct"), p.IdleCPU, p.IdleSindrid, p.IdleInstances,
+			pssBefore, p.PSSPerInstance, r.get("sindrid_rss_mb"), p.SindridRSS)
+	}
+	return b.String()
+}
+
+// threads is how many threads pid runs.
+func threads(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }
 
 func densityCSV(points []densityPoint) string {
@@ -617,12 +738,12 @@ func densityCSV(points []densityPoint) string {
 // densityTable is the curve as a Markdown table.
 func densityTable(points []densityPoint) string {
 	var b strings.Builder
-	b.WriteString("| live | POST /instances p50 / p99 | GET /instances p50 / p99 (server p50 / p99) | GET /instances/{id} p50 / p99 | sindrid RSS | instances' PSS | idle CPU: all (sindrid, instances, metadata) | load |\n")
+	b.WriteString("| live | POST /instances p50 / p90 / p99 | GET /instances p50 / p99 (server p50 / p99) | GET /instances/{id} p50 / p99 (server p50 / p99) | sindrid RSS, threads | instances' PSS (each) | idle CPU: all (sindrid, instances, metadata) | load |\n")
 	b.WriteString("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, p := range points {
-		fmt.Fprintf(&b, "| %d | %.1f / %.1f ms | %.1f / %.1f ms (%.1f / %.1f ms) | %.1f / %.1f ms | %.0f MB | %.0f MB | %.1f %% (%.1f, %.1f, %.1f) | %.1f |\n",
-			p.Live, p.CreateP50, p.CreateP99, p.ListP50, p.ListP99, p.ListServerP50, p.ListServerP99, p.GetP50, p.GetP99,
-			p.SindridRSS, p.InstancesPSS, p.IdleCPU, p.IdleSindrid, p.IdleInstances, p.IdleMetadata, (p.LoadBefore+p.LoadAfter)/2)
+		fmt.Fprintf(&b, "| %d | %.1f / %.1f / %.1f ms | %.1f / %.1f ms (%.1f / %.1f ms) | %.1f / %.1f ms (%.1f / %.1f ms) | %.0f MB, %d | %.0f MB (%.1f MB) | %.1f %% (%.1f, %.1f, %.1f) | %.1f |\n",
+			p.Live, p.CreateP50, p.CreateP90, p.CreateP99, p.ListP50, p.ListP99, p.ListServerP50, p.ListServerP99, p.GetP50, p.GetP99, p.GetServerP50, p.GetServerP99,
+			p.SindridRSS, p.SindridThreads, p.InstancesPSS, p.PSSPerInstance, p.IdleCPU, p.IdleSindrid, p.IdleInstances, p.IdleMetadata, (p.LoadBefore+p.LoadAfter)/2)
 	}
 	return b.String()
 }
@@ -656,6 +777,7 @@ func densitySVG(points []densityPoint, creates []densityCreate, label string) st
 	charts := []chart{
 		{title: "POST /instances", unit: "ms", series: []series{all,
 			line("p50", "#1f77b4", func(p densityPoint) float64 { return p.CreateP50 }),
+			line("p90", "#ff7f0e", func(p densityPoint) float64 { return p.CreateP90 }),
 			line("p99", "#d62728", func(p densityPoint) float64 { return p.CreateP99 })}},
 		{title: "GET /instances (upload user), GET /instances/{id}", unit: "ms", limit: 5, series: []series{
 			line("list p99, client", "#d62728", func(p densityPoint) float64 { return p.ListP99 }),
@@ -663,8 +785,9 @@ func densitySVG(points []densityPoint, creates []densityCreate, label string) st
 			line("get p99", "#2ca02c", func(p densityPoint) float64 { return p.GetP99 })}},
 		{title: "sindrid's RSS", unit: "MB", series: []series{
 			line("sindrid", "#9467bd", func(p densityPoint) float64 { return p.SindridRSS })}},
-		{title: "PSS of every instance's processes", unit: "MB", series: []series{
-			line("instances", "#8c564b", func(p densityPoint) float64 { return p.InstancesPSS })}},
+		{title: "PSS of every instance's processes, and per instance", unit: "MB", series: []series{
+			line("instances", "#8c564b", func(p densityPoint) float64 { return p.InstancesPSS }),
+			line("per instance × 100", "#e377c2", func(p densityPoint) float64 { return 100 * p.PSSPerInstance })}},
 		{title: "Idle CPU over a minute", unit: "% of one core", limit: 15, series: []series{
 			line("all", "#000", func(p densityPoint) float64 { return p.IdleCPU }),
 			line("sindrid", "#1f77b4", func(p densityPoint) float64 { return p.IdleSindrid }),
@@ -679,7 +802,10 @@ func densitySVG(points []densityPoint, creates []densityCreate, label string) st
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="10" y="18" font-size="14">sindri: one host filling with instances (%s)</text>`+"\n", xmlEscape(label))
 	xMax := 1.0
 	for _, p := range points {
-		xMax = max(xMax, float64(p.Live+densityTimedCreates))
+		xMax = max(xMax, float64(p.LiveAfter))
+	}
+	for _, c := range creates {
+		xMax = max(xMax, float64(c.liveBefore+1))
 	}
 	xMax = niceCeil(xMax)
 	for i, c := range charts {

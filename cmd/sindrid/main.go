@@ -232,9 +232,10 @@ func (m *Main) Run(ctx context.Context) error {
 		Metrics:      m.Metrics.Handler(),
 		Observe:      func(ri api.RequestInfo) { m.Metrics.ObserveRequest(ri.Method, ri.Status) },
 	})
+	services := m.Engine.Services()
 	(&api.Handlers{
-		Engine: m.Engine, Store: m.Store, Auth: authenticator,
-		PublicHostname: cfg.PublicHostname, Version: version.Version,
+		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
+		Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
 	}).Register(server)
 
 	if err := m.listenTLS(server.Handler()); err != nil {

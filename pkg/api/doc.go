@@ -1,11 +1,27 @@
-// Package api is sindri's HTTP foundation for the Draupnir API v5 (see the
+// Package api is sindri's HTTP server for the Draupnir API v5 (see the
 // contract, api.md): a gorilla/mux router wrapped in the API's middleware
 // (request ids, access log, panic recovery, the Draupnir-Version header,
-// authentication, body limits), error rendering (Error, WriteError,
-// RegisterClass, RegisterPublicClass), request decoding (DecodeJSON, DecodeResource, ParseID,
-// PathID, ID), JSON:API rendering with google/jsonapi (WriteResource,
-// WriteResources) and downloads (ServeContent). Resource handlers are
-// registered on Server.Router().
+// authentication, body limits), the routes of the contract's resources
+// (Handlers), error rendering (the error table, WriteError), request
+// decoding (DecodeJSON, DecodeResource, ParseID, PathID, ID), JSON:API
+// rendering with google/jsonapi (WriteResource, WriteResources) and
+// downloads (ServeContent).
+//
+// Handlers decode a request, call one service and render what it returns.
+// The services (ImageService, InstanceService, BackupService,
+// StatusService) are interfaces the engine implements (engine.Services):
+// they take the caller as an engine.Actor (the authenticated principal's
+// owner and whether it is the upload user) and decide what the caller may
+// see and do, reads included, so that no handler checks ownership and the
+// handlers are tested over an in-memory fake. The resources rendered are
+// package resource's, which the client (pkg/client) decodes too.
+//
+// A handler is a HandlerFunc: it returns its error, and the adapter
+// writes it. Errors map to status, code and title in one table
+// (errorClasses, errors.go), by the engine's classes (pkg/engine/
+// errors.go): the engine gives the store's, the storage's and Postgres's
+// errors those classes before they reach a handler, so this package
+// imports neither pkg/storage nor pkg/postgres (TestLayering checks).
 //
 // The version header chooses the wire format (package wire):
 //
@@ -20,17 +36,19 @@
 //     "source"}: Draupnir's own for the errors Draupnir had (by code:
 //     unauthorized, resource_not_found, image_not_ready,
 //     image_has_instances, internal_server_error,
-//     missing_api_version_header; or set on the Error with WithDraupnir,
-//     as POST /instances does for an unknown or bad image_id and the body
-//     decoders for Draupnir's "Invalid JSON"), else sindri's code (as id
-//     and code), title, detail and source.
+//     missing_api_version_header; or set with Error.WithDraupnir or
+//     WithDraupnirError, as POST /instances does for an unknown or bad
+//     image_id and the body decoders for Draupnir's "Invalid JSON"), else
+//     sindri's code (as id and code), title, detail and source.
 //
-// So every error must go through WriteError (or be returned to code that
-// calls it; pkg/auth, which cannot import this package, writes through
+// So every error must go through WriteError (a HandlerFunc's returned
+// error does; pkg/auth, which cannot import this package, writes through
 // wire.WriteError): a new code renders in both formats by itself. Never
 // http.Error or a hand-written {"errors":…}. Successes go through
 // WriteResource/WriteResources, which take the format the middleware
-// recorded for the request, and files through ServeContent.
+// recorded for the request (the list of GET /instances, a thousand
+// resources on a dense host, through writeInstanceList, which writes the
+// same bytes without reflection), and files through ServeContent.
 //
 // DecodeResource takes an empty or missing data.type as the route's own
 // (Draupnir's clients send "type":"") and ignores an empty data.id.

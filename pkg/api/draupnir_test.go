@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sindri-db/sindri/pkg/api/wire"
+	"github.com/sindri-db/sindri/pkg/engine"
 )
 
 type draupnirTestResource struct {
@@ -29,10 +30,10 @@ func newDraupnirTestServer(t *testing.T) http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	}).Methods(http.MethodDelete)
 	r.HandleFunc("/class404", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, r, fmt.Errorf("image 9: %w", errTestNotFound))
+		WriteError(w, r, fmt.Errorf("image 9: %w", engine.ErrNotFound))
 	}).Methods(http.MethodGet)
 	r.HandleFunc("/class503", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, r, fmt.Errorf("ports: %w", errTestNoPort))
+		WriteError(w, r, fmt.Errorf("ports: %w", engine.ErrNoPort))
 	}).Methods(http.MethodGet)
 	r.HandleFunc("/image-not-found", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, NotFound("there is no image 9").WithDraupnir(wire.DraupnirImageNotFound))

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 
 	"github.com/sindri-db/sindri/pkg/api/wire"
+	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/version"
 )
 
@@ -35,14 +35,14 @@ const (
 // ErrUnauthorized is the sentinel an Options.Authenticate function returns
 // (or wraps) when the request carries no valid credential; it is rendered as
 // 401 unauthorized. Any other error from Authenticate goes through WriteError
-// like a handler's error (an *Error as is, a registered class, else a 500),
+// like a handler's error (an *Error as is, an engine class, else a 500),
 // so that a broken token store is not reported as a bad token.
 var ErrUnauthorized = errors.New("unauthorized")
 
 const unauthorizedDetail = "missing or invalid bearer token in the Authorization header"
 
-// Error is an error that knows its rendering. Handlers return (or pass to
-// WriteError) an *Error when they know the status and code; Detail is shown
+// Error is an error that knows its rendering. Handlers return an *Error
+// when they know the status and code (a malformed body, a bad parameter); Detail is shown
 // to the client verbatim, so it must not hold internals. WriteError renders
 // it in the request's wire format (package wire): a JSON:API error document
 // for API 5.4, Draupnir's bare error object for a Draupnir client, which
@@ -194,67 +194,70 @@ func InternalServerError(requestID string) *Error {
 	return NewError(http.StatusInternalServerError, CodeInternalServerError, "Internal server error", detail)
 }
 
+// errorClass is a row of the error table.
 type errorClass struct {
-	target error
+	class  error
 	status int
 	code   string
 	title  string
-	public bool // the error's message is the detail, even for a 5xx
+	// public: the error's message is written for the client and holds no
+	// internals, so a 5xx shows it as the detail too.
+	public bool
 }
 
-var classes struct {
-	sync.RWMutex
-	list []errorClass
-}
-
-// RegisterClass makes WriteError render every error e with
-// errors.Is(e, target) as status/code/title, for example
-//
-//	api.RegisterClass(engine.ErrNotFound, 404, api.CodeNotFound, "Resource not found")
-//
-// For a 4xx class the detail is e.Error() (the wrapped message, e.g.
-// "image 3: not found"); for a 5xx class the detail is the title only and
-// e is logged, since a 5xx must not leak internals. Classes are tried in
-// registration order; registering the same target again replaces its
-// class. It panics on a nil target or a status outside 400-599.
-func RegisterClass(target error, status int, code, title string) {
-	registerClass(target, status, code, title, false)
-}
-
-// RegisterPublicClass is RegisterClass for errors whose messages are
-// written for the client and hold no internals, so that a 5xx of the class
-// shows e.Error() as its detail too: for example a refusal for want of
-// disk space that names the reserve and the free bytes.
-func RegisterPublicClass(target error, status int, code, title string) {
-	registerClass(target, status, code, title, true)
-}
-
-func registerClass(target error, status int, code, title string, public bool) {
-	if target == nil || status < 400 || status > 599 || code == "" {
-		panic(fmt.Sprintf("api.RegisterClass(%v, %d, %q): bad class", target, status, code))
-	}
-	if title == "" {
-		title = http.StatusText(status)
-	}
-	c := errorClass{target: target, status: status, code: code, title: title, public: public}
-	classes.Lock()
-	defer classes.Unlock()
-	for i := range classes.list {
-		if classes.list[i].target == target {
-			classes.list[i] = c
-			return
-		}
-	}
-	classes.list = append(classes.list, c)
+// errorClasses is the one table of the API's errors: each of the engine's
+// classes (pkg/engine/errors.go; the engine gives the store's, the
+// storage's and Postgres's errors these classes before they reach a
+// handler) with its status, code and title. AsError takes the first row
+// whose class the error is (errors.Is), so an error of two classes is the
+// earlier row's. A 4xx shows the error's message as the detail (the
+// engine writes it for the client: "there is no image 3"); a 5xx shows
+// its title and the request id and the error is logged, unless the row is
+// public.
+var errorClasses = []errorClass{
+	{class: engine.ErrBackupNotDone, status: http.StatusConflict, code: "backup_not_done", title: "Backup not done"},
+	{class: engine.ErrBackupRunning, status: http.StatusConflict, code: "backup_running", title: "A backup is being written"},
+	{class: engine.ErrNotBackupReady, status: http.StatusConflict, code: "instance_busy", title: "Instance cannot be backed up now"},
+	{class: engine.ErrNotFound, status: http.StatusNotFound, code: CodeNotFound, title: "Resource not found"},
+	{class: engine.ErrForbidden, status: http.StatusForbidden, code: CodeForbidden, title: "Forbidden"},
+	{class: engine.ErrImageNotReady, status: http.StatusUnprocessableEntity, code: CodeImageNotReady, title: "Image not ready"},
+	{class: engine.ErrImageHasInstances, status: http.StatusUnprocessableEntity, code: CodeImageHasInstances, title: "Image has instances"},
+	{class: engine.ErrFinaliseFailed, status: http.StatusUnprocessableEntity, code: CodeImageFinaliseFailed, title: "Image finalise failed"},
+	{class: engine.ErrImageNotPending, status: http.StatusConflict, code: "image_not_pending", title: "Image does not accept uploads"},
+	{class: engine.ErrUploadInterrupted, status: http.StatusBadRequest, code: CodeBadRequest, title: "Upload interrupted"},
+	{class: engine.ErrNoPort, status: http.StatusServiceUnavailable, code: CodeNoFreePort, title: "No free port"},
+	{class: engine.ErrDiskFull, status: http.StatusServiceUnavailable, code: CodeNoDiskSpace, title: "No disk space"},
+	// The [limits]: their messages name the limit and the figure.
+	{class: engine.ErrQuotaExceeded, status: http.StatusTooManyRequests, code: CodeQuotaExceeded, title: "Quota exceeded"},
+	{class: engine.ErrNoDiskSpace, status: http.StatusServiceUnavailable, code: CodeNoDiskSpace, title: "No disk space", public: true},
+	{class: engine.ErrTTLTooLong, status: http.StatusBadRequest, code: CodeBadRequest, title: "Bad request"},
+	{class: engine.ErrInvalid, status: http.StatusBadRequest, code: CodeBadRequest, title: "Bad request"},
+	{class: engine.ErrPGVersionMissing, status: http.StatusUnprocessableEntity, code: "pg_version_not_installed", title: "PostgreSQL version not installed"},
+	{class: engine.ErrNotItsVolume, status: http.StatusConflict, code: "volume_mismatch", title: "The volume on disk is not this resource's"},
+	{class: engine.ErrStoreMismatch, status: http.StatusServiceUnavailable, code: "store_mismatch", title: "The metadata store does not match the volumes on disk"},
+	{class: engine.ErrConflict, status: http.StatusConflict, code: CodeConflict, title: "Conflict with an existing resource"},
+	// Two sindrids on one store: the message names the other's process.
+	{class: engine.ErrOperationRunning, status: http.StatusServiceUnavailable, code: "operation_running", title: "Another sindrid is running this operation"},
 }
 
 // AsError classifies err the way WriteError renders it: an *Error (also
 // wrapped) as is; ErrUnauthorized (also wrapped) as 401 unauthorized with a
 // fixed detail (the reason a credential was refused is not told); a
-// *http.MaxBytesError as 413; a registered class; anything else as 500
-// internal_server_error carrying requestID. internal reports whether err
-// should be logged (5xx other than an *Error).
+// *http.MaxBytesError as 413; an error of an engine class by the error
+// table (errorClasses); anything else as 500 internal_server_error carrying
+// requestID. An error given Draupnir's own object with WithDraupnirError
+// carries it. internal reports whether err should be logged (5xx other
+// than an *Error or a public class).
 func AsError(err error, requestID string) (e *Error, internal bool) {
+	e, internal = classifyError(err, requestID)
+	var d *draupnirOverride
+	if errors.As(err, &d) {
+		e = e.WithDraupnir(d.object)
+	}
+	return e, internal
+}
+
+func classifyError(err error, requestID string) (e *Error, internal bool) {
 	if errors.As(err, &e) {
 		return e, false
 	}
@@ -265,23 +268,37 @@ func AsError(err error, requestID string) (e *Error, internal bool) {
 	if errors.As(err, &mbe) {
 		return RequestTooLarge(mbe.Limit), false
 	}
-	classes.RLock()
-	defer classes.RUnlock()
-	for _, c := range classes.list {
-		if errors.Is(err, c.target) {
-			e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error()}
-			if c.status >= 500 && !c.public {
-				e.Detail = c.title
-				if requestID != "" {
-					e.Detail += "; request id " + requestID
-				}
-				return e, true
-			}
-			return e, false
+	for _, c := range errorClasses {
+		if !errors.Is(err, c.class) {
+			continue
 		}
+		e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error()}
+		if c.status >= 500 && !c.public {
+			e.Detail = c.title
+			if requestID != "" {
+				e.Detail += "; request id " + requestID
+			}
+			return e, true
+		}
+		return e, false
 	}
 	return InternalServerError(requestID), true
 }
+
+// WithDraupnirError returns err, which a Draupnir client sees as d: for an
+// error Draupnir had under a code sindri shares with others (POST
+// /instances naming an unknown image is Draupnir's "Image Not Found").
+func WithDraupnirError(err error, d wire.DraupnirError) error {
+	return &draupnirOverride{err: err, object: d}
+}
+
+type draupnirOverride struct {
+	err    error
+	object wire.DraupnirError
+}
+
+func (d *draupnirOverride) Error() string { return d.err.Error() }
+func (d *draupnirOverride) Unwrap() error { return d.err }
 
 // WriteError renders err in the request's wire format (wire.FormatOf: a
 // JSON:API error document for API 5.4 and requests without the version

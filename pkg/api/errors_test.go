@@ -4,28 +4,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/testenv"
 )
-
-// Sentinels like the engine's.
-var (
-	errTestNotFound = errors.New("not found")
-	errTestNoPort   = errors.New("no free port")
-	errTestReplaced = errors.New("replaced")
-)
-
-func init() {
-	RegisterClass(errTestNotFound, 404, CodeNotFound, "Resource not found")
-	RegisterClass(errTestNoPort, 503, CodeNoFreePort, "No free port")
-	RegisterClass(errTestReplaced, 400, CodeBadRequest, "")
-	RegisterClass(errTestReplaced, 409, CodeConflict, "Conflict")
-}
 
 // writeErr renders err in a request with id "rid-1" and a captured log.
 func writeErr(t *testing.T, err error) (*httptest.ResponseRecorder, string) {
@@ -74,9 +64,9 @@ func TestWriteErrorClasses(t *testing.T) {
 	}{
 		{name: "api error", err: ImageNotReady("image 3 is finalising"), status: 422, code: CodeImageNotReady, detail: "image 3 is finalising"},
 		{name: "wrapped api error", err: fmt.Errorf("ctx: %w", ImageHasInstances("image 3 has 2 instances")), status: 422, code: CodeImageHasInstances, detail: "image 3 has 2 instances"},
-		{name: "class 4xx shows the message", err: fmt.Errorf("image 3: %w", errTestNotFound), status: 404, code: CodeNotFound, detail: "image 3: not found"},
-		{name: "class 5xx hides the message", err: fmt.Errorf("ports 5432-5500 on /var/lib/sindri: %w", errTestNoPort), status: 503, code: CodeNoFreePort, notInBody: "/var/lib/sindri", logged: true},
-		{name: "class replaced", err: errTestReplaced, status: 409, code: CodeConflict},
+		{name: "class 4xx shows the message", err: fmt.Errorf("image 3: %w", engine.ErrNotFound), status: 404, code: CodeNotFound, detail: "image 3: not found"},
+		{name: "class 5xx hides the message", err: fmt.Errorf("ports 5432-5500 on /var/lib/sindri: %w", engine.ErrNoPort), status: 503, code: CodeNoFreePort, notInBody: "/var/lib/sindri", logged: true},
+		{name: "first row wins", err: fmt.Errorf("%w: %w", engine.ErrInvalid, engine.ErrNotFound), status: 404, code: CodeNotFound},
 		{name: "ErrUnauthorized hides the reason", err: fmt.Errorf("token abc revoked: %w", ErrUnauthorized), status: 401, code: CodeUnauthorized, notInBody: "abc"},
 		{name: "MaxBytesError", err: fmt.Errorf("read: %w", &http.MaxBytesError{Limit: 10}), status: 413, code: CodeRequestTooLarge},
 		{name: "unknown is 500 without internals", err: errors.New(`pq: syntax error at "SELECT password FROM users"`), status: 500, code: CodeInternalServerError, notInBody: "SELECT", logged: true},
@@ -113,20 +103,44 @@ func TestUnauthorizedHasWWWAuthenticate(t *testing.T) {
 	}
 }
 
-func TestRegisterClassPanics(t *testing.T) {
-	for _, tc := range []struct {
-		target error
-		status int
-		code   string
-	}{{nil, 404, "x"}, {errors.New("e"), 200, "x"}, {errors.New("e"), 600, "x"}, {errors.New("e"), 404, ""}} {
-		func() {
-			defer func() {
-				if recover() == nil {
-					t.Errorf("RegisterClass(%v, %d, %q) did not panic", tc.target, tc.status, tc.code)
+// Every class the engine declares (an exported Err variable of
+// pkg/engine/errors.go) has exactly one row in the error table, with a
+// status of 400-599, a code and a title: a new class cannot reach a client
+// as a 500 for want of a row.
+func TestErrorTableCoversEveryEngineClass(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "../engine/errors.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var declared []string
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.VAR {
+			continue
+		}
+		for _, spec := range g.Specs {
+			for _, name := range spec.(*ast.ValueSpec).Names {
+				if strings.HasPrefix(name.Name, "Err") {
+					declared = append(declared, name.Name)
 				}
-			}()
-			RegisterClass(tc.target, tc.status, tc.code, "")
-		}()
+			}
+		}
+	}
+	if len(declared) < 10 {
+		t.Fatalf("found only %v in pkg/engine/errors.go", declared)
+	}
+	byMessage := map[string]errorClass{}
+	for _, c := range errorClasses {
+		if c.status < 400 || c.status > 599 || c.code == "" || c.title == "" {
+			t.Errorf("row %v: status %d, code %q, title %q", c.class, c.status, c.code, c.title)
+		}
+		if _, dup := byMessage[c.class.Error()]; dup {
+			t.Errorf("two rows for %v", c.class)
+		}
+		byMessage[c.class.Error()] = c
+	}
+	if len(errorClasses) != len(declared) {
+		t.Errorf("%d rows for the %d classes %v", len(errorClasses), len(declared), declared)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/sindri-db/sindri/pkg/api/resource"
 )
 
 // writeInstanceList writes instances (without credentials) as
@@ -13,7 +15,7 @@ import (
 // GET /instances: jsonapi's reflection and its map per resource took
 // 20 ms and more to render a thousand of them.
 // TestInstanceListRendersAsJSONAPI holds the two to the same bytes.
-func writeInstanceList(w http.ResponseWriter, status int, instances []*Instance) error {
+func writeInstanceList(w http.ResponseWriter, status int, instances []*resource.Instance) error {
 	buf := make([]byte, 0, 512*len(instances)+16)
 	buf = append(buf, `{"data":[`...)
 	for i, inst := range instances {

@@ -9,17 +9,19 @@ import (
 	"time"
 
 	"github.com/google/jsonapi"
+
+	"github.com/sindri-db/sindri/pkg/api/resource"
 )
 
 // someInstances are n instances as a listing shows them, with every kind
 // of value: an error or none, an expiry or none; odd characters in the
 // passwords when odd (real ones are base64).
-func someInstances(n int, odd bool) []*Instance {
+func someInstances(n int, odd bool) []*resource.Instance {
 	r := rand.New(rand.NewPCG(1, 2))
 	base := time.Date(2026, 11, 30, 8, 0, 0, 0, time.FixedZone("x", 3600))
-	out := make([]*Instance, n)
+	out := make([]*resource.Instance, n)
 	for i := range out {
-		inst := &Instance{
+		inst := &resource.Instance{
 			ID: int64(i + 1), Hostname: "sindri.example.com", ImageID: int64(r.IntN(5) + 1), Port: 15432 + i,
 			Status: []string{"running", "creating", "stopped", "failed"}[r.IntN(4)], Username: "sindri",
 			Password:  fmt.Sprintf("Yl8sT3kq-%x_wQ", r.Int()),

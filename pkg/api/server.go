@@ -92,14 +92,14 @@ type Options struct {
 //
 //	s := api.NewServer(api.Options{Authenticate: auth, Logger: log})
 //	r := s.Router()
-//	r.Handle("/images/{id}", http.HandlerFunc(getImage)).Methods(http.MethodGet)
+//	r.Handle("/images/{id}", api.HandlerFunc(getImage)).Methods(http.MethodGet)
 //	srv := api.NewHTTPServer(s.Handler(), opts)
 //
 // Every route added to Router() requires Draupnir-Version and
 // authentication, and has its body capped, unless its key is exempt in
-// Options. Handlers report failures with WriteError, read bodies with
-// DecodeJSON or DecodeResource, path ids with PathID, and answer with
-// WriteResource/WriteResources.
+// Options. Handlers return their failures (HandlerFunc) or write them with
+// WriteError, read bodies with DecodeJSON or DecodeResource, path ids with
+// PathID, and answer with WriteResource/WriteResources.
 //
 // Middleware, outermost first: request id and the Draupnir-Version response
 // header (on every response, including 404/405 and panics), access log,

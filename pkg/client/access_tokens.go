@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -49,19 +48,7 @@ func (c *Client) AccessToken(ctx context.Context, state string) (*Token, error) 
 		return nil, &ConnectionError{URL: c.base.String(), Err: err}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		apiErr := &APIError{Status: resp.StatusCode}
-		var doc payload
-		if json.Unmarshal(raw, &doc) == nil && len(doc.Errors) > 0 {
-			e := doc.Errors[0]
-			apiErr.Code, apiErr.Title, apiErr.Detail = e.Code, e.Title, e.Detail
-		} else {
-			apiErr.Title = http.StatusText(resp.StatusCode)
-			apiErr.Detail = strings.TrimSpace(string(raw))
-			if len(apiErr.Detail) > 200 {
-				apiErr.Detail = apiErr.Detail[:200] + "…"
-			}
-		}
-		return nil, apiErr
+		return nil, errorFrom(resp.StatusCode, raw)
 	}
 	var tok Token
 	if err := json.Unmarshal(raw, &tok); err != nil {

@@ -11,31 +11,19 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/sindri-db/sindri/pkg/api/resource"
 )
 
-// Backup is a backups resource: an archive (a tar.zst of the data
-// directory) of an instance or of an image, as it was when the backup was
-// created. Exactly one of InstanceID and ImageID is set. Status is
-// "running" while the archive is written, then "done" (with SizeBytes and
-// SHA256, in hex) or "failed" (with Error).
-type Backup struct {
-	ID         int64     `json:"id"`
-	InstanceID int64     `json:"instance_id,omitempty"`
-	ImageID    int64     `json:"image_id,omitempty"`
-	Status     string    `json:"status"`
-	Error      string    `json:"error,omitempty"`
-	SizeBytes  int64     `json:"size_bytes"`
-	SHA256     string    `json:"sha256,omitempty"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
-}
+// Backup is a backups resource (resource.Backup): an archive of an
+// instance or of an image, running, done or failed.
+type Backup = resource.Backup
 
 // The statuses of a backup.
 const (
-	BackupRunning = "running"
-	BackupDone    = "done"
-	BackupFailed  = "failed"
+	BackupRunning = resource.BackupRunning
+	BackupDone    = resource.BackupDone
+	BackupFailed  = resource.BackupFailed
 )
 
 // BackupSource names what CreateBackup backs up: exactly one of an
@@ -53,15 +41,10 @@ var ErrDigestMismatch = errors.New("the downloaded bytes do not match the server
 // user), newest first.
 func (c *Client) ListBackups(ctx context.Context) ([]Backup, error) {
 	var out []Backup
-	err := c.list(ctx, "/backups", "backups", func(r resource) error {
-		var b Backup
-		if err := r.decode(&b, &b.ID); err != nil {
-			return err
-		}
-		out = append(out, b)
-		return nil
-	})
-	return out, err
+	if err := c.list(ctx, "/backups", &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // GetBackup returns backup id.
@@ -187,7 +170,7 @@ func (c *Client) backup(ctx context.Context, method, path string, body any) (*Ba
 		return nil, err
 	}
 	var b Backup
-	if err := c.one(req, "backups", &b, &b.ID); err != nil {
+	if err := c.one(req, &b); err != nil {
 		return nil, err
 	}
 	return &b, nil

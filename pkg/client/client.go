@@ -2,8 +2,11 @@
 // version 5 plus sindri's additions, see /work/shared/api.md).
 //
 // Every method sends the Draupnir-Version header and the bearer token, and
-// reads JSON:API documents. An error the server answered with is an
-// *APIError; an error reaching the server is a *ConnectionError.
+// reads the answer's JSON:API document into the server's own resource
+// types (package resource: Image, Instance, Backup, Status are those),
+// with the decoder the server reads its requests with. An error the server
+// answered with is an *APIError; an error reaching the server is a
+// *ConnectionError.
 package client
 
 import (
@@ -21,6 +24,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/api/resource"
+	"github.com/sindri-db/sindri/pkg/api/wire"
 	"github.com/sindri-db/sindri/pkg/version"
 )
 
@@ -121,78 +126,23 @@ func causeText(err error) string {
 	return err.Error()
 }
 
-// Image is an images resource.
-type Image struct {
-	ID         int64     `json:"id"`
-	Name       string    `json:"name,omitempty"`
-	BackedUpAt time.Time `json:"backed_up_at"`
-	Ready      bool      `json:"ready"`
-	Status     string    `json:"status"`
-	Error      string    `json:"error,omitempty"`
-	PGVersion  string    `json:"pg_version,omitempty"`
-	SizeBytes  int64     `json:"size_bytes"`
-	BackupID   int64     `json:"backup_id,omitempty"` // the backup it was restored from
-	// Anonymised: an anonymisation script ran on the image's data and the
-	// scrub after it finished. An image without is the data as uploaded.
-	Anonymised bool      `json:"anonymised"`
-	CreatedAt  time.Time `json:"created_at"`
-	UpdatedAt  time.Time `json:"updated_at"`
-}
-
-// Instance is an instances resource; Credentials is set by the calls whose
-// answer includes them (GetInstance, CreateInstance, ResetInstance,
-// UpdateInstance).
-type Instance struct {
-	ID          int64        `json:"id"`
-	Hostname    string       `json:"hostname"`
-	ImageID     int64        `json:"image_id"`
-	Port        int          `json:"port"`
-	Status      string       `json:"status"`
-	Error       string       `json:"error,omitempty"`
-	Username    string       `json:"username"`
-	Password    string       `json:"password"`
-	DatabaseURL string       `json:"database_url"`
-	ExpiresAt   *time.Time   `json:"expires_at"`
-	Protected   bool         `json:"protected"`
-	CreatedAt   time.Time    `json:"created_at"`
-	UpdatedAt   time.Time    `json:"updated_at"`
-	Credentials *Credentials `json:"credentials,omitempty"`
-}
-
-// Credentials are the PEM files of a TLS login as role draupnir.
-type Credentials struct {
-	CACertificate     string `json:"ca_certificate"`
-	ClientCertificate string `json:"client_certificate"`
-	ClientKey         string `json:"client_key"`
-}
-
-// Status is the statuses resource of GET /status.
-type Status struct {
-	Status                string         `json:"status"`
-	Problems              []string       `json:"problems,omitempty"`
-	Version               string         `json:"version"`
-	APIVersion            string         `json:"api_version"`
-	StorageDriver         string         `json:"storage_driver"`
-	TotalBytes            int64          `json:"total_bytes"`
-	FreeBytes             int64          `json:"free_bytes"`
-	UsedByInstancesBytes  int64          `json:"used_by_instances_bytes"`
-	Images                map[string]int `json:"images"`
-	Instances             map[string]int `json:"instances"`
-	ExpectedCloningTimeMS int64          `json:"expected_cloning_time_ms"`
-}
+// The resources, the server's own (package resource): their json tags
+// are what `sindri --json` prints.
+type (
+	Image       = resource.Image
+	Instance    = resource.Instance
+	Credentials = resource.Credentials
+	Status      = resource.Status
+	LimitUse    = resource.LimitUse
+)
 
 // ListImages returns all images, newest first.
 func (c *Client) ListImages(ctx context.Context) ([]Image, error) {
 	var out []Image
-	err := c.list(ctx, "/images", "images", func(r resource) error {
-		var img Image
-		if err := r.decode(&img, &img.ID); err != nil {
-			return err
-		}
-		out = append(out, img)
-		return nil
-	})
-	return out, err
+	if err := c.list(ctx, "/images", &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // GetImage returns image id.
@@ -242,7 +192,7 @@ func (c *Client) UploadImage(ctx context.Context, id int64, r io.Reader, size in
 		}
 	}
 	var img Image
-	if err := c.one(req, "images", &img, &img.ID); err != nil {
+	if err := c.one(req, &img); err != nil {
 		return nil, err
 	}
 	return &img, nil
@@ -268,15 +218,10 @@ func (c *Client) DestroyImage(ctx context.Context, id int64, force bool) error {
 // user), without credentials.
 func (c *Client) ListInstances(ctx context.Context) ([]Instance, error) {
 	var out []Instance
-	err := c.list(ctx, "/instances", "instances", func(r resource) error {
-		var inst Instance
-		if err := r.decode(&inst, &inst.ID); err != nil {
-			return err
-		}
-		out = append(out, inst)
-		return nil
-	})
-	return out, err
+	if err := c.list(ctx, "/instances", &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // GetInstance returns instance id with its credentials.
@@ -328,54 +273,14 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 		return nil, err
 	}
 	var st Status
-	var id string
-	if err := c.one(req, "statuses", &st, &id); err != nil {
+	if err := c.one(req, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
 }
 
-// --- JSON:API plumbing ---
-
-type resource struct {
-	Type          string          `json:"type"`
-	ID            string          `json:"id"`
-	Attributes    json.RawMessage `json:"attributes"`
-	Relationships map[string]struct {
-		Data json.RawMessage `json:"data"`
-	} `json:"relationships"`
-}
-
-// decode reads the attributes into v and the id into id (*int64 or *string).
-func (r resource) decode(v any, id any) error {
-	if len(r.Attributes) > 0 {
-		if err := json.Unmarshal(r.Attributes, v); err != nil {
-			return fmt.Errorf("decoding %s %s: %w", r.Type, r.ID, err)
-		}
-	}
-	switch p := id.(type) {
-	case *int64:
-		n, err := strconv.ParseInt(r.ID, 10, 64)
-		if err != nil {
-			return fmt.Errorf("decoding %s: id %q is not a number", r.Type, r.ID)
-		}
-		*p = n
-	case *string:
-		*p = r.ID
-	}
-	return nil
-}
-
-type payload struct {
-	Data     json.RawMessage `json:"data"`
-	Included []resource      `json:"included"`
-	Errors   []struct {
-		Status string `json:"status"`
-		Code   string `json:"code"`
-		Title  string `json:"title"`
-		Detail string `json:"detail"`
-	} `json:"errors"`
-}
+// --- JSON:API plumbing: requests are built here, answers decoded by
+// package resource, the decoder the server reads requests with ---
 
 func document(typ, id string, attrs map[string]any) any {
 	data := map[string]any{"type": typ, "attributes": attrs}
@@ -420,9 +325,9 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 	return req, nil
 }
 
-// do sends req and returns the decoded document of a 2xx answer; any
-// other answer is an *APIError.
-func (c *Client) do(req *http.Request) (*payload, error) {
+// do sends req and returns the body of a 2xx answer; any other answer is
+// an *APIError.
+func (c *Client) do(req *http.Request) ([]byte, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &ConnectionError{URL: c.base.String(), Err: err}
@@ -432,27 +337,17 @@ func (c *Client) do(req *http.Request) (*payload, error) {
 	if err != nil {
 		return nil, &ConnectionError{URL: c.base.String(), Err: err}
 	}
-	var doc payload
-	jsonErr := error(nil)
-	if len(bytes.TrimSpace(body)) > 0 {
-		jsonErr = json.Unmarshal(body, &doc)
-	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, errorFrom(resp.StatusCode, body)
 	}
-	if jsonErr != nil {
-		return nil, fmt.Errorf("%s %s: the server's answer is not JSON: %w", req.Method, req.URL.Path, jsonErr)
-	}
-	return &doc, nil
+	return body, nil
 }
 
 // errorFrom is the *APIError of a non-2xx answer with body: its first
 // JSON:API error, or the status text and the start of the body.
 func errorFrom(status int, body []byte) *APIError {
 	apiErr := &APIError{Status: status}
-	var doc payload
-	if json.Unmarshal(body, &doc) == nil && len(doc.Errors) > 0 {
-		e := doc.Errors[0]
+	if e, ok := wire.ReadError(body); ok {
 		apiErr.Code, apiErr.Title, apiErr.Detail = e.Code, e.Title, e.Detail
 		return apiErr
 	}
@@ -473,49 +368,34 @@ func (c *Client) noContent(ctx context.Context, method, path string) error {
 	return err
 }
 
-func (c *Client) list(ctx context.Context, path, typ string, each func(resource) error) error {
+// list GETs path and decodes its list of resources into out, a pointer to
+// a slice of resources.
+func (c *Client) list(ctx context.Context, path string, out any) error {
 	req, err := c.request(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}
-	doc, err := c.do(req)
+	body, err := c.do(req)
 	if err != nil {
 		return err
 	}
-	var rs []resource
-	if err := json.Unmarshal(doc.Data, &rs); err != nil {
-		return fmt.Errorf("GET %s: data is not a list of resources: %w", path, err)
-	}
-	for _, r := range rs {
-		if r.Type != typ {
-			return fmt.Errorf("GET %s: a resource of type %q, want %q", path, r.Type, typ)
-		}
-		if err := each(r); err != nil {
-			return err
-		}
+	if err := resource.UnmarshalList(body, out); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
 	}
 	return nil
 }
 
-// one sends req and decodes its single primary resource of type typ.
-func (c *Client) one(req *http.Request, typ string, v any, id any) error {
-	_, err := c.oneDoc(req, typ, v, id)
-	return err
-}
-
-func (c *Client) oneDoc(req *http.Request, typ string, v any, id any) (*payload, error) {
-	doc, err := c.do(req)
+// one sends req and decodes its one primary resource into v, a pointer to
+// a resource (and its included credentials, for an instance).
+func (c *Client) one(req *http.Request, v any) error {
+	body, err := c.do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var r resource
-	if err := json.Unmarshal(doc.Data, &r); err != nil || r.Type == "" {
-		return nil, fmt.Errorf("%s %s: data is not one resource", req.Method, req.URL.Path)
+	if err := resource.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
 	}
-	if r.Type != typ {
-		return nil, fmt.Errorf("%s %s: a resource of type %q, want %q", req.Method, req.URL.Path, r.Type, typ)
-	}
-	return doc, r.decode(v, id)
+	return nil
 }
 
 func (c *Client) image(ctx context.Context, method, path string, body any) (*Image, error) {
@@ -524,7 +404,7 @@ func (c *Client) image(ctx context.Context, method, path string, body any) (*Ima
 		return nil, err
 	}
 	var img Image
-	if err := c.one(req, "images", &img, &img.ID); err != nil {
+	if err := c.one(req, &img); err != nil {
 		return nil, err
 	}
 	return &img, nil
@@ -536,19 +416,8 @@ func (c *Client) instance(ctx context.Context, method, path string, body any) (*
 		return nil, err
 	}
 	var inst Instance
-	doc, err := c.oneDoc(req, "instances", &inst, &inst.ID)
-	if err != nil {
+	if err := c.one(req, &inst); err != nil {
 		return nil, err
-	}
-	id := strconv.FormatInt(inst.ID, 10)
-	for _, inc := range doc.Included {
-		if inc.Type == "credentials" && inc.ID == id {
-			var cr Credentials
-			if err := inc.decode(&cr, nil); err != nil {
-				return nil, err
-			}
-			inst.Credentials = &cr
-		}
 	}
 	return &inst, nil
 }

@@ -64,6 +64,23 @@ var (
 	ErrOperationRunning = errors.New("another sindrid is running this operation")
 )
 
+// The classes that errors of the store, the storage and Postgres are given
+// when they reach a service's caller (see classify).
+var (
+	// ErrForbidden: the actor may not do this at all (not the upload user
+	// changing an image or backing one up).
+	ErrForbidden = errors.New("forbidden")
+	// ErrConflict: the store refused a write that conflicts with an
+	// existing row (a duplicate, a row still referenced).
+	ErrConflict = errors.New("conflict with an existing resource")
+	// ErrDiskFull: a write failed for want of space (ENOSPC), whatever the
+	// disk reserve said.
+	ErrDiskFull = errors.New("the filesystem is full")
+	// ErrPGVersionMissing: the image's PostgreSQL major version is not
+	// installed on this server.
+	ErrPGVersionMissing = errors.New("the PostgreSQL version is not installed")
+)
+
 // errVolumeTaken: a creation found its volume's name taken.
 var errVolumeTaken = errors.New("the instance's volume name is taken")
 

@@ -41,6 +41,10 @@ type LimitUse struct {
 	Used int64
 	// ByOwner is each owner's figure, for a per-user limit; nil otherwise.
 	ByOwner map[string]int64
+	// Yours is the asking actor's own figure, for a per-user limit of a
+	// Status from StatusService.Get to an actor other than the upload
+	// user (whose ByOwner is then nil); nil otherwise.
+	Yours *int64
 }
 
 // Status gathers the figures of GET /status. Degraded means an instance

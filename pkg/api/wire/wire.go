@@ -207,12 +207,26 @@ func (e Error) ForDraupnir() DraupnirError {
 	return d
 }
 
-type jsonAPIError struct {
+// ErrorObject is one error of a JSON:API error document
+// {"errors":[…]}, as sindri writes it and its client reads it.
+type ErrorObject struct {
 	Status string  `json:"status"`
 	Code   string  `json:"code"`
 	Title  string  `json:"title"`
 	Detail string  `json:"detail,omitempty"`
 	Source *Source `json:"source,omitempty"`
+}
+
+// ReadError is the first error of the JSON:API error document body, if
+// body is one.
+func ReadError(body []byte) (ErrorObject, bool) {
+	var doc struct {
+		Errors []ErrorObject `json:"errors"`
+	}
+	if json.Unmarshal(body, &doc) != nil || len(doc.Errors) == 0 {
+		return ErrorObject{}, false
+	}
+	return doc.Errors[0], true
 }
 
 // Body is e as a response body in format f, with a final newline.
@@ -221,14 +235,14 @@ func (e Error) Body(f Format) []byte {
 	if f == Draupnir {
 		v = e.ForDraupnir()
 	} else {
-		obj := jsonAPIError{Status: strconv.Itoa(e.Status), Code: e.Code, Title: e.Title, Detail: e.Detail}
+		obj := ErrorObject{Status: strconv.Itoa(e.Status), Code: e.Code, Title: e.Title, Detail: e.Detail}
 		if e.Source != (Source{}) {
 			src := e.Source
 			obj.Source = &src
 		}
 		v = struct {
-			Errors []jsonAPIError `json:"errors"`
-		}{[]jsonAPIError{obj}}
+			Errors []ErrorObject `json:"errors"`
+		}{[]ErrorObject{obj}}
 	}
 	body, err := json.Marshal(v)
 	if err != nil { // cannot happen: only strings

@@ -1,0 +1,97 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/sindri-db/sindri/pkg/auth"
+	"github.com/sindri-db/sindri/pkg/engine"
+)
+
+// Handlers serve the contract's resources over the services.
+type Handlers struct {
+	Images    ImageService
+	Instances InstanceService
+	Backups   BackupService
+	Status    StatusService
+	Auth      *auth.Authenticator
+	// PublicHostname is the host clients reach instances on.
+	PublicHostname string
+	Version        string
+}
+
+// Register adds the routes to the server's router.
+func (h *Handlers) Register(s *Server) {
+	r := s.Router()
+	for _, route := range []struct {
+		path, method string
+		handle       HandlerFunc
+	}{
+		{"/images", http.MethodGet, h.listImages},
+		{"/images", http.MethodPost, h.createImage},
+		{"/images/{id}", http.MethodGet, h.getImage},
+		{"/images/{id}", http.MethodDelete, h.destroyImage},
+		{"/images/{id}/upload", http.MethodPut, h.uploadImage},
+		{"/images/{id}/done", http.MethodPost, h.finaliseImage},
+		{"/instances", http.MethodGet, h.listInstances},
+		{"/instances", http.MethodPost, h.createInstance},
+		{"/instances/{id}", http.MethodGet, h.getInstance},
+		{"/instances/{id}", http.MethodPatch, h.updateInstance},
+		{"/instances/{id}", http.MethodDelete, h.destroyInstance},
+		{"/instances/{id}/reset", http.MethodPost, h.resetInstance},
+		{"/backups", http.MethodGet, h.listBackups},
+		{"/backups", http.MethodPost, h.createBackup},
+		{"/backups/{id}", http.MethodGet, h.getBackup},
+		{"/backups/{id}", http.MethodDelete, h.deleteBackup},
+		{"/backups/{id}/download", http.MethodGet, h.downloadBackup},
+		{"/backups/{id}/download", http.MethodHead, h.downloadBackup},
+		{"/status", http.MethodGet, h.status},
+	} {
+		r.Handle(route.path, route.handle).Methods(route.method)
+	}
+	if h.Auth != nil {
+		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)
+		// POST: the confirmation page's form (the person's decision).
+		r.HandleFunc("/oauth_callback", h.Auth.HandleCallback).Methods(http.MethodGet, http.MethodPost)
+		r.HandleFunc("/access_tokens", h.Auth.HandleAccessTokens).Methods(http.MethodPost)
+	}
+}
+
+// HandlerFunc is a handler that returns its error instead of writing it:
+// as an http.Handler it writes the error with WriteError, in the
+// request's wire format, so that no handler writes one itself. A handler
+// that has answered returns nil.
+type HandlerFunc func(http.ResponseWriter, *http.Request) error
+
+// ServeHTTP calls f and writes its error.
+func (f HandlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := f(w, r); err != nil {
+		WriteError(w, r, err)
+	}
+}
+
+// Authenticate adapts the authenticator to the server's hook.
+func Authenticate(a *auth.Authenticator) func(*http.Request) (any, error) {
+	return func(r *http.Request) (any, error) {
+		p, err := a.Authenticate(r)
+		if errors.Is(err, auth.ErrUnauthorized) {
+			return nil, fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+}
+
+func principal(r *http.Request) auth.Principal {
+	p, _ := PrincipalFrom(r.Context()).(auth.Principal)
+	return p
+}
+
+// actor is the request's principal as the services know it.
+func actor(r *http.Request) engine.Actor {
+	p := principal(r)
+	return engine.Actor{Owner: p.Owner(), Upload: p.Upload}
+}

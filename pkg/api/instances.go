@@ -1,0 +1,165 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/api/resource"
+	"github.com/sindri-db/sindri/pkg/api/wire"
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// contractStatus is an instance status as the contract names them
+// (creating, running, stopped, failed): a reset is a creation again, and an
+// instance being torn down no longer serves.
+func contractStatus(s store.InstanceStatus) string {
+	switch s {
+	case store.InstanceResetting:
+		return string(store.InstanceCreating)
+	case store.InstanceDestroying:
+		return string(store.InstanceStopped)
+	}
+	return string(s)
+}
+
+func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *resource.Instance {
+	out := &resource.Instance{
+		ID: inst.ID, Hostname: h.PublicHostname, ImageID: inst.ImageID, Port: inst.Port, Status: contractStatus(inst.Status),
+		Error: inst.Error, Username: inst.Username, Password: inst.Password,
+		ExpiresAt: inst.ExpiresAt, Protected: inst.Protected, CreatedAt: inst.CreatedAt, UpdatedAt: inst.UpdatedAt,
+	}
+	out.DatabaseURL = (&url.URL{
+		Scheme: "postgres", User: url.UserPassword(inst.Username, inst.Password),
+		Host: fmt.Sprintf("%s:%d", h.PublicHostname, inst.Port), Path: "/postgres", RawQuery: "sslmode=require",
+	}).String()
+	if withCredentials {
+		out.Credentials = &resource.Credentials{ID: inst.ID, CACertificate: inst.CACertificate,
+			ClientCertificate: inst.ClientCertificate, ClientKey: inst.ClientKey}
+	}
+	return out
+}
+
+func (h *Handlers) listInstances(w http.ResponseWriter, r *http.Request) error {
+	instances, err := h.Instances.List(r.Context(), actor(r))
+	if err != nil {
+		return err
+	}
+	out := make([]*resource.Instance, 0, len(instances))
+	for _, inst := range instances {
+		out = append(out, h.instanceResource(inst, false))
+	}
+	writeInstanceList(w, http.StatusOK, out)
+	return nil
+}
+
+func (h *Handlers) getInstance(w http.ResponseWriter, r *http.Request) error {
+	id, err := PathID(r, "id")
+	if err != nil {
+		return err
+	}
+	inst, err := h.Instances.Get(r.Context(), actor(r), id)
+	if err != nil {
+		return err
+	}
+	WriteResource(w, http.StatusOK, h.instanceResource(inst, true))
+	return nil
+}
+
+func (h *Handlers) createInstance(w http.ResponseWriter, r *http.Request) error {
+	var attrs struct {
+		ImageID   *ID    `json:"image_id"`
+		TTL       string `json:"ttl"`
+		Protected bool   `json:"protected"`
+	}
+	if _, err := DecodeResource(w, r, "instances", &attrs); err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Source.Pointer == AttributePointer("image_id") {
+			err = e.WithDraupnir(wire.DraupnirBadImageID)
+		}
+		return err
+	}
+	if attrs.ImageID == nil {
+		e := BadRequest("attribute image_id is required (the id of a ready image, such as \"3\")")
+		e.Source.Pointer = AttributePointer("image_id")
+		return e.WithDraupnir(wire.DraupnirBadImageID)
+	}
+	var ttl time.Duration
+	if attrs.TTL != "" {
+		var err error
+		if ttl, err = time.ParseDuration(attrs.TTL); err != nil || ttl <= 0 {
+			return BadRequest(fmt.Sprintf("ttl %q is not a positive Go duration such as \"30m\" or \"2h\"", attrs.TTL))
+		}
+	}
+	inst, err := h.Instances.Create(r.Context(), actor(r), engine.NewInstance{
+		ImageID: int64(*attrs.ImageID), TTL: ttl, Protected: attrs.Protected,
+	})
+	if errors.Is(err, engine.ErrNotFound) {
+		return WithDraupnirError(err, wire.DraupnirImageNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	WriteResource(w, http.StatusCreated, h.instanceResource(inst, true))
+	return nil
+}
+
+func (h *Handlers) updateInstance(w http.ResponseWriter, r *http.Request) error {
+	id, err := PathID(r, "id")
+	if err != nil {
+		return err
+	}
+	// Another's instance is a 404 before anything about the body.
+	if _, err := h.Instances.Get(r.Context(), actor(r), id); err != nil {
+		return err
+	}
+	var attrs struct {
+		ExpiresAt *time.Time `json:"expires_at"`
+		Protected *bool      `json:"protected"`
+	}
+	bodyID, err := DecodeResource(w, r, "instances", &attrs)
+	if err != nil {
+		return err
+	}
+	if bodyID != "" && bodyID != strconv.FormatInt(id, 10) {
+		return Conflict(fmt.Sprintf("the body names instance %s, the URL instance %d", bodyID, id))
+	}
+	if attrs.ExpiresAt == nil && attrs.Protected == nil {
+		return BadRequest("give expires_at or protected (or both)")
+	}
+	inst, err := h.Instances.Update(r.Context(), actor(r), id, attrs.ExpiresAt, attrs.Protected)
+	if err != nil {
+		return err
+	}
+	WriteResource(w, http.StatusOK, h.instanceResource(inst, true))
+	return nil
+}
+
+func (h *Handlers) destroyInstance(w http.ResponseWriter, r *http.Request) error {
+	id, err := PathID(r, "id")
+	if err != nil {
+		return err
+	}
+	if err := h.Instances.Destroy(r.Context(), actor(r), id); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handlers) resetInstance(w http.ResponseWriter, r *http.Request) error {
+	id, err := PathID(r, "id")
+	if err != nil {
+		return err
+	}
+	inst, err := h.Instances.Reset(r.Context(), actor(r), id)
+	if err != nil {
+		return err
+	}
+	WriteResource(w, http.StatusOK, h.instanceResource(inst, true))
+	return nil
+}
