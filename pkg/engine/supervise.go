@@ -38,12 +38,14 @@ type rounds struct {
 	ring   []int64
 	ringAt map[int64]int // index in ring
 	next   int           // where in ring the next slice starts
+	probes int           // hang probes left to this tick (ProbesPerTick)
+	busy   int           // due checks under way
 }
 
-// maxDuePerTick bounds the due checks started per tick: a host on which
-// hundreds of postmasters die at once (the OOM killer, an operator's
-// pkill) restarts them a few dozen at a time.
-const maxDuePerTick = 32
+// maxDueBusy bounds the due checks under way: a host on which hundreds of
+// postmasters die at once (the OOM killer, an operator's pkill) restarts
+// them a few dozen at a time.
+const maxDueBusy = 32
 
 // watchedPath is the data directory of a watched instance, looked up in
 // storage once rather than at every tick.
@@ -132,14 +134,14 @@ func (e *Engine) markDueLocked(id int64) {
 	}
 }
 
-// batch is what a tick checks: the due instances (at most maxDuePerTick,
-// oldest first), then the next SuperviseBatch of the ring. Its size does
-// not grow with the instances watched.
+// batch is what a tick checks: the due instances (oldest first, as many
+// as keep maxDueBusy under way), then the next SuperviseBatch of the
+// ring. Its size does not grow with the instances watched.
 func (e *Engine) batch() (due, round []int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r := &e.rounds
-	for len(r.due) > 0 && len(due) < maxDuePerTick {
+	for len(r.due) > 0 && r.busy+len(due) < maxDueBusy {
 		id := r.due[0]
 		r.due = r.due[1:]
 		if w := e.watched[id]; w != nil && w.due {
@@ -150,6 +152,7 @@ func (e *Engine) batch() (due, round []int64) {
 	if len(r.due) == 0 {
 		r.due = nil // let the array go
 	}
+	r.probes = e.opts.ProbesPerTick
 	for k := 0; k < min(e.opts.SuperviseBatch, len(r.ring)); k++ {
 		if r.next >= len(r.ring) {
 			r.next = 0
@@ -173,17 +176,30 @@ func (e *Engine) supervise(ctx context.Context) {
 	due, round := e.batch()
 	e.tickHook(len(due), len(round))
 	for i, id := range append(due, round...) {
+		isDue := i < len(due)
 		unlock, ok := e.locks.TryLock(id)
 		if !ok {
 			// An operation is under way on it (or its last check): a due
 			// check waits for the next tick.
-			if i < len(due) {
+			if isDue {
 				e.markDue(id)
 			}
 			continue
 		}
+		if isDue {
+			e.mu.Lock()
+			e.rounds.busy++
+			e.mu.Unlock()
+		}
 		go func() {
 			defer unlock()
+			if isDue {
+				defer func() {
+					e.mu.Lock()
+					e.rounds.busy--
+					e.mu.Unlock()
+				}()
+			}
 			e.superviseOne(ctx, id)
 		}()
 	}
@@ -205,7 +221,13 @@ func (e *Engine) watchExit(id int64, pid int, dataDir string) {
 	if old != nil {
 		old()
 	}
-	stop, err := postgres.OnExit(pid, func() { e.markDue(id) })
+	stop, err := postgres.OnExit(pid, func() {
+		e.markDue(id)
+		select {
+		case e.exits <- struct{}{}: // the supervisor runs now
+		default: // or is about to
+		}
+	})
 	if err != nil {
 		e.log.Warn("engine: cannot watch a postmaster's end; the supervisor's round still checks it", "instance_id", id, "pid", pid, "err", err)
 		e.mu.Lock()
@@ -406,17 +428,20 @@ func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
 }
 
 // hung tells whether a live postmaster has failed MaxUnanswered connection
-// attempts in a row, one every ProbeEvery at the most (the round comes to
-// an instance every SupervisePeriod × instances / SuperviseBatch). Any
-// answer counts as answering (see postgres.Answers, which asks for no
+// attempts in a row, one every ProbeEvery at the most. A tick probes at
+// most ProbesPerTick instances (each probe forks a child of a postmaster:
+// a few ms of CPU), so that on a dense host each is probed less often
+// than ProbeEvery: every SupervisePeriod × instances / ProbesPerTick.
+// Any answer counts as answering (see postgres.Answers, which asks for no
 // login): only silence until ProbeTimeout does not.
 func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) bool {
 	e.mu.Lock()
 	w := e.watched[id]
-	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery {
+	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery || e.rounds.probes <= 0 {
 		e.mu.Unlock()
 		return false
 	}
+	e.rounds.probes--
 	w.probedAt = time.Now()
 	e.mu.Unlock()
 
