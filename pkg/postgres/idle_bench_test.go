@@ -56,9 +56,13 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 //   - postgres-defaults: the settings of idlePostgresDefaults at
 //     Postgres's defaults;
 //   - default-NAME: only NAME at Postgres's default;
-//   - sindri+probe: sindri's settings, each clone also given a session
-//     every 10 s as sindrid's supervisor does (a connection over the
-//     unix socket as the superuser, closed at once);
+//   - sindri+login-probe: sindri's settings, each clone also given a
+//     session every 10 s as sindrid's supervisor did until it probed with
+//     an SSLRequest (a login over the unix socket as the superuser, closed
+//     at once);
+//   - sindri+probe: sindri's settings, each clone also probed every 10 s
+//     as sindrid's supervisor probes on a small host (postgres.Answers:
+//     an SSLRequest, answered before any login);
 //   - try, with SINDRI_BENCH_IDLE_TRY="name=value,...": sindri's settings
 //     with these changed, to try others.
 //
@@ -107,7 +111,7 @@ func BenchmarkIdleClones(b *testing.B) {
 	type variant struct {
 		name   string
 		values map[string]string
-		probe  bool
+		probe  string // "", "login" or "answers"
 	}
 	variants := []variant{{name: "sindri"}, {name: "postgres-defaults", values: idlePostgresDefaults}}
 	names := make([]string, 0, len(idlePostgresDefaults))
@@ -118,7 +122,7 @@ func BenchmarkIdleClones(b *testing.B) {
 	for _, name := range names {
 		variants = append(variants, variant{name: "default-" + name, values: map[string]string{name: idlePostgresDefaults[name]}})
 	}
-	variants = append(variants, variant{name: "sindri+probe", probe: true})
+	variants = append(variants, variant{name: "sindri+login-probe", probe: "login"}, variant{name: "sindri+probe", probe: "answers"})
 	if v := strings.TrimSpace(os.Getenv("SINDRI_BENCH_IDLE_TRY")); v != "" {
 		try := map[string]string{}
 		for _, kv := range strings.Split(v, ",") {
@@ -204,7 +208,7 @@ func BenchmarkIdleClones(b *testing.B) {
 
 			probeCtx, stopProbes := context.WithCancel(ctx)
 			var probes sync.WaitGroup
-			if v.probe {
+			if v.probe != "" {
 				// One goroutine walks the clones, one session each per
 				// 10 s, spread evenly, as a supervisor would.
 				probes.Add(1)
@@ -220,7 +224,9 @@ func BenchmarkIdleClones(b *testing.B) {
 						}
 						c := clones[i]
 						attempt, cancel := context.WithTimeout(probeCtx, 5*time.Second)
-						if conn, err := pgx.Connect(attempt, postgres.SuperuserURL(c.sock, c.port, "postgres")); err == nil {
+						if v.probe == "answers" {
+							postgres.Answers(attempt, c.sock, c.port)
+						} else if conn, err := pgx.Connect(attempt, postgres.SuperuserURL(c.sock, c.port, "postgres")); err == nil {
 							conn.Close(ctx)
 						}
 						cancel()
