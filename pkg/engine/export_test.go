@@ -22,8 +22,8 @@ func WithoutScrub(opts Options) Options {
 	return opts
 }
 
-// WithTickHook is opts with f called at each supervisor tick with the
-// number of due and of round checks it starts.
+// WithTickHook is opts with f called at each supervisor pass with the
+// number of due and of round checks it started.
 func WithTickHook(opts Options, f func(due, round int)) Options {
 	opts.hooks.tick = f
 	return opts

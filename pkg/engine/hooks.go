@@ -16,8 +16,8 @@ type hooks struct {
 	// skipScrub leaves out the scrub after an anonymisation script (the
 	// image is then not marked anonymised), to measure what it costs.
 	skipScrub bool
-	// tick is called at each supervisor tick with the number of due and
-	// of round checks it starts.
+	// tick is called at each supervisor pass with the number of due and
+	// of round checks it started.
 	tick func(due, round int)
 }
 

@@ -174,7 +174,8 @@ func (e *Engine) batch() (due, round []int64) {
 // for a hang and finds what the exit watch could not see.
 func (e *Engine) supervise(ctx context.Context) {
 	due, round := e.batch()
-	e.tickHook(len(due), len(round))
+	var started [2]int // due, round
+	defer func() { e.tickHook(started[0], started[1]) }()
 	for i, id := range append(due, round...) {
 		isDue := i < len(due)
 		unlock, ok := e.locks.TryLock(id)
@@ -187,9 +188,12 @@ func (e *Engine) supervise(ctx context.Context) {
 			continue
 		}
 		if isDue {
+			started[0]++
 			e.mu.Lock()
 			e.rounds.busy++
 			e.mu.Unlock()
+		} else {
+			started[1]++
 		}
 		go func() {
 			defer unlock()
