@@ -165,7 +165,8 @@ func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, er
 }
 
 // summaryColumns are instanceColumns without the certificates and private
-// keys: what a listing of instances shows.
+// keys: what a listing of instances shows, in the order
+// ListInstanceSummaries scans them.
 const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(username, '') as username, coalesce(password, '') as password,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
@@ -182,13 +183,19 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 	} else {
 		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances where owner = $1 order by id`, owner)
 	}
-	// Lax: the certificates and keys have no column here.
-	insts, err := pgx.CollectRows(rows, pgx.RowToStructByNameLax[Instance])
+	// Scanned field by field: pgx's scan by name, a reflection per row,
+	// cost as much as the query.
+	insts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
+		var i Instance
+		err := row.Scan(&i.ID, &i.ImageID, &i.Owner, &i.Status, &i.Port, &i.Username, &i.Password,
+			&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.CreatedAt, &i.UpdatedAt)
+		return i, err
+	})
 	if insts == nil {
 		insts = []Instance{}
 	}
 	if err != nil {
-		return insts, wrap(err, "list instances")
+		return []Instance{}, wrap(err, "list instances")
 	}
 	for i := range insts {
 		if insts[i].Password, err = s.open("instances", "password", insts[i].ID, insts[i].Password); err != nil {
