@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -384,7 +384,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	e.mu.Lock()
 	wasStopped := false
 	if w := e.watched[id]; w != nil {
-		w.startFull = errors.Is(err, syscall.ENOSPC)
+		w.startFull = errors.Is(err, safefile.ErrNoSpace)
 		wasStopped = w.diskStop
 		if err == nil {
 			w.diskStop, w.diskWaits = false, 0
@@ -436,8 +436,8 @@ func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
 // most ProbesPerTick instances (each probe forks a child of a postmaster:
 // a few ms of CPU), so that on a dense host each is probed less often
 // than ProbeEvery: every SupervisePeriod × instances / ProbesPerTick.
-// Any answer counts as answering (see postgres.Answers, which asks for no
-// login): only silence until ProbeTimeout does not.
+// Any answer counts as answering (postgres.Cluster.Answers, which asks
+// for no login): only silence until ProbeTimeout does not.
 func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) bool {
 	e.mu.Lock()
 	w := e.watched[id]
@@ -454,10 +454,9 @@ func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) 
 	}
 	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 	defer cancel()
-	err := postgres.Answers(attempt, e.socketDir(id), st.Port)
-	// Only silence counts against it: an error that comes at once (no
-	// socket, a refused or full queue) is not a hang.
-	answered := !errors.Is(err, postgres.ErrNoAnswer)
+	// The port is the postmaster.pid's: no store read per probe.
+	probe := postgres.Cluster{SocketDir: e.socketDir(id), Port: st.Port}
+	answered, err := probe.Answers(attempt)
 	if ctx.Err() != nil {
 		return false
 	}

@@ -17,7 +17,7 @@ const sslRequestCode = 80877103
 // ErrNoAnswer: a postmaster's socket stayed silent until the deadline.
 var ErrNoAnswer = errors.New("no answer")
 
-// Answers tells whether the postmaster on the unix socket of port in
+// answers tells whether the postmaster on the unix socket of port in
 // socketDir answers a connection before ctx ends: it sends an SSLRequest,
 // which the child the postmaster forks for the connection answers with one
 // byte (N on a unix socket) before any login, and hangs up. A stopped or
@@ -26,7 +26,7 @@ var ErrNoAnswer = errors.New("no answer")
 // authentication and catalog reads, which, times a thousand idle
 // instances, was a large part of a dense host's idle load. Any other
 // error came at once (no socket, a refused or full queue).
-func Answers(ctx context.Context, socketDir string, port int) error {
+func answers(ctx context.Context, socketDir string, port int) error {
 	path := filepath.Join(socketDir, fmt.Sprintf(".s.PGSQL.%d", port))
 	silent := func(err error) error {
 		if ctx.Err() != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 )
 
-// A running postmaster answers the probe; a stopped one (SIGSTOP) leaves
+// A running postmaster answers the probe (Cluster.Answers); a stopped one (SIGSTOP) leaves
 // it unanswered until its deadline; a port with no socket fails at once,
 // not at the deadline.
 func TestAnswersTellsSilenceFromAnswers(t *testing.T) {
@@ -20,8 +20,12 @@ func TestAnswersTellsSilenceFromAnswers(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		t0 := time.Now()
-		err := postgres.Answers(ctx, c.SocketDir, port)
-		return time.Since(t0), errors.Is(err, postgres.ErrNoAnswer), err
+		probe := postgres.Cluster{SocketDir: c.SocketDir, Port: port}
+		answered, err := probe.Answers(ctx)
+		if answered != !errors.Is(err, postgres.ErrNoAnswer) {
+			t.Fatalf("answered %v, but err %v", answered, err)
+		}
+		return time.Since(t0), !answered, err
 	}
 	if d, _, err := probe(c.Port); err != nil {
 		t.Fatalf("a running postmaster: %v", err)

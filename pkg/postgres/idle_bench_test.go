@@ -61,7 +61,7 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 //     an SSLRequest (a login over the unix socket as the superuser, closed
 //     at once);
 //   - sindri+probe: sindri's settings, each clone also probed every 10 s
-//     as sindrid's supervisor probes on a small host (postgres.Answers:
+//     as sindrid's supervisor probes on a small host (Cluster.Answers:
 //     an SSLRequest, answered before any login);
 //   - try, with SINDRI_BENCH_IDLE_TRY="name=value,...": sindri's settings
 //     with these changed, to try others.
@@ -106,7 +106,6 @@ func BenchmarkIdleClones(b *testing.B) {
 	}
 	defer os.RemoveAll(sockets)
 	os.Chmod(sockets, 0o755)
-	binDir := pgtest.BinDir(b)
 
 	type variant struct {
 		name   string
@@ -184,22 +183,23 @@ func BenchmarkIdleClones(b *testing.B) {
 					b.Fatal(err)
 				}
 				owner.Chown(c.sock, false)
-				settings := seed.Settings
-				settings.Port, settings.SocketDir, settings.ClusterName = c.port, c.sock, c.name
-				if err := postgres.Configure(c.dir, settings, owner); err != nil {
+				cl := seed.Cluster
+				cl.DataDir, cl.SocketDir, cl.Port = c.dir, c.sock, c.port
+				cl.Settings.ClusterName = c.name
+				if err := cl.Configure(); err != nil {
 					b.Fatal(err)
 				}
-				p, err := postgres.Start(binDir, c.dir, settings, owner)
+				p, err := cl.Start()
 				if err != nil {
 					b.Fatal(err)
 				}
 				clones[i].pid = p.PID
-				conn, err := postgres.Ready(ctx, p, c.dir, c.sock, c.port, "postgres")
+				session, err := cl.Ready(ctx, p)
 				if err != nil {
 					b.Fatal(err)
 				}
-				err = postgres.SetUpClientRoles(ctx, conn, seed.PasswordRole, seed.Password, false)
-				conn.Close(ctx)
+				err = session.SetUpClientRoles(ctx, seed.PasswordRole, seed.Password, false)
+				session.Close(ctx)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -225,7 +225,8 @@ func BenchmarkIdleClones(b *testing.B) {
 						c := clones[i]
 						attempt, cancel := context.WithTimeout(probeCtx, 5*time.Second)
 						if v.probe == "answers" {
-							postgres.Answers(attempt, c.sock, c.port)
+							probe := postgres.Cluster{SocketDir: c.sock, Port: c.port}
+							probe.Answers(attempt)
 						} else if conn, err := pgx.Connect(attempt, postgres.SuperuserURL(c.sock, c.port, "postgres")); err == nil {
 							conn.Close(ctx)
 						}
