@@ -243,7 +243,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}).Register(server)
 	ui, err := console.New(console.Options{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
-		Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version, Logger: m.logger,
+		Written: services.Instances.Written,
+		Auth:    authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version, Logger: m.logger,
 	})
 	if err != nil {
 		return err

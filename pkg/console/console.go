@@ -59,6 +59,9 @@ type Options struct {
 	Backups   api.BackupService
 	Status    api.StatusService
 	Auth      Authenticator
+	// Written, if set, measures the disk each instance has written, for
+	// the instances page.
+	Written WrittenFunc
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
 	Version        string
@@ -75,6 +78,7 @@ type Console struct {
 	sessions *sessions
 	pages    map[string]*pageTemplate
 	mux      *http.ServeMux
+	written  *writtenCache
 }
 
 // New returns the console; it registers its OAuth sign-in's end with
@@ -93,7 +97,8 @@ func New(opts Options) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{opts: opts, log: opts.Logger, sessions: newSessions(opts.SessionTTL, opts.Now), pages: pages, mux: http.NewServeMux()}
+	c := &Console{opts: opts, log: opts.Logger, sessions: newSessions(opts.SessionTTL, opts.Now), pages: pages, mux: http.NewServeMux(),
+		written: &writtenCache{measure: opts.Written, now: opts.Now, byActor: map[engine.Actor]*writtenMeasure{}}}
 	opts.Auth.SetBrowserLoginDone(c.oauthSignedIn)
 	c.routes()
 	return c, nil

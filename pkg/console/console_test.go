@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"html"
@@ -449,5 +450,37 @@ func TestConsoleHeadersAndStaticFiles(t *testing.T) {
 	}
 	if a := b.get("/instances"); a.status != http.StatusBadRequest {
 		t.Fatalf("an API route without its header: %d", a.status)
+	}
+}
+
+func TestTheInstancesPageShowsTheDiskWritten(t *testing.T) {
+	f := newFake()
+	measured := make(chan struct{}, 10)
+	opts := f.options()
+	opts.Written = func(ctx context.Context, a engine.Actor) (map[int64]int64, error) {
+		defer func() { measured <- struct{}{} }()
+		if a.Owner != "ada@example.com" || a.Upload {
+			return nil, fmt.Errorf("measured for %+v, want ada", a)
+		}
+		return map[int64]int64{5: 12345}, nil
+	}
+	c, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := api.NewServer(api.Options{Logger: slog.New(slog.DiscardHandler), VersionExempt: RouteKeys})
+	Register(s, c)
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	ada := newBrowser(t, srv)
+	ada.signIn(adaToken)
+	page := ada.get("/ui/instances")
+	if !strings.Contains(page.body, "<th scope=\"col\">Disk written</th>") || !strings.Contains(page.body, "measuring…") {
+		t.Fatalf("before the first measure:\n%s", page.body)
+	}
+	<-measured
+	page = ada.get("/ui/instances")
+	if !strings.Contains(page.body, `<data value="12345">12.1 KiB</data>`) {
+		t.Fatalf("after the measure:\n%s", page.body)
 	}
 }

@@ -122,15 +122,22 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, q *request) err
 
 // --- instances ---
 
+// instanceRow is a row of the instances page, its values formatted once
+// (the page may have thousands).
 type instanceRow struct {
-	*resource.Instance
-	Owner string
-	Image string
+	ID                        int64
+	Owner, Image, Status, Err string
+	HostPort                  string
+	Created, Expires, In      string
+	Protected                 bool
+	Written                   string // "": not measured yet
+	WrittenBytes              int64
 }
 
 type instancesData struct {
 	Instances  []instanceRow
 	ShowOwner  bool
+	Measured   bool // the disk written is measured
 	Operations []operation
 }
 
@@ -143,12 +150,19 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, q *request) 
 	if err != nil {
 		return err
 	}
-	d := instancesData{ShowOwner: q.actor.Upload}
+	d := instancesData{ShowOwner: q.actor.Upload, Measured: c.opts.Written != nil}
+	written := c.written.get(q.actor)
 	live := false
 	for _, inst := range instances {
-		res := api.InstanceResource(inst, c.opts.PublicHostname, false)
-		d.Instances = append(d.Instances, instanceRow{Instance: res, Owner: inst.Owner, Image: names[inst.ImageID]})
-		live = live || res.Status == string(store.InstanceCreating)
+		status := api.InstanceResource(inst, c.opts.PublicHostname, false).Status
+		row := instanceRow{ID: inst.ID, Owner: inst.Owner, Image: names[inst.ImageID], Status: status, Err: inst.Error,
+			HostPort: c.opts.PublicHostname + ":" + strconv.Itoa(inst.Port), Created: formatTime(inst.CreatedAt),
+			Expires: formatTime(inst.ExpiresAt), In: relative(inst.ExpiresAt), Protected: inst.Protected}
+		if n, ok := written[inst.ID]; ok {
+			row.Written, row.WrittenBytes = formatBytes(n), n
+		}
+		d.Instances = append(d.Instances, row)
+		live = live || status == string(store.InstanceCreating)
 	}
 	ops, running := c.sessions.takeOps(q.session)
 	d.Operations = ops
