@@ -323,7 +323,14 @@ func instanceFlow(t *testing.T, c *chrome, s *server, imageID string, screenshot
 	}
 	id := c.attr(`[data-operation="done"]`, "data-instance")
 	t.Logf("instance %s: the instances page first said %q", id, first)
+	// The disk it wrote is measured in the background: a later view
+	// shows it.
+	c.waitFor("the disk written to be measured", fmt.Sprintf(`(async () => {
+		const html = await (await fetch("/ui/instances")).text();
+		const row = new DOMParser().parseFromString(html, "text/html").querySelector("#instance-%s .written data");
+		return !!row && Number(row.value) > 0 })()`, id))
 	if screenshots {
+		c.open("/ui/instances")
 		c.shoot("instances")
 	}
 

@@ -151,7 +151,13 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, q *request) 
 		return err
 	}
 	d := instancesData{ShowOwner: q.actor.Upload, Measured: c.opts.Written != nil}
-	written := c.written.get(q.actor)
+	var running []int64
+	for _, inst := range instances {
+		if inst.Status == store.InstanceRunning {
+			running = append(running, inst.ID)
+		}
+	}
+	written := c.written.get(q.actor, running)
 	live := false
 	for _, inst := range instances {
 		status := api.InstanceResource(inst, c.opts.PublicHostname, false).Status
@@ -164,9 +170,9 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, q *request) 
 		d.Instances = append(d.Instances, row)
 		live = live || status == string(store.InstanceCreating)
 	}
-	ops, running := c.sessions.takeOps(q.session)
+	ops, busy := c.sessions.takeOps(q.session)
 	d.Operations = ops
-	c.renderLive(w, r, q, "instances.html", d, live || running)
+	c.renderLive(w, r, q, "instances.html", d, live || busy)
 	return nil
 }
 

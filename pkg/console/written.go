@@ -32,9 +32,14 @@ type writtenMeasure struct {
 	running bool
 }
 
+// writtenMissing is how soon a measure is taken again when it lacks an
+// instance the page shows (one made since).
+const writtenMissing = 2 * time.Second
+
 // get returns the latest measure for a (nil before the first), and starts
-// a new one when it is older than writtenEvery.
-func (c *writtenCache) get(a engine.Actor) map[int64]int64 {
+// a new one when it is older than writtenEvery, or than writtenMissing
+// and lacks one of shown.
+func (c *writtenCache) get(a engine.Actor, shown []int64) map[int64]int64 {
 	if c == nil || c.measure == nil {
 		return nil
 	}
@@ -45,7 +50,15 @@ func (c *writtenCache) get(a engine.Actor) map[int64]int64 {
 		m = &writtenMeasure{}
 		c.byActor[a] = m
 	}
-	if !m.running && c.now().Sub(m.at) >= writtenEvery {
+	age := c.now().Sub(m.at)
+	stale := age >= writtenEvery
+	for _, id := range shown {
+		if _, ok := m.bytes[id]; !ok && age >= writtenMissing {
+			stale = true
+			break
+		}
+	}
+	if !m.running && stale {
 		m.running = true
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
