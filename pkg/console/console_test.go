@@ -18,6 +18,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/api"
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
 )
 
 // serve runs the console as sindrid does, under the API's server (its
@@ -482,5 +483,37 @@ func TestTheInstancesPageShowsTheDiskWritten(t *testing.T) {
 	page = ada.get("/ui/instances")
 	if !strings.Contains(page.body, `<data value="12345">12.1 KiB</data>`) {
 		t.Fatalf("after the measure:\n%s", page.body)
+	}
+}
+
+func TestInstanceRowsAreEscaped(t *testing.T) {
+	hostile := []string{`"><script>alert(1)</script>`, `<img src=x onerror=alert(2)>`, `a&b'c"d`}
+	row := instanceRow{ID: 7, Owner: hostile[0], Image: hostile[1], Status: hostile[2], Err: hostile[0],
+		HostPort: hostile[1], Created: hostile[2], Expires: hostile[0], In: hostile[1], Written: hostile[2], WrittenBytes: 3}
+	out := string(instanceRows([]instanceRow{row}, true, true))
+	for _, v := range hostile {
+		if strings.Contains(out, v) {
+			t.Fatalf("%q is in the rows unescaped:\n%s", v, out)
+		}
+		if !strings.Contains(out, html.EscapeString(v)) {
+			t.Fatalf("%q is not in the rows escaped:\n%s", v, out)
+		}
+	}
+	if strings.Count(out, "<") != strings.Count(string(instanceRows([]instanceRow{{ID: 7, Status: "running", Err: "x", Written: "1 B"}}, true, true)), "<") {
+		t.Fatalf("the values added elements:\n%s", out)
+	}
+
+	// And on the page, a hostile owner and image name stay text.
+	f := newFake()
+	f.images[1] = store.Image{ID: 1, Name: hostile[1], Status: store.ImageReady}
+	f.instances[8] = store.Instance{ID: 8, ImageID: 1, Owner: hostile[0], Status: store.InstanceRunning}
+	srv := serve(t, f, false)
+	up := newBrowser(t, srv)
+	up.signIn(uploadToken)
+	for _, path := range []string{"/ui/instances", "/ui/instances/8", "/ui/images"} {
+		page := up.get(path)
+		if strings.Contains(page.body, "<script>alert") || strings.Contains(page.body, "<img src=x") {
+			t.Fatalf("%s carries the hostile markup:\n%s", path, page.body)
+		}
 	}
 }

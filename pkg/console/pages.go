@@ -3,9 +3,12 @@ package console
 import (
 	"context"
 	"fmt"
+	"html"
+	"html/template"
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/api"
@@ -122,8 +125,7 @@ func (c *Console) images(w http.ResponseWriter, r *http.Request, q *request) err
 
 // --- instances ---
 
-// instanceRow is a row of the instances page, its values formatted once
-// (the page may have thousands).
+// instanceRow is a row of the instances page.
 type instanceRow struct {
 	ID                        int64
 	Owner, Image, Status, Err string
@@ -134,8 +136,50 @@ type instanceRow struct {
 	WrittenBytes              int64
 }
 
+// instanceRows renders the rows of the instances table. A page may have
+// thousands, and html/template's escaping (a reflective call per value)
+// took most of 1,000 rows' 35 ms of CPU, so the rows are written here:
+// every value goes through html.EscapeString, and only into element text
+// or a double-quoted attribute, where that escaping is what html/template
+// would apply (TestInstanceRowsAreEscaped).
+func instanceRows(rows []instanceRow, showOwner, measured bool) template.HTML {
+	var b strings.Builder
+	b.Grow(len(rows) * 900)
+	esc := html.EscapeString
+	for _, r := range rows {
+		id := strconv.FormatInt(r.ID, 10)
+		status := esc(r.Status)
+		fmt.Fprintf(&b, "<tr id=\"instance-%s\" data-status=\"%s\">\n", id, status)
+		fmt.Fprintf(&b, "<th scope=\"row\"><a href=\"/ui/instances/%s\">Instance %s</a></th>\n", id, id)
+		if showOwner {
+			fmt.Fprintf(&b, "<td data-label=\"Owner\">%s</td>\n", esc(r.Owner))
+		}
+		fmt.Fprintf(&b, "<td data-label=\"Image\">%s</td>\n", esc(r.Image))
+		fmt.Fprintf(&b, "<td data-label=\"Status\"><span class=\"badge %s\">%s</span>", status, status)
+		if r.Err != "" {
+			fmt.Fprintf(&b, "<br><small class=\"error-text\">%s</small>", esc(r.Err))
+		}
+		fmt.Fprintf(&b, "</td>\n<td data-label=\"Host:port\"><code>%s</code></td>\n<td data-label=\"Created\">%s</td>\n", esc(r.HostPort), esc(r.Created))
+		if r.Protected {
+			b.WriteString("<td data-label=\"Expires\">never (protected)</td>\n<td data-label=\"Protected\">yes</td>\n")
+		} else {
+			fmt.Fprintf(&b, "<td data-label=\"Expires\">%s <small class=\"muted\">%s</small></td>\n<td data-label=\"Protected\">no</td>\n", esc(r.Expires), esc(r.In))
+		}
+		if measured {
+			if r.Written != "" {
+				fmt.Fprintf(&b, "<td data-label=\"Disk written\" class=\"written\"><data value=\"%d\">%s</data></td>\n", r.WrittenBytes, esc(r.Written))
+			} else {
+				b.WriteString("<td data-label=\"Disk written\" class=\"written\"><span class=\"muted\">measuring…</span></td>\n")
+			}
+		}
+		b.WriteString("</tr>\n")
+	}
+	return template.HTML(b.String())
+}
+
 type instancesData struct {
-	Instances  []instanceRow
+	Rows       template.HTML // instanceRows
+	Empty      bool
 	ShowOwner  bool
 	Measured   bool // the disk written is measured
 	Operations []operation
@@ -158,6 +202,7 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, q *request) 
 		}
 	}
 	written := c.written.get(q.actor, running)
+	var rows []instanceRow
 	live := false
 	for _, inst := range instances {
 		status := api.InstanceResource(inst, c.opts.PublicHostname, false).Status
@@ -167,9 +212,10 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, q *request) 
 		if n, ok := written[inst.ID]; ok {
 			row.Written, row.WrittenBytes = formatBytes(n), n
 		}
-		d.Instances = append(d.Instances, row)
+		rows = append(rows, row)
 		live = live || status == string(store.InstanceCreating)
 	}
+	d.Rows, d.Empty = instanceRows(rows, d.ShowOwner, d.Measured), len(rows) == 0
 	ops, busy := c.sessions.takeOps(q.session)
 	d.Operations = ops
 	c.renderLive(w, r, q, "instances.html", d, live || busy)
