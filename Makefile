@@ -46,7 +46,9 @@ test: deps lint
 # without the scrub, and the disk an image takes with and without its
 # upload (medians of SINDRI_BENCH_FINALISE_SAMPLES, default 3); and the API
 # against a real sindrid with pgbench images of those sizes, beside
-# CREATE DATABASE ... TEMPLATE.
+# CREATE DATABASE ... TEMPLATE; the console's pages with 1,000 instances
+# over in-memory services, and an API request with and without the
+# console's routes.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
@@ -54,6 +56,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine
 	$(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
+	$(GO) test -run '^$$' -bench . -benchtime 100x -count 6 ./pkg/console
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).
