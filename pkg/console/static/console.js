@@ -47,7 +47,11 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var next = doc.getElementById("main");
         if (!next) return;
+        // Keep the keyboard's place: focus goes back to the element of
+        // the same id in the new content.
+        var focused = main.contains(document.activeElement) ? document.activeElement.id : "";
         main.innerHTML = next.innerHTML;
+        if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
         if (next.hasAttribute("data-live")) main.setAttribute("data-live", "1");
         else main.removeAttribute("data-live");
         main.setAttribute("data-refreshed", String(Number(main.getAttribute("data-refreshed") || 0) + 1));
