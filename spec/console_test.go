@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/pkg/auth/authtest"
@@ -126,8 +127,21 @@ func (c *chrome) page() string { c.t.Helper(); return eval[string](c, "document.
 // click clicks sel and waits for the page the click leads to.
 func (c *chrome) click(sel string) {
 	c.t.Helper()
+	c.toNewPage(sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+}
+
+// press types keys into sel (with the keyboard: kb.Enter submits a form
+// or presses a button) and waits for the page that leads to.
+func (c *chrome) press(sel, keys string) {
+	c.t.Helper()
+	c.toNewPage(sel, chromedp.SendKeys(chromedp.CSS(sel), keys))
+}
+
+// toNewPage runs action on sel and waits for the page it leads to.
+func (c *chrome) toNewPage(sel string, action chromedp.Action[chromedp.Void]) {
+	c.t.Helper()
 	before := eval[float64](c, "performance.timeOrigin")
-	c.do(chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+	c.do(action)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		origin, ok1 := try[float64](c, "performance.timeOrigin")
@@ -294,8 +308,13 @@ func TestConsoleInABrowser(t *testing.T) {
 	t.Run("pasted token", func(t *testing.T) {
 		bob := newChrome(t, base, t.ArtifactDir())
 		bob.open("/ui/")
-		bob.do(chromedp.SendKeys(chromedp.CSS("#token"), s.token(t, "bob")))
-		bob.click("#token-signin")
+		// With the keyboard only: the first Tab reaches the skip link,
+		// Enter in the token field submits the form.
+		bob.do(chromedp.KeyEvent(kb.Tab))
+		if cls := eval[string](bob, "document.activeElement.className"); cls != "skip" {
+			t.Fatalf("the first Tab focuses %q, want the skip link", cls)
+		}
+		bob.press("#token", s.token(t, "bob")+kb.Enter)
 		if who := bob.text("#signed-in-as"); who != "token:bob" {
 			t.Fatalf("signed in as %q", who)
 		}
@@ -429,7 +448,7 @@ func instanceFlow(t *testing.T, c *chrome, s *server, imageID string, screenshot
 	if status, _ := s.call(t, "GET", "/instances/"+id, s.secret, nil); status != 200 {
 		t.Fatal("the confirmation page destroyed the instance already")
 	}
-	c.click("#confirm")
+	c.press("#confirm", kb.Enter) // the keyboard confirms as well as the mouse
 	if !strings.Contains(c.page(), "Instance "+id+" was destroyed") {
 		t.Fatalf("after the destroy: %s", c.page())
 	}
