@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -113,9 +114,9 @@ func (c *Console) asError(ctx context.Context, err error) *api.Error {
 // would answer err with.
 func (c *Console) renderError(w http.ResponseWriter, r *http.Request, q *request, err error) {
 	e := c.asError(r.Context(), err)
-	back := r.Referer()
-	if !strings.Contains(back, Prefix) {
-		back = Prefix
+	back := Prefix
+	if ref, err := url.Parse(r.Referer()); err == nil && strings.EqualFold(ref.Host, r.Host) && strings.HasPrefix(ref.Path, Prefix) {
+		back = ref.Path // the console's page the browser came from, never another site
 	}
 	c.render(w, r, e.Status, "error.html", q, errorData{Status: e.Status, Title: e.Title, Detail: e.Detail, Back: back})
 }
