@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/api"
+	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -515,5 +516,48 @@ func TestInstanceRowsAreEscaped(t *testing.T) {
 		if strings.Contains(page.body, "<script>alert") || strings.Contains(page.body, "<img src=x") {
 			t.Fatalf("%s carries the hostile markup:\n%s", path, page.body)
 		}
+	}
+}
+
+// The OAuth sign-in's end (called by package auth at /oauth_callback)
+// makes a session; signing out revokes the token it minted, while a
+// pasted token stays its holder's.
+func TestOAuthSessionRevokesItsTokenAtSignOut(t *testing.T) {
+	f := newFake()
+	f.tokens["sdr_minted"] = auth.Principal{Email: "ada@example.com", TokenID: 77, Kind: store.TokenOAuth}
+	c, err := New(f.options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := httptest.NewRecorder()
+	c.oauthSignedIn(w, httptest.NewRequest(http.MethodGet, "https://sindri.example/oauth_callback?code=c&state=ui_x", nil), "sdr_minted", store.Token{ID: 77})
+	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/ui/" {
+		t.Fatalf("after the OAuth sign-in: %d to %q", w.Code, w.Header().Get("Location"))
+	}
+	session := w.Result().Cookies()[0]
+	if session.Name != sessionCookie || !session.Secure || !session.HttpOnly || session.SameSite != http.SameSiteLaxMode {
+		t.Fatalf("session cookie over HTTPS: %s", session)
+	}
+	r := httptest.NewRequest(http.MethodGet, "/ui/", nil)
+	r.AddCookie(session)
+	w = httptest.NewRecorder()
+	c.ServeHTTP(w, r)
+	csrfToken := csrf(t, w.Body.String())
+	r = httptest.NewRequest(http.MethodPost, "/ui/logout", strings.NewReader(url.Values{"csrf": {csrfToken}}.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.AddCookie(session)
+	w = httptest.NewRecorder()
+	c.ServeHTTP(w, r)
+	if w.Code != http.StatusSeeOther || len(f.revoked) != 1 || f.revoked[0] != 77 {
+		t.Fatalf("sign-out: %d, revoked %v, want token 77", w.Code, f.revoked)
+	}
+
+	// A pasted token is not revoked.
+	srv := serve(t, f, false)
+	ada := newBrowser(t, srv)
+	token := ada.signIn(adaToken)
+	ada.post("/ui/logout", url.Values{"csrf": {token}})
+	if len(f.revoked) != 1 {
+		t.Fatalf("signing out revoked a pasted token: %v", f.revoked)
 	}
 }
