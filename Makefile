@@ -57,6 +57,9 @@ test: deps lint
 # as CSV and SVG into SINDRI_BENCH_OUT (default bench-out/);
 # SINDRI_BENCH_SINDRID=path runs another sindrid binary, and
 # SINDRI_BENCH_DENSITY_BEFORE=its density.csv sets it beside this run's.
+# Last, the console's pages with 1,000 instances (over in-memory services
+# and over a real metadata store), and an API request with and without the
+# console's routes.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get' -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
@@ -67,6 +70,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
 	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec
+	$(GO) test -run '^$$' -bench . -benchtime 100x -count 6 ./pkg/console
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).

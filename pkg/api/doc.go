@@ -57,4 +57,11 @@
 // global count or size) or 503 no_disk_space (the disk reserve), with a
 // detail that names the limit's key and the current figure; GET /status
 // shows each limit and its use under the attribute limits.
+//
+// The web console (pkg/console) is served by the same Server under /ui/,
+// outside the versioned API: its routes are in Options.VersionExempt (so
+// neither the version header nor a bearer token is asked for; it signs
+// browsers in itself), it calls the same services, shows the resources as
+// ImageResource, InstanceResource, BackupResource and StatusResource
+// render them, and an error in the words AsError gives it.
 package api
