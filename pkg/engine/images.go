@@ -23,6 +23,8 @@ type ImageRequest struct {
 	// BackupID, when set, names a finished backup whose archive becomes
 	// the image's upload: a restore.
 	BackupID int64
+	// SourceID, when set, is the source whose refresh makes the image.
+	SourceID int64
 }
 
 // CreateImage records a pending image and makes its upload directory and
@@ -66,6 +68,7 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
 		SourceURL: req.SourceURL, SourceURLRedacted: redacted, BackupID: req.BackupID, UserWritten: userWritten,
+		SourceID: req.SourceID,
 	})
 	if err != nil {
 		return store.Image{}, err

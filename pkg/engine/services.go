@@ -47,6 +47,8 @@ func (a Actor) acting(ctx context.Context) context.Context {
 //   - Instances and backups are their owner's: the upload user sees and
 //     acts on all of them, anyone else on their own, and another's is
 //     ErrNotFound, as if it did not exist.
+//   - Sources are the upload user's only (ErrForbidden for anyone else);
+//     their url's password is never returned.
 //   - Status shows each per-user limit's figure for the actor (Yours);
 //     only the upload user's keeps every owner's figure.
 type Services struct {
@@ -54,11 +56,13 @@ type Services struct {
 	Instances InstanceService
 	Backups   BackupService
 	Status    StatusService
+	Sources   SourceService
 }
 
 // Services returns the engine's services.
 func (e *Engine) Services() Services {
-	return Services{Images: ImageService{e}, Instances: InstanceService{e}, Backups: BackupService{e}, Status: StatusService{e}}
+	return Services{Images: ImageService{e}, Instances: InstanceService{e}, Backups: BackupService{e}, Status: StatusService{e},
+		Sources: SourceService{e}}
 }
 
 // HiddenFinaliseError is what an actor other than the upload user reads
