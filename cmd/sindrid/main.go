@@ -235,7 +235,7 @@ func (m *Main) Run(ctx context.Context) error {
 	services := m.Engine.Services()
 	(&api.Handlers{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
-		Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
+		Sources: services.Sources, Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
 	}).Register(server)
 
 	if err := m.listenTLS(server.Handler()); err != nil {

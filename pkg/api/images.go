@@ -26,12 +26,21 @@ func imageResource(img store.Image) *resource.Image {
 	return &resource.Image{
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
 		Status: status, Error: errText, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
-		BackupID: img.BackupID, Anonymised: img.Anonymised, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
+		BackupID: img.BackupID, Anonymised: img.Anonymised, SourceID: img.SourceID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }
 
 func (h *Handlers) listImages(w http.ResponseWriter, r *http.Request) error {
-	images, err := h.Images.List(r.Context(), actor(r))
+	var images []store.Image
+	var err error
+	if q := r.URL.Query(); q.Has("source") {
+		if q.Get("source") == "" {
+			return BadRequest("source must name a source, as in /images?source=prod")
+		}
+		images, err = h.Images.ListOfSource(r.Context(), actor(r), q.Get("source"))
+	} else {
+		images, err = h.Images.List(r.Context(), actor(r))
+	}
 	if err != nil {
 		return err
 	}
