@@ -17,20 +17,27 @@ import (
 )
 
 func (a *app) imagesCmd() *cobra.Command {
+	var ofSource string
 	list := &cobra.Command{
-		Use: "list", Short: "list the images, newest first", Args: args(),
+		Use: "list", Short: "list the images, newest first (--source: those a source made)", Args: args(),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cl, err := a.client()
 			if err != nil {
 				return err
 			}
-			images, err := cl.ListImages(c.Context())
+			var images []client.Image
+			if ofSource != "" {
+				images, err = cl.ListImagesOfSource(c.Context(), ofSource)
+			} else {
+				images, err = cl.ListImages(c.Context())
+			}
 			if err != nil {
 				return err
 			}
 			return a.showImages(images)
 		},
 	}
+	list.Flags().StringVar(&ofSource, "source", "", "only the images of source `NAME`")
 	get := &cobra.Command{
 		Use: "get ID", Short: "show one image", Args: args("ID"),
 		RunE: func(c *cobra.Command, argv []string) error {
@@ -280,15 +287,25 @@ func (a *app) showImage(img *client.Image) error {
 	if img.BackupID != 0 {
 		fmt.Fprintf(w, "backup_id\t%d\n", img.BackupID)
 	}
+	if img.SourceID != 0 {
+		fmt.Fprintf(w, "source_id\t%d\n", img.SourceID)
+	}
 	fmt.Fprintf(w, "backed_up_at\t%s\n", when(img.BackedUpAt))
 	fmt.Fprintf(w, "created_at\t%s\n", when(img.CreatedAt))
 	fmt.Fprintf(w, "updated_at\t%s\n", when(img.UpdatedAt))
 	return w.Flush()
 }
 
-// newestReadyImage is the ready image created last.
-func newestReadyImage(ctx context.Context, cl *client.Client) (*client.Image, error) {
-	images, err := cl.ListImages(ctx)
+// newestReadyImage is the ready image created last, of source if it is
+// not "".
+func newestReadyImage(ctx context.Context, cl *client.Client, source string) (*client.Image, error) {
+	var images []client.Image
+	var err error
+	if source != "" {
+		images, err = cl.ListImagesOfSource(ctx, source)
+	} else {
+		images, err = cl.ListImages(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -297,6 +314,9 @@ func newestReadyImage(ctx context.Context, cl *client.Client) (*client.Image, er
 		if img.Ready {
 			ready = append(ready, img)
 		}
+	}
+	if len(ready) == 0 && source != "" {
+		return nil, failure{fmt.Errorf("source %s has no ready image yet", source)}
 	}
 	if len(ready) == 0 {
 		return nil, failure{errors.New("there is no ready image on the server")}
