@@ -37,3 +37,10 @@ create trigger sources_updated_at before update on sources
 -- images, when a source is deleted.
 alter table images add column source_id bigint references sources (id) on delete set null;
 create index images_source_id_idx on images (source_id);
+
+-- Branches: an image made of an instance's data carries its owner (the
+-- instance's), who alone sees it besides the upload user, and the
+-- instance it was made of (no foreign key: the instance may go first).
+-- Images without an owner are everybody's to see.
+alter table images add column owner text;
+alter table images add column from_instance_id bigint;

@@ -26,7 +26,8 @@ func imageResource(img store.Image) *resource.Image {
 	return &resource.Image{
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
 		Status: status, Error: errText, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
-		BackupID: img.BackupID, Anonymised: img.Anonymised, SourceID: img.SourceID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
+		BackupID: img.BackupID, Anonymised: img.Anonymised, SourceID: img.SourceID, Owner: img.Owner,
+		InstanceID: img.FromInstanceID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }
 
@@ -72,6 +73,7 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) error {
 		Name                string     `json:"name"`
 		SourceURL           string     `json:"source_url"`
 		BackupID            *ID        `json:"backup_id"`
+		InstanceID          *ID        `json:"instance_id"`
 	}
 	if _, err := DecodeResource(w, r, "images", &attrs); err != nil {
 		return err
@@ -82,6 +84,9 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	if attrs.BackupID != nil {
 		req.BackupID = int64(*attrs.BackupID)
+	}
+	if attrs.InstanceID != nil {
+		req.InstanceID = int64(*attrs.InstanceID)
 	}
 	img, err := h.Images.Create(r.Context(), actor(r), req)
 	if err != nil {

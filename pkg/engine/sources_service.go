@@ -85,8 +85,5 @@ func (s ImageService) ListOfSource(ctx context.Context, a Actor, name string) ([
 	if err != nil {
 		return nil, classify(err)
 	}
-	for i := range images {
-		images[i] = a.seeImage(images[i])
-	}
-	return images, nil
+	return a.seeImages(images), nil
 }

@@ -38,9 +38,14 @@ type Image struct {
 	// scrub after it finished. An image without is the data as uploaded.
 	Anonymised bool `jsonapi:"attr,anonymised" json:"anonymised"`
 	// SourceID is the source whose refresh made the image; 0: none.
-	SourceID  int64     `jsonapi:"attr,source_id,omitempty" json:"source_id,omitempty"`
-	CreatedAt time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
-	UpdatedAt time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
+	SourceID int64 `jsonapi:"attr,source_id,omitempty" json:"source_id,omitempty"`
+	// Owner is set on a branch (an image of an instance's data), which
+	// only its owner and the upload user see; InstanceID is the instance
+	// it was made of.
+	Owner      string    `jsonapi:"attr,owner,omitempty" json:"owner,omitempty"`
+	InstanceID int64     `jsonapi:"attr,instance_id,omitempty" json:"instance_id,omitempty"`
+	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
+	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
 }
 
 // Source is the sources resource: a server that sindri makes images of
