@@ -58,6 +58,10 @@
 // refreshing. GET /images?source=NAME lists what a source made (404 for
 // an unknown name), and images carry source_id.
 //
+// POST /images with instance_id makes a branch: an image of that
+// instance's data, carrying its owner, which only the owner and the
+// upload user see (404 for others).
+//
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a
 // detail that names the limit's key and the current figure; GET /status
