@@ -23,7 +23,6 @@ import (
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
-	"github.com/sindri-db/sindri/pkg/storage/btrfs"
 	"github.com/sindri-db/sindri/pkg/store"
 	"github.com/sindri-db/sindri/pkg/testenv"
 )
@@ -45,7 +44,7 @@ func childFinalise(id string) int {
 		return 2
 	}
 	root := os.Getenv(rootEnv)
-	d, err := btrfs.New(root)
+	d, err := openDriver(root)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

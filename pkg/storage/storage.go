@@ -1,5 +1,7 @@
-// Package storage keeps sindri's data directories on a copy-on-write
-// filesystem: writable volumes and the read-only images they are frozen into.
+// Package storage keeps sindri's data directories: writable volumes and the
+// read-only images they are frozen into, on a copy-on-write filesystem
+// (BTRFS, ZFS) or, for trying sindri and for tests where neither is at
+// hand, in plain directories by copying (dircopy).
 //
 // # Lifecycle
 //
@@ -7,12 +9,16 @@
 //
 //   - A volume is a writable directory. Create makes an empty one, which is
 //     where an upload lands; Clone makes one that starts with an image's
-//     bytes, which is where an instance's Postgres runs. A clone costs disk
-//     only for the blocks written into it after the clone.
+//     bytes, which is where an instance's Postgres runs. On a driver with
+//     thin clones (Capabilities.ThinClones) a clone costs disk only for the
+//     blocks written into it after the clone; otherwise it is a copy.
 //
 //   - An image is a read-only snapshot. Freeze turns a volume into an image
 //     of a new name: the volume's content becomes the image and the volume is
-//     gone. Nothing can write into an image: a write fails with EROFS.
+//     gone. On a driver with immutable images (Capabilities.ImmutableImages)
+//     nothing can write into an image: a write fails (EROFS on BTRFS and
+//     ZFS), root's too; otherwise an image is read-only by its mode bits
+//     alone.
 //
 //     Create(v)  ──▶ volume v (empty, writable)
 //     Freeze(v, i) ──▶ image i (read-only); volume v no longer exists
@@ -21,11 +27,12 @@
 //     Destroy(i) ──▶ refused with ErrHasClones while any clone of i exists
 //     Snapshot(c, s) ──▶ image s (read-only): c's bytes at this instant
 //
-// Snapshot is how a running instance is backed up without stopping it: the
-// copy is as consistent as the filesystem's snapshot, which is atomic on
-// both drivers, so Postgres recovers it like a crashed server. Whether the
-// snapshot pins its source, so that Destroy of the source is refused with
-// ErrHasClones until the snapshot is destroyed, is a driver's capability
+// Snapshot is how a running instance is backed up without stopping it: on
+// a driver whose snapshots are atomic (Capabilities.AtomicSnapshot, BTRFS
+// and ZFS) the copy is as consistent as the filesystem's snapshot, so
+// Postgres recovers it like a crashed server. Whether the snapshot pins its
+// source, so that Destroy of the source is refused with ErrHasClones until
+// the snapshot is destroyed, is a driver's capability
 // (Capabilities.SnapshotPinsSource): on ZFS it does, on BTRFS it does not.
 //
 // Names are one path element made of lower-case letters, digits, '-', '_'
@@ -80,13 +87,35 @@ type Capabilities struct {
 	// once the snapshot is destroyed, the source can be. Without it the
 	// source can be destroyed at any time and the snapshot stays whole.
 	SnapshotPinsSource bool
+	// ThinClones: Clone and Snapshot share the source's blocks, so they
+	// take about the same time and disk whatever the source's size, and a
+	// clone's ExclusiveBytes are only what was written into it since.
+	// Without it they are copies: they take time and disk in proportion to
+	// the source, and a clone's ExclusiveBytes are all of its bytes.
+	ThinClones bool
+	// ImmutableImages: the filesystem itself refuses every write into an
+	// image, root's included: with EROFS where the image is a read-only
+	// subvolume or dataset, with EPERM where each of its files and
+	// directories carries the immutable flag. Either way the image shows
+	// the volume's modes. Without it an image is read-only by its mode
+	// bits alone: nothing in it has a write bit (so whoever reads its
+	// modes, a backup's archive, sees none), a process without
+	// CAP_DAC_OVERRIDE is refused with EACCES, but root can still write
+	// into it and its owner can chmod it back.
+	ImmutableImages bool
+	// AtomicSnapshot: Snapshot takes every byte of the source at one
+	// instant, so that a snapshot of a running Postgres's volume recovers
+	// like a crashed server. Without it Snapshot copies file by file, and
+	// only a snapshot of a volume that nothing writes meanwhile is
+	// consistent.
+	AtomicSnapshot bool
 }
 
-// Driver is a copy-on-write store of volumes and images. See the package
-// documentation for the lifecycle.
+// Driver is a store of volumes and images. See the package documentation
+// for the lifecycle.
 type Driver interface {
-	// Name is the driver's name as in the config: "btrfs" or "zfs". It is
-	// for people (logs, /status); callers branch on Capabilities instead.
+	// Name is the driver's name: "btrfs", "zfs" or "dircopy". It is for
+	// people (logs, /status); callers branch on Capabilities instead.
 	Name() string
 	// Capabilities declares how the driver's filesystem behaves where
 	// drivers differ.

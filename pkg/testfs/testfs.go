@@ -1,6 +1,6 @@
-// Package testfs makes real filesystems for tests: a loopback BTRFS and a
-// ZFS pool in a file under zfs-fuse. Each is made in the test's temporary
-// directory and torn down by the test's cleanup.
+// Package testfs makes real filesystems for tests: a loopback BTRFS, a
+// ZFS pool in a file under zfs-fuse, and a sized tmpfs. Each is made in
+// the test's temporary directory and torn down by the test's cleanup.
 package testfs
 
 import (
@@ -72,6 +72,30 @@ func Btrfs(t testing.TB, size int64) string {
 			t.Logf("umount %s: %v", mnt, err)
 			_, _ = Run(ctx, "umount", "-l", mnt)
 			_ = out
+		}
+	})
+	return mnt
+}
+
+// Tmpfs mounts a tmpfs of size bytes on a fresh directory and returns that
+// directory: a filesystem of its own, whose free space only the test
+// spends, with none of BTRFS's or ZFS's features. Cleanup unmounts it.
+func Tmpfs(t testing.TB, size int64) string {
+	t.Helper()
+	testenv.RequireRoot(t, "mount filesystems")
+	need(t, "mount", "umount")
+	ctx := context.Background()
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(ctx, "mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0755", size), "tmpfs", mnt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := Run(ctx, "umount", mnt); err != nil {
+			t.Logf("umount %s: %v", mnt, err)
+			_, _ = Run(ctx, "umount", "-l", mnt)
 		}
 	})
 	return mnt

@@ -111,9 +111,10 @@ func IsBtrfs(path string) error {
 func (d *Driver) Name() string { return "btrfs" }
 
 // Capabilities: a Snapshot is a subvolume of its own, which destroying its
-// source leaves whole, so it pins nothing.
+// source leaves whole, so it pins nothing; clones and snapshots share
+// extents, images are read-only subvolumes, and a snapshot is atomic.
 func (d *Driver) Capabilities() storage.Capabilities {
-	return storage.Capabilities{SnapshotPinsSource: false}
+	return storage.Capabilities{SnapshotPinsSource: false, ThinClones: true, ImmutableImages: true, AtomicSnapshot: true}
 }
 
 func (d *Driver) volumePath(name string) string { return filepath.Join(d.root, volumesDir, name) }

@@ -78,7 +78,7 @@ func (d *Driver) Name() string { return "zfs" }
 // Capabilities: a Snapshot is a clone of a ZFS snapshot of its source,
 // which ZFS does not destroy while the clone exists, so it pins the source.
 func (d *Driver) Capabilities() storage.Capabilities {
-	return storage.Capabilities{SnapshotPinsSource: true}
+	return storage.Capabilities{SnapshotPinsSource: true, ThinClones: true, ImmutableImages: true, AtomicSnapshot: true}
 }
 
 func (d *Driver) volumes() string              { return d.parent + "/" + volumesDataset }
