@@ -44,3 +44,7 @@ create index images_source_id_idx on images (source_id);
 -- Images without an owner are everybody's to see.
 alter table images add column owner text;
 alter table images add column from_instance_id bigint;
+-- The image's data is copied from a snapshot (branch-ID) taken when it was
+-- recorded: of an instance (a branch) or of a source's standby (a
+-- replica-mode refresh).
+alter table images add column from_snapshot boolean not null default false;

@@ -57,7 +57,7 @@ func (e *Engine) createBranch(ctx context.Context, req ImageRequest) (store.Imag
 		req.BackedUpAt = e.now()
 	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
-		Name: req.Name, BackedUpAt: req.BackedUpAt, UserWritten: true, Owner: inst.Owner, FromInstanceID: inst.ID,
+		Name: req.Name, BackedUpAt: req.BackedUpAt, UserWritten: true, Owner: inst.Owner, FromInstanceID: inst.ID, FromSnapshot: true,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -77,13 +77,18 @@ func (e *Engine) createBranch(ctx context.Context, req ImageRequest) (store.Imag
 	return img, nil
 }
 
-// copyBranch fills the upload volume at dir with the branch's snapshot
-// of its instance, then destroys the snapshot (which, where snapshots pin
-// their source, holds the instance's volume).
-func (e *Engine) copyBranch(ctx context.Context, img store.Image, dir string) error {
+// copySnapshot fills the upload volume at dir with the snapshot the image
+// was recorded with (of an instance, or of a source's standby), then
+// destroys the snapshot (which, where snapshots pin their source, holds
+// the instance's or the standby's volume).
+func (e *Engine) copySnapshot(ctx context.Context, img store.Image, dir string) error {
+	of := fmt.Sprintf("instance %d", img.FromInstanceID)
+	if img.FromInstanceID == 0 {
+		of = fmt.Sprintf("source %d's standby", img.SourceID)
+	}
 	snap, err := e.opts.Storage.Get(ctx, BranchVolume(img.ID))
 	if errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("the snapshot of instance %d that this branch is made of is gone (an earlier try used it up): branch the instance again", img.FromInstanceID)
+		return fmt.Errorf("the snapshot of %s that this image is made of is gone (an earlier try used it up): make the image again", of)
 	}
 	if err != nil {
 		return err
@@ -95,9 +100,9 @@ func (e *Engine) copyBranch(ctx context.Context, img store.Image, dir string) er
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("copying the snapshot of instance %d: %w: %s", img.FromInstanceID, err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("copying the snapshot of %s: %w: %s", of, err, strings.TrimSpace(stderr.String()))
 	}
-	e.log.Info("engine: branch copied", "image_id", img.ID, "instance_id", img.FromInstanceID, "duration_ms", time.Since(started).Milliseconds())
+	e.log.Info("engine: snapshot copied", "image_id", img.ID, "of", of, "duration_ms", time.Since(started).Milliseconds())
 	e.destroyBranchSnapshot(ctx, img.ID)
 	return nil
 }

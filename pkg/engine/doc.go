@@ -160,6 +160,10 @@
 //	  image failed      ──▶ failed      the image destroyed, the reason in Error, a retry after a doubling backoff
 //	DeleteSource        ──▶ (row gone)  refused while refreshing; its images stay, without source_id
 //
+// In replica mode (replica.go) the source keeps a standby, made and
+// looked after by RunSources, and a refresh snapshots the standby instead
+// of pulling; the source is streaming (or failed) between refreshes.
+//
 // A source left refreshing by a crash is repaired by RunSources at start:
 // a ready image is the refresh's result; anything else is destroyed and
 // the refresh made again at once.

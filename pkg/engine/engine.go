@@ -75,6 +75,10 @@ type Options struct {
 	// failure in a row up to SourceRetryMax (defaults DefaultRetryMin,
 	// DefaultRetryMax).
 	SourceRetryMin, SourceRetryMax time.Duration
+	// StandbyResyncAfter is how long a replica-mode source's standby may
+	// go without streaming before it is made again from a new base backup
+	// (default DefaultStandbyResyncAfter).
+	StandbyResyncAfter time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
@@ -95,6 +99,7 @@ type Engine struct {
 	// through a refresh's pull (refreshes says which run).
 	sourceLocks keyedmutex.Map[int64]
 	refreshes   refreshRuns
+	standbys    standbyState
 
 	mu         sync.Mutex
 	watched    map[int64]*watch

@@ -140,6 +140,8 @@ func retryAdvice(img store.Image) string {
 		return fmt.Sprintf("the restored archive was removed from image %d: restore backup %d again as a new image", img.ID, img.BackupID)
 	case img.FromInstanceID != 0:
 		return fmt.Sprintf("branch instance %d again", img.FromInstanceID)
+	case img.FromSnapshot:
+		return "refresh the source again"
 	case img.HasSourceURL:
 		return fmt.Sprintf("the uploaded tarball was removed: POST /images/%d/done pulls from the source server again", img.ID)
 	}
@@ -158,13 +160,13 @@ func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool)
 	// An image made from a source server pulls its data with
 	// pg_basebackup, unless a tarball was uploaded for it after all.
 	archive, err := e.findArchive(img.ID)
-	if err != nil && !img.HasSourceURL && img.FromInstanceID == 0 {
+	if err != nil && !img.HasSourceURL && !img.FromSnapshot {
 		return "", 0, err
 	}
 	if err == nil {
 		defer archive.Close()
 	}
-	if err != nil || img.FromInstanceID != 0 { // a branch takes its instance's data only
+	if err != nil || img.FromSnapshot { // an image of a snapshot takes its snapshot's data only
 		archive = nil
 	}
 	// Start afresh: what an earlier try left (its pg_basebackup or psql
@@ -200,8 +202,8 @@ func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool)
 		if err := e.extract(ctx, archive, vol.Path); err != nil {
 			return "", 0, err
 		}
-	} else if img.FromInstanceID != 0 {
-		if err := e.copyBranch(ctx, img, vol.Path); err != nil {
+	} else if img.FromSnapshot {
+		if err := e.copySnapshot(ctx, img, vol.Path); err != nil {
 			return "", 0, err
 		}
 	} else if sourceURL, err := e.opts.Store.ImageSourceURL(ctx, img.ID); err != nil {

@@ -413,6 +413,9 @@ func (s StatusService) Get(ctx context.Context, a Actor) (Status, error) {
 	if err != nil {
 		return Status{}, classify(err)
 	}
+	if !a.Upload {
+		st.Standbys = nil // sources are the upload user's
+	}
 	for i := range st.Limits {
 		l := &st.Limits[i]
 		if l.ByOwner == nil || a.Upload {

@@ -96,8 +96,12 @@ func (r *refreshRuns) isRunning(id int64) bool {
 	return r.running[id] != nil
 }
 
-// WaitRefreshes waits for the refreshes under way in this process.
-func (e *Engine) WaitRefreshes() { e.refreshes.wg.Wait() }
+// WaitRefreshes waits for the refreshes, and the passes over replica
+// mode's standbys, under way in this process.
+func (e *Engine) WaitRefreshes() {
+	e.refreshes.wg.Wait()
+	e.standbys.wg.Wait()
+}
 
 func checkSourceName(name string) error {
 	if !sourceName.MatchString(name) {
@@ -108,10 +112,8 @@ func checkSourceName(name string) error {
 
 func checkSourceMode(m store.SourceMode) error {
 	switch m {
-	case store.SourceBasebackup:
+	case store.SourceBasebackup, store.SourceReplica:
 		return nil
-	case store.SourceReplica:
-		return fmt.Errorf("%w: mode replica is not available in this version; use basebackup", ErrInvalid)
 	}
 	return fmt.Errorf("%w: mode %q is not a source mode: give basebackup or replica", ErrInvalid, m)
 }
@@ -231,6 +233,11 @@ func (e *Engine) UpdateSource(ctx context.Context, id int64, p SourcePatch) (sto
 	if err != nil {
 		return src, err
 	}
+	if p.URL != nil || updated.Mode != src.Mode {
+		// Another server, or no replica any more: the standby goes, and
+		// replica mode makes a new one at its next pass.
+		e.dropStandby(ctx, id)
+	}
 	e.audit(ctx, "update_source", "source", id, "ok", "")
 	return updated, nil
 }
@@ -250,6 +257,7 @@ func (e *Engine) DeleteSource(ctx context.Context, id int64) error {
 	if err := e.opts.Store.DeleteSource(ctx, id); err != nil {
 		return err
 	}
+	e.dropStandby(ctx, id) // what replica mode kept, if anything
 	e.audit(ctx, "delete_source", "source", id, "ok", "")
 	return nil
 }
@@ -307,13 +315,17 @@ func (e *Engine) refresh(ctx context.Context, id int64, started chan struct{}) {
 		unlock()
 		return
 	}
-	url, err := e.opts.Store.SourceURL(ctx, id)
+	name := fmt.Sprintf("%s-%s", src.Name, begun.UTC().Format("20060102T150405Z"))
 	var img store.Image
-	if err == nil {
-		img, err = e.CreateImage(ctx, ImageRequest{
-			Name:       fmt.Sprintf("%s-%s", src.Name, begun.UTC().Format("20060102T150405Z")),
-			BackedUpAt: begun, AnonymisationScript: src.AnonymisationScript, SourceURL: url, SourceID: id,
-		})
+	if src.Mode == store.SourceReplica {
+		img, err = e.snapshotStandby(ctx, src, name, begun)
+	} else {
+		var url string
+		if url, err = e.opts.Store.SourceURL(ctx, id); err == nil {
+			img, err = e.CreateImage(ctx, ImageRequest{
+				Name: name, BackedUpAt: begun, AnonymisationScript: src.AnonymisationScript, SourceURL: url, SourceID: id,
+			})
+		}
 	}
 	if err == nil {
 		err = e.opts.Store.BeginSourceRefresh(ctx, id, img.ID)
@@ -521,13 +533,27 @@ func (e *Engine) sourcesPass(ctx context.Context) {
 		e.log.Error("engine: listing due sources", "err", err)
 		return
 	}
-	for _, src := range due {
-		go e.refresh(WithActor(context.WithoutCancel(ctx), "schedule"), src.ID, nil)
-	}
 	sources, err := e.opts.Store.ListSources(ctx)
 	if err != nil {
 		e.log.Error("engine: listing sources", "err", err)
 		return
+	}
+	streaming := map[int64]bool{}
+	for _, src := range sources {
+		if src.Mode == store.SourceReplica {
+			streaming[src.ID] = src.Status == store.SourceStreaming
+			e.standbys.wg.Add(1)
+			go func() {
+				defer e.standbys.wg.Done()
+				e.keepStandby(context.WithoutCancel(ctx), src)
+			}()
+		}
+	}
+	for _, src := range due {
+		if src.Mode == store.SourceReplica && !streaming[src.ID] && src.Failures == 0 {
+			continue // its first refresh waits for its standby to stream
+		}
+		go e.refresh(WithActor(context.WithoutCancel(ctx), "schedule"), src.ID, nil)
 	}
 	for _, src := range sources {
 		e.retain(ctx, src)

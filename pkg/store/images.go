@@ -42,9 +42,12 @@ type Image struct {
 	// its owner and the upload user see it. "": everybody's.
 	Owner string `db:"owner"`
 	// FromInstanceID is the instance a branch was made of; 0: none.
-	FromInstanceID int64     `db:"from_instance_id"`
-	CreatedAt      time.Time `db:"created_at"`
-	UpdatedAt      time.Time `db:"updated_at"`
+	FromInstanceID int64 `db:"from_instance_id"`
+	// FromSnapshot: the data is copied from a snapshot taken when the
+	// image was recorded (of an instance, or of a source's standby).
+	FromSnapshot bool      `db:"from_snapshot"`
+	CreatedAt    time.Time `db:"created_at"`
+	UpdatedAt    time.Time `db:"updated_at"`
 }
 
 // ImageInput is what CreateImage records; the image starts pending.
@@ -59,6 +62,7 @@ type ImageInput struct {
 	SourceID            int64 // 0: none
 	Owner               string
 	FromInstanceID      int64 // 0: none
+	FromSnapshot        bool
 }
 
 const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
@@ -67,7 +71,7 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 	source_url is not null as has_source_url,
 	coalesce(source_url_redacted, '') as source_url_redacted, coalesce(backup_id, 0) as backup_id,
 	anonymised, user_written, coalesce(source_id, 0) as source_id,
-	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, created_at, updated_at`
+	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at`
 
 // CreateImage records a new pending image, its source_url sealed.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
@@ -86,12 +90,12 @@ func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
 		id = &next
 	}
 	img, err := get[Image](ctx, s, `insert into images
-		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id, user_written, source_id, owner, from_instance_id)
-		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id, user_written, source_id, owner, from_instance_id, from_snapshot)
+		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 		returning `+imageColumns,
 		id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
 		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID), in.UserWritten, nullInt(in.SourceID),
-		nullText(in.Owner), nullInt(in.FromInstanceID))
+		nullText(in.Owner), nullInt(in.FromInstanceID), in.FromSnapshot)
 	return img, wrap(err, "create image")
 }
 

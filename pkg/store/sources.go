@@ -190,3 +190,15 @@ func (s *Store) ListImagesOfSource(ctx context.Context, sourceID int64) ([]Image
 	imgs, err := list[Image](ctx, s, `select `+imageColumns+` from images where source_id = $1 order by id desc`, sourceID)
 	return imgs, wrap(err, "list the images of source %d", sourceID)
 }
+
+// SetSourceStream records how a replica-mode source's standby streams:
+// its lag (nil: unknown) and its status, streaming or failed with why.
+// A refresh under way, and a refresh's failure (failures > 0), keep the
+// status and error they set.
+func (s *Store) SetSourceStream(ctx context.Context, id int64, status SourceStatus, errText string, lagBytes *int64, lagSeconds *float64) error {
+	tag, err := s.pool.Exec(ctx, `update sources set lag_bytes = $2, lag_seconds = $3,
+		error = case when status = 'refreshing' or (status = 'failed' and failures > 0) then error else $5 end,
+		status = case when status = 'refreshing' or (status = 'failed' and failures > 0) then status else $4 end
+		where id = $1`, id, lagBytes, lagSeconds, status, nullText(errText))
+	return affected(tag, err, "record the stream of source %d", id)
+}

@@ -152,6 +152,16 @@ type Status struct {
 	ExpectedCloningTimeMS int64          `jsonapi:"attr,expected_cloning_time_ms" json:"expected_cloning_time_ms"`
 	// Limits are the [limits] by key, each with its use.
 	Limits map[string]*LimitUse `jsonapi:"attr,limits" json:"limits"`
+	// Standbys are the replica-mode sources' standbys by source name
+	// (the upload user's only).
+	Standbys map[string]*Standby `jsonapi:"attr,standbys,omitempty" json:"standbys,omitempty"`
+}
+
+// Standby is a replica-mode source's standby in GET /status.
+type Standby struct {
+	Status     string   `json:"status"`
+	LagBytes   *int64   `json:"lag_bytes,omitempty"`
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 }
 
 // LimitUse is one limit of GET /status: Limit is 0 when there is none.
