@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -23,6 +24,7 @@ type cliSource struct {
 	Status        string  `json:"status"`
 	Error         string  `json:"error"`
 	LastImageID   int64   `json:"last_image_id"`
+	LagBytes      *int64  `json:"lag_bytes"`
 	LastRefreshAt *string `json:"last_refresh_at"`
 	NextRefreshAt *string `json:"next_refresh_at"`
 }
@@ -132,4 +134,32 @@ func TestSourcesEndToEnd(t *testing.T) {
 		t.Fatalf("the image after its source was deleted: %d %s", status, body)
 	}
 	admin.fails(1, []string{"no source named"}, "sources", "get", "prod")
+
+	// Replica mode: a standby that streams, its lag shown, refreshed.
+	out, errOut, code = admin.shell(fmt.Sprintf("echo %q | sindri sources create --name standby --mode replica --url - --json", url))
+	if code != 0 {
+		t.Fatalf("sources create --mode replica: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var replica cliSource
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		admin.okJSON(&replica, "sources", "get", "standby")
+		if replica.Status == "streaming" && replica.LagBytes != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica-mode source after 2 minutes: %+v", replica)
+		}
+	}
+	admin.okJSON(&replica, "sources", "refresh", "standby", "--wait")
+	if replica.LastImageID == 0 || replica.Status != "streaming" {
+		t.Fatalf("after a replica-mode refresh: %+v", replica)
+	}
+	status, body := s.call(t, http.MethodGet, "/status", s.secret, nil)
+	if status != 200 || !strings.Contains(string(body), `"standbys":{"standby":{"status":"streaming"`) {
+		t.Fatalf("/status: %d %s", status, body)
+	}
+	if status, body := s.call(t, http.MethodGet, "/metrics", "", nil); status != 200 || !strings.Contains(string(body), `sindri_source_lag_bytes{source="standby"}`) {
+		t.Fatalf("/metrics: %d, no lag gauge", status)
+	}
+	admin.ok("sources", "delete", "standby")
 }
