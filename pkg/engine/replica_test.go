@@ -1,8 +1,10 @@
 package engine_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -120,6 +122,7 @@ func TestSourceReplicaLosesItsSource(t *testing.T) {
 	opts := w.options()
 	opts.SourceTick = 200 * time.Millisecond
 	opts.SourceRetryMin = time.Second
+	opts.StandbyResyncAfter = 5 * time.Second
 	e := engine.New(opts)
 	src := pgtest.StartSource(t)
 	execSQL(t, src.SocketURL(), "create table people (id int); insert into people values (1)")
@@ -129,6 +132,15 @@ func TestSourceReplicaLosesItsSource(t *testing.T) {
 	}
 	runSources(t, e)
 	waitSource(t, w.store, s.ID, 2*time.Minute, "streaming", func(s store.Source) bool { return s.Status == store.SourceStreaming })
+	// A mark in the first standby: gone once it is made again.
+	standby, err := w.storage.Get(ctx, engine.StandbyVolume(s.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := filepath.Join(standby.Path, "first-standby")
+	if err := os.WriteFile(mark, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	pgctl := filepath.Join(pgtest.BinDir(t), "pg_ctl")
 	if out, err := exec.Command("runuser", "-u", "postgres", "--", pgctl, "-D", src.DataDir, "-m", "fast", "-w", "stop").CombinedOutput(); err != nil {
@@ -147,6 +159,16 @@ func TestSourceReplicaLosesItsSource(t *testing.T) {
 	}
 	if imgs, _ := w.store.ListImagesOfSource(ctx, s.ID); len(imgs) != 0 {
 		t.Fatalf("images of the source after a failed refresh: %+v", imgs)
+	}
+	// Not streaming for longer than StandbyResyncAfter, the standby is
+	// dropped, to be made again from a new base backup.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(mark); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the standby that stopped streaming was not dropped to be made again")
+		}
 	}
 
 	if out, err := exec.Command("runuser", "-u", "postgres", "--", pgctl, "-D", src.DataDir, "-l", filepath.Join(src.SocketDir, "source.log"),
