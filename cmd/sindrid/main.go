@@ -15,9 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/metadb"
 	"github.com/sindri-db/sindri/pkg/metrics"
+	"github.com/sindri-db/sindri/pkg/osuser"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/servercert"
 	"github.com/sindri-db/sindri/pkg/storage"
@@ -270,20 +269,17 @@ func engineLimits(l config.LimitsConfig) engine.Limits {
 // uploads are off (PUT /images/{id}/upload still works).
 func (m *Main) setUploadAccount() {
 	name := m.Config.Uploads.Account
-	u, err := user.Lookup(name)
+	account, err := osuser.Lookup(name)
+	if errors.Is(err, osuser.ErrRoot) {
+		m.logger.Warn("sindrid: unusable upload account: uploads by scp are off", "uploads.account", name, "err", err)
+		return
+	}
 	if err != nil {
 		m.logger.Warn("sindrid: no upload account: uploads by scp are off (see packaging/setup-upload-account)",
 			"uploads.account", name, "err", err)
 		return
 	}
-	uid, uerr := strconv.ParseUint(u.Uid, 10, 32)
-	gid, gerr := strconv.ParseUint(u.Gid, 10, 32)
-	if uerr != nil || gerr != nil || uid == 0 {
-		m.logger.Warn("sindrid: unusable upload account: uploads by scp are off",
-			"uploads.account", name, "uid", u.Uid, "gid", u.Gid)
-		return
-	}
-	warning, err := m.Engine.SetUploadAccount(engine.UploadAccount{Name: name, UID: uint32(uid), GID: uint32(gid)})
+	warning, err := m.Engine.SetUploadAccount(account)
 	if err != nil {
 		m.logger.Warn("sindrid: uploads by scp are off", "uploads.account", name, "err", err)
 		return

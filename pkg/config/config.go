@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
 )
 
 // Allowed values of Config.Environment.
@@ -58,7 +60,7 @@ const (
 	DefaultMaxPendingLoginsPerAddress = 10
 	DefaultStorageDriver              = DriverAuto
 	DefaultLoopbackSize               = 20 << 30 // 20GiB
-	DefaultPostgresBinDir             = "/usr/lib/postgresql/{version}/bin"
+	DefaultPostgresBinDir             = postgres.DefaultBinPattern
 	DefaultPostgresUser               = "postgres"
 	DefaultMinPort                    = 15432
 	DefaultMaxPort                    = 16432
@@ -80,10 +82,6 @@ const (
 	// SecretsKeyFileName is the default secrets_key_file's name in
 	// data_path.
 	SecretsKeyFileName = "secrets.key"
-	// VersionPlaceholder in postgres.bin_dir is replaced by the major
-	// version of a data directory; see Config.BinDir.
-	VersionPlaceholder = "{version}"
-
 	// MinLoopbackSize is the smallest storage.loopback_size accepted
 	// (other than 0, which disables the loopback file).
 	MinLoopbackSize = 256 << 20 // 256MiB
@@ -580,7 +578,7 @@ func (c *Config) normalize() {
 // BinDir returns postgres.bin_dir with "{version}" replaced by major
 // (e.g. "16").
 func (c *Config) BinDir(major string) string {
-	return strings.ReplaceAll(c.Postgres.BinDir, VersionPlaceholder, major)
+	return postgres.BinPath(c.Postgres.BinDir, major)
 }
 
 // MetaDir is data_path/meta, home of the embedded metadata Postgres.

@@ -16,7 +16,9 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/sindri-db/sindri/pkg/iocount"
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
@@ -66,7 +68,7 @@ func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, stri
 	defer os.Remove(tmp)
 	defer f.Close()
 	hash := sha256.New()
-	counted := &countingWriter{w: io.MultiWriter(e.guardWriter(ctx, f, "a backup"), hash)}
+	counted := &iocount.Writer{W: io.MultiWriter(e.guardWriter(ctx, f, "a backup"), hash)}
 	zw, err := zstd.NewWriter(counted, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	if err != nil {
 		return 0, "", err
@@ -87,10 +89,10 @@ func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, stri
 	if err := os.Rename(tmp, e.backupPath(id)); err != nil {
 		return 0, "", err
 	}
-	if err := syncDir(e.opts.BackupsDir); err != nil {
+	if err := safefile.SyncDir(e.opts.BackupsDir); err != nil {
 		return 0, "", err
 	}
-	return counted.n, hex.EncodeToString(hash.Sum(nil)), nil
+	return counted.N, hex.EncodeToString(hash.Sum(nil)), nil
 }
 
 // writeTar writes dir's tree as a tar stream: directories, regular files
@@ -160,26 +162,6 @@ func writeTar(ctx context.Context, w io.Writer, dir string) error {
 	return tw.Close()
 }
 
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // checkArchive reads a backup's archive through: it must be a whole
 // tar.zst. It returns the archive's size and SHA-256 (hex).
 func checkArchive(path string) (int64, string, error) {
@@ -189,7 +171,7 @@ func checkArchive(path string) (int64, string, error) {
 	}
 	defer f.Close()
 	hash := sha256.New()
-	counted := &countingWriter{w: hash}
+	counted := &iocount.Writer{W: hash}
 	zr, err := zstd.NewReader(io.TeeReader(f, counted))
 	if err != nil {
 		return 0, "", err
@@ -215,5 +197,5 @@ func checkArchive(path string) (int64, string, error) {
 	if _, err := io.Copy(counted, f); err != nil {
 		return 0, "", err
 	}
-	return counted.n, hex.EncodeToString(hash.Sum(nil)), nil
+	return counted.N, hex.EncodeToString(hash.Sum(nil)), nil
 }

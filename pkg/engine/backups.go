@@ -9,9 +9,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -144,26 +141,15 @@ func (e *Engine) lockBackupSource(ctx context.Context, req BackupRequest) (strin
 	return InstanceVolume(inst.ID), true, unlock, nil
 }
 
-// flushWAL makes every commit so far durable before a snapshot. Clones
+// flushWAL makes every commit so far durable before a snapshot: clones
 // commit with synchronous_commit off, so the last commits' WAL may still
-// be in Postgres's buffers, where a snapshot cannot see it; one commit
-// with synchronous_commit on flushes the WAL up to it. Should it fail, the
-// snapshot is still consistent, only without those last commits.
+// be in Postgres's buffers, where a snapshot cannot see it. Should it
+// fail, the snapshot is still consistent, only without those last
+// commits.
 func (e *Engine) flushWAL(ctx context.Context, inst store.Instance) {
 	c, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(c, postgres.SuperuserURL(e.socketDir(inst.ID), inst.Port, "postgres"))
-	if err == nil {
-		err = pgx.BeginFunc(c, conn, func(tx pgx.Tx) error {
-			// A commit flushes only if its transaction wrote WAL.
-			// search_path pinned: the instance's users can make functions
-			// that a superuser's unqualified call could pick.
-			_, err := tx.Exec(c, "set local search_path = pg_catalog; set local synchronous_commit = on; select pg_catalog.pg_logical_emit_message(true, 'sindri', 'backup')")
-			return err
-		})
-		conn.Close(context.WithoutCancel(ctx))
-	}
-	if err != nil {
+	if err := e.cluster(inst, "").FlushWAL(c); err != nil {
 		e.log.Warn("engine: flushing WAL before a backup's snapshot", "instance_id", inst.ID, "err", err)
 	}
 }

@@ -1,16 +1,14 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -96,11 +94,8 @@ func (e *Engine) copySnapshot(ctx context.Context, img store.Image, dir string) 
 	ctx, cancel := context.WithTimeout(ctx, CopyTimeout)
 	defer cancel()
 	started := time.Now()
-	cmd := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", "--", snap.Path+"/.", dir)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("copying the snapshot of %s: %w: %s", of, err, strings.TrimSpace(stderr.String()))
+	if err := postgres.CopyDataDir(ctx, snap.Path, dir); err != nil {
+		return fmt.Errorf("copying the snapshot of %s: %w", of, err)
 	}
 	e.log.Info("engine: snapshot copied", "image_id", img.ID, "of", of, "duration_ms", time.Since(started).Milliseconds())
 	e.destroyBranchSnapshot(ctx, img.ID)

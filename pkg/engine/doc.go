@@ -40,13 +40,14 @@
 //     pulled with pg_basebackup) into a fresh upload-N within the disk
 //     reserve, Postgres is started privately on a unix socket, role draupnir
 //     gets its grants, the anonymisation script (if any) and the scrub after
-//     it run (scrub.go), Postgres shuts down cleanly, and upload-N is frozen
-//     into image-N with the image's volume record. A call while one runs
-//     waits for it; a ready image returns at once; under the disk reserve
-//     the image keeps its status, with the reason in Error. Reconcile, at
-//     the first run after a start, finds a finalise no process of its own
-//     runs (sindrid died during it): it stops the private postmaster,
-//     destroys what the finalise half made and marks the image failed.
+//     it run (each a postgres.Cluster method), Postgres shuts down cleanly,
+//     and upload-N is frozen into image-N with the image's volume record.
+//     A call while one runs waits for it; a ready image returns at once;
+//     under the disk reserve the image keeps its status, with the reason
+//     in Error. Reconcile, at the first run after a start, finds a
+//     finalise no process of its own runs (sindrid died during it): it
+//     stops the private postmaster, destroys what the finalise half made
+//     and marks the image failed.
 //   - ready: instances are cloned from image-N and it can be backed up.
 //     Reconcile, at the first run after a start, marks it failed if image-N
 //     is gone, and removes an upload left beside it.

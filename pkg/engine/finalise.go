@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -152,7 +152,7 @@ func retryAdvice(img store.Image) string {
 // a fresh upload volume, the archive extracted into it, the postmaster's
 // leftovers removed, a private start in which role draupnir gets read and
 // write on every database, the anonymisation script and the scrub (see
-// scrub.go), a checkpoint and a clean shutdown (so that clones start
+// preparePrivately), a checkpoint and a clean shutdown (so that clones start
 // without crash recovery), then the freeze. It sets *anonymised when a
 // script ran and the scrub finished. The caller removes the upload
 // afterwards.
@@ -222,15 +222,11 @@ func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool)
 	if err != nil {
 		return "", 0, err
 	}
-	if err := checkBackupHasWAL(vol.Path); err != nil {
+	if err := postgres.CheckBackupHasWAL(vol.Path); err != nil {
 		return "", 0, err
 	}
-	// The postmaster's leftovers, and the signal files that would make the
-	// private start a standby of the original (pg_basebackup -R) instead
-	// of recovering to consistency and opening.
-	for _, leftover := range []string{"postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal", "recovery.conf"} {
-		os.Remove(filepath.Join(vol.Path, leftover))
-	}
+	// The private start recovers and opens, never waits as a standby.
+	postgres.RemoveStartLeftovers(vol.Path)
 	if err := e.opts.Owner.Chown(vol.Path, true); err != nil {
 		return "", 0, err
 	}
@@ -304,25 +300,6 @@ func (e *Engine) discardVolumes(ctx context.Context, id int64) {
 	}
 }
 
-// walSegment is the name of a WAL segment file in pg_wal.
-var walSegment = regexp.MustCompile(`^[0-9A-F]{24}$`)
-
-// checkBackupHasWAL refuses an online backup (one with backup_label)
-// whose pg_wal holds no WAL segment: it cannot recover to consistency.
-// pg_basebackup -Ft puts the WAL in pg_wal.tar unless given -X fetch.
-func checkBackupHasWAL(dataDir string) error {
-	if _, err := os.Lstat(filepath.Join(dataDir, "backup_label")); err != nil {
-		return nil
-	}
-	entries, _ := os.ReadDir(filepath.Join(dataDir, "pg_wal"))
-	for _, de := range entries {
-		if de.Type().IsRegular() && walSegment.MatchString(de.Name()) {
-			return nil
-		}
-	}
-	return errors.New("the upload is an online backup (it has backup_label) without the WAL it needs: pg_wal/ holds no WAL segment. pg_basebackup -Ft writes the WAL to pg_wal.tar unless it is given -X fetch: take the backup with -X fetch, or put the files of pg_wal.tar into pg_wal/ of the data directory and upload that")
-}
-
 func dirSize(dir string) (int64, error) {
 	var total int64
 	err := filepath.Walk(dir, func(_ string, info os.FileInfo, err error) error {
@@ -337,11 +314,22 @@ func dirSize(dir string) (int64, error) {
 	return total, err
 }
 
+// ScrubTimeout bounds the scrub after an anonymisation script: refreshing
+// the materialized views, ANALYZE and VACUUM FULL of every database, then
+// the new WAL.
+const ScrubTimeout = 4 * time.Hour
+
+// scriptTimeout bounds an anonymisation script.
+const scriptTimeout = time.Hour
+
 // preparePrivately starts the data directory on a private socket only,
-// sets up role draupnir, runs the anonymisation script and the scrub
-// after it, checkpoints and shuts down cleanly; with a script, the scrub
-// then gives it a new WAL. It tells whether the data was anonymised: a
-// script ran and the scrub finished.
+// removes the settings per database and role that sindri does not keep,
+// sets up role draupnir, rolls back the source's prepared transactions,
+// runs the anonymisation script and the scrub after it, checkpoints and
+// shuts down cleanly; with a script, the scrub then gives it a new WAL
+// and removes the files that repeat values (postgres/scrub.go says what
+// the scrub removes, and why in that order). It tells whether the data
+// was anonymised: a script ran and the scrub finished.
 func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir, binDir string) (bool, error) {
 	sock := filepath.Join(e.opts.RunDir, "image-"+strconv.FormatInt(img.ID, 10))
 	if err := os.MkdirAll(sock, 0o700); err != nil {
@@ -351,18 +339,22 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	if err := e.opts.Owner.Chown(sock, false); err != nil {
 		return false, err
 	}
-	const port = 5432 // only names the socket file
-	prepared, err := postgres.PreparedTransactionsSetting(ctx, binDir, dataDir)
+	c := &postgres.Cluster{
+		BinDir: binDir, DataDir: dataDir, SocketDir: sock, Owner: e.opts.Owner,
+		Port: 5432, // only names the socket file
+		Settings: postgres.Settings{ListenAddresses: "", SharedBuffers: e.opts.SharedBuffers,
+			ClusterName: ImageVolume(img.ID), Clone: true},
+	}
+	// Enough prepared transactions to recover those the source left.
+	prepared, err := c.PreparedTransactionsSetting(ctx)
 	if err != nil {
 		return false, err
 	}
-	settings := postgres.Settings{Port: port, ListenAddresses: "", SocketDir: sock,
-		SharedBuffers: e.opts.SharedBuffers, ClusterName: ImageVolume(img.ID), Clone: true,
-		PreparedTransactions: prepared}
-	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
+	c.Settings.PreparedTransactions = prepared
+	if err := c.Configure(); err != nil {
 		return false, err
 	}
-	p, err := postgres.Start(binDir, dataDir, settings, e.opts.Owner)
+	p, err := c.Start()
 	if err != nil {
 		return false, err
 	}
@@ -371,54 +363,51 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	// wait allows for it.
 	ready, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
-	if err := postgres.WaitReady(ready, p, dataDir, sock, port, "postgres"); err != nil {
+	if err := c.WaitReady(ready, p); err != nil {
 		return false, err
 	}
-	url := postgres.SuperuserURL(sock, port, "postgres")
-	if err := e.removeRoleSettings(ctx, img.ID, url); err != nil {
+	removed, err := c.GrantClientRole(ctx)
+	if len(removed) > 0 {
+		e.log.Info("engine: removed settings per database and role that sindri does not keep", "image_id", img.ID, "settings", strings.Join(removed, ", "))
+	}
+	if err != nil {
 		return false, err
 	}
-	if err := grantClientRole(ctx, url); err != nil {
-		return false, err
-	}
-	// The source's prepared transactions are its work in flight: they
-	// would hold their locks and row versions through the script, and no
-	// clone (max_prepared_transactions = 0) could start with them.
-	if err := rollBackPrepared(ctx, url); err != nil {
+	// The source's work in flight goes before the script runs.
+	if err := c.RollBackPrepared(ctx); err != nil {
 		return false, fmt.Errorf("rolling back the source's prepared transactions: %w", err)
 	}
 	script := img.AnonymisationScript != ""
 	scrub := script && !e.opts.hooks.skipScrub
 	if script {
-		if err := e.anonymise(ctx, img.ID, binDir, sock, port, img.AnonymisationScript); err != nil {
-			return false, err
+		scriptCtx, cancel := context.WithTimeout(ctx, scriptTimeout)
+		err := c.RunScript(scriptCtx, img.AnonymisationScript, "anonymise "+ImageVolume(img.ID))
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("the anonymisation script failed: %w", err)
 		}
 	}
 	if scrub {
 		scrubCtx, cancel := context.WithTimeout(ctx, ScrubTimeout)
-		err := e.scrubDatabases(scrubCtx, img.ID, url)
+		err := c.ScrubDatabases(scrubCtx, func(db string, took time.Duration) {
+			e.log.Info("engine: database scrubbed", "image_id", img.ID, "database", db, "duration_ms", took.Milliseconds())
+		})
 		cancel()
 		if err != nil {
 			return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
 		}
 	}
-	conn, err := privateConn(ctx, url, "")
-	if err != nil {
+	if err := c.Checkpoint(ctx); err != nil {
 		return false, err
 	}
-	_, err = conn.Exec(ctx, "CHECKPOINT")
-	conn.Close(ctx)
-	if err != nil {
-		return false, err
-	}
-	if err := postgres.Stop(ctx, dataDir, time.Minute); err != nil {
+	if err := c.Stop(ctx, time.Minute); err != nil {
 		return false, err
 	}
 	if !scrub {
 		return false, nil
 	}
 	started := time.Now()
-	if err := e.scrubFiles(ctx, binDir, dataDir); err != nil {
+	if err := c.ScrubFiles(ctx); err != nil {
 		return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
 	}
 	e.log.Info("engine: new WAL and files scrubbed", "image_id", img.ID, "duration_ms", time.Since(started).Milliseconds())

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/operation"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/store"
@@ -233,8 +234,8 @@ func TestSIGKILLDuringAPullLeavesNoPgBasebackup(t *testing.T) {
 	var leader int
 	for _, pid := range pulls {
 		env := environOf(pid)
-		if !strings.Contains(env, engine.OperationEnv+"=pull "+engine.ImageVolume(img.ID)) ||
-			!strings.Contains(env, engine.OperationOwnerEnv+"="+strconv.Itoa(child.Process.Pid)+":") {
+		if !strings.Contains(env, operation.Env+"=pull "+engine.ImageVolume(img.ID)) ||
+			!strings.Contains(env, operation.OwnerEnv+"="+strconv.Itoa(child.Process.Pid)+":") {
 			t.Fatalf("pg_basebackup %d does not carry the marks of its operation and sindrid:\n%s", pid, env)
 		}
 		if postgres.ParentPID(pid) == child.Process.Pid {
@@ -374,8 +375,8 @@ func TestReconcileEndsOperationsOfAGoneSindridOnly(t *testing.T) {
 	liveOwner := fmt.Sprintf("%d:%s", other.Process.Pid, fields[19])
 	goneOwner := fmt.Sprintf("%d:%s", other.Process.Pid, "1") // same pid, another start: reused
 
-	stray := startedPgBasebackup(t, dir, server, engine.OperationEnv+"=pull image-4242", engine.OperationOwnerEnv+"="+goneOwner)
-	pulling := startedPgBasebackup(t, dir, server, engine.OperationEnv+"=pull "+engine.ImageVolume(img.ID), engine.OperationOwnerEnv+"="+liveOwner)
+	stray := startedPgBasebackup(t, dir, server, operation.Env+"=pull image-4242", operation.OwnerEnv+"="+goneOwner)
+	pulling := startedPgBasebackup(t, dir, server, operation.Env+"=pull "+engine.ImageVolume(img.ID), operation.OwnerEnv+"="+liveOwner)
 	unmarked := startedPgBasebackup(t, dir, server)
 	for _, c := range []*exec.Cmd{stray, pulling, unmarked} {
 		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(environOf(c.Process.Pid), "PATH="); time.Sleep(5 * time.Millisecond) {

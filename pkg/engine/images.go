@@ -42,7 +42,7 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 		if err != nil {
 			return store.Image{}, err
 		}
-		redacted = src.connString
+		redacted = src.ConnString
 	}
 	switch {
 	case req.SourceURL != "":

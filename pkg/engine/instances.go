@@ -162,15 +162,14 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	if err := e.claimInstanceVolume(ctx, vol.Path, inst); err != nil {
 		return err
 	}
-	binDir, err := postgres.BinDirFor(e.opts.BinPattern, vol.Path)
-	if err != nil {
+	c := e.cluster(inst, vol.Path)
+	if c.BinDir, err = postgres.BinDirFor(e.opts.BinPattern, vol.Path); err != nil {
 		return err
 	}
-	sock := e.socketDir(inst.ID)
-	if err := os.MkdirAll(sock, 0o700); err != nil {
+	if err := os.MkdirAll(c.SocketDir, 0o700); err != nil {
 		return err
 	}
-	if err := e.opts.Owner.Chown(sock, false); err != nil {
+	if err := e.opts.Owner.Chown(c.SocketDir, false); err != nil {
 		return err
 	}
 	// The clone's root came from the image; Postgres wants its data
@@ -181,21 +180,13 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	if err := os.Chmod(vol.Path, 0o700); err != nil {
 		return err
 	}
-	certs := postgres.Certificates{
-		CA: inst.CACertificate, ServerCert: inst.ServerCertificate, ServerKey: inst.ServerKey,
-		ClientCert: inst.ClientCertificate, ClientKey: inst.ClientKey,
-	}
-	settings := postgres.Settings{
-		Port: inst.Port, ListenAddresses: "*", SocketDir: sock, SharedBuffers: e.opts.SharedBuffers,
-		TLS: &certs, PasswordRole: PasswordRole, ClusterName: InstanceVolume(inst.ID), Clone: true,
-	}
-	if err := postgres.Configure(vol.Path, settings, e.opts.Owner); err != nil {
+	if err := c.Configure(); err != nil {
 		return err
 	}
 	if firstStart {
 		e.step("configured", inst.ID)
 	}
-	p, err := postgres.Start(binDir, vol.Path, settings, e.opts.Owner)
+	p, err := c.Start()
 	if err != nil {
 		return err
 	}
@@ -207,18 +198,35 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	}
 	ready, cancel := context.WithTimeout(ctx, e.opts.StartTimeout)
 	defer cancel()
-	conn, err := postgres.Ready(ready, p, vol.Path, sock, inst.Port, "postgres")
+	session, err := c.Ready(ready, p)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer session.Close(context.WithoutCancel(ctx))
 	if firstStart {
-		if err := postgres.SetUpClientRoles(ctx, conn, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
+		if err := session.SetUpClientRoles(ctx, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
 			return err
 		}
 		e.step("ready", inst.ID)
 	}
 	return nil
+}
+
+// cluster is how the instance's postmaster runs on its volume at dataDir
+// ("" for work over its socket alone: Answers, FlushWAL); start finds its
+// binaries.
+func (e *Engine) cluster(inst store.Instance, dataDir string) *postgres.Cluster {
+	certs := postgres.Certificates{
+		CA: inst.CACertificate, ServerCert: inst.ServerCertificate, ServerKey: inst.ServerKey,
+		ClientCert: inst.ClientCertificate, ClientKey: inst.ClientKey,
+	}
+	return &postgres.Cluster{
+		DataDir: dataDir, SocketDir: e.socketDir(inst.ID), Port: inst.Port, Owner: e.opts.Owner,
+		Settings: postgres.Settings{
+			ListenAddresses: "*", SharedBuffers: e.opts.SharedBuffers, TLS: &certs,
+			PasswordRole: PasswordRole, ClusterName: InstanceVolume(inst.ID), Clone: true,
+		},
+	}
 }
 
 func newCredentials(hostname string) (store.Credentials, error) {

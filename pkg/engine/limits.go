@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -201,7 +200,7 @@ func (e *Engine) capacity(ctx context.Context) (storage.Capacity, error) {
 		return c, err
 	}
 	if c.FreeBytes-e.opts.Limits.DiskReserve.Of(c.TotalBytes) < writeback.Pending() {
-		syscall.Sync()
+		writeback.Flush()
 		return e.opts.Storage.Capacity(ctx)
 	}
 	return c, nil

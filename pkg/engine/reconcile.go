@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -309,7 +309,7 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 	}
 	e.log.Info("engine: starting an instance whose postmaster is not running", "instance_id", inst.ID)
 	if err := e.start(ctx, inst, false); err != nil {
-		if full, c := e.diskFull(ctx); full || errors.Is(err, syscall.ENOSPC) {
+		if full, c := e.diskFull(ctx); full || errors.Is(err, safefile.ErrNoSpace) {
 			// Not its fault: the supervisor starts it once space is freed.
 			e.log.Error("engine: cannot start an instance with the disk full; waiting for space", "instance_id", inst.ID, "err", err)
 			e.watchStoppedForDisk(inst.ID)

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -163,6 +161,20 @@ func (e *Engine) makeStandby(ctx context.Context, src store.Source) (storage.Ent
 	return vol, os.Chmod(vol.Path, 0o700)
 }
 
+// standbyCluster is source id's standby as a cluster: on a private
+// socket, streaming from primary (set when it starts).
+func (e *Engine) standbyCluster(id int64, dataDir, primary string) (*postgres.Cluster, error) {
+	binDir, err := postgres.BinDirFor(e.opts.BinPattern, dataDir)
+	if err != nil {
+		return nil, err
+	}
+	return &postgres.Cluster{
+		BinDir: binDir, DataDir: dataDir, SocketDir: e.standbySocketDir(id), Port: standbyPort, Owner: e.opts.Owner,
+		Settings: postgres.Settings{ListenAddresses: "", SharedBuffers: e.opts.SharedBuffers,
+			ClusterName: StandbyVolume(id), PrimaryConnInfo: primary},
+	}, nil
+}
+
 // startStandby starts the standby's postmaster on a private socket, with
 // the source's url (its password in a passfile in RunDir) as
 // primary_conninfo.
@@ -182,44 +194,24 @@ func (e *Engine) startStandby(ctx context.Context, src store.Source, dataDir str
 	if err := e.opts.Owner.Chown(sock, false); err != nil {
 		return err
 	}
-	passfile := filepath.Join(sock, "pgpass")
-	esc := strings.NewReplacer(`\`, `\\`, ":", `\:`).Replace(parsed.password)
-	if err := os.WriteFile(passfile, []byte("*:*:*:*:"+esc+"\n"), 0o600); err != nil {
-		return err
-	}
-	if err := e.opts.Owner.Chown(passfile, false); err != nil {
-		return err
-	}
-	conninfo := parsed.connString
-	if u, err := url.Parse(conninfo); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		q := u.Query()
-		q.Set("passfile", passfile)
-		q.Set("application_name", "sindri-"+StandbyVolume(src.ID))
-		u.RawQuery = q.Encode()
-		conninfo = u.String()
-	} else {
-		conninfo += " passfile='" + passfile + "' application_name=sindri-" + StandbyVolume(src.ID)
-	}
-	major, err := postgres.MajorVersion(dataDir)
+	primary, err := parsed.StandbyConnInfo(filepath.Join(sock, "pgpass"), "sindri-"+StandbyVolume(src.ID), e.opts.Owner)
 	if err != nil {
 		return err
 	}
-	binDir, err := postgres.BinDir(e.opts.BinPattern, major)
+	c, err := e.standbyCluster(src.ID, dataDir, primary)
 	if err != nil {
 		return err
 	}
-	settings := postgres.Settings{Port: standbyPort, ListenAddresses: "", SocketDir: sock,
-		SharedBuffers: e.opts.SharedBuffers, ClusterName: StandbyVolume(src.ID), PrimaryConnInfo: conninfo}
-	if err := postgres.Configure(dataDir, settings, e.opts.Owner); err != nil {
+	if err := c.Configure(); err != nil {
 		return err
 	}
-	p, err := postgres.Start(binDir, dataDir, settings, e.opts.Owner)
+	p, err := c.Start()
 	if err != nil {
 		return err
 	}
 	ready, cancel := context.WithTimeout(ctx, e.opts.StartTimeout)
 	defer cancel()
-	if err := postgres.WaitReady(ready, p, dataDir, sock, standbyPort, "postgres"); err != nil {
+	if err := c.WaitReady(ready, p); err != nil {
 		return err
 	}
 	e.log.Info("engine: standby started", "source_id", src.ID, "pid", p.PID)
@@ -227,34 +219,26 @@ func (e *Engine) startStandby(ctx context.Context, src store.Source, dataDir str
 }
 
 // measureStandby asks the standby how it streams and how far behind the
-// source it is: lag_bytes from the end of WAL the source last reported to
-// what the standby has replayed, lag_seconds since the last transaction
-// it replayed (0 when it has replayed all it received).
+// source it is (postgres.StandbyLag).
 func (e *Engine) measureStandby(ctx context.Context, src store.Source) (store.SourceStatus, string, *int64, *float64) {
 	c, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := privateConn(c, postgres.SuperuserURL(e.standbySocketDir(src.ID), standbyPort, "postgres"), "")
+	vol, err := e.opts.Storage.Get(ctx, StandbyVolume(src.ID))
+	if err != nil {
+		return store.SourceFailed, "the standby is gone: " + err.Error(), nil, nil
+	}
+	cl, err := e.standbyCluster(src.ID, vol.Path, "")
+	if err != nil {
+		return store.SourceFailed, err.Error(), nil, nil
+	}
+	lag, err := cl.StandbyLag(c)
 	if err != nil {
 		return store.SourceFailed, "the standby does not answer: " + err.Error(), nil, nil
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var receiver string
-	var lagBytes *int64
-	var lagSeconds *float64
-	err = conn.QueryRow(c, `select coalesce((select status from pg_stat_wal_receiver), 'stopped'),
-		pg_wal_lsn_diff((select latest_end_lsn from pg_stat_wal_receiver), pg_last_wal_replay_lsn())::bigint,
-		case when pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
-		else extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 end`).Scan(&receiver, &lagBytes, &lagSeconds)
-	if err != nil {
-		return store.SourceFailed, "asking the standby: " + err.Error(), nil, nil
+	if lag.Receiver != "streaming" {
+		return store.SourceFailed, fmt.Sprintf("the standby does not stream from the source (its WAL receiver is %s); it retries, and is made again if it cannot catch up", lag.Receiver), lag.LagBytes, lag.LagSeconds
 	}
-	if lagBytes != nil && *lagBytes < 0 {
-		*lagBytes = 0
-	}
-	if receiver != "streaming" {
-		return store.SourceFailed, fmt.Sprintf("the standby does not stream from the source (its WAL receiver is %s); it retries, and is made again if it cannot catch up", receiver), lagBytes, lagSeconds
-	}
-	return store.SourceStreaming, "", lagBytes, lagSeconds
+	return store.SourceStreaming, "", lag.LagBytes, lag.LagSeconds
 }
 
 // dropStandby stops and destroys source id's standby.
@@ -288,9 +272,10 @@ func (e *Engine) snapshotStandby(ctx context.Context, src store.Source, name str
 		return store.Image{}, err
 	}
 	// A restartpoint first: the copy then replays only the WAL since.
-	if conn, err := privateConn(ctx, postgres.SuperuserURL(e.standbySocketDir(src.ID), standbyPort, "postgres"), ""); err == nil {
-		conn.Exec(ctx, "CHECKPOINT")
-		conn.Close(ctx)
+	if cl, err := e.standbyCluster(src.ID, vol.Path, ""); err == nil {
+		if err := cl.Checkpoint(ctx); err != nil {
+			e.log.Warn("engine: a restartpoint of the standby before its snapshot", "source_id", src.ID, "err", err)
+		}
 	}
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: name, BackedUpAt: at, AnonymisationScript: src.AnonymisationScript, SourceID: src.ID, FromSnapshot: true,

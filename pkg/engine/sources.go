@@ -135,7 +135,7 @@ func sourceURL(url string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: url is not a PostgreSQL connection string; give a URL such as postgres://replicator:password@db.example.com:5432/postgres, or key=value settings", ErrInvalid)
 	}
-	return src.connString, nil
+	return src.ConnString, nil
 }
 
 // CreateSource records a source. Its first refresh is at once for an

@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -210,7 +207,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	e.mu.Lock()
 	wasStopped := false
 	if w := e.watched[id]; w != nil {
-		w.startFull = errors.Is(err, syscall.ENOSPC)
+		w.startFull = errors.Is(err, safefile.ErrNoSpace)
 		wasStopped = w.diskStop
 		if err == nil {
 			w.diskStop, w.diskWaits = false, 0
@@ -254,7 +251,7 @@ func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
 // hung tells whether a live postmaster has failed MaxUnanswered connection
 // attempts in a row, one every ProbeEvery. Any answer, even a refusal such
 // as "the database system is starting up", counts as answering: only
-// silence until ProbeTimeout does not.
+// silence until ProbeTimeout does not (postgres.Cluster.Answers).
 func (e *Engine) hung(ctx context.Context, id int64) bool {
 	e.mu.Lock()
 	w := e.watched[id]
@@ -271,14 +268,7 @@ func (e *Engine) hung(ctx context.Context, id int64) bool {
 	}
 	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(attempt, postgres.SuperuserURL(e.socketDir(id), inst.Port, "postgres"))
-	var pgErr *pgconn.PgError
-	// Only silence counts against it: an error that comes at once (no
-	// socket, a refused or full queue) is not a hang.
-	answered := err == nil || errors.As(err, &pgErr) || attempt.Err() == nil
-	if conn != nil {
-		conn.Close(ctx)
-	}
+	answered, err := e.cluster(inst, "").Answers(attempt)
 	if ctx.Err() != nil {
 		return false
 	}

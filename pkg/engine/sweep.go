@@ -3,12 +3,14 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/operation"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
@@ -30,6 +32,20 @@ func (e *Engine) sweep(ctx context.Context, entries []storage.Entry) error {
 		e.sweepImageSocketDirs(),
 		e.sweepUploadTemps(),
 	)
+}
+
+// endStrayOperations kills the operation processes (pkg/operation) whose
+// sindrid is gone, for subject only ("image-4") or all when subject is "",
+// and waits until they are gone. An operation on subject that another
+// live sindrid runs is ErrOperationRunning: it is never run twice at once.
+func (e *Engine) endStrayOperations(ctx context.Context, subject string) error {
+	busy, err := operation.EndStrays(ctx, subject, func(p operation.Process) {
+		e.log.Warn("engine: ending a process whose sindrid is gone", "pid", p.PID, "operation", p.Operation, "owner", p.Owner)
+	})
+	if busy != nil {
+		return fmt.Errorf("%w: %q (pid %d, started by the sindrid %s)", ErrOperationRunning, busy.Operation, busy.PID, busy.Owner)
+	}
+	return err
 }
 
 // lockIdleImage takes the lock of an image that this process is not

@@ -9,8 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
+	"github.com/sindri-db/sindri/pkg/osuser"
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -175,34 +176,23 @@ func (e *Engine) findArchive(id int64) (*os.File, error) {
 }
 
 // openRegular opens path for reading without following a final symbolic
-// link (O_NOFOLLOW) or blocking on a FIFO (O_NONBLOCK), and refuses
-// anything but a regular file.
+// link or blocking on a FIFO, and refuses anything but a regular file
+// (safefile.OpenRegular), saying what to upload instead.
 func openRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
+	f, err := safefile.OpenRegular(path)
+	var notRegular *safefile.NotRegularError
+	switch {
+	case errors.Is(err, safefile.ErrSymlink):
 		return nil, fmt.Errorf("the upload %s is a symbolic link, which is not followed; upload the tarball itself", filepath.Base(path))
+	case errors.As(err, &notRegular):
+		return nil, fmt.Errorf("the upload %s is not a regular file (%s); upload the tarball itself", filepath.Base(path), notRegular.Type)
 	}
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("the upload %s is not a regular file (%s); upload the tarball itself", filepath.Base(path), fi.Mode().Type())
-	}
-	return f, nil
+	return f, err
 }
 
 // UploadAccount is the OS account that uploads with scp through sshd,
 // which runs sindri-upload-shell for it, confined to the uploads directory.
-type UploadAccount struct {
-	Name     string
-	UID, GID uint32
-}
+type UploadAccount = osuser.User
 
 // SetUploadAccount turns scp uploads on: from now on a pending or failed
 // image's upload directory is root:<account's group> 0770, writable by the
@@ -234,8 +224,7 @@ func (e *Engine) SetUploadAccount(a UploadAccount) (warning string, err error) {
 		if err != nil {
 			return "", err
 		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if ok && st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		if uid, _, ok := osuser.Owner(fi); ok && uid != 0 || fi.Mode().Perm()&0o022 != 0 {
 			warning = fmt.Sprintf("%s is not root's or is writable by group or others (%s): another user could swap the uploads directory %s for their own", p, fi.Mode().Perm(), dir)
 			break
 		}

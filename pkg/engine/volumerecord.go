@@ -8,9 +8,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -59,17 +59,17 @@ const maxVolumeRecord = 4096
 // file or does not parse is an error.
 func readVolumeRecord(dir string) (rec volumeRecord, ok bool, err error) {
 	path := filepath.Join(dir, VolumeRecordFile)
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, os.ErrNotExist) {
+	f, err := safefile.OpenRegular(path)
+	var notRegular *safefile.NotRegularError
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return rec, false, nil
-	}
-	if err != nil {
+	case errors.As(err, &notRegular):
+		return rec, false, fmt.Errorf("%s is not a regular file", path)
+	case err != nil:
 		return rec, false, fmt.Errorf("reading %s: %w", path, err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return rec, false, fmt.Errorf("%s is not a regular file", path)
-	}
 	data, err := io.ReadAll(io.LimitReader(f, maxVolumeRecord+1))
 	if err != nil {
 		return rec, false, fmt.Errorf("reading %s: %w", path, err)
@@ -103,7 +103,7 @@ func writeVolumeRecord(dir string, rec volumeRecord) error {
 	if err := os.RemoveAll(tmp); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o644)
+	f, err := safefile.CreateNew(tmp, 0o644)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,8 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/sindri-db/sindri/pkg/iocount"
 )
 
 // ErrUnsafe is an archive entry that would reach outside the directory or
@@ -112,8 +114,8 @@ func Extract(ctx context.Context, r io.Reader, dir string, limits Limits) (entri
 		return 0, err
 	}
 	defer root.Close()
-	counted := &countingReader{r: stream}
-	tr := tar.NewReader(counted)
+	counted := &iocount.Writer{}
+	tr := tar.NewReader(io.TeeReader(stream, counted))
 	var used int64 // what the entries so far count for against limits.MaxBytes
 	for {
 		if err := ctx.Err(); err != nil {
@@ -125,13 +127,13 @@ func Extract(ctx context.Context, r io.Reader, dir string, limits Limits) (entri
 		if _, err := io.Copy(io.Discard, tr); err != nil {
 			return entries, fmt.Errorf("reading the archive after %d entries (truncated?): %w", entries, err)
 		}
-		before := counted.n
+		before := counted.N
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			if entries == 0 {
 				return 0, fmt.Errorf("%w: the archive is empty", ErrNotArchive)
 			}
-			if counted.n-before < 1024 {
+			if counted.N-before < 1024 {
 				return entries, fmt.Errorf("the archive ends after %d entries without tar's end-of-archive marker: it was cut short (truncated); upload the whole tarball", entries)
 			}
 			return entries, nil
@@ -347,16 +349,4 @@ func HoistDataDir(dir string) error {
 		}
 	}
 	return os.Remove(aside)
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -25,63 +25,61 @@ const port = 5432
 
 // Cluster is the running metadata cluster.
 type Cluster struct {
-	dataDir, socketDir string
-	process            *postgres.Process
-	log                *slog.Logger
+	pg      postgres.Cluster
+	process *postgres.Process
+	log     *slog.Logger
 }
 
 // Start makes the cluster under dir when it is missing (initdb with the
 // newest installed PostgreSQL), starts it, or adopts it when a previous
 // sindrid left it running, and makes sure sindri's database exists.
 func Start(ctx context.Context, dir, binPattern string, owner postgres.OSUser, log *slog.Logger) (*Cluster, error) {
-	c := &Cluster{dataDir: filepath.Join(dir, "data"), socketDir: filepath.Join(dir, "socket"), log: log}
+	c := &Cluster{log: log, pg: postgres.Cluster{
+		DataDir: filepath.Join(dir, "data"), SocketDir: filepath.Join(dir, "socket"), Port: port, Owner: owner,
+		Settings: postgres.Settings{ListenAddresses: "", SharedBuffers: "64MB", ClusterName: "sindri-metadata"},
+	}}
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, err
 	}
-	for _, d := range []string{c.socketDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, err
-		}
-		if err := owner.Chown(d, false); err != nil {
-			return nil, err
-		}
+	if err := os.MkdirAll(c.pg.SocketDir, 0o700); err != nil {
+		return nil, err
 	}
-	var binDir string
-	if _, err := postgres.MajorVersion(c.dataDir); errors.Is(err, postgres.ErrNotDataDir) {
+	if err := owner.Chown(c.pg.SocketDir, false); err != nil {
+		return nil, err
+	}
+	var err error
+	if _, err = postgres.MajorVersion(c.pg.DataDir); errors.Is(err, postgres.ErrNotDataDir) {
 		major, err := postgres.NewestMajor(binPattern)
 		if err != nil {
 			return nil, err
 		}
-		if binDir, err = postgres.BinDir(binPattern, major); err != nil {
+		if c.pg.BinDir, err = postgres.BinDir(binPattern, major); err != nil {
 			return nil, err
 		}
-		os.RemoveAll(c.dataDir) // what a cut-short initdb left
-		if err := postgres.InitDB(ctx, binDir, c.dataDir, owner); err != nil {
+		os.RemoveAll(c.pg.DataDir) // what a cut-short initdb left
+		if err := c.pg.Init(ctx); err != nil {
 			return nil, err
 		}
-		log.Info("metadb: made the metadata cluster", "data_dir", c.dataDir, "pg_version", major)
+		log.Info("metadb: made the metadata cluster", "data_dir", c.pg.DataDir, "pg_version", major)
 	} else if err != nil {
 		return nil, err
-	} else if binDir, err = postgres.BinDirFor(binPattern, c.dataDir); err != nil {
+	} else if c.pg.BinDir, err = postgres.BinDirFor(binPattern, c.pg.DataDir); err != nil {
 		return nil, err
 	}
 
-	if st, err := postgres.Status(c.dataDir); err == nil && st.Alive {
+	if st, err := postgres.Status(c.pg.DataDir); err == nil && st.Alive {
 		log.Info("metadb: adopting the running metadata cluster", "pid", st.PID)
 	} else {
-		settings := postgres.Settings{Port: port, ListenAddresses: "", SocketDir: c.socketDir, SharedBuffers: "64MB", ClusterName: "sindri-metadata"}
-		if err := postgres.Configure(c.dataDir, settings, owner); err != nil {
+		if err := c.pg.Configure(); err != nil {
 			return nil, err
 		}
-		p, err := postgres.Start(binDir, c.dataDir, settings, owner)
-		if err != nil {
+		if c.process, err = c.pg.Start(); err != nil {
 			return nil, err
 		}
-		c.process = p
 	}
 	ready, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := postgres.WaitReady(ready, c.process, c.dataDir, c.socketDir, port, "postgres"); err != nil {
+	if err := c.pg.WaitReady(ready, c.process); err != nil {
 		return nil, err
 	}
 	if err := c.createDatabase(ctx); err != nil {
@@ -91,7 +89,7 @@ func Start(ctx context.Context, dir, binPattern string, owner postgres.OSUser, l
 }
 
 func (c *Cluster) createDatabase(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, postgres.SocketURL(c.socketDir, port, "postgres", "postgres"))
+	conn, err := pgx.Connect(ctx, postgres.SocketURL(c.pg.SocketDir, port, "postgres", "postgres"))
 	if err != nil {
 		return err
 	}
@@ -109,12 +107,12 @@ func (c *Cluster) createDatabase(ctx context.Context) error {
 
 // URL is the libpq URL of sindri's database.
 func (c *Cluster) URL() string {
-	return postgres.SocketURL(c.socketDir, port, "postgres", Database)
+	return postgres.SocketURL(c.pg.SocketDir, port, "postgres", Database)
 }
 
 // Stop shuts the cluster down (fast shutdown, then immediate).
 func (c *Cluster) Stop(ctx context.Context) error {
-	if err := postgres.Stop(ctx, c.dataDir, 30*time.Second); err != nil {
+	if err := c.pg.Stop(ctx, 30*time.Second); err != nil {
 		return fmt.Errorf("stopping the metadata cluster: %w", err)
 	}
 	c.log.Info("metadb: stopped")

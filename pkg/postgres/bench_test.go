@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -56,9 +55,7 @@ func BenchmarkCloneToTLSLogin(b *testing.B) {
 	defer os.RemoveAll(sock)
 	owner.Chown(sock, false)
 	os.Chmod(sock, 0o700)
-	binDir := pgtest.BinDir(b)
-
-	run := func(b *testing.B, start func(dataDir string) error) {
+	run := func(b *testing.B, start func(c *postgres.Cluster) error) {
 		for i := 0; i < b.N; i++ {
 			b.StopTimer()
 			name := fmt.Sprintf("clone-%d", i)
@@ -66,18 +63,18 @@ func BenchmarkCloneToTLSLogin(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			settings := seed.Settings
-			settings.SocketDir = sock
+			c := seed.Cluster
+			c.DataDir, c.SocketDir = clone.Path, sock
 			b.StartTimer()
 
-			if err := postgres.Configure(clone.Path, settings, owner); err != nil {
+			if err := c.Configure(); err != nil {
 				b.Fatal(err)
 			}
-			if err := start(clone.Path); err != nil {
+			if err := start(&c); err != nil {
 				b.Fatal(err)
 			}
 			conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=draupnir sslmode=verify-ca sslrootcert=%s sslcert=%s sslkey=%s",
-				settings.Port, seed.ClientFiles.CA, seed.ClientFiles.Cert, seed.ClientFiles.Key))
+				c.Port, seed.ClientFiles.CA, seed.ClientFiles.Cert, seed.ClientFiles.Key))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -94,22 +91,18 @@ func BenchmarkCloneToTLSLogin(b *testing.B) {
 		}
 	}
 	b.Run("sindri", func(b *testing.B) {
-		run(b, func(dataDir string) error {
-			settings := seed.Settings
-			settings.SocketDir = sock
-			p, err := postgres.Start(binDir, dataDir, settings, owner)
+		run(b, func(c *postgres.Cluster) error {
+			p, err := c.Start()
 			if err != nil {
 				return err
 			}
-			return postgres.WaitReady(ctx, p, dataDir, sock, seed.Settings.Port, "postgres")
+			return c.WaitReady(ctx, p)
 		})
 	})
 	b.Run("pg_ctl", func(b *testing.B) {
-		run(b, func(dataDir string) error {
-			cmd := exec.Command(filepath.Join(binDir, "pg_ctl"), "-w", "-D", dataDir, "-l", filepath.Join(dataDir, postgres.LogFile),
-				"-o", "-c config_file="+filepath.Join(dataDir, postgres.ConfFile), "start")
-			cmd.Dir = dataDir
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: owner.UID, Gid: owner.GID}}
+		run(b, func(c *postgres.Cluster) error {
+			cmd := c.Command(ctx, "pg_ctl", nil, "-w", "-D", c.DataDir, "-l", filepath.Join(c.DataDir, postgres.LogFile),
+				"-o", "-c config_file="+filepath.Join(c.DataDir, postgres.ConfFile), "start")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				return fmt.Errorf("%v: %s", err, out)
 			}

@@ -7,7 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/sindri-db/sindri/pkg/safefile"
 )
 
 // Files sindri writes into a data directory. The postmaster is started
@@ -37,16 +38,13 @@ const (
 // postmaster runs with sindri's config_file, hba_file and ident_file.
 var dataConfigFiles = []string{"postgresql.conf", "pg_hba.conf", "pg_ident.conf"}
 
-// Settings are what sindri decides about a cluster it runs.
+// Settings are what sindri decides about a cluster it runs, besides its
+// port and socket directory (see Cluster).
 type Settings struct {
-	Port int
 	// ListenAddresses is "*" for an instance and "" (unix socket only)
-	// for the embedded metadata cluster.
+	// for the embedded metadata cluster and finalise's private start.
 	ListenAddresses string
-	// SocketDir is a private directory for the unix socket, reachable only
-	// by root and the postgres OS user.
-	SocketDir     string
-	SharedBuffers string
+	SharedBuffers   string
 	// TLS turns on SSL with the instance's certificates; nil for none.
 	TLS *Certificates
 	// PasswordRole may log in over TLS with its password (scram-sha-256);
@@ -175,10 +173,12 @@ var pinnedEverywhere = []versioned{
 	{setting: setting{"max_files_per_process", "1000"}},
 }
 
-// pins are every setting sindri decides for a cluster of the given major
-// version, in the order they are given: on the postmaster's command line,
-// where they win over every configuration file, and in ConfFile.
-func (s Settings) pins(dataDir string, major int) []setting {
+// pins are every setting sindri decides for the cluster, whose data
+// directory dataDir (absolute) is of the given major version, in the order
+// they are given: on the postmaster's command line, where they win over
+// every configuration file, and in ConfFile.
+func (c *Cluster) pins(dataDir string, major int) []setting {
+	s := c.Settings
 	var out []setting
 	for _, v := range pinnedEverywhere {
 		if (v.since == 0 || major >= v.since) && (v.until == 0 || major <= v.until) {
@@ -205,10 +205,10 @@ func (s Settings) pins(dataDir string, major int) []setting {
 		setting{"config_file", filepath.Join(dataDir, ConfFile)},
 		setting{"hba_file", filepath.Join(dataDir, HBAFile)},
 		setting{"ident_file", filepath.Join(dataDir, IdentFile)},
-		setting{"external_pid_file", filepath.Join(s.SocketDir, "postmaster.pid")},
-		setting{"port", strconv.Itoa(s.Port)},
+		setting{"external_pid_file", filepath.Join(c.SocketDir, "postmaster.pid")},
+		setting{"port", strconv.Itoa(c.Port)},
 		setting{"listen_addresses", s.ListenAddresses},
-		setting{"unix_socket_directories", s.SocketDir},
+		setting{"unix_socket_directories", c.SocketDir},
 		setting{"ssl", ssl},
 		setting{"ssl_cert_file", ServerCertFile},
 		setting{"ssl_key_file", ServerKeyFile},
@@ -225,9 +225,9 @@ func (s Settings) pins(dataDir string, major int) []setting {
 
 // commandLine is the postmaster's arguments: the data directory and every
 // pinned setting as -c name=value.
-func (s Settings) commandLine(dataDir string, major int) []string {
+func (c *Cluster) commandLine(dataDir string, major int) []string {
 	args := []string{"-D", dataDir}
-	for _, p := range s.pins(dataDir, major) {
+	for _, p := range c.pins(dataDir, major) {
 		args = append(args, "-c", p.name+"="+p.value)
 	}
 	return args
@@ -255,11 +255,12 @@ func majorNumber(major string) int {
 // time), and gives the files to owner. It is idempotent and runs before
 // every start, of an instance (a clone of an image finalised before this
 // version too) and of finalise's private start.
-func Configure(dataDir string, s Settings, owner OSUser) error {
-	dataDir, err := filepath.Abs(dataDir)
+func (c *Cluster) Configure() error {
+	dataDir, err := filepath.Abs(c.DataDir)
 	if err != nil {
 		return err
 	}
+	s, owner := c.Settings, c.Owner
 	major, err := MajorVersion(dataDir)
 	if err != nil {
 		return err
@@ -270,11 +271,11 @@ func Configure(dataDir string, s Settings, owner OSUser) error {
 		files[ServerCertFile] = s.TLS.ServerCert
 		files[ServerKeyFile] = s.TLS.ServerKey
 	}
-	files[ConfFile] = renderConf(s.pins(dataDir, majorNumber(major)))
+	files[ConfFile] = renderConf(c.pins(dataDir, majorNumber(major)))
 	files[HBAFile] = renderHBA(s)
 	files[IdentFile] = "# Written by sindri: no user name maps.\n"
 	for name, content := range files {
-		if err := writeOwned(filepath.Join(dataDir, name), content, owner); err != nil {
+		if err := writeOwned(filepath.Join(dataDir, name), content, 0o600, owner); err != nil {
 			return err
 		}
 	}
@@ -328,7 +329,7 @@ func adoptDataConfig(dataDir string, owner OSUser) error {
 			return err
 		}
 	}
-	return writeOwned(auto, want, owner)
+	return writeOwned(auto, want, 0o600, owner)
 }
 
 // confEntry is one "name = value" line of a configuration file, value
@@ -569,15 +570,16 @@ func renderHBA(s Settings) string {
 	return b.String()
 }
 
-// writeOwned replaces a file atomically, mode 0600, owned by owner
-// (Postgres refuses a private key that other users can read), following
-// no link the postgres user may have put in the way.
-func writeOwned(path, content string, owner OSUser) error {
+// writeOwned replaces a file atomically, with mode perm (0600 for what
+// sindri writes: Postgres refuses a private key that other users can
+// read), owned by owner, following no link the postgres user may have put
+// in the way.
+func writeOwned(path, content string, perm os.FileMode, owner OSUser) error {
 	tmp := path + ".sindri-tmp"
 	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	f, err := safefile.CreateNew(tmp, perm)
 	if err != nil {
 		return err
 	}

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -15,13 +13,13 @@ import (
 // max_prepared_transactions the data directory was last run with: a start
 // that is to recover the prepared transactions the data holds needs at
 // least as many.
-func PreparedTransactionsSetting(ctx context.Context, binDir, dataDir string) (int, error) {
+func (c *Cluster) PreparedTransactionsSetting(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	var out, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_controldata"), "-D", dataDir)
+	// Its labels, which are parsed, in English whatever the locale.
+	cmd := c.Command(ctx, "pg_controldata", []string{"LC_ALL=C"}, "-D", c.DataDir)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
-	cmd.Env = []string{"LC_ALL=C"}
 	if err := cmd.Run(); err != nil {
 		return 0, fmt.Errorf("pg_controldata: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
@@ -31,5 +29,5 @@ func PreparedTransactionsSetting(ctx context.Context, binDir, dataDir string) (i
 			return strconv.Atoi(strings.TrimSpace(value))
 		}
 	}
-	return 0, fmt.Errorf("pg_controldata of %s shows no max_prepared_xacts setting", dataDir)
+	return 0, fmt.Errorf("pg_controldata of %s shows no max_prepared_xacts setting", c.DataDir)
 }

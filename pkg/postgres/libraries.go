@@ -8,12 +8,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// UntrustedLibraries lists the C functions of the connected database whose
+// untrustedLibraries lists the C functions of the connected database whose
 // library is not one of the installation's own: a probin with a directory
 // in it other than "$libdir/". Calling such a function loads that file
 // into the server, which runs as the postgres OS user: an uploaded data
 // directory could ship the file beside its catalog and name it there.
-func UntrustedLibraries(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+func untrustedLibraries(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 	rows, err := conn.Query(ctx, `select p.oid::pg_catalog.regprocedure::pg_catalog.text, p.probin
 		from pg_catalog.pg_proc p join pg_catalog.pg_language l on l.oid = p.prolang
 		where l.lanname = 'c' and p.probin is not null`)

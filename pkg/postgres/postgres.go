@@ -1,8 +1,16 @@
 // Package postgres knows PostgreSQL and nothing else: which binaries serve
-// a data directory, the settings sindri writes into it, TLS material,
-// starting a postmaster as the configured OS user on a port and a private
-// socket directory, waiting until it accepts connections, stopping it, and
-// telling whether one is alive.
+// a data directory, the settings sindri writes into it, TLS material, and
+// the work sindri does in a cluster, each through a Cluster (a data
+// directory with its binaries, OS user, private socket directory, port
+// and settings): making it (Init), starting a postmaster (Start) and
+// waiting until it accepts connections (Ready), stopping it, telling
+// whether one is alive (Status) or answers (Answers); readying an
+// upload for clones (GrantClientRole, RollBackPrepared), running an
+// anonymisation script (RunScript) and scrubbing after it (scrub.go),
+// pulling a base backup (BaseBackup), flushing the WAL before a snapshot
+// (FlushWAL). Every Postgres program runs through Cluster.Command, which
+// owns its environment and credentials; psql and pg_basebackup run as
+// operation children (pkg/operation), which die with sindrid.
 //
 // Postmasters are started detached (a session of their own) so that they
 // outlive sindrid; a later sindrid adopts them by their postmaster.pid.
@@ -13,13 +21,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/osuser"
 )
 
 // Classified errors; match them with errors.Is.
@@ -30,8 +38,16 @@ var (
 )
 
 // VersionPlaceholder is replaced by a data directory's major version in a
-// binary directory pattern such as /usr/lib/postgresql/{version}/bin.
+// binary directory pattern such as DefaultBinPattern.
 const VersionPlaceholder = "{version}"
+
+// DefaultBinPattern is Debian's layout of PostgreSQL's binaries.
+const DefaultBinPattern = "/usr/lib/postgresql/" + VersionPlaceholder + "/bin"
+
+// BinPath is pattern with its VersionPlaceholder replaced by major.
+func BinPath(pattern, major string) string {
+	return strings.ReplaceAll(pattern, VersionPlaceholder, major)
+}
 
 // MajorVersion reads the data directory's PG_VERSION.
 func MajorVersion(dataDir string) (string, error) {
@@ -52,7 +68,7 @@ func MajorVersion(dataDir string) (string, error) {
 // BinDir returns the directory of the binaries for a major version, from a
 // pattern with {version} in it, after checking that postgres is there.
 func BinDir(pattern, major string) (string, error) {
-	dir := strings.ReplaceAll(pattern, VersionPlaceholder, major)
+	dir := BinPath(pattern, major)
 	if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
 		return "", fmt.Errorf("%w: PostgreSQL %s (no %s)", ErrVersionMissing, major, filepath.Join(dir, "postgres"))
 	}
@@ -69,46 +85,22 @@ func BinDirFor(pattern, dataDir string) (string, error) {
 }
 
 // OSUser is the operating-system account postmasters run as.
-type OSUser struct {
-	Name     string
-	UID, GID uint32
-	Home     string
-}
+type OSUser = osuser.User
 
-// LookupUser finds the account; Postgres refuses to run as root.
+// LookupUser finds the account (the postgres.user setting); Postgres
+// refuses to run as root.
 func LookupUser(name string) (OSUser, error) {
-	u, err := user.Lookup(name)
+	u, err := osuser.Lookup(name)
+	if errors.Is(err, osuser.ErrRoot) {
+		return OSUser{}, fmt.Errorf("postgres.user %q is root; PostgreSQL refuses to run as root", name)
+	}
 	if err != nil {
 		return OSUser{}, fmt.Errorf("postgres.user %q: %w", name, err)
 	}
-	uid, err := strconv.ParseUint(u.Uid, 10, 32)
-	if err != nil {
-		return OSUser{}, err
-	}
-	gid, err := strconv.ParseUint(u.Gid, 10, 32)
-	if err != nil {
-		return OSUser{}, err
-	}
-	if uid == 0 {
-		return OSUser{}, fmt.Errorf("postgres.user %q is root; PostgreSQL refuses to run as root", name)
-	}
-	return OSUser{Name: name, UID: uint32(uid), GID: uint32(gid), Home: u.HomeDir}, nil
+	return u, nil
 }
 
-// Chown gives path, and everything under it when recursive, to the user.
-func (u OSUser) Chown(path string, recursive bool) error {
-	if !recursive {
-		return os.Lchown(path, int(u.UID), int(u.GID))
-	}
-	return filepath.Walk(path, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, int(u.UID), int(u.GID))
-	})
-}
-
-// RemoveUnsafeRoleSettings deletes from the catalog every setting made
+// removeUnsafeRoleSettings deletes from the catalog every setting made
 // per database or role (ALTER DATABASE/ROLE ... SET) that is not a kept
 // one (KeptSetting), and every one made for a superuser role (whose
 // sessions are sindri's own and the anonymisation script's): such a
@@ -116,7 +108,7 @@ func (u OSUser) Chown(path string, recursive bool) error {
 // session_preload_libraries or dynamic_library_path there would load a
 // library, perhaps one in the data directory, into every session. It
 // returns what it removed, as "name (database d, role r)".
-func RemoveUnsafeRoleSettings(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+func removeUnsafeRoleSettings(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 	type row struct {
 		database, role   uint32
 		dbName, roleName string
@@ -170,15 +162,17 @@ func orAll(name string) string {
 	return name
 }
 
-// SetUpClientRoles makes the roles clients log in as, through a superuser
-// connection (the one Ready returned, which saves a connection): ClientRole (certificate logins) and passwordRole with
-// password, a member of ClientRole so that it has the same grants. Neither
-// is a superuser unless superuser is set (the allow_superuser setting).
-// Existing roles are altered to match. First it removes the settings per
-// database and role that sindri does not keep (RemoveUnsafeRoleSettings),
-// for the clones of images finalised before sindri removed them there.
-func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, password string, superuser bool) error {
-	if _, err := RemoveUnsafeRoleSettings(ctx, conn); err != nil {
+// SetUpClientRoles makes, in the session Ready returned (which saves a
+// connection), the roles clients log in as: ClientRole (certificate
+// logins) and passwordRole with password, a member of ClientRole so that
+// it has the same grants. Neither is a superuser unless superuser is set
+// (the allow_superuser setting). Existing roles are altered to match.
+// First it removes the settings per database and role that sindri does
+// not keep (removeUnsafeRoleSettings), for the clones of images finalised
+// before sindri removed them there.
+func (s *Session) SetUpClientRoles(ctx context.Context, passwordRole, password string, superuser bool) error {
+	conn := s.conn
+	if _, err := removeUnsafeRoleSettings(ctx, conn); err != nil {
 		return err
 	}
 	super := "NOSUPERUSER"
@@ -226,7 +220,7 @@ func SetUpClientRoles(ctx context.Context, conn *pgx.Conn, passwordRole, passwor
 // NewestMajor returns the highest major version whose binaries the
 // pattern finds, for making a new cluster.
 func NewestMajor(pattern string) (string, error) {
-	matches, _ := filepath.Glob(filepath.Join(strings.ReplaceAll(pattern, VersionPlaceholder, "*"), "postgres"))
+	matches, _ := filepath.Glob(filepath.Join(BinPath(pattern, "*"), "postgres"))
 	best, bestNum := "", -1.0
 	for _, m := range matches {
 		rel := strings.TrimPrefix(m, strings.SplitN(pattern, VersionPlaceholder, 2)[0])
@@ -239,29 +233,4 @@ func NewestMajor(pattern string) (string, error) {
 		return "", fmt.Errorf("%w: no PostgreSQL binaries match %s", ErrVersionMissing, pattern)
 	}
 	return best, nil
-}
-
-// CheckReach tells, in a sentence that says what to change, when the user
-// cannot reach path because a directory on the way denies it search
-// permission.
-func (u OSUser) CheckReach(path string) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return err
-	}
-	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
-		info, err := os.Stat(dir)
-		if err != nil {
-			return err
-		}
-		st, ok := info.Sys().(*syscall.Stat_t)
-		mode := info.Mode().Perm()
-		reachable := mode&0o001 != 0 || (ok && st.Uid == u.UID && mode&0o100 != 0) || (ok && st.Gid == u.GID && mode&0o010 != 0)
-		if !reachable {
-			return fmt.Errorf("the %s user cannot reach %s: %s is mode %04o; allow it with chmod o+x %s", u.Name, path, dir, mode, dir)
-		}
-		if dir == "/" {
-			return nil
-		}
-	}
 }

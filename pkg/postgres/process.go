@@ -8,14 +8,13 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // Process is a postmaster that this sindrid started. Exited is closed when
@@ -29,61 +28,6 @@ type Process struct {
 
 // Err is how the process ended, once Exited is closed.
 func (p *Process) Err() error { return p.err }
-
-// Start runs the data directory's postmaster as owner, in a session of its
-// own so that it outlives sindrid, with stderr appended to the data
-// directory's log file, and every setting sindri decides (s, as Configure
-// wrote them) on its command line, where it wins over every configuration
-// file. It returns once the process runs, not once it is ready: see
-// WaitReady. A postmaster.pid left by a dead postmaster (a crash, or a
-// zombie nobody reaps) is removed first.
-func Start(binDir, dataDir string, s Settings, owner OSUser) (*Process, error) {
-	dataDir, err := filepath.Abs(dataDir)
-	if err != nil {
-		return nil, err
-	}
-	major, err := MajorVersion(dataDir)
-	if err != nil {
-		return nil, err
-	}
-	if st, err := Status(dataDir); err == nil && st.Alive {
-		return nil, fmt.Errorf("a postmaster (pid %d) already runs on %s", st.PID, dataDir)
-	}
-	if err := removeStalePIDFile(dataDir); err != nil {
-		return nil, err
-	}
-	logPath := filepath.Join(dataDir, LogFile)
-	// Best effort: a log that cannot be moved is appended to.
-	_ = rotateLog(logPath)
-	log, err := openNoFollow(logPath, owner)
-	if err != nil {
-		return nil, err
-	}
-	defer log.Close()
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, err
-	}
-	defer devnull.Close()
-	cmd := exec.Command(filepath.Join(binDir, "postgres"), s.commandLine(dataDir, majorNumber(major))...)
-	cmd.Dir = dataDir
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + owner.Home}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setsid:     true,
-		Credential: &syscall.Credential{Uid: owner.UID, Gid: owner.GID},
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting postgres on %s: %w", dataDir, err)
-	}
-	exited := make(chan struct{})
-	p := &Process{PID: cmd.Process.Pid, Exited: exited}
-	go func() {
-		p.err = cmd.Wait()
-		close(exited)
-	}()
-	return p, nil
-}
 
 // MaxLogBytes is the size past which an instance's log is moved to
 // sindri.log.1 (replacing the one before) when its postmaster starts, so
@@ -143,16 +87,21 @@ func removeStaleSocketLock(pf PIDFile) error {
 // for a zombie), its command name, and ok false when there is no such
 // process.
 func ProcessState(pid int) (state byte, comm string, ok bool) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, ok := procStat(pid)
+	if !ok || st.State == "" {
+		return 0, "", false
+	}
+	return st.State[0], st.Comm, true
+}
+
+// procStat reads /proc/PID/stat (with prometheus/procfs).
+func procStat(pid int) (procfs.ProcStat, bool) {
+	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return 0, "", false
+		return procfs.ProcStat{}, false
 	}
-	// pid (comm) state ...; comm may hold spaces and parentheses.
-	open, close := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
-	if open < 0 || close < open || close+2 >= len(data) {
-		return 0, "", false
-	}
-	return data[close+2], string(data[open+1 : close]), true
+	st, err := p.Stat()
+	return st, err == nil
 }
 
 // Running tells whether pid is a live postgres process: it exists, is not
@@ -280,62 +229,6 @@ func SuperuserURL(socketDir string, port int, database string) string {
 	return SocketURL(socketDir, port, "postgres", database) + "&options=" + strings.ReplaceAll(url.QueryEscape(SessionOptions), "+", "%20")
 }
 
-// pollInterval is how often readiness is checked.
-const pollInterval = time.Millisecond
-
-// WaitReady returns once the cluster accepts a connection over its unix
-// socket; see Ready.
-func WaitReady(ctx context.Context, p *Process, dataDir, socketDir string, port int, user string) error {
-	conn, err := Ready(ctx, p, dataDir, socketDir, port, user)
-	if err != nil {
-		return err
-	}
-	return conn.Close(ctx)
-}
-
-// Ready waits until the cluster accepts a connection over its unix socket
-// and returns that connection (a session with SessionOptions), for the
-// caller's first statements. It
-// first watches postmaster.pid, where the postmaster writes "ready" the
-// moment it accepts connections (a file read every millisecond: connection
-// attempts before that would each fork a backend that only says "starting
-// up", slowing the start they wait for), then connects, retrying every
-// millisecond until a connection succeeds. It fails early when the process
-// ends.
-func Ready(ctx context.Context, p *Process, dataDir, socketDir string, port int, user string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(SocketURL(socketDir, port, user, "postgres"))
-	if err != nil {
-		return nil, err
-	}
-	cfg.RuntimeParams["options"] = SessionOptions
-	var lastErr error
-	for {
-		if p != nil {
-			select {
-			case <-p.Exited:
-				return nil, fmt.Errorf("postgres on %s exited while starting (%v): %s", dataDir, p.Err(), LogTail(dataDir, 5))
-			default:
-			}
-		}
-		if pf, err := ReadPIDFile(dataDir); err != nil || pf.Status != "ready" {
-			lastErr = fmt.Errorf("postmaster.pid does not say ready yet")
-		} else {
-			attempt, cancel := context.WithTimeout(ctx, time.Second)
-			conn, err := pgx.ConnectConfig(attempt, cfg)
-			cancel()
-			if err == nil {
-				return conn, nil
-			}
-			lastErr = err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("postgres on %s not ready: %w (last attempt: %v)", dataDir, ctx.Err(), lastErr)
-		case <-time.After(pollInterval):
-		}
-	}
-}
-
 // Stop shuts the postmaster down: fast shutdown (SIGINT: sessions are
 // rolled back, a checkpoint is written), then immediate (SIGQUIT) when it
 // has not ended within timeout, then SIGKILL of it and its children (see
@@ -454,29 +347,6 @@ func LogTail(dataDir string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// InitDB makes a new data directory as owner, with superuser "postgres";
-// authentication is sindri's hba file, written by Configure.
-func InitDB(ctx context.Context, binDir, dataDir string, owner OSUser) error {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return err
-	}
-	if err := owner.Chown(dataDir, false); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
-		"-D", dataDir, "-U", "postgres", "--auth-local=trust", "--auth-host=reject",
-		"-E", "UTF8", "--locale=C.UTF-8", "--no-instructions")
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + owner.Home}
-	cmd.Dir = dataDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: owner.UID, Gid: owner.GID}}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb %s: %w: %s", dataDir, err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
 // Postmasters finds the live postgres processes working in dataDir whose
 // parent is not one of them: the postmasters, found even before (or
 // without) a postmaster.pid, as when the sindrid that started one died
@@ -494,16 +364,11 @@ func Postmasters(dataDir string) []int {
 
 // ParentPID is pid's parent from /proc/PID/stat; 0 when pid is gone.
 func ParentPID(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	st, ok := procStat(pid)
+	if !ok {
 		return 0
 	}
-	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
+	return st.PPID
 }
 
 // StopAll stops every postmaster working in dataDir, whether or not its

@@ -31,6 +31,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/sindri-db/sindri/pkg/safefile"
 )
 
 // Prefix starts every sealed value.
@@ -211,7 +213,7 @@ func Create(path string) (*Keyring, error) {
 	if err := os.Link(tmp, path); err != nil {
 		return nil, fmt.Errorf("secrets key file %s: %w", path, err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := safefile.SyncDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
 	return kr, nil
@@ -269,7 +271,7 @@ func (k *Keyring) save() error {
 		os.Remove(tmp)
 		return fmt.Errorf("secrets key file %s: %w", k.path, err)
 	}
-	return syncDir(filepath.Dir(k.path))
+	return safefile.SyncDir(filepath.Dir(k.path))
 }
 
 // writeTemp writes the keyring to a new file beside the key file, synced,
@@ -300,15 +302,6 @@ func (k *Keyring) writeTemp() (string, error) {
 		return "", fmt.Errorf("secrets key file %s: %w", k.path, err)
 	}
 	return tmp, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // associated is the data GCM authenticates besides the ciphertext: the

@@ -1,27 +1,21 @@
 // Package servercert gives sindrid's HTTPS listener a certificate: the
 // configured one, or a self-signed one that it makes once under the data
-// path and reuses, whose SHA-256 fingerprint it logs so that clients can
-// pin it.
+// path and reuses (minted by pkg/certs), whose SHA-256 fingerprint it
+// logs so that clients can pin it.
 package servercert
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sindri-db/sindri/pkg/certs"
 )
 
 // Files of the self-signed certificate, under its directory.
@@ -47,42 +41,17 @@ func LoadOrCreate(dir string, hosts []string) (tls.Certificate, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return tls.Certificate{}, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pair, err := certs.SelfSigned(certs.Request{
+		CommonName: hosts[0], Organization: []string{"sindri (self-signed)"}, Hosts: hosts,
+		Usage: certs.Server, Lifetime: 5 * 365 * 24 * time.Hour,
+	})
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
+	if err := os.WriteFile(keyPath, []byte(pair.KeyPEM), 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	now := time.Now().Add(-time.Hour)
-	template := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"sindri (self-signed)"}},
-		NotBefore:    now,
-		NotAfter:     now.Add(5 * 365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			template.IPAddresses = append(template.IPAddresses, ip)
-		} else {
-			template.DNSNames = append(template.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return tls.Certificate{}, err
-	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := os.WriteFile(certPath, []byte(pair.CertPEM), 0o644); err != nil {
 		return tls.Certificate{}, err
 	}
 	return tls.LoadX509KeyPair(certPath, keyPath)

@@ -10,7 +10,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
+
+// Flush writes the page cache back (sync(2)): what Pending counted is
+// then on disk, and counted as used where it is.
+func Flush() { syscall.Sync() }
 
 // Pending is how many bytes wait to be written back: Dirty plus Writeback
 // of /proc/meminfo. When that cannot be read, it is math.MaxInt64 (as much

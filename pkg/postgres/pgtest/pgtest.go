@@ -1,6 +1,6 @@
 // Package pgtest starts real PostgreSQL clusters for tests: a data
 // directory made by initdb once per test binary and copied for each test,
-// configured and started by package postgres, stopped at cleanup.
+// configured and started through a postgres.Cluster, stopped at cleanup.
 package pgtest
 
 import (
@@ -14,14 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/testenv"
 )
 
 // BinPattern is Debian's layout of PostgreSQL binaries.
-const BinPattern = "/usr/lib/postgresql/{version}/bin"
+const BinPattern = postgres.DefaultBinPattern
 
 // Major is the PostgreSQL version the tests use.
 const Major = "15"
@@ -93,7 +91,8 @@ func Template(t testing.TB) string {
 		}
 		os.Chmod(dir, 0o755)
 		template.dir = filepath.Join(dir, "data")
-		template.err = postgres.InitDB(context.Background(), BinDir(t), template.dir, owner)
+		c := postgres.Cluster{BinDir: BinDir(t), DataDir: template.dir, Owner: owner}
+		template.err = c.Init(context.Background())
 	})
 	if template.err != nil {
 		t.Fatal(template.err)
@@ -115,16 +114,12 @@ type ClientFiles struct{ CA, Cert, Key string }
 
 // Instance is a running cluster set up as sindri sets up an instance.
 type Instance struct {
-	DataDir, SocketDir string
-	Port               int
-	BinDir             string
-	Owner              postgres.OSUser
-	Process            *postgres.Process
-	Settings           postgres.Settings
-	PasswordRole       string
-	Password           string
-	Certificates       postgres.Certificates
-	ClientFiles        ClientFiles
+	postgres.Cluster
+	Process      *postgres.Process
+	PasswordRole string
+	Password     string
+	Certificates postgres.Certificates
+	ClientFiles  ClientFiles
 }
 
 // StartInstance copies the template, configures it with fresh TLS
@@ -145,11 +140,13 @@ func NewInstance(t testing.TB) *Instance {
 	owner := Owner(t)
 	base := Dir(t)
 	i := &Instance{
-		DataDir:      filepath.Join(base, "data"),
-		SocketDir:    filepath.Join(base, "socket"),
-		Port:         FreePort(t),
-		BinDir:       BinDir(t),
-		Owner:        owner,
+		Cluster: postgres.Cluster{
+			DataDir:   filepath.Join(base, "data"),
+			SocketDir: filepath.Join(base, "socket"),
+			Port:      FreePort(t),
+			BinDir:    BinDir(t),
+			Owner:     owner,
+		},
 		PasswordRole: "sindri",
 		Password:     "test-password-123",
 	}
@@ -166,7 +163,7 @@ func NewInstance(t testing.TB) *Instance {
 	}
 	i.Certificates = certs
 	i.Settings = postgres.Settings{
-		Port: i.Port, ListenAddresses: "*", SocketDir: i.SocketDir, SharedBuffers: "16MB",
+		ListenAddresses: "*", SharedBuffers: "16MB",
 		TLS: &certs, PasswordRole: i.PasswordRole, ClusterName: "pgtest", Clone: true,
 	}
 	i.ClientFiles = writeClientFiles(t, base, certs)
@@ -184,13 +181,9 @@ func (i *Instance) Start(t testing.TB) {
 		}
 	})
 	i.Configure(t)
-	i.Restart(t)
-	conn, err := pgx.Connect(context.Background(), i.SuperuserURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if err := postgres.SetUpClientRoles(context.Background(), conn, i.PasswordRole, i.Password, false); err != nil {
+	session := i.start(t)
+	defer session.Close(context.Background())
+	if err := session.SetUpClientRoles(context.Background(), i.PasswordRole, i.Password, false); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -198,7 +191,7 @@ func (i *Instance) Start(t testing.TB) {
 // Configure writes sindri's settings into the data directory.
 func (i *Instance) Configure(t testing.TB) {
 	t.Helper()
-	if err := postgres.Configure(i.DataDir, i.Settings, i.Owner); err != nil {
+	if err := i.Cluster.Configure(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -206,16 +199,25 @@ func (i *Instance) Configure(t testing.TB) {
 // Restart starts the postmaster (again) and waits until it is ready.
 func (i *Instance) Restart(t testing.TB) {
 	t.Helper()
-	p, err := postgres.Start(i.BinDir, i.DataDir, i.Settings, i.Owner)
+	i.start(t).Close(context.Background())
+}
+
+// start starts the postmaster and returns the first session of sindri's
+// own in it, as an instance's start does.
+func (i *Instance) start(t testing.TB) *postgres.Session {
+	t.Helper()
+	p, err := i.Cluster.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
 	i.Process = p
 	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := postgres.WaitReady(c, p, i.DataDir, i.SocketDir, i.Port, "postgres"); err != nil {
+	session, err := i.Ready(c, p)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return session
 }
 
 // SocketURL reaches the cluster as the superuser over its private socket.
@@ -257,13 +259,13 @@ func StartSource(t testing.TB, settings ...string) *Instance {
 	t.Helper()
 	owner := Owner(t)
 	base := Dir(t)
-	i := &Instance{
+	i := &Instance{Cluster: postgres.Cluster{
 		DataDir:   filepath.Join(base, "data"),
 		SocketDir: filepath.Join(base, "socket"),
 		Port:      FreePort(t),
 		BinDir:    BinDir(t),
 		Owner:     owner,
-	}
+	}}
 	CopyTemplate(t, i.DataDir)
 	if err := os.Mkdir(i.SocketDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -275,7 +277,9 @@ func StartSource(t testing.TB, settings ...string) *Instance {
 	for _, s := range settings {
 		opts += " -c " + s
 	}
-	cmd := exec.Command("runuser", "-u", owner.Name, "--", filepath.Join(i.BinDir, "pg_ctl"),
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := i.Command(ctx, "pg_ctl", nil,
 		"-D", i.DataDir, "-o", opts, "-l", filepath.Join(i.SocketDir, "source.log"), "-w", "start")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(filepath.Join(i.SocketDir, "source.log"))

@@ -1,4 +1,4 @@
-package engine
+package postgres
 
 import (
 	"bytes"
@@ -8,22 +8,15 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/safefile"
 )
-
-// ScrubTimeout bounds the scrub after an anonymisation script: refreshing
-// the materialized views, ANALYZE and VACUUM FULL of every database, then
-// the new WAL.
-const ScrubTimeout = 4 * time.Hour
 
 // The scrub. An anonymisation script changes rows, but Postgres keeps
 // copies of what they held: the dead row versions in the tables, their
@@ -63,40 +56,6 @@ const ScrubTimeout = 4 * time.Hour
 // (index expressions, materialized views' queries), Postgres runs as the
 // table's owner in a security-restricted operation.
 
-// scrubSettings are the run-time settings of every session of the scrub
-// (and of sindri's own set-up in the private start): nothing the data's
-// owners made is resolved or fired, and no setting of the upload cuts the
-// work short.
-var scrubSettings = map[string]string{
-	"search_path":                         "pg_catalog",
-	"session_replication_role":            "replica",
-	"statement_timeout":                   "0",
-	"lock_timeout":                        "0",
-	"idle_in_transaction_session_timeout": "0",
-	"default_transaction_read_only":       "off",
-	"maintenance_work_mem":                "128MB",
-}
-
-// privateConn connects to database db of the private start as the
-// superuser, with scrubSettings.
-func privateConn(ctx context.Context, superuserURL, db string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(superuserURL)
-	if err != nil {
-		return nil, err
-	}
-	if db != "" {
-		cfg.Database = db
-	}
-	for k, v := range scrubSettings {
-		cfg.RuntimeParams[k] = v
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("database %s: %w", cfg.Database, err)
-	}
-	return conn, nil
-}
-
 // statements runs query, whose rows are each one statement (built with
 // format() on the server, which quotes names and literals), and then each
 // of those statements.
@@ -117,10 +76,12 @@ func statements(ctx context.Context, conn *pgx.Conn, query string) error {
 	return nil
 }
 
-// rollBackPrepared rolls back the prepared transactions the source left,
-// each in its own database.
-func rollBackPrepared(ctx context.Context, superuserURL string) error {
-	conn, err := privateConn(ctx, superuserURL, "")
+// RollBackPrepared rolls back the prepared transactions the source left,
+// each in its own database: they would hold their locks and row versions
+// through a script, and no clone (max_prepared_transactions = 0) could
+// start with them.
+func (c *Cluster) RollBackPrepared(ctx context.Context) error {
+	conn, err := c.connect(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -139,12 +100,12 @@ func rollBackPrepared(ctx context.Context, superuserURL string) error {
 		return err
 	}
 	for _, p := range all {
-		c, err := privateConn(ctx, superuserURL, p.db)
+		db, err := c.connect(ctx, p.db)
 		if err != nil {
 			return err
 		}
-		_, err = c.Exec(ctx, p.stmt)
-		c.Close(ctx)
+		_, err = db.Exec(ctx, p.stmt)
+		db.Close(ctx)
 		if err != nil {
 			return fmt.Errorf("rolling back a prepared transaction of database %s: %w", p.db, err)
 		}
@@ -152,10 +113,11 @@ func rollBackPrepared(ctx context.Context, superuserURL string) error {
 	return nil
 }
 
-// scrubDatabases is the scrub's part in the running private start: every
-// step above up to VACUUM FULL.
-func (e *Engine) scrubDatabases(ctx context.Context, imageID int64, superuserURL string) error {
-	admin, err := privateConn(ctx, superuserURL, "")
+// ScrubDatabases is the scrub's part in the running private start: every
+// step above up to VACUUM FULL. scrubbed, if not nil, is told of each
+// database once it is done, and how long it took.
+func (c *Cluster) ScrubDatabases(ctx context.Context, scrubbed func(database string, took time.Duration)) error {
+	admin, err := c.connect(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -165,11 +127,7 @@ func (e *Engine) scrubDatabases(ctx context.Context, imageID int64, superuserURL
 	if err := statements(ctx, admin, "select format('DROP DATABASE %I', datname) from pg_database where datconnlimit = -2"); err != nil {
 		return err
 	}
-	rows, err := admin.Query(ctx, "select datname from pg_database where not datallowconn order by datname")
-	if err != nil {
-		return err
-	}
-	closed, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	closed, err := column(ctx, admin, "select datname from pg_database where not datallowconn order by datname")
 	if err != nil {
 		return err
 	}
@@ -181,20 +139,18 @@ func (e *Engine) scrubDatabases(ctx context.Context, imageID int64, superuserURL
 	if err := statements(ctx, admin, "select format('ALTER ROLE %I PASSWORD NULL', rolname) from pg_authid where rolpassword is not null"); err != nil {
 		return err
 	}
-	rows, err = admin.Query(ctx, "select datname from pg_database order by datname")
-	if err != nil {
-		return err
-	}
-	databases, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	databases, err := column(ctx, admin, "select datname from pg_database order by datname")
 	if err != nil {
 		return err
 	}
 	for _, db := range databases {
 		started := time.Now()
-		if err := scrubDatabase(ctx, superuserURL, db); err != nil {
+		if err := c.scrubDatabase(ctx, db); err != nil {
 			return fmt.Errorf("database %s: %w", db, err)
 		}
-		e.log.Info("engine: database scrubbed", "image_id", imageID, "database", db, "duration_ms", time.Since(started).Milliseconds())
+		if scrubbed != nil {
+			scrubbed(db, time.Since(started))
+		}
 	}
 	for _, db := range closed {
 		if _, err := admin.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s WITH ALLOW_CONNECTIONS false", pgx.Identifier{db}.Sanitize())); err != nil {
@@ -212,8 +168,8 @@ func (e *Engine) scrubDatabases(ctx context.Context, imageID int64, superuserURL
 
 // scrubDatabase scrubs one database; shared catalogs (pg_authid among
 // them) are rewritten by the VACUUM FULL of each.
-func scrubDatabase(ctx context.Context, superuserURL, db string) error {
-	conn, err := privateConn(ctx, superuserURL, db)
+func (c *Cluster) scrubDatabase(ctx context.Context, db string) error {
+	conn, err := c.connect(ctx, db)
 	if err != nil {
 		return err
 	}
@@ -259,7 +215,7 @@ func scrubDatabase(ctx context.Context, superuserURL, db string) error {
 // scrubbedFiles are removed from the root of a scrubbed data directory:
 // they repeat values, labels or checksums of the data in clear.
 var scrubbedFiles = []string{
-	postgres.LogFile, postgres.LogFile + ".1", "current_logfiles", "postmaster.opts",
+	LogFile, LogFile + ".1", "current_logfiles", "postmaster.opts",
 	"backup_label.old", "tablespace_map.old", "backup_manifest", "recovery.done",
 }
 
@@ -273,10 +229,11 @@ var scrubbedDirs = []string{"log", "pg_log", "pg_stat", "pg_stat_tmp"}
 // credentials.
 var secretSetting = regexp.MustCompile(`(?i)^[\s#]*(?:overridden by sindri:\s*)?(primary_conninfo|restore_command|archive_command|archive_cleanup_command|recovery_end_command|ssl_passphrase_command)\s*(=|\s|$)`)
 
-// scrubFiles is the scrub's part after the clean shutdown: a new WAL, and
+// ScrubFiles is the scrub's part after the clean shutdown: a new WAL, and
 // the files above.
-func (e *Engine) scrubFiles(ctx context.Context, binDir, dataDir string) error {
-	if err := e.resetWAL(ctx, binDir, dataDir); err != nil {
+func (c *Cluster) ScrubFiles(ctx context.Context) error {
+	dataDir := c.DataDir
+	if err := c.resetWAL(ctx); err != nil {
 		return err
 	}
 	for _, name := range scrubbedFiles {
@@ -289,7 +246,7 @@ func (e *Engine) scrubFiles(ctx context.Context, binDir, dataDir string) error {
 			return err
 		}
 	}
-	if err := scrubConfigFiles(dataDir, e.opts.Owner); err != nil {
+	if err := scrubConfigFiles(dataDir, c.Owner); err != nil {
 		return err
 	}
 	return checkFreshWAL(dataDir)
@@ -299,13 +256,11 @@ func (e *Engine) scrubFiles(ctx context.Context, binDir, dataDir string) error {
 // one new segment (pg_resetwal, which refuses a cluster that was not shut
 // down cleanly), and removes the WAL's other leftovers: backup history
 // files and archive status.
-func (e *Engine) resetWAL(ctx context.Context, binDir, dataDir string) error {
+func (c *Cluster) resetWAL(ctx context.Context) error {
+	dataDir := c.DataDir
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "pg_resetwal"), "-D", dataDir)
-	cmd.Dir = dataDir
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.opts.Owner.UID, Gid: e.opts.Owner.GID}}
+	cmd := c.Command(ctx, "pg_resetwal", nil, "-D", dataDir)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -355,7 +310,7 @@ func checkFreshWAL(dataDir string) error {
 	if len(segments) != 1 {
 		return fmt.Errorf("after pg_resetwal, pg_wal holds %d WAL segments (%s), want exactly one new one", len(segments), strings.Join(segments, ", "))
 	}
-	f, err := openRegular(filepath.Join(wal, segments[0]))
+	f, err := safefile.OpenRegular(filepath.Join(wal, segments[0]))
 	if err != nil {
 		return err
 	}
@@ -404,8 +359,8 @@ func emptyDir(dir string) error {
 // directory of its own such as conf.d, whatever it is called now), the
 // lines that set a setting secretSetting names. Sindri's own files are
 // written afresh before every start and left alone.
-func scrubConfigFiles(dataDir string, owner postgres.OSUser) error {
-	ours := map[string]bool{postgres.ConfFile: true, postgres.HBAFile: true, postgres.IdentFile: true}
+func scrubConfigFiles(dataDir string, owner OSUser) error {
+	ours := map[string]bool{ConfFile: true, HBAFile: true, IdentFile: true}
 	return filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -427,8 +382,8 @@ func scrubConfigFiles(dataDir string, owner postgres.OSUser) error {
 
 // dropLines rewrites the file without the lines re matches, keeping its
 // mode and giving it to owner; an unchanged file is not written.
-func dropLines(path string, re *regexp.Regexp, owner postgres.OSUser) error {
-	f, err := openRegular(path)
+func dropLines(path string, re *regexp.Regexp, owner OSUser) error {
+	f, err := safefile.OpenRegular(path)
 	if err != nil {
 		return err
 	}
@@ -451,25 +406,5 @@ func dropLines(path string, re *regexp.Regexp, owner postgres.OSUser) error {
 	if len(kept) == len(lines) {
 		return nil
 	}
-	tmp := path + ".sindri-scrub"
-	os.Remove(tmp)
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, fi.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	if _, err := out.WriteString(strings.Join(kept, "")); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := out.Chown(int(owner.UID), int(owner.GID)); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeOwned(path, strings.Join(kept, ""), fi.Mode().Perm(), owner)
 }

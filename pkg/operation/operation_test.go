@@ -1,4 +1,4 @@
-package engine
+package operation
 
 import (
 	"bytes"
@@ -44,7 +44,7 @@ func TestOperationOutlivesThreadsThatEnd(t *testing.T) {
 	for i := range 15 {
 		cmd := exec.CommandContext(context.Background(), "sleep", "0.05")
 		started := time.Now()
-		if err := runOperation(cmd, "test churn"); err != nil {
+		if err := Run(cmd, "test churn"); err != nil {
 			t.Fatalf("run %d: %v after %s (killed when a thread ended?)", i, err, time.Since(started))
 		}
 	}
@@ -59,7 +59,7 @@ func TestCancelledOperationEndsItsGroup(t *testing.T) {
 	var out bytes.Buffer // read once Wait has returned
 	cmd.Stdout = &out
 	started := time.Now()
-	if err := runOperation(cmd, "test cancel"); err == nil {
+	if err := Run(cmd, "test cancel"); err == nil {
 		t.Fatal("a cancelled operation ended without an error")
 	}
 	if d := time.Since(started); d > 15*time.Second {
@@ -69,7 +69,7 @@ func TestCancelledOperationEndsItsGroup(t *testing.T) {
 	if _, err := fmt.Sscan(out.String(), &pid); err != nil || pid <= 0 {
 		t.Fatalf("the shell printed %q, not its sleep's pid", out.String())
 	}
-	for deadline := time.Now().Add(5 * time.Second); alive(pid); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); Alive(pid); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the operation's own child %d outlived it", pid)
 		}
