@@ -47,13 +47,17 @@ test: deps lint
 # without the scrub, and the disk an image takes with and without its
 # upload (medians of SINDRI_BENCH_FINALISE_SAMPLES, default 3); and the API
 # against a real sindrid with pgbench images of those sizes, beside
-# CREATE DATABASE ... TEMPLATE.
+# CREATE DATABASE ... TEMPLATE; a source's refresh in basebackup mode and
+# in replica mode after 100 MB of new WAL, and a branch of a running
+# instance, of a pgbench source at SINDRI_BENCH_SOURCE_SCALE (default 340
+# here: about 5 GB).
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
+	SINDRI_TEST_STORAGE=btrfs SINDRI_BENCH_SOURCE_SCALE=$${SINDRI_BENCH_SOURCE_SCALE:-340} $(GO) test -run '^$$' -bench SourceRefreshAndBranch -benchtime 3x -timeout 120m ./pkg/engine
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
