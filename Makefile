@@ -38,7 +38,8 @@ test: deps lint
 
 # Benchmarks: clone, destroy and cp -a on each driver, and Get with 10 and
 # with 1,000 volumes present (200 on ZFS, SINDRI_ZFS_BENCH_VOLUMES to
-# change); clone to TLS login
+# change); a 200 MB image sent to a second filesystem of the same kind
+# (the driver's own send and receive, tar.zst, cp -a); clone to TLS login
 # against pg_ctl -w start (feed both to benchstat for medians); ingest of a
 # 2 GB pgbench data directory against zstd -d | tar -x; backup and restore
 # of a running instance against pg_dump and pg_restore; the finalise of
@@ -52,7 +53,8 @@ test: deps lint
 # instance, of a pgbench source at SINDRI_BENCH_SOURCE_SCALE (default 340
 # here: about 5 GB).
 bench: deps
-	$(GO) test -p 1 -run '^$$' -bench . -benchtime 50x -count 10 ./pkg/storage/...
+	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get' -benchtime 50x -count 10 ./pkg/storage/...
+	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine

@@ -20,6 +20,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/safefile"
 	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/tarball"
 )
 
 // writeBackup archives the snapshot, records the outcome and destroys the
@@ -95,71 +96,18 @@ func (e *Engine) archive(ctx context.Context, id int64, dir string) (int64, stri
 	return counted.N, hex.EncodeToString(hash.Sum(nil)), nil
 }
 
-// writeTar writes dir's tree as a tar stream: directories, regular files
-// and symbolic links, with paths relative to dir, owners left out.
+// writeTar writes dir's tree as a tar stream, less what a backup leaves
+// out: directories, regular files and symbolic links, with paths relative
+// to dir, owners left out.
 func writeTar(ctx context.Context, w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
-	buf := make([]byte, 1<<20)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil || rel == "." {
-			return err
-		}
-		parent := filepath.Dir(rel)
-		if (parent == "." && backupSkips[rel]) || backupEmptied[parent] || strings.HasPrefix(d.Name(), "pgsql_tmp") {
-			if d.IsDir() {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		switch {
-		case info.Mode()&fs.ModeSymlink != 0:
-			if link, err = os.Readlink(path); err != nil {
-				return err
-			}
-		case info.IsDir(), info.Mode().IsRegular():
-		default:
-			return nil // sockets and the like are not data
-		}
-		hdr, err := tar.FileInfoHeader(info, link)
-		if err != nil {
-			return err
-		}
-		hdr.Name = filepath.ToSlash(rel)
-		if info.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		src, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer src.Close()
-		// A file cannot change in a snapshot, so its size is its length.
-		_, err = io.CopyBuffer(tw, io.LimitReader(src, hdr.Size), buf)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
+	return tarball.Write(ctx, w, dir, tarball.Options{Skip: backupSkip})
+}
+
+// backupSkip tells what a backup leaves out: backupSkips at the top,
+// what is in backupEmptied, and Postgres's temporary files.
+func backupSkip(rel string, d fs.DirEntry) bool {
+	parent := filepath.Dir(rel)
+	return (parent == "." && backupSkips[rel]) || backupEmptied[parent] || strings.HasPrefix(d.Name(), "pgsql_tmp")
 }
 
 // checkArchive reads a backup's archive through: it must be a whole

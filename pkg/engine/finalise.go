@@ -380,8 +380,12 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	script := img.AnonymisationScript != ""
 	scrub := script && !e.opts.hooks.skipScrub
 	if script {
+		name, err := e.operationName(ctx, "anonymise", ImageVolume(img.ID))
+		if err != nil {
+			return false, err
+		}
 		scriptCtx, cancel := context.WithTimeout(ctx, scriptTimeout)
-		err := c.RunScript(scriptCtx, img.AnonymisationScript, "anonymise "+ImageVolume(img.ID))
+		err = c.RunScript(scriptCtx, img.AnonymisationScript, name)
 		cancel()
 		if err != nil {
 			return false, fmt.Errorf("the anonymisation script failed: %w", err)

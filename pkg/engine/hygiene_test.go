@@ -189,6 +189,10 @@ func environOf(pid int) string {
 // runs after that start, and the pull tried again completes.
 func TestSIGKILLDuringAPullLeavesNoPgBasebackup(t *testing.T) {
 	w := newWorld(t, 5)
+	installation, err := w.store.InstallationID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	src := replicationSource(t)
 	// Enough data that the pull is still under way when the proxy holds it.
 	execSQL(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
@@ -234,7 +238,7 @@ func TestSIGKILLDuringAPullLeavesNoPgBasebackup(t *testing.T) {
 	var leader int
 	for _, pid := range pulls {
 		env := environOf(pid)
-		if !strings.Contains(env, operation.Env+"=pull "+engine.ImageVolume(img.ID)) ||
+		if !strings.Contains(env, operation.Env+"="+operation.Name(installation, "pull", engine.ImageVolume(img.ID))) ||
 			!strings.Contains(env, operation.OwnerEnv+"="+strconv.Itoa(child.Process.Pid)+":") {
 			t.Fatalf("pg_basebackup %d does not carry the marks of its operation and sindrid:\n%s", pid, env)
 		}
@@ -375,10 +379,18 @@ func TestReconcileEndsOperationsOfAGoneSindridOnly(t *testing.T) {
 	liveOwner := fmt.Sprintf("%d:%s", other.Process.Pid, fields[19])
 	goneOwner := fmt.Sprintf("%d:%s", other.Process.Pid, "1") // same pid, another start: reused
 
-	stray := startedPgBasebackup(t, dir, server, operation.Env+"=pull image-4242", operation.OwnerEnv+"="+goneOwner)
-	pulling := startedPgBasebackup(t, dir, server, operation.Env+"=pull "+engine.ImageVolume(img.ID), operation.OwnerEnv+"="+liveOwner)
+	installation, err := w.store.InstallationID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray := startedPgBasebackup(t, dir, server, operation.Env+"="+operation.Name(installation, "pull", "image-4242"), operation.OwnerEnv+"="+goneOwner)
+	strayOfBefore := startedPgBasebackup(t, dir, server, operation.Env+"=pull image-4243", operation.OwnerEnv+"="+goneOwner)
+	pulling := startedPgBasebackup(t, dir, server, operation.Env+"="+operation.Name(installation, "pull", engine.ImageVolume(img.ID)), operation.OwnerEnv+"="+liveOwner)
 	unmarked := startedPgBasebackup(t, dir, server)
-	for _, c := range []*exec.Cmd{stray, pulling, unmarked} {
+	// Another installation on this host, whose sindrid is gone too, and
+	// whose images have the same names: its operations are not ours to end.
+	otherInstallations := startedPgBasebackup(t, dir, server, operation.Env+"="+operation.Name("another-installation", "pull", "image-4242"), operation.OwnerEnv+"="+goneOwner)
+	for _, c := range []*exec.Cmd{stray, strayOfBefore, pulling, unmarked, otherInstallations} {
 		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(environOf(c.Process.Pid), "PATH="); time.Sleep(5 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("pg_basebackup %d never exec'd", c.Process.Pid)
@@ -389,10 +401,12 @@ func TestReconcileEndsOperationsOfAGoneSindridOnly(t *testing.T) {
 	if err := e.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if processAlive(stray.Process.Pid) {
-		t.Errorf("the pull of a gone sindrid (%d) still runs after reconcile", stray.Process.Pid)
+	for _, c := range []*exec.Cmd{stray, strayOfBefore} {
+		if processAlive(c.Process.Pid) {
+			t.Errorf("the pull of a gone sindrid (%d) still runs after reconcile", c.Process.Pid)
+		}
 	}
-	for _, c := range []*exec.Cmd{pulling, unmarked} {
+	for _, c := range []*exec.Cmd{pulling, unmarked, otherInstallations} {
 		if !processAlive(c.Process.Pid) {
 			t.Errorf("pg_basebackup %d, not a gone sindrid's, was ended", c.Process.Pid)
 		}
@@ -404,6 +418,24 @@ func TestReconcileEndsOperationsOfAGoneSindridOnly(t *testing.T) {
 	}
 	if !processAlive(pulling.Process.Pid) {
 		t.Errorf("the other sindrid's pull was ended by the refused finalise")
+	}
+
+	// Once that pull is over, another installation's live pull of an image
+	// of the same name does not hold this one's finalise back.
+	pulling.Process.Kill()
+	pulling.Wait()
+	othersPull := startedPgBasebackup(t, dir, server, operation.Env+"="+operation.Name("another-installation", "pull", engine.ImageVolume(img.ID)), operation.OwnerEnv+"="+liveOwner)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(environOf(othersPull.Process.Pid), "PATH="); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pg_basebackup %d never exec'd", othersPull.Process.Pid)
+		}
+	}
+	got, err = e.FinaliseImage(ctx, img.ID)
+	if err == nil || strings.Contains(got.Error, "another sindrid is running this operation") {
+		t.Fatalf("finalise while another installation pulls an image of the same name: %+v %v, want it to pull (and fail to reach port 1)", got, err)
+	}
+	if !processAlive(othersPull.Process.Pid) || !processAlive(otherInstallations.Process.Pid) {
+		t.Errorf("the finalise ended another installation's operations")
 	}
 }
 

@@ -50,9 +50,13 @@ func (e *Engine) pullBaseBackup(ctx context.Context, imageID int64, sourceURL, d
 	if c.BinDir, err = postgres.BinDir(e.opts.BinPattern, major); err != nil {
 		return err
 	}
+	name, err := e.operationName(ctx, "pull", ImageVolume(imageID))
+	if err != nil {
+		return err
+	}
 	started := time.Now()
 	e.log.Info("engine: pulling a base backup", "image_id", imageID, "source", src.ConnString)
-	if err := c.BaseBackup(ctx, src, PullTimeout, "pull "+ImageVolume(imageID)); err != nil {
+	if err := c.BaseBackup(ctx, src, PullTimeout, name); err != nil {
 		return err
 	}
 	e.log.Info("engine: base backup pulled", "source", src.ConnString, "duration_ms", time.Since(started).Milliseconds())

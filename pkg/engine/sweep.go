@@ -34,18 +34,32 @@ func (e *Engine) sweep(ctx context.Context, entries []storage.Entry) error {
 	)
 }
 
-// endStrayOperations kills the operation processes (pkg/operation) whose
-// sindrid is gone, for subject only ("image-4") or all when subject is "",
+// endStrayOperations kills the operation processes (pkg/operation) of
+// this installation whose sindrid is gone, for subject only ("image-4") or all when subject is "",
 // and waits until they are gone. An operation on subject that another
 // live sindrid runs is ErrOperationRunning: it is never run twice at once.
 func (e *Engine) endStrayOperations(ctx context.Context, subject string) error {
-	busy, err := operation.EndStrays(ctx, subject, func(p operation.Process) {
+	installation, err := e.installationID(ctx)
+	if err != nil {
+		return err
+	}
+	busy, err := operation.EndStrays(ctx, installation, subject, func(p operation.Process) {
 		e.log.Warn("engine: ending a process whose sindrid is gone", "pid", p.PID, "operation", p.Operation, "owner", p.Owner)
 	})
 	if busy != nil {
 		return fmt.Errorf("%w: %q (pid %d, started by the sindrid %s)", ErrOperationRunning, busy.Operation, busy.PID, busy.Owner)
 	}
 	return err
+}
+
+// operationName names an operation of this installation on subject, for
+// its processes' marks (operation.Name).
+func (e *Engine) operationName(ctx context.Context, verb, subject string) (string, error) {
+	installation, err := e.installationID(ctx)
+	if err != nil {
+		return "", err
+	}
+	return operation.Name(installation, verb, subject), nil
 }
 
 // lockIdleImage takes the lock of an image that this process is not

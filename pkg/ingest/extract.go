@@ -93,6 +93,18 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 	return io.NopCloser(br), nil
 }
 
+// Options are how ExtractWith writes an archive.
+type Options struct {
+	Limits
+	// Replica says the archive is sindri's own copy of an image (package
+	// storage/portable), not an upload: each entry keeps its numeric
+	// owner and group and each directory its exact mode, a "./" entry
+	// gives dir itself its mode and owner, and the compressed stream is
+	// read to its end, so that its checksum (zstd's, gzip's) is checked
+	// and a stream cut short after the archive's end is refused too.
+	Replica bool
+}
+
 // Extract writes the archive read from r into dir, which must exist.
 // Every path is resolved under dir through os.Root, so that no entry and
 // no symbolic link made by an earlier entry leads outside it. It refuses
@@ -104,6 +116,12 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 // before the entry that would pass them is written; what was written
 // stays, for the caller to remove.
 func Extract(ctx context.Context, r io.Reader, dir string, limits Limits) (entries int, err error) {
+	return ExtractWith(ctx, r, dir, Options{Limits: limits})
+}
+
+// ExtractWith is Extract with options.
+func ExtractWith(ctx context.Context, r io.Reader, dir string, opts Options) (entries int, err error) {
+	limits := opts.Limits
 	stream, err := Decompress(r)
 	if err != nil {
 		return 0, err
@@ -136,6 +154,11 @@ func Extract(ctx context.Context, r io.Reader, dir string, limits Limits) (entri
 			if counted.N-before < 1024 {
 				return entries, fmt.Errorf("the archive ends after %d entries without tar's end-of-archive marker: it was cut short (truncated); upload the whole tarball", entries)
 			}
+			if opts.Replica {
+				if _, err := io.Copy(io.Discard, stream); err != nil {
+					return entries, fmt.Errorf("reading the stream after the archive's end (corrupt or cut short): %w", err)
+				}
+			}
 			return entries, nil
 		}
 		if errors.Is(err, zstd.ErrWindowSizeExceeded) {
@@ -165,10 +188,20 @@ func Extract(ctx context.Context, r io.Reader, dir string, limits Limits) (entri
 			return entries, err
 		}
 		if name == "." {
+			if opts.Replica {
+				if err := replicaTop(root, hdr); err != nil {
+					return entries, err
+				}
+			}
 			continue
 		}
-		if err := extractEntry(root, tr, hdr, name); err != nil {
+		if err := extractEntry(root, tr, hdr, name, opts.Replica); err != nil {
 			return entries, err
+		}
+		if opts.Replica {
+			if err := root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
+				return entries, fmt.Errorf("giving %q its owner: %w", name, err)
+			}
 		}
 		entries++
 	}
@@ -206,7 +239,19 @@ func linkInside(target string) bool {
 	return true
 }
 
-func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) error {
+// replicaTop gives the directory itself the mode and owner of a replica's
+// "./" entry.
+func replicaTop(root *os.Root, hdr *tar.Header) error {
+	if hdr.Typeflag != tar.TypeDir {
+		return fmt.Errorf("%w: the top entry %q is a %s, not a directory", ErrUnsafe, hdr.Name, typeName(hdr.Typeflag))
+	}
+	if err := root.Chmod(".", fs.FileMode(hdr.Mode).Perm()); err != nil {
+		return err
+	}
+	return root.Lchown(".", hdr.Uid, hdr.Gid)
+}
+
+func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, replica bool) error {
 	mode := fs.FileMode(hdr.Mode).Perm()
 	if dir := path.Dir(name); dir != "." {
 		if err := root.MkdirAll(dir, 0o700); err != nil {
@@ -217,6 +262,9 @@ func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) e
 	case tar.TypeDir:
 		if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: %q: %v", ErrUnsafe, name, err)
+		}
+		if replica {
+			return root.Chmod(name, mode)
 		}
 		return root.Chmod(name, mode|0o700)
 	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:

@@ -173,17 +173,39 @@ func List() []Process {
 	return out
 }
 
-// EndStrays kills, with SIGKILL, the operation processes whose sindrid is
-// gone, for subject only ("image-4": an operation named "pull image-4")
-// or all when subject is "", and waits until they are gone; ended is
-// called for each before it is killed. A process of another live sindrid
-// is left alone; for a subject it is returned as busy, at once: the
-// operation must not run twice.
-func EndStrays(ctx context.Context, subject string, ended func(Process)) (busy *Process, err error) {
+// Name is the name of an operation on subject ("image-4") for a scope,
+// the installation whose metadata names the subject: two installations on
+// one host have subjects of the same names, and neither may end or wait
+// for the other's operations.
+func Name(scope, verb, subject string) string {
+	return scope + ": " + verb + " " + subject
+}
+
+// inScope tells whether an operation is of scope and, unless subject is
+// "", on subject. A name without a scope, from a sindrid of before scopes,
+// is every scope's.
+func inScope(operation, scope, subject string) bool {
+	rest, ok := strings.CutPrefix(operation, scope+": ")
+	if !ok {
+		if strings.Contains(operation, ": ") {
+			return false
+		}
+		rest = operation
+	}
+	return subject == "" || strings.HasSuffix(rest, " "+subject)
+}
+
+// EndStrays kills, with SIGKILL, the operation processes of scope whose
+// sindrid is gone, for subject only ("image-4": an operation named
+// Name(scope, "pull", "image-4")) or all when subject is "", and waits
+// until they are gone; ended is called for each before it is killed. A
+// process of another live sindrid is left alone; for a subject it is
+// returned as busy, at once: the operation must not run twice.
+func EndStrays(ctx context.Context, scope, subject string, ended func(Process)) (busy *Process, err error) {
 	self := Self()
 	var killed []Process
 	for _, p := range List() {
-		if subject != "" && !strings.HasSuffix(p.Operation, " "+subject) {
+		if !inScope(p.Operation, scope, subject) {
 			continue
 		}
 		if p.Owner == self {

@@ -26,6 +26,8 @@
 //     Destroy(c) ──▶ c is gone; i and its other clones are untouched
 //     Destroy(i) ──▶ refused with ErrHasClones while any clone of i exists
 //     Snapshot(c, s) ──▶ image s (read-only): c's bytes at this instant
+//     Send(i, w) ──▶ a stream of i's bytes written to w; i is unchanged
+//     Receive(j, r) ──▶ image j (read-only) on another driver: i's bytes
 //
 // Snapshot is how a running instance is backed up without stopping it: on
 // a driver whose snapshots are atomic (Capabilities.AtomicSnapshot, BTRFS
@@ -34,6 +36,35 @@
 // source, so that Destroy of the source is refused with ErrHasClones until
 // the snapshot is destroyed, is a driver's capability
 // (Capabilities.SnapshotPinsSource): on ZFS it does, on BTRFS it does not.
+//
+// # Moving images between hosts
+//
+// Send and Receive copy an image to another filesystem, usually on another
+// host, by the filesystem's own replication: `btrfs send` and `btrfs
+// receive`, `zfs send` and `zfs receive`; dircopy, which has none, sends
+// tar.zst (package storage/portable). The stream is a full one: it needs
+// nothing on the receiving side (an incremental stream, from an image both
+// sides hold, is not done yet). A received image is an image as Freeze makes
+// one: read-only, cloned by Clone, snapshotted by Snapshot, sent on by Send,
+// destroyed by Destroy, under the same Capabilities. It holds the bytes,
+// modes, numeric owners and symbolic links of the image that was sent, and
+// so sindri's volume record in it, unchanged: hosts that exchange images
+// must give the postgres user the same uid.
+//
+// A receive is checked before the image exists. The stream must be in the
+// driver's format (Capabilities.StreamFormat), told by its first bytes:
+// another format is refused with ErrStreamFormat before anything is made.
+// The filesystem's tool must take all of it: each format carries checksums,
+// and a stream cut short fails. And what the tool made must be one whole
+// read-only copy. Only then does the image appear, in one step. A receive
+// that fails or is cancelled leaves nothing; what a crash in the middle of
+// a btrfs or zfs one leaves is not an entry, and the next Receive of that
+// name, or the next New over the same place, removes it. A crash in the
+// middle of a tar.zst receive leaves a volume, which the next Receive of
+// that name destroys (see portable.StageVolume).
+//
+// Drivers of different formats exchange images as the tar.zst stream that
+// sindri writes for backups, through package storage/portable.
 //
 // Names are one path element made of lower-case letters, digits, '-', '_'
 // and '.', starting with a letter or digit, at most 64 bytes, with no '..'. Volumes and images share one namespace. Callers derive names from ids
@@ -48,6 +79,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 )
@@ -109,7 +141,25 @@ type Capabilities struct {
 	// only a snapshot of a volume that nothing writes meanwhile is
 	// consistent.
 	AtomicSnapshot bool
+	// StreamFormat names the stream Send writes and Receive reads:
+	// StreamBtrfs, StreamZFS, or StreamTarZstd for a driver without a
+	// stream of its own (dircopy), whose Send and Receive are those of
+	// package storage/portable. Two drivers exchange images by Send and
+	// Receive only when their formats are equal; otherwise as tar.zst
+	// through package storage/portable.
+	StreamFormat string
 }
+
+// The formats of image streams.
+const (
+	// StreamBtrfs is what `btrfs send` writes: the image's subvolume.
+	StreamBtrfs = "btrfs-send"
+	// StreamZFS is what `zfs send` writes: the image's @frozen snapshot.
+	StreamZFS = "zfs-send"
+	// StreamTarZstd is a tar archive compressed with zstd, as sindri's
+	// backups are: what package storage/portable writes, for any driver.
+	StreamTarZstd = "tar.zst"
+)
 
 // Driver is a store of volumes and images. See the package documentation
 // for the lifecycle.
@@ -146,6 +196,25 @@ type Driver interface {
 	ExclusiveBytes(ctx context.Context, name string) (int64, error)
 	// Capacity reports the filesystem's total and free bytes.
 	Capacity(ctx context.Context) (Capacity, error)
+	// Send writes a full stream of the image, in the driver's
+	// StreamFormat, to w, until the image is all sent, w fails or ctx
+	// ends (a stream cut short is refused by any Receive). The image
+	// stays usable meanwhile; Destroy of it waits until Send returns. A
+	// volume is ErrWrongKind: freeze it first.
+	Send(ctx context.Context, image string, w io.Writer) error
+	// Receive reads from r a stream that Send of a driver of the same
+	// StreamFormat wrote, and makes of it the read-only image named
+	// image, with the sent image's content. The name need not be the
+	// sent image's. A name already taken is ErrExists and a stream of
+	// another format ErrStreamFormat, both before the stream is read
+	// past its first bytes; a stream cut short or corrupt, an error of
+	// r (wrapped) or the end of ctx leave no image and nothing else
+	// (see "Moving images between hosts"); so does a filesystem that
+	// runs out of space, an error that NoSpace tells, and a filesystem's
+	// stream that holds device nodes, FIFOs, sockets or set-ID files,
+	// ErrUnsafeContent (CheckReceivedTree; tar.zst never makes them). r
+	// is read to its end on success, not always on failure.
+	Receive(ctx context.Context, image string, r io.Reader) (Entry, error)
 }
 
 // Classified errors; match them with errors.Is.
@@ -156,6 +225,12 @@ var (
 	ErrBusy        = errors.New("the volume or image is in use")
 	ErrInvalidName = errors.New("invalid volume or image name")
 	ErrWrongKind   = errors.New("wrong kind of entry for this operation")
+	// ErrStreamFormat is a stream to receive that is not in the
+	// receiver's format (or in none that sindri knows).
+	ErrStreamFormat = errors.New("the stream is not in the format this driver receives")
+	// ErrUnsafeContent is a received stream whose files no data
+	// directory holds (see CheckReceivedTree).
+	ErrUnsafeContent = errors.New("the stream holds files an image may not")
 )
 
 var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)

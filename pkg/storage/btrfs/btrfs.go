@@ -8,6 +8,8 @@
 //
 //	volumes/<name>   writable subvolumes (uploads, clones)
 //	images/<name>    read-only snapshots
+//	receiving/<name>/ what `btrfs receive` writes until it is checked and
+//	                 snapshotted into images/<name> (Receive)
 //
 // BTRFS does not refuse to delete a snapshot that has snapshots of its own,
 // so the driver keeps that rule itself: a volume's subvolume records the
@@ -58,8 +60,10 @@ type linkDir struct{ subvol, ino uint64 }
 var _ storage.Driver = (*Driver)(nil)
 
 // New opens the driver on root, which must be on BTRFS. It makes root and
-// its volumes/ and images/ directories and turns on quota accounting (for
-// ExclusiveBytes) when they are missing.
+// its volumes/, images/ and receiving/ directories and turns on quota
+// accounting (for ExclusiveBytes) when they are missing, and removes what
+// receives cut short by a crash left: like the locks it keeps, the driver
+// takes itself for the one process using root.
 func New(root string) (*Driver, error) {
 	root, err := filepath.Abs(root)
 	if err != nil {
@@ -76,6 +80,12 @@ func New(root string) (*Driver, error) {
 		if err := os.MkdirAll(filepath.Join(root, dir), 0o711); err != nil {
 			return nil, err
 		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, receivingDir), 0o700); err != nil {
+		return nil, err
+	}
+	if err := removeStages(root); err != nil {
+		return nil, err
 	}
 	if err := enableQuota(root); err != nil {
 		return nil, err
@@ -114,7 +124,7 @@ func (d *Driver) Name() string { return "btrfs" }
 // source leaves whole, so it pins nothing; clones and snapshots share
 // extents, images are read-only subvolumes, and a snapshot is atomic.
 func (d *Driver) Capabilities() storage.Capabilities {
-	return storage.Capabilities{SnapshotPinsSource: false, ThinClones: true, ImmutableImages: true, AtomicSnapshot: true}
+	return storage.Capabilities{SnapshotPinsSource: false, ThinClones: true, ImmutableImages: true, AtomicSnapshot: true, StreamFormat: storage.StreamBtrfs}
 }
 
 func (d *Driver) volumePath(name string) string { return filepath.Join(d.root, volumesDir, name) }

@@ -120,6 +120,10 @@ type subvol struct {
 	name     string // its name in that directory
 	uuid     uuid
 	parent   uuid // the UUID of the subvolume it is a snapshot of
+	// received is the UUID of the subvolume it was received from, set
+	// when `btrfs receive` has written all of it; zero otherwise.
+	received uuid
+	readonly bool
 }
 
 // openSubvol opens the directory at path, which must be the root of a
@@ -168,6 +172,8 @@ func readSubvol(f *os.File) (subvol, error) {
 	}
 	copy(sv.uuid[:], C.GoBytes(unsafe.Pointer(&args.uuid[0]), C.BTRFS_UUID_SIZE))
 	copy(sv.parent[:], C.GoBytes(unsafe.Pointer(&args.parent_uuid[0]), C.BTRFS_UUID_SIZE))
+	copy(sv.received[:], C.GoBytes(unsafe.Pointer(&args.received_uuid[0]), C.BTRFS_UUID_SIZE))
+	sv.readonly = uint64(args.flags)&C.BTRFS_ROOT_SUBVOL_RDONLY != 0
 	if sv.parentID == 0 {
 		// Zero for a deleted subvolume (and the top level, never an entry).
 		return subvol{}, fmt.Errorf("reading the subvolume's record: %w", unix.ENOENT)

@@ -293,9 +293,10 @@ func (d *Driver) Name() string { return "dircopy" }
 
 // Capabilities: everything is a copy, so a snapshot pins nothing, clones
 // are not thin and a snapshot is taken file by file. Images are immutable,
-// to root too, where the driver can set the immutable flag.
+// to root too, where the driver can set the immutable flag. Its images
+// move as tar.zst.
 func (d *Driver) Capabilities() storage.Capabilities {
-	return storage.Capabilities{ImmutableImages: d.immutable}
+	return storage.Capabilities{ImmutableImages: d.immutable, StreamFormat: storage.StreamTarZstd}
 }
 
 func (d *Driver) kindDir(kind storage.Kind) string {

@@ -30,6 +30,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -81,6 +82,12 @@ func Run(t *testing.T, factory Factory) {
 		{"SnapshotIsAPointInTimeCopy", testSnapshotIsAPointInTimeCopy},
 		{"SnapshotIsAtomicAsDeclared", testSnapshotIsAtomicAsDeclared},
 		{"ListAndGetDuringChurn", testListAndGetDuringChurn},
+		{"SendReceiveRoundTrip", testSendReceiveRoundTrip},
+		{"ReceiveRefusesOtherFormats", testReceiveRefusesOtherFormats},
+		{"ReceiveCutShortLeavesNothing", testReceiveCutShortLeavesNothing},
+		{"SendReceiveClassifiedErrors", testSendReceiveClassifiedErrors},
+		{"ReceiveIntoAFullFilesystem", testReceiveIntoAFullFilesystem},
+		{"ReceiveRefusesUnsafeContent", testReceiveRefusesUnsafeContent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })
@@ -681,6 +688,8 @@ func testInvalidNamesRejected(t *testing.T, factory Factory) {
 		calls["Destroy"] = d.Destroy(ctx, name)
 		_, calls["Get"] = d.Get(ctx, name)
 		_, calls["ExclusiveBytes"] = d.ExclusiveBytes(ctx, name)
+		calls["Send"] = d.Send(ctx, name, io.Discard)
+		_, calls["Receive"] = d.Receive(ctx, name, bytes.NewReader(nil))
 		for call, err := range calls {
 			if !errors.Is(err, storage.ErrInvalidName) {
 				t.Errorf("%s(%q): got %v, want ErrInvalidName", call, name, err)

@@ -10,10 +10,13 @@
 //
 //	P/volumes/<name>@<image> the origin of an image made by Snapshot from a
 //	                          volume (destroyed with that image)
+//	P/receiving/<name>        what `zfs receive` writes until it is checked
+//	                          and promoted into P/images/<name> (Receive)
 //
 // Freeze snapshots the volume, makes it read-only and renames it into
 // images/; the rename is the step that makes the image exist, so a freeze
 // cut short leaves either the volume (which Freeze finishes) or the image.
+// Receive does the same with the filesystem that `zfs receive` made.
 package zfs
 
 import (
@@ -22,18 +25,21 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	gozfs "github.com/mistifyio/go-zfs/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/sindri-db/sindri/pkg/keyedmutex"
 	"github.com/sindri-db/sindri/pkg/storage"
 )
 
 const (
-	volumesDataset = "volumes"
-	imagesDataset  = "images"
-	frozenSnapshot = "frozen"
+	volumesDataset   = "volumes"
+	imagesDataset    = "images"
+	receivingDataset = "receiving"
+	frozenSnapshot   = "frozen"
 )
 
 // CommandTimeout bounds every zfs command the driver runs; go-zfs sends
@@ -52,7 +58,10 @@ type Driver struct {
 var _ storage.Driver = (*Driver)(nil)
 
 // New opens the driver on the parent dataset (for example "tank/sindri"),
-// creating it and its volumes and images children when they are missing.
+// creating it and its volumes, images and receiving children when they
+// are missing, and destroys what receives cut short by a crash left: like
+// the locks it keeps, the driver takes itself for the one process using
+// the dataset.
 func New(parent string) (*Driver, error) {
 	parent = strings.Trim(parent, "/")
 	if parent == "" || strings.ContainsAny(parent, "@ \x00") || strings.Contains(parent, "..") {
@@ -60,7 +69,7 @@ func New(parent string) (*Driver, error) {
 	}
 	gozfs.SetRunner(&gozfs.Runner{Timeout: CommandTimeout, Grace: commandGrace})
 	d := &Driver{parent: parent}
-	for _, ds := range []string{parent, d.volumes(), d.images()} {
+	for _, ds := range []string{parent, d.volumes(), d.images(), d.receiving()} {
 		if _, err := gozfs.GetDataset(ds); err == nil {
 			continue
 		} else if !errors.Is(classify(err, ds), storage.ErrNotFound) {
@@ -70,6 +79,9 @@ func New(parent string) (*Driver, error) {
 			return nil, fmt.Errorf("creating dataset %s: %w", ds, classify(err, ds))
 		}
 	}
+	if err := d.destroyStages(); err != nil {
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -78,7 +90,7 @@ func (d *Driver) Name() string { return "zfs" }
 // Capabilities: a Snapshot is a clone of a ZFS snapshot of its source,
 // which ZFS does not destroy while the clone exists, so it pins the source.
 func (d *Driver) Capabilities() storage.Capabilities {
-	return storage.Capabilities{SnapshotPinsSource: true, ThinClones: true, ImmutableImages: true, AtomicSnapshot: true}
+	return storage.Capabilities{SnapshotPinsSource: true, ThinClones: true, ImmutableImages: true, AtomicSnapshot: true, StreamFormat: storage.StreamZFS}
 }
 
 func (d *Driver) volumes() string              { return d.parent + "/" + volumesDataset }
@@ -105,6 +117,9 @@ func classify(err error, name string) error {
 		kind = storage.ErrHasClones
 	case strings.Contains(msg, "busy"):
 		kind = storage.ErrBusy
+	case strings.Contains(msg, "out of space"):
+		// What storage.NoSpace tells, as for a write that ENOSPC refuses.
+		return fmt.Errorf("%s: %w: %s", zerr.Debug, syscall.ENOSPC, msg)
 	default:
 		return fmt.Errorf("%s: %s", zerr.Debug, msg)
 	}
@@ -176,24 +191,31 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 			return storage.Entry{}, fmt.Errorf("snapshotting volume: %w", classify(err, volume))
 		}
 	}
+	return d.promote(ds, volume, image, "volume")
+}
+
+// promote makes the filesystem ds read-only and renames it into the
+// image's name: the rename is the step that makes the image exist. The
+// errors call ds what, named name.
+func (d *Driver) promote(ds *gozfs.Dataset, name, image, what string) (storage.Entry, error) {
 	if err := ds.SetProperty("readonly", "on"); err != nil {
-		return storage.Entry{}, fmt.Errorf("making volume read-only: %w", classify(err, volume))
+		return storage.Entry{}, fmt.Errorf("making %s read-only: %w", what, classify(err, name))
 	}
 	// Unmounted for the rename, mounted again read-only after it: zfs-fuse
 	// refuses to rename a mounted dataset and mounts read-write unless told.
 	if err := unmount(ds); err != nil {
-		return storage.Entry{}, fmt.Errorf("unmounting volume: %w", classify(err, volume))
+		return storage.Entry{}, fmt.Errorf("unmounting %s: %w", what, classify(err, name))
 	}
 	// zfs-fuse can call a dataset busy for a moment after its unmount
 	// too, when much was freed on it just before.
 	var frozen *gozfs.Dataset
-	err = retryBusy(func() error {
+	err := retryBusy(func() error {
 		var err error
 		frozen, err = ds.Rename(d.image(image), false, false)
 		return err
 	})
 	if err != nil {
-		return storage.Entry{}, fmt.Errorf("renaming volume into image: %w", classify(err, image))
+		return storage.Entry{}, fmt.Errorf("renaming %s into image: %w", what, classify(err, image))
 	}
 	if frozen, err = mountReadOnly(frozen); err != nil {
 		return storage.Entry{}, fmt.Errorf("mounting image: %w", classify(err, image))
@@ -234,10 +256,26 @@ func unmount(ds *gozfs.Dataset) error {
 	})
 }
 
+// mountReadOnly mounts ds read-only, unless it is so already. zfs-fuse
+// sometimes mounts a dataset by itself, read-write, once it is renamed:
+// such a mount is replaced, since on it an open file of a dataset whose
+// readonly property is on can still be overwritten.
 func mountReadOnly(ds *gozfs.Dataset) (*gozfs.Dataset, error) {
 	mounted, err := isMounted(ds)
-	if err != nil || mounted {
+	if err != nil {
 		return ds, err
+	}
+	if mounted {
+		var st unix.Statfs_t
+		if err := unix.Statfs(ds.Mountpoint, &st); err != nil {
+			return ds, err
+		}
+		if st.Flags&unix.ST_RDONLY != 0 {
+			return ds, nil
+		}
+		if err := unmount(ds); err != nil {
+			return ds, fmt.Errorf("unmounting a read-write mount: %w", err)
+		}
 	}
 	return ds.Mount(false, []string{"ro"})
 }
