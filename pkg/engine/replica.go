@@ -143,7 +143,7 @@ func (e *Engine) makeStandby(ctx context.Context, src store.Source) (storage.Ent
 		return storage.Entry{}, err
 	}
 	e.log.Info("engine: making a source's standby", "source_id", src.ID, "source", src.Name)
-	if err := e.pullBaseBackup(ctx, 0, url, vol.Path); err != nil {
+	if err := e.pullInto(ctx, name, url, vol.Path); err != nil {
 		e.dropStandby(ctx, src.ID)
 		return storage.Entry{}, err
 	}
