@@ -425,10 +425,16 @@ func (e *Engine) retryMax() time.Duration {
 // its last instance went. An image of src that is not ready and that no
 // refresh is making (a crash left it) goes too.
 func (e *Engine) retain(ctx context.Context, src store.Source) {
-	if src.Status == store.SourceRefreshing || e.refreshes.isRunning(src.ID) {
-		return // its images are being made; the refresh retains when it ends
+	// Under the source's lock, which a refresh holds from its claim until
+	// its image is recorded as the refresh's: an image not yet claimed is
+	// never taken for one a crash left.
+	unlock := e.sourceLocks.Lock(src.ID)
+	defer unlock()
+	now, err := e.getSource(ctx, src.ID)
+	if err != nil || now.Status == store.SourceRefreshing || e.refreshes.isRunning(src.ID) {
+		return // gone, or its images are being made: the refresh retains when it ends
 	}
-	e.retainNow(ctx, src)
+	e.retainNow(ctx, now)
 }
 
 // retainNow is retain for a source whose refresh, if any, is over.
