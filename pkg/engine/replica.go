@@ -32,6 +32,10 @@ import (
 // StandbyVolume names a replica-mode source's standby.
 func StandbyVolume(sourceID int64) string { return "standby-" + strconv.FormatInt(sourceID, 10) }
 
+// StandbyCatchUpTimeout bounds how long a refresh waits for the standby
+// to replay what the source had written when the refresh began.
+const StandbyCatchUpTimeout = time.Minute
+
 // DefaultStandbyResyncAfter is how long a standby may go without
 // streaming before it is made again from a new base backup.
 const DefaultStandbyResyncAfter = 10 * time.Minute
@@ -271,8 +275,17 @@ func (e *Engine) snapshotStandby(ctx context.Context, src store.Source, name str
 	if err := e.CheckDiskReserve(ctx, 0, "a refresh"); err != nil {
 		return store.Image{}, err
 	}
-	// A restartpoint first: the copy then replays only the WAL since.
+	// What the source had written when the refresh began is in the
+	// image: the standby replays it first (within StandbyCatchUpTimeout;
+	// beyond, the image holds what it replayed by then). Then a
+	// restartpoint: the copy replays only the WAL since.
 	if cl, err := e.standbyCluster(src.ID, vol.Path, ""); err == nil {
+		c, cancel := context.WithTimeout(ctx, StandbyCatchUpTimeout)
+		caught, err := cl.CatchUp(c)
+		cancel()
+		if !caught {
+			e.log.Warn("engine: the standby did not catch up before its snapshot; the image holds what it replayed", "source_id", src.ID, "err", err)
+		}
 		if err := cl.Checkpoint(ctx); err != nil {
 			e.log.Warn("engine: a restartpoint of the standby before its snapshot", "source_id", src.ID, "err", err)
 		}

@@ -3,11 +3,15 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // StandbyConnInfo is primary_conninfo for a standby of s: its connection
@@ -82,4 +86,39 @@ func CopyDataDir(ctx context.Context, from, to string) error {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	return nil
+}
+
+// CatchUp waits until the standby has replayed the WAL its primary had
+// written when it was called (the end the primary last reported), or
+// until ctx ends; it tells whether it caught up.
+func (c *Cluster) CatchUp(ctx context.Context) (bool, error) {
+	conn, err := c.connect(ctx, "")
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var target *string
+	if err := conn.QueryRow(ctx, `select latest_end_lsn::text from pg_stat_wal_receiver`).Scan(&target); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return false, err
+	}
+	if target == nil {
+		return false, nil // not streaming: nothing to wait for
+	}
+	for {
+		var done bool
+		if err := conn.QueryRow(ctx, `select pg_last_wal_replay_lsn() >= $1::pg_lsn`, *target).Scan(&done); err != nil {
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
+		}
+		if done {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
