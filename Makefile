@@ -51,7 +51,15 @@ test: deps lint
 # CREATE DATABASE ... TEMPLATE; a source's refresh in basebackup mode and
 # in replica mode after 100 MB of new WAL, and a branch of a running
 # instance, of a pgbench source at SINDRI_BENCH_SOURCE_SCALE (default 340
-# here: about 5 GB).
+# here: about 5 GB). Then what idle clones cost (CPU and PSS of
+# 100 clones with sindri's settings, probed as the supervisor probes or
+# with a login, and with Postgres's defaults), and the density run: one
+# host filled to 1,000 instances of a small image through the API, with
+# create p50/p90/p99, list and get latencies, memory and idle CPU at each
+# count in SINDRI_BENCH_DENSITY (default 10,100,250,500,750,1000), written
+# as CSV and SVG into SINDRI_BENCH_OUT (default bench-out/);
+# SINDRI_BENCH_SINDRID=path runs another sindrid binary, and
+# SINDRI_BENCH_DENSITY_BEFORE=its density.csv sets it beside this run's.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get' -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
@@ -61,6 +69,8 @@ bench: deps
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs SINDRI_BENCH_SOURCE_SCALE=$${SINDRI_BENCH_SOURCE_SCALE:-340} $(GO) test -run '^$$' -bench SourceRefreshAndBranch -benchtime 3x -timeout 120m ./pkg/engine
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
+	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
+	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).

@@ -36,6 +36,7 @@ type server struct {
 	http, https  string
 	secret       string
 	stop         func() error
+	pid          int // sindrid's, as first started
 }
 
 func startServer(t testing.TB, extra string) *server {
@@ -56,14 +57,49 @@ func startServerSized(t testing.TB, size, extra string, top ...string) *server {
 // base, a directory the caller chose.
 func startServerIn(t testing.TB, base, size, extra string, top ...string) *server {
 	t.Helper()
+	return startServerWith(t, serverOptions{base: base, size: size, extra: extra, top: top})
+}
+
+// serverOptions are what startServerWith varies.
+type serverOptions struct {
+	base, size string
+	// extra is the [instances] section's keys, top the top-level ones.
+	extra string
+	top   []string
+	// ports is the width of the port range (60 unless set), from minPort
+	// (a free port unless set).
+	minPort, ports int
+	sharedBuffers  string    // "16MB" unless set
+	expiryInterval string    // "1s" unless set
+	binary         string    // the sindrid TestMain built unless set
+	log            io.Writer // gets sindrid's output too, if set
+}
+
+// startServerWith runs sindrid as o says; s.pid is its process.
+func startServerWith(t testing.TB, o serverOptions) *server {
+	t.Helper()
 	sock, err := os.MkdirTemp("", "ss")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sock) })
-	minPort := pgtest.FreePort(t)
-	s := &server{data: filepath.Join(base, "data"), http: freePort(t), https: freePort(t), secret: "spec-shared-secret-0123456789abcdef"}
-	s.config = filepath.Join(base, "config.toml")
+	if o.minPort == 0 {
+		o.minPort = pgtest.FreePort(t)
+	}
+	if o.ports == 0 {
+		o.ports = 60
+	}
+	if o.sharedBuffers == "" {
+		o.sharedBuffers = "16MB"
+	}
+	if o.expiryInterval == "" {
+		o.expiryInterval = "1s"
+	}
+	if o.binary == "" {
+		o.binary = sindrid
+	}
+	s := &server{data: filepath.Join(o.base, "data"), http: freePort(t), https: freePort(t), secret: "spec-shared-secret-0123456789abcdef"}
+	s.config = filepath.Join(o.base, "config.toml")
 	body := fmt.Sprintf(`environment = "test"
 data_path = %q
 shared_secret = %q
@@ -79,21 +115,35 @@ loopback_size = %q
 socket_dir = %q
 min_port = %d
 max_port = %d
-shared_buffers = "16MB"
+shared_buffers = %q
 [instances]
-expiry_interval = "1s"
-%s`, s.data, s.secret, strings.Join(top, "\n"), s.https, s.http, size, sock, minPort, minPort+60, extra)
+expiry_interval = %q
+%s`, s.data, s.secret, strings.Join(o.top, "\n"), s.https, s.http, o.size, sock, o.minPort, o.minPort+o.ports, o.sharedBuffers, o.expiryInterval, o.extra)
 	if err := os.WriteFile(s.config, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.stop = start(t, s.config, s.http)
+	s.pid, s.stop = startLogged(t, []string{o.binary, "-config", s.config}, s.http, o.log)
 	t.Cleanup(func() {
 		s.stop()
-		// Instances outlive sindrid by design; the test stops them.
+		// Instances outlive sindrid by design; the test stops them, a
+		// few at a time (a density benchmark leaves a thousand).
 		vols, _ := os.ReadDir(filepath.Join(s.data, "volumes"))
-		for _, v := range vols {
-			postgres.StopAll(context.Background(), filepath.Join(s.data, "volumes", v.Name()), 10*time.Second)
+		work := make(chan string)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for name := range work {
+					postgres.StopAll(context.Background(), filepath.Join(s.data, "volumes", name), 10*time.Second)
+				}
+			}()
 		}
+		for _, v := range vols {
+			work <- v.Name()
+		}
+		close(work)
+		wg.Wait()
 		exec.Command("umount", s.data).Run()
 	})
 	return s

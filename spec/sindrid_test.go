@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -108,9 +109,21 @@ func start(t testing.TB, configPath, addr string) (stop func() error) {
 // SIGTERM and reports how it exited.
 func startArgv(t testing.TB, argv []string, addr string) (stop func() error) {
 	t.Helper()
+	_, stop = startLogged(t, argv, addr, nil)
+	return stop
+}
+
+// startLogged is startArgv that also copies the process's output to log,
+// unless nil, and returns its pid.
+func startLogged(t testing.TB, argv []string, addr string, log io.Writer) (pid int, stop func() error) {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	if log != nil {
+		both := io.MultiWriter(&out, log)
+		cmd.Stdout, cmd.Stderr = both, both
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +168,7 @@ func startArgv(t testing.TB, argv []string, addr string) (stop func() error) {
 		}
 	}
 	t.Cleanup(func() { _ = stop() })
-	return stop
+	return cmd.Process.Pid, stop
 }
 
 func TestStartsOnLoopbackBtrfsAndMountsItAgain(t *testing.T) {

@@ -53,7 +53,7 @@ func (h *Handlers) listInstances(w http.ResponseWriter, r *http.Request) error {
 	for _, inst := range instances {
 		out = append(out, h.instanceResource(inst, false))
 	}
-	WriteResources(w, http.StatusOK, out)
+	writeInstanceList(w, http.StatusOK, out)
 	return nil
 }
 

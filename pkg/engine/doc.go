@@ -97,9 +97,12 @@
 //     its creation finished is left alone and reported: the store is older
 //     than the volume.
 //   - running: its postmaster accepts connections; the supervisor
-//     (supervise.go) checks it every SupervisePeriod, restarts it when it
-//     died (at once, then with backoff), kills and restarts one that answers
-//     no connection MaxUnanswered times in a row. Reconcile adopts a live
+//     (supervise.go) checks it the moment its postmaster ends (a pidfd of
+//     it) and, in turn with the others, SuperviseBatch instances every
+//     SupervisePeriod; it restarts one that died (at once, then with
+//     backoff), kills and restarts one that answers no connection
+//     MaxUnanswered times in a row (probing at most ProbesPerTick
+//     instances a tick). Reconcile adopts a live
 //     postmaster (same pid, the record written if missing), starts a dead
 //     one, and marks the instance failed when its volume is gone or its
 //     volume record names something else.

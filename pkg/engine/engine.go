@@ -40,15 +40,21 @@ type Options struct {
 	// OrphanGrace is how long a volume that no instance references stays
 	// before reconcile removes it.
 	OrphanGrace time.Duration
-	// SupervisePeriod is how often the supervisor checks postmasters.
+	// SupervisePeriod is how often the supervisor checks postmasters:
+	// at each tick, those whose postmaster ended (it watches each one's
+	// end) and the next SuperviseBatch of the others (default 8), in turn.
 	SupervisePeriod time.Duration
+	SuperviseBatch  int
 	// MaxCrashes within CrashWindow mark an instance failed.
 	MaxCrashes  int
 	CrashWindow time.Duration
-	// A live postmaster is also asked for a connection every ProbeEvery;
-	// after MaxUnanswered attempts in a row with no answer within
-	// ProbeTimeout it is killed and restarted like a dead one.
+	// A live postmaster is also asked for a connection every ProbeEvery,
+	// or less often on a host of more than ProbeEvery / SupervisePeriod ×
+	// ProbesPerTick instances (ProbesPerTick, default 2, bounds the probes
+	// a tick makes); after MaxUnanswered attempts in a row with no answer
+	// within ProbeTimeout it is killed and restarted like a dead one.
 	ProbeEvery, ProbeTimeout time.Duration
+	ProbesPerTick            int
 	MaxUnanswered            int
 	// StartTimeout bounds a postmaster's start.
 	StartTimeout time.Duration
@@ -103,6 +109,8 @@ type Engine struct {
 
 	mu         sync.Mutex
 	watched    map[int64]*watch
+	rounds     rounds               // the supervisor's schedule
+	exits      chan struct{}        // a watched postmaster ended
 	orphans    map[string]time.Time // volume name → first seen unreferenced
 	reconciled atomic.Bool          // the first Reconcile has run
 	finalising map[int64]*finaliseRun
@@ -135,6 +143,12 @@ func New(opts Options) *Engine {
 	if opts.SupervisePeriod == 0 {
 		opts.SupervisePeriod = 500 * time.Millisecond
 	}
+	if opts.SuperviseBatch == 0 {
+		opts.SuperviseBatch = 8
+	}
+	if opts.ProbesPerTick == 0 {
+		opts.ProbesPerTick = 2
+	}
 	if opts.MaxCrashes == 0 {
 		opts.MaxCrashes = 5
 	}
@@ -163,6 +177,7 @@ func New(opts Options) *Engine {
 		opts:       opts,
 		log:        opts.Logger,
 		watched:    map[int64]*watch{},
+		exits:      make(chan struct{}, 1),
 		orphans:    map[string]time.Time{},
 		finalising: map[int64]*finaliseRun{},
 		backups:    map[int64]*backupRun{},
@@ -194,7 +209,23 @@ func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Durat
 			}
 		}()
 	}
-	every(e.opts.SupervisePeriod, func() { e.supervise(ctx) })
+	// The supervisor also runs at once when a postmaster ends (see
+	// watchExit).
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(e.opts.SupervisePeriod)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			case <-e.exits:
+			}
+			e.supervise(ctx)
+		}
+	}()
 	every(expiryEvery, func() {
 		if _, err := e.DestroyExpired(ctx); err != nil {
 			e.log.Error("engine: destroying expired instances", "err", err)

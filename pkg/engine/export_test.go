@@ -21,3 +21,10 @@ func WithoutScrub(opts Options) Options {
 	opts.hooks.skipScrub = true
 	return opts
 }
+
+// WithTickHook is opts with f called at each supervisor pass with the
+// number of due and of round checks it started.
+func WithTickHook(opts Options, f func(due, round int)) Options {
+	opts.hooks.tick = f
+	return opts
+}

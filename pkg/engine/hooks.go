@@ -16,6 +16,9 @@ type hooks struct {
 	// skipScrub leaves out the scrub after an anonymisation script (the
 	// image is then not marked anonymised), to measure what it costs.
 	skipScrub bool
+	// tick is called at each supervisor pass with the number of due and
+	// of round checks it started.
+	tick func(due, round int)
 }
 
 // CreateSteps are CreateInstance's steps in order, for crash tests.
@@ -39,5 +42,12 @@ func (e *Engine) step(name string, id int64) {
 func (e *Engine) backupSnapshotted(id int64) {
 	if e.opts.hooks.backupSnapshotted != nil {
 		e.opts.hooks.backupSnapshotted(id)
+	}
+}
+
+// tickHook reports a supervisor tick's batch.
+func (e *Engine) tickHook(due, round int) {
+	if e.opts.hooks.tick != nil {
+		e.opts.hooks.tick(due, round)
 	}
 }

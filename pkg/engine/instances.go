@@ -367,6 +367,12 @@ func (e *Engine) notItsVolume(ctx context.Context, id int64) (why string, err er
 	if err != nil {
 		return "", err
 	}
+	return e.volumeNotIts(ctx, vol, inst)
+}
+
+// volumeNotIts is notItsVolume of a volume and an instance read already.
+func (e *Engine) volumeNotIts(ctx context.Context, vol storage.Entry, inst store.Instance) (why string, err error) {
+	id := inst.ID
 	installation, err := e.installationID(ctx)
 	if err != nil {
 		return "", err

@@ -41,7 +41,9 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	instances, err := e.opts.Store.ListInstances(ctx, "")
+	// Without certificates and keys: each instance is read again, whole,
+	// under its lock.
+	instances, err := e.opts.Store.ListInstanceSummaries(ctx, "")
 	if err != nil {
 		return err
 	}
@@ -231,7 +233,8 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 	var notIts string
 	if hasVolume && (inst.Status == store.InstanceFailed || inst.Status == store.InstanceRunning) {
 		var err error
-		if notIts, err = e.notItsVolume(ctx, inst.ID); err != nil {
+		// inst was read under the lock, vol listed or looked up since.
+		if notIts, err = e.volumeNotIts(ctx, vol, inst); err != nil {
 			return err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
@@ -23,7 +24,28 @@ type watch struct {
 	diskWaits  int         // deaths in a row while the disk was full
 	diskStop   bool        // marked stopped for the full disk
 	startFull  bool        // the last restart failed for want of space
+	exitPID    int         // the postmaster whose end is watched (0: none)
+	stopExit   func()      // forgets that watch
+	due        bool        // queued for the next tick's check
 }
+
+// rounds is the supervisor's schedule (under Engine.mu): the instances
+// whose check is due at the next tick (their postmaster ended, or a
+// restart waits), and a ring of every watched instance that each tick
+// walks a slice of (SuperviseBatch).
+type rounds struct {
+	due    []int64
+	ring   []int64
+	ringAt map[int64]int // index in ring
+	next   int           // where in ring the next slice starts
+	probes int           // hang probes left to this tick (ProbesPerTick)
+	busy   int           // due checks under way
+}
+
+// maxDueBusy bounds the due checks under way: a host on which hundreds of
+// postmasters die at once (the OOM killer, an operator's pkill) restarts
+// them a few dozen at a time.
+const maxDueBusy = 32
 
 // watchedPath is the data directory of a watched instance, looked up in
 // storage once rather than at every tick.
@@ -51,39 +73,189 @@ func (e *Engine) watchedPath(ctx context.Context, id int64) (string, error) {
 	return vol.Path, nil
 }
 
+// watch has the supervisor look after a running instance; its first
+// check, at the next tick, starts watching its postmaster's end.
 func (e *Engine) watch(id int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.watched[id] == nil {
-		e.watched[id] = &watch{}
+	e.watchLocked(id)
+}
+
+func (e *Engine) watchLocked(id int64) *watch {
+	w := e.watched[id]
+	if w != nil {
+		return w
 	}
+	w = &watch{}
+	e.watched[id] = w
+	r := &e.rounds
+	if r.ringAt == nil {
+		r.ringAt = map[int64]int{}
+	}
+	r.ringAt[id] = len(r.ring)
+	r.ring = append(r.ring, id)
+	e.markDueLocked(id)
+	return w
 }
 
 func (e *Engine) unwatch(id int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	w := e.watched[id]
+	if w == nil {
+		return
+	}
+	if w.stopExit != nil {
+		w.stopExit()
+	}
 	delete(e.watched, id)
+	// Out of the ring: the last id takes its place.
+	r := &e.rounds
+	i := r.ringAt[id]
+	last := len(r.ring) - 1
+	r.ring[i] = r.ring[last]
+	r.ringAt[r.ring[i]] = i
+	r.ring = r.ring[:last]
+	delete(r.ringAt, id)
+	// A due entry stays in the queue; the tick skips it.
+}
+
+// markDue has the next tick check the instance.
+func (e *Engine) markDue(id int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.markDueLocked(id)
+}
+
+func (e *Engine) markDueLocked(id int64) {
+	if w := e.watched[id]; w != nil && !w.due {
+		w.due = true
+		e.rounds.due = append(e.rounds.due, id)
+	}
+}
+
+// batch is what a tick checks: the due instances (oldest first, as many
+// as keep maxDueBusy under way), then the next SuperviseBatch of the
+// ring. Its size does not grow with the instances watched.
+func (e *Engine) batch() (due, round []int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := &e.rounds
+	for len(r.due) > 0 && r.busy+len(due) < maxDueBusy {
+		id := r.due[0]
+		r.due = r.due[1:]
+		if w := e.watched[id]; w != nil && w.due {
+			w.due = false
+			due = append(due, id)
+		}
+	}
+	if len(r.due) == 0 {
+		r.due = nil // let the array go
+	}
+	r.probes = e.opts.ProbesPerTick
+	for k := 0; k < min(e.opts.SuperviseBatch, len(r.ring)); k++ {
+		if r.next >= len(r.ring) {
+			r.next = 0
+		}
+		id := r.ring[r.next]
+		r.next++
+		if !slices.Contains(due, id) {
+			round = append(round, id)
+		}
+	}
+	return due, round
 }
 
 // supervise restarts dead postmasters of running instances, with backoff,
 // and marks an instance failed when it crashed MaxCrashes times within
-// CrashWindow.
+// CrashWindow. Its work per tick is bounded: it learns of a postmaster's
+// end from the process itself (see watchExit) and checks those at once,
+// and walks the other instances a slice per tick, which also probes them
+// for a hang and finds what the exit watch could not see.
 func (e *Engine) supervise(ctx context.Context) {
-	e.mu.Lock()
-	ids := make([]int64, 0, len(e.watched))
-	for id := range e.watched {
-		ids = append(ids, id)
-	}
-	e.mu.Unlock()
-	for _, id := range ids {
+	due, round := e.batch()
+	var started [2]int // due, round
+	defer func() { e.tickHook(started[0], started[1]) }()
+	for i, id := range append(due, round...) {
+		isDue := i < len(due)
 		unlock, ok := e.locks.TryLock(id)
 		if !ok {
-			continue // an operation is under way on it
+			// An operation is under way on it (or its last check): a due
+			// check waits for the next tick.
+			if isDue {
+				e.markDue(id)
+			}
+			continue
+		}
+		if isDue {
+			started[0]++
+			e.mu.Lock()
+			e.rounds.busy++
+			e.mu.Unlock()
+		} else {
+			started[1]++
 		}
 		go func() {
 			defer unlock()
+			if isDue {
+				defer func() {
+					e.mu.Lock()
+					e.rounds.busy--
+					e.mu.Unlock()
+				}()
+			}
 			e.superviseOne(ctx, id)
 		}()
+	}
+}
+
+// watchExit watches the end of the instance's postmaster pid, found alive
+// working in dataDir, so that the instance's check is due the moment it
+// ends, rather than when the round comes to it.
+func (e *Engine) watchExit(id int64, pid int, dataDir string) {
+	e.mu.Lock()
+	w := e.watched[id]
+	if w == nil || w.exitPID == pid {
+		e.mu.Unlock()
+		return
+	}
+	old := w.stopExit
+	w.exitPID, w.stopExit = pid, nil
+	e.mu.Unlock()
+	if old != nil {
+		old()
+	}
+	stop, err := postgres.OnExit(pid, func() {
+		e.markDue(id)
+		select {
+		case e.exits <- struct{}{}: // the supervisor runs now
+		default: // or is about to
+		}
+	})
+	if err != nil {
+		e.log.Warn("engine: cannot watch a postmaster's end; the supervisor's round still checks it", "instance_id", id, "pid", pid, "err", err)
+		e.mu.Lock()
+		if w.exitPID == pid {
+			w.exitPID = 0
+		}
+		e.mu.Unlock()
+		return
+	}
+	e.mu.Lock()
+	if e.watched[id] == w && w.exitPID == pid {
+		w.stopExit = stop
+		stop = nil
+	}
+	e.mu.Unlock()
+	if stop != nil {
+		stop()
+		return
+	}
+	// The pid might have been another process's by the time its pidfd was
+	// opened: checked again now, the pidfd is this postmaster's if it
+	// still is.
+	if st, err := postgres.Status(dataDir); err != nil || !st.Alive || st.PID != pid {
+		e.markDue(id)
 	}
 }
 
@@ -91,10 +263,12 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	dataDir, err := e.watchedPath(ctx, id)
 	if err != nil {
 		e.log.Error("engine: supervising", "instance_id", id, "err", err)
+		e.markDue(id)
 		return
 	}
 	if st, err := postgres.Status(dataDir); err == nil && st.Alive {
-		if !e.hung(ctx, id) {
+		e.watchExit(id, st.PID, dataDir)
+		if !e.hung(ctx, id, st) {
 			return
 		}
 		// A process that exists but never answers (stopped, wedged) is
@@ -187,6 +361,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		return
 	}
 	if wait {
+		e.markDue(id) // checked again at each tick until due
 		return
 	}
 	if waitingForDisk {
@@ -196,11 +371,13 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 	}
 	if err := postgres.KillLeftovers(ctx, dataDir); err != nil {
 		e.log.Error("engine: clearing the dead postmaster's processes", "instance_id", id, "err", err)
+		e.markDue(id)
 		return
 	}
 	inst, err := e.opts.Store.GetInstance(ctx, id)
 	if err != nil {
 		e.log.Error("engine: restarting", "instance_id", id, "err", err)
+		e.markDue(id)
 		return
 	}
 	err = e.start(ctx, inst, false)
@@ -220,7 +397,13 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 			level = slog.LevelInfo // expected until space is freed
 		}
 		e.log.Log(ctx, level, "engine: restart failed", "instance_id", id, "err", err)
+		e.markDue(id)
 		return
+	}
+	if st, err := postgres.Status(dataDir); err == nil && st.Alive {
+		e.watchExit(id, st.PID, dataDir)
+	} else {
+		e.markDue(id)
 	}
 	if wasStopped || inst.Status == store.InstanceStopped {
 		e.log.Info("engine: instance running again after the disk was full", "instance_id", id)
@@ -249,26 +432,31 @@ func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
 }
 
 // hung tells whether a live postmaster has failed MaxUnanswered connection
-// attempts in a row, one every ProbeEvery. Any answer, even a refusal such
-// as "the database system is starting up", counts as answering: only
-// silence until ProbeTimeout does not (postgres.Cluster.Answers).
-func (e *Engine) hung(ctx context.Context, id int64) bool {
+// attempts in a row, one every ProbeEvery at the most. A tick probes at
+// most ProbesPerTick instances (each probe forks a child of a postmaster:
+// a few ms of CPU), so that on a dense host each is probed less often
+// than ProbeEvery: every SupervisePeriod × instances / ProbesPerTick.
+// Any answer counts as answering (postgres.Cluster.Answers, which asks
+// for no login): only silence until ProbeTimeout does not.
+func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) bool {
 	e.mu.Lock()
 	w := e.watched[id]
-	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery {
+	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery || e.rounds.probes <= 0 {
 		e.mu.Unlock()
 		return false
 	}
+	e.rounds.probes--
 	w.probedAt = time.Now()
 	e.mu.Unlock()
 
-	inst, err := e.opts.Store.GetInstance(ctx, id)
-	if err != nil {
-		return false
+	if st.Port <= 0 {
+		return false // postmaster.pid does not say yet
 	}
 	attempt, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
 	defer cancel()
-	answered, err := e.cluster(inst, "").Answers(attempt)
+	// The port is the postmaster.pid's: no store read per probe.
+	probe := postgres.Cluster{SocketDir: e.socketDir(id), Port: st.Port}
+	answered, err := probe.Answers(attempt)
 	if ctx.Err() != nil {
 		return false
 	}
@@ -302,10 +490,7 @@ func (e *Engine) clearDiskStop(id int64) {
 func (e *Engine) watchStoppedForDisk(id int64) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	w := e.watched[id]
-	if w == nil {
-		w = &watch{}
-		e.watched[id] = w
-	}
+	w := e.watchLocked(id)
 	w.diskStop, w.startFull = true, true
+	e.markDueLocked(id)
 }

@@ -256,3 +256,96 @@ func TestFullDiskStopsAnInstanceUntilSpaceIsFreed(t *testing.T) {
 		t.Fatal("not alive")
 	}
 }
+
+// Among many instances, the supervisor checks only a slice per tick
+// (SuperviseBatch 1 here: its round reaches a given instance every 10 s),
+// yet three postmasters killed at once, seven apart in the round (which
+// reaches at most one of them within 2 s), all answer again within 2 s,
+// because each one's end makes its check due at once; and a stopped one,
+// which does not end, is still found by the round's probes.
+func TestSupervisorWorkPerTickIsBoundedAndExitsAreSeenAtOnce(t *testing.T) {
+	const instances = 20
+	w := newWorld(t, instances+2)
+	var ticks, roundChecks, dueChecks, maxRound atomic.Int64
+	opts := engine.WithTickHook(w.options(), func(due, round int) {
+		ticks.Add(1)
+		dueChecks.Add(int64(due))
+		roundChecks.Add(int64(round))
+		if int64(round) > maxRound.Load() {
+			maxRound.Store(int64(round))
+		}
+	})
+	opts.SuperviseBatch = 1
+	opts.ProbeEvery, opts.ProbeTimeout, opts.MaxUnanswered = 100*time.Millisecond, 300*time.Millisecond, 2
+	e := engine.New(opts)
+	var insts []store.Instance
+	for range instances {
+		inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		insts = append(insts, inst)
+	}
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	go e.Run(run, time.Minute, time.Minute)
+	status := func(inst store.Instance) (storage.Entry, postgres.ClusterStatus) {
+		vol, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := postgres.Status(vol.Path)
+		if err != nil || !st.Alive {
+			t.Fatalf("instance %d: status %+v %v", inst.ID, st, err)
+		}
+		return vol, st
+	}
+	// The first checks (due at creation) start each exit watch.
+	time.Sleep(2 * time.Second)
+
+	killedInsts := []store.Instance{insts[2], insts[9], insts[16]}
+	var pids []int
+	var vols []storage.Entry
+	for _, inst := range killedInsts {
+		vol, st := status(inst)
+		vols, pids = append(vols, vol), append(pids, st.PID)
+	}
+	killed := time.Now()
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, inst := range killedInsts {
+		answersWithin(t, inst, vols[i].Path, killed, 2*time.Second)
+		if st2, _ := postgres.Status(vols[i].Path); st2.PID == pids[i] {
+			t.Fatal("same pid: the postmaster was not restarted")
+		}
+	}
+
+	vol, st := status(insts[12])
+	stopped := time.Now()
+	if err := syscall.Kill(st.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(st.PID, syscall.SIGCONT)
+	// The round probes it when it comes to it, and again when it comes
+	// back (10 s later), then kills it: within 20 s and a restart.
+	answersWithin(t, insts[12], vol.Path, stopped, 30*time.Second)
+
+	n := ticks.Load()
+	t.Logf("%d ticks: %d round checks (at most %d a tick), %d due checks", n, roundChecks.Load(), maxRound.Load(), dueChecks.Load())
+	if maxRound.Load() > 1 {
+		t.Errorf("a tick checked %d instances of its round; SuperviseBatch is 1", maxRound.Load())
+	}
+	// Due: each creation, each end seen (three kills, the hung one), and
+	// a follow-up of each; nothing else.
+	if d := dueChecks.Load(); d > instances+4*3 {
+		t.Errorf("%d due checks over %d ticks: the supervisor checks more than what ended", d, n)
+	}
+	for _, inst := range insts {
+		if got, err := w.store.GetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
+			t.Errorf("instance %d: %+v %v, want running", inst.ID, got.Status, err)
+		}
+	}
+}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Cluster is a data directory and how sindri runs it: the binaries of its
@@ -122,10 +121,16 @@ func (c *Cluster) Start() (*Process, error) {
 	}
 	exited := make(chan struct{})
 	p := &Process{PID: cmd.Process.Pid, Exited: exited}
-	go func() {
+	reap := func() {
 		p.err = cmd.Wait()
 		close(exited)
-	}()
+	}
+	// Reaped once it has ended (Wait then returns at once), rather than by
+	// a Wait from the start, which would hold a thread per postmaster for
+	// its whole life: a dense host runs a thousand.
+	if _, err := OnExit(p.PID, reap); err != nil {
+		go reap()
+	}
 	return p, nil
 }
 
@@ -191,18 +196,14 @@ func (c *Cluster) Stop(ctx context.Context, timeout time.Duration) error {
 }
 
 // Answers tells whether the postmaster answers a connection attempt over
-// its socket before ctx ends. Any answer counts, even a refusal such as
-// "the database system is starting up" (err says which); only silence
-// until ctx's deadline does not. An error that comes at once (no socket,
-// a refused or full queue) is an answer too: not a hang.
+// its socket (SocketDir and Port: nothing else is needed) before ctx
+// ends; see answers: the forked child's answer to an SSLRequest, before
+// any login. Only silence until ctx's deadline is no answer (err then
+// wraps ErrNoAnswer); an error that comes at once (no socket, a refused
+// or full queue) is an answer: not a hang.
 func (c *Cluster) Answers(ctx context.Context) (answered bool, err error) {
-	conn, err := pgx.Connect(ctx, SuperuserURL(c.SocketDir, c.Port, "postgres"))
-	var pgErr *pgconn.PgError
-	answered = err == nil || errors.As(err, &pgErr) || ctx.Err() == nil
-	if conn != nil {
-		conn.Close(context.WithoutCancel(ctx))
-	}
-	return answered, err
+	err = answers(ctx, c.SocketDir, c.Port)
+	return !errors.Is(err, ErrNoAnswer), err
 }
 
 // Session is a session of sindri's own in a cluster: the superuser over

@@ -84,9 +84,25 @@ var cloneDefaults = []setting{
 	// A commit returns before its WAL is flushed: a crash loses the last
 	// moments but never corrupts, and test suites run much faster.
 	{"synchronous_commit", "off"},
-	// Fewer checkpoints while a test suite writes.
+	// Fewer checkpoints while a test suite writes; an idle clone's
+	// checkpointer wakes only this often (and skips the checkpoint when
+	// nothing was written).
 	{"checkpoint_timeout", "30min"},
 	{"max_wal_size", "1GB"},
+	// A host runs hundreds of clones, most of them idle: what wakes an
+	// idle one, times the clones, is the host's idle load (measured by
+	// BenchmarkIdleClones). Autovacuum forks a worker per database every
+	// naptime, the largest idle cost at Postgres's 1min; a clone is still
+	// vacuumed and analysed, within 10 minutes of needing it.
+	{"autovacuum_naptime", "10min"},
+	// The background writer's LRU scan runs every bgwriter_delay until it
+	// has lapped the buffers, which an idle clone's takes minutes to do
+	// at 200ms: backends write the buffers they evict themselves instead,
+	// and the writer hibernates for 50 delays once idle.
+	{"bgwriter_delay", "10s"},
+	// The WAL writer sleeps 25 delays once idle; async commits (above)
+	// still wake it, and reach the disk within 3 delays.
+	{"wal_writer_delay", "1s"},
 	// JIT compiling costs more than it saves on short test queries.
 	{"jit", "off"},
 	// Enough for a test suite's pool, without the shared memory of

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -14,19 +15,22 @@ import (
 // meantime fails the update and the next one is tried. ErrPortsExhausted
 // when none is left; ErrNotFound if the instance does not exist. A port
 // the instance already holds is given up for the new one.
+//
+// The lowest free port is found in the index on port (firstFreePort),
+// rather than by reading every port held: on a host of a thousand
+// instances a create reads one row, not a thousand.
 func (s *Store) AllocatePort(ctx context.Context, instanceID int64, min, max int, isFree func(port int) bool) (int, error) {
-	rows, _ := s.pool.Query(ctx, `select port from instances
-		where port >= $1 and port < $2 and id <> $3`, min, max, instanceID)
-	taken, err := pgx.CollectRows(rows, pgx.RowTo[int])
-	if err != nil {
-		return 0, wrap(err, "allocate port for instance %d", instanceID)
-	}
-	held := make(map[int]bool, len(taken))
-	for _, p := range taken {
-		held[p] = true
-	}
-	for p := min; p < max; p++ {
-		if held[p] || (isFree != nil && !isFree(p)) {
+	for from := min; from < max; {
+		var p int
+		err := s.pool.QueryRow(ctx, firstFreePort, from, max, instanceID).Scan(&p)
+		if errors.Is(err, pgx.ErrNoRows) {
+			break
+		}
+		if err != nil {
+			return 0, wrap(err, "allocate port for instance %d", instanceID)
+		}
+		from = p + 1
+		if isFree != nil && !isFree(p) {
 			continue
 		}
 		tag, err := s.pool.Exec(ctx, `update instances set port = $2 where id = $1`, instanceID, p)
@@ -40,6 +44,21 @@ func (s *Store) AllocatePort(ctx context.Context, instanceID int64, min, max int
 	}
 	return 0, fmt.Errorf("store: allocate port for instance %d in [%d, %d): %w", instanceID, min, max, ErrPortsExhausted)
 }
+
+// firstFreePort is the lowest port in [$1, $2) that no instance but $3
+// holds: $1 itself, or else the port after the first held one (walking
+// the index on port upwards from $1) whose successor nobody holds. Its
+// cost is the run of held ports from $1, read in the index, never a
+// row per instance sent back.
+const firstFreePort = `(select $1::int as port
+	where not exists (select 1 from instances where port = $1 and id <> $3))
+union all
+(select i.port + 1 from instances i
+	where i.port >= $1 and i.port < $2::int - 1 and i.id <> $3
+	and not exists (select 1 from instances j where j.port = i.port + 1 and j.id <> $3)
+	order by i.port
+	limit 1)
+limit 1`
 
 // ReleasePort clears an instance's port.
 func (s *Store) ReleasePort(ctx context.Context, instanceID int64) error {

@@ -138,3 +138,38 @@ func BenchmarkCreateInstance(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAllocatePort gives a port to one more instance, and takes it
+// back, beside 10 and 1,000 instances holding the lowest ports.
+func BenchmarkAllocatePort(b *testing.B) {
+	for _, held := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("held-%d", held), func(b *testing.B) {
+			s := newStore(b)
+			img, err := s.CreateImage(ctx, ImageInput{BackedUpAt: time.Now()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for range held {
+				inst, err := s.CreateInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "upload"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := s.AllocatePort(ctx, inst.ID, 20000, 22000, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			inst, err := s.CreateInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "upload"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if p, err := s.AllocatePort(ctx, inst.ID, 20000, 22000, nil); err != nil || p != 20000+held {
+					b.Fatalf("port %d, %v", p, err)
+				}
+				if err := s.ReleasePort(ctx, inst.ID); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -319,8 +319,9 @@ func TestSecretsLockKeepsRotationAndSindridApart(t *testing.T) {
 	must[func()](t)(s.LockSecrets(ctx, false))()
 }
 
-// BenchmarkListInstances reads 1,000 instances with their credentials,
-// as GET /instances does for the upload user: three values opened each.
+// BenchmarkListInstances reads 1,000 instances with their credentials
+// (three values opened each), and their summaries, as GET /instances
+// does for the upload user.
 func BenchmarkListInstances(b *testing.B) {
 	s := newStore(b)
 	img, err := s.CreateImage(ctx, ImageInput{BackedUpAt: time.Now()})
@@ -342,6 +343,14 @@ func BenchmarkListInstances(b *testing.B) {
 	b.Run("opened", func(b *testing.B) {
 		for b.Loop() {
 			if insts, err := s.ListInstances(ctx, ""); err != nil || len(insts) != 1000 {
+				b.Fatalf("%d instances, %v", len(insts), err)
+			}
+		}
+	})
+	// What a listing shows: no certificate or key, the password opened.
+	b.Run("summaries", func(b *testing.B) {
+		for b.Loop() {
+			if insts, err := s.ListInstanceSummaries(ctx, ""); err != nil || len(insts) != 1000 {
 				b.Fatalf("%d instances, %v", len(insts), err)
 			}
 		}

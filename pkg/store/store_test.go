@@ -5,13 +5,17 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/migrations"
 )
@@ -587,5 +591,47 @@ func TestAudit(t *testing.T) {
 	latest := must[[]AuditEntry](t)(s.AuditLog(ctx, 2))
 	if len(latest) != 2 || latest[0].ID != all[0].ID || latest[1].ID != all[1].ID {
 		t.Fatalf("limit 2: %+v", latest)
+	}
+}
+
+// A listing of summaries is the listing of instances without the
+// certificates and private keys, its passwords opened, for everyone and
+// for one owner; and the owner's listing is found by the index on owner
+// once the table is large.
+func TestInstanceSummariesAreInstancesWithoutKeys(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "img")
+	a, b, c := newInstance(t, s, img.ID, "ada@example.com"), newInstance(t, s, img.ID, "upload"), newInstance(t, s, img.ID, "ada@example.com")
+	for i, inst := range []Instance{a, b, c} {
+		check(t, s.SetInstanceCredentials(ctx, inst.ID, testCreds(strconv.Itoa(i))))
+	}
+	for _, owner := range []string{"", "ada@example.com", "upload", "nobody@example.com"} {
+		full := must[[]Instance](t)(s.ListInstances(ctx, owner))
+		brief := must[[]Instance](t)(s.ListInstanceSummaries(ctx, owner))
+		if len(full) != len(brief) {
+			t.Fatalf("owner %q: %d summaries, %d instances", owner, len(brief), len(full))
+		}
+		for i := range full {
+			want := full[i]
+			if want.Password == "" || !strings.HasPrefix(want.Password, "pw-") {
+				t.Fatalf("owner %q: instance %d's password %q", owner, want.ID, want.Password)
+			}
+			want.Credentials = Credentials{Username: want.Username, Password: want.Password}
+			if !reflect.DeepEqual(brief[i], want) {
+				t.Errorf("owner %q: summary\n%+v\nwant\n%+v", owner, brief[i], want)
+			}
+		}
+	}
+
+	// The plan of a large table: an index scan of one owner's rows.
+	_, err := s.pool.Exec(ctx, `insert into instances (image_id, owner) select $1, 'user' || n || '@example.com' from generate_series(1, 5000) n`, img.ID)
+	check(t, err)
+	_, err = s.pool.Exec(ctx, `analyze instances`)
+	check(t, err)
+	rows, _ := s.pool.Query(ctx, `explain (format text) select id from instances where owner = $1 order by id`, "ada@example.com")
+	lines := must[[]string](t)(pgx.CollectRows(rows, pgx.RowTo[string]))
+	if plan := strings.Join(lines, "\n"); !strings.Contains(plan, "instances_owner_idx") {
+		t.Errorf("one owner's instances are not found by the index on owner: %s", plan)
 	}
 }
