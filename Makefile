@@ -48,7 +48,10 @@ test: deps lint
 # without the scrub, and the disk an image takes with and without its
 # upload (medians of SINDRI_BENCH_FINALISE_SAMPLES, default 3); and the API
 # against a real sindrid with pgbench images of those sizes, beside
-# CREATE DATABASE ... TEMPLATE. Then what idle clones cost (CPU and PSS of
+# CREATE DATABASE ... TEMPLATE; a source's refresh in basebackup mode and
+# in replica mode after 100 MB of new WAL, and a branch of a running
+# instance, of a pgbench source at SINDRI_BENCH_SOURCE_SCALE (default 340
+# here: about 5 GB). Then what idle clones cost (CPU and PSS of
 # 100 clones with sindri's settings, probed as the supervisor probes or
 # with a login, and with Postgres's defaults), and the density run: one
 # host filled to 1,000 instances of a small image through the API, with
@@ -67,6 +70,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
+	SINDRI_TEST_STORAGE=btrfs SINDRI_BENCH_SOURCE_SCALE=$${SINDRI_BENCH_SOURCE_SCALE:-340} $(GO) test -run '^$$' -bench SourceRefreshAndBranch -benchtime 3x -timeout 120m ./pkg/engine
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
 	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec

@@ -205,9 +205,11 @@ func (m *Main) Run(ctx context.Context) error {
 		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
 		UploadsDir: cfg.UploadsDir(), BackupsDir: cfg.BackupsDir(),
 		DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
-		BackupMaxAge: cfg.Backups.MaxAge,
-		Limits:       engineLimits(cfg.Limits),
-		Logger:       m.logger, OrphanGrace: 10 * time.Minute,
+		BackupMaxAge:   cfg.Backups.MaxAge,
+		SourceRetryMin: cfg.Sources.RetryMin, SourceRetryMax: cfg.Sources.RetryMax,
+		StandbyResyncAfter: cfg.Sources.StandbyResyncAfter,
+		Limits:             engineLimits(cfg.Limits),
+		Logger:             m.logger, OrphanGrace: 10 * time.Minute,
 	})
 	m.setUploadAccount()
 	if err := m.Engine.Reconcile(ctx); err != nil {
@@ -238,7 +240,7 @@ func (m *Main) Run(ctx context.Context) error {
 	services := m.Engine.Services()
 	(&api.Handlers{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
-		Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
+		Sources: services.Sources, Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
 	}).Register(server)
 	ui, err := console.New(console.Options{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
