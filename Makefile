@@ -48,7 +48,10 @@ test: deps lint
 # without the scrub, and the disk an image takes with and without its
 # upload (medians of SINDRI_BENCH_FINALISE_SAMPLES, default 3); and the API
 # against a real sindrid with pgbench images of those sizes, beside
-# CREATE DATABASE ... TEMPLATE. Then what idle clones cost (CPU and PSS of
+# CREATE DATABASE ... TEMPLATE; a source's refresh in basebackup mode and
+# in replica mode after 100 MB of new WAL, and a branch of a running
+# instance, of a pgbench source at SINDRI_BENCH_SOURCE_SCALE (default 340
+# here: about 5 GB). Then what idle clones cost (CPU and PSS of
 # 100 clones with sindri's settings, probed as the supervisor probes or
 # with a login, and with Postgres's defaults), and the density run: one
 # host filled to 1,000 instances of a small image through the API, with
@@ -57,6 +60,9 @@ test: deps lint
 # as CSV and SVG into SINDRI_BENCH_OUT (default bench-out/);
 # SINDRI_BENCH_SINDRID=path runs another sindrid binary, and
 # SINDRI_BENCH_DENSITY_BEFORE=its density.csv sets it beside this run's.
+# Last, the console's pages with 1,000 instances (over in-memory services
+# and over a real metadata store), and an API request with and without the
+# console's routes.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get' -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
@@ -64,9 +70,11 @@ bench: deps
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
+	SINDRI_TEST_STORAGE=btrfs SINDRI_BENCH_SOURCE_SCALE=$${SINDRI_BENCH_SOURCE_SCALE:-340} $(GO) test -run '^$$' -bench SourceRefreshAndBranch -benchtime 3x -timeout 120m ./pkg/engine
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
 	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec
+	$(GO) test -run '^$$' -bench . -benchtime 100x -count 6 ./pkg/console
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).

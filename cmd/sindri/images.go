@@ -17,20 +17,27 @@ import (
 )
 
 func (a *app) imagesCmd() *cobra.Command {
+	var ofSource string
 	list := &cobra.Command{
-		Use: "list", Short: "list the images, newest first", Args: args(),
+		Use: "list", Short: "list the images, newest first (--source: those a source made)", Args: args(),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cl, err := a.client()
 			if err != nil {
 				return err
 			}
-			images, err := cl.ListImages(c.Context())
+			var images []client.Image
+			if ofSource != "" {
+				images, err = cl.ListImagesOfSource(c.Context(), ofSource)
+			} else {
+				images, err = cl.ListImages(c.Context())
+			}
 			if err != nil {
 				return err
 			}
 			return a.showImages(images)
 		},
 	}
+	list.Flags().StringVar(&ofSource, "source", "", "only the images of source `NAME`")
 	get := &cobra.Command{
 		Use: "get ID", Short: "show one image", Args: args("ID"),
 		RunE: func(c *cobra.Command, argv []string) error {
@@ -40,13 +47,17 @@ func (a *app) imagesCmd() *cobra.Command {
 		},
 	}
 
-	var name, backedUpAt, script, backup string
+	var name, backedUpAt, script, backup, fromInstance string
 	var wait bool
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "create an image record to upload a data directory into, or (--backup) restore a backup as an image",
 		Long: `create makes an image record to upload a data directory into (images upload,
 then images finalise).
+
+With --from-instance ID it branches an instance of yours: an image of its
+data as it is now, made without stopping it, that only you and the upload
+user see; clone it with instances create.
 
 With --backup ID it restores a finished backup instead (upload user only):
 the backup's archive becomes the image's upload and the server starts
@@ -56,14 +67,26 @@ waits later. --backed-up-at defaults to when the backup's data was backed
 up: when it was taken of an instance, the image's own for an image.`,
 		Args: args(),
 		RunE: func(c *cobra.Command, _ []string) error {
-			var backupID int64
+			var backupID, instanceID int64
+			if backup != "" && fromInstance != "" {
+				return usageError{errors.New("give --backup or --from-instance, not both")}
+			}
+			if fromInstance != "" {
+				var err error
+				if instanceID, err = parseID("instance", fromInstance); err != nil {
+					return err
+				}
+				if script != "" || backedUpAt != "" {
+					return usageError{errors.New("--from-instance takes no --anonymisation-script and no --backed-up-at: a branch is the instance's data as it is now")}
+				}
+			}
 			if backup != "" {
 				var err error
 				if backupID, err = parseID("backup", backup); err != nil {
 					return err
 				}
-			} else if wait {
-				return usageError{errors.New("--wait goes with --backup: an image without one waits for an upload (then images finalise ID)")}
+			} else if wait && instanceID == 0 {
+				return usageError{errors.New("--wait goes with --backup or --from-instance: an image without one waits for an upload (then images finalise ID)")}
 			}
 			var at time.Time
 			if backedUpAt != "" {
@@ -93,6 +116,9 @@ up: when it was taken of an instance, the image's own for an image.`,
 					}
 				}
 			}
+			if instanceID != 0 {
+				opts = append(opts, client.FromInstance(instanceID))
+			}
 			if at.IsZero() {
 				at = time.Now().UTC()
 			}
@@ -106,7 +132,7 @@ up: when it was taken of an instance, the image's own for an image.`,
 					return err
 				}
 			}
-			if err := a.showImage(img); err != nil || a.json || backupID == 0 || wait {
+			if err := a.showImage(img); err != nil || a.json || (backupID == 0 && instanceID == 0) || wait {
 				return err
 			}
 			_, err = fmt.Fprintf(a.stdout, "\nfinalising; to wait until it is ready: sindri images finalise %d\n", img.ID)
@@ -117,7 +143,8 @@ up: when it was taken of an instance, the image's own for an image.`,
 	create.Flags().StringVar(&backedUpAt, "backed-up-at", "", "when the data was backed up (RFC 3339; default now, or the backup's)")
 	create.Flags().StringVar(&script, "anonymisation-script", "", "a file of SQL run when the image is finalised")
 	create.Flags().StringVar(&backup, "backup", "", "restore finished backup `ID` as the image (upload user only)")
-	create.Flags().BoolVar(&wait, "wait", false, "with --backup: wait until the image is ready")
+	create.Flags().StringVar(&fromInstance, "from-instance", "", "branch instance `ID` (yours): an image of its data as it is now, without stopping it, that only you (and the upload user) see")
+	create.Flags().BoolVar(&wait, "wait", false, "with --backup or --from-instance: wait until the image is ready")
 
 	upload := &cobra.Command{
 		Use: "upload ID FILE", Short: "upload a tarball (tar, tar.gz, tar.zst) of a data directory into an image",
@@ -280,15 +307,29 @@ func (a *app) showImage(img *client.Image) error {
 	if img.BackupID != 0 {
 		fmt.Fprintf(w, "backup_id\t%d\n", img.BackupID)
 	}
+	if img.SourceID != 0 {
+		fmt.Fprintf(w, "source_id\t%d\n", img.SourceID)
+	}
+	if img.Owner != "" {
+		fmt.Fprintf(w, "owner\t%s\n", img.Owner)
+		fmt.Fprintf(w, "instance_id\t%d\n", img.InstanceID)
+	}
 	fmt.Fprintf(w, "backed_up_at\t%s\n", when(img.BackedUpAt))
 	fmt.Fprintf(w, "created_at\t%s\n", when(img.CreatedAt))
 	fmt.Fprintf(w, "updated_at\t%s\n", when(img.UpdatedAt))
 	return w.Flush()
 }
 
-// newestReadyImage is the ready image created last.
-func newestReadyImage(ctx context.Context, cl *client.Client) (*client.Image, error) {
-	images, err := cl.ListImages(ctx)
+// newestReadyImage is the ready image created last, of source if it is
+// not "".
+func newestReadyImage(ctx context.Context, cl *client.Client, source string) (*client.Image, error) {
+	var images []client.Image
+	var err error
+	if source != "" {
+		images, err = cl.ListImagesOfSource(ctx, source)
+	} else {
+		images, err = cl.ListImages(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -297,6 +338,9 @@ func newestReadyImage(ctx context.Context, cl *client.Client) (*client.Image, er
 		if img.Ready {
 			ready = append(ready, img)
 		}
+	}
+	if len(ready) == 0 && source != "" {
+		return nil, failure{fmt.Errorf("source %s has no ready image yet", source)}
 	}
 	if len(ready) == 0 {
 		return nil, failure{errors.New("there is no ready image on the server")}

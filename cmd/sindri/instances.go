@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,7 +35,7 @@ func (a *app) instancesCmd() *cobra.Command {
 	}
 	var opts createOptions
 	create := &cobra.Command{
-		Use: "create [IMAGE_ID]", Short: "create an instance of an image (default: the newest ready image)",
+		Use: "create [IMAGE_ID]", Short: "create an instance of an image (default: the newest ready image; --source: the newest of a source)",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(c *cobra.Command, argv []string) error {
 			image := ""
@@ -99,9 +100,11 @@ func (a *app) instancesCmd() *cobra.Command {
 type createOptions struct {
 	ttl       time.Duration
 	protected bool
+	source    string
 }
 
 func (o *createOptions) flags(c *cobra.Command) {
+	c.Flags().StringVar(&o.source, "source", "", "clone the newest ready image of source `NAME`")
 	c.Flags().DurationVar(&o.ttl, "ttl", 0, "lifetime of the instance, such as 30m or 2h (default: the server's)")
 	c.Flags().BoolVar(&o.protected, "protected", false, "protect the instance from expiry")
 }
@@ -123,8 +126,11 @@ func (a *app) createInstance(c *cobra.Command, image string, o createOptions) (*
 	if err != nil {
 		return nil, err
 	}
+	if id != 0 && o.source != "" {
+		return nil, usageError{errors.New("give an image id or --source, not both")}
+	}
 	if id == 0 {
-		img, err := newestReadyImage(c.Context(), cl)
+		img, err := newestReadyImage(c.Context(), cl, o.source)
 		if err != nil {
 			return nil, err
 		}

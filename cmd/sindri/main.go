@@ -72,7 +72,7 @@ Exit status: 0 ok, 1 the server refused, 2 bad usage or no connection.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 	})
-	root.AddCommand(a.configCmd(), a.imagesCmd(), a.instancesCmd(), a.backupsCmd(), a.envCmd(), a.newCmd(), a.statusCmd(), a.versionCmd(), a.authenticateCmd())
+	root.AddCommand(a.configCmd(), a.imagesCmd(), a.instancesCmd(), a.backupsCmd(), a.sourcesCmd(), a.envCmd(), a.newCmd(), a.statusCmd(), a.versionCmd(), a.authenticateCmd())
 	return root
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/api"
 	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/config"
+	"github.com/sindri-db/sindri/pkg/console"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/metadb"
 	"github.com/sindri-db/sindri/pkg/metrics"
@@ -198,9 +199,11 @@ func (m *Main) Run(ctx context.Context) error {
 		AllowSuperuser: cfg.Postgres.AllowSuperuser, RunDir: cfg.Postgres.SocketDir,
 		UploadsDir: cfg.UploadsDir(), BackupsDir: cfg.BackupsDir(),
 		DefaultTTL: cfg.Instances.DefaultTTL, MaxTTL: cfg.Instances.MaxTTL,
-		BackupMaxAge: cfg.Backups.MaxAge,
-		Limits:       engineLimits(cfg.Limits),
-		Logger:       m.logger, OrphanGrace: 10 * time.Minute,
+		BackupMaxAge:   cfg.Backups.MaxAge,
+		SourceRetryMin: cfg.Sources.RetryMin, SourceRetryMax: cfg.Sources.RetryMax,
+		StandbyResyncAfter: cfg.Sources.StandbyResyncAfter,
+		Limits:             engineLimits(cfg.Limits),
+		Logger:             m.logger, OrphanGrace: 10 * time.Minute,
 	})
 	m.setUploadAccount()
 	if err := m.Engine.Reconcile(ctx); err != nil {
@@ -224,12 +227,24 @@ func (m *Main) Run(ctx context.Context) error {
 		MaxBodyBytes: cfg.HTTP.MaxBodyBytes.Int64(),
 		Metrics:      m.Metrics.Handler(),
 		Observe:      func(ri api.RequestInfo) { m.Metrics.ObserveRequest(ri.Method, ri.Status) },
+		// The console has its own sign-in (a session cookie, or OAuth in
+		// the browser), not the API's header and bearer token.
+		VersionExempt: console.RouteKeys,
 	})
 	services := m.Engine.Services()
 	(&api.Handlers{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
-		Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
+		Sources: services.Sources, Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
 	}).Register(server)
+	ui, err := console.New(console.Options{
+		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
+		Written: services.Instances.Written,
+		Auth:    authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version, Logger: m.logger,
+	})
+	if err != nil {
+		return err
+	}
+	console.Register(server, ui)
 
 	if err := m.listenTLS(server.Handler()); err != nil {
 		return err

@@ -9,7 +9,7 @@
 //
 // Handlers decode a request, call one service and render what it returns.
 // The services (ImageService, InstanceService, BackupService,
-// StatusService) are interfaces the engine implements (engine.Services):
+// StatusService, SourceService) are interfaces the engine implements (engine.Services):
 // they take the caller as an engine.Actor (the authenticated principal's
 // owner and whether it is the upload user) and decide what the caller may
 // see and do, reads included, so that no handler checks ownership and the
@@ -53,6 +53,17 @@
 // DecodeResource takes an empty or missing data.type as the route's own
 // (Draupnir's clients send "type":"") and ignores an empty data.id.
 //
+// Sources (/sources, the upload user's only: 403 for others) are servers
+// the engine makes images of on a schedule; a source's url is rendered
+// without its password and its anonymisation_script not at all, both
+// write-only. POST /sources/{id}/refresh answers 202 with the source
+// refreshing. GET /images?source=NAME lists what a source made (404 for
+// an unknown name), and images carry source_id.
+//
+// POST /images with instance_id makes a branch: an image of that
+// instance's data, carrying its owner, which only the owner and the
+// upload user see (404 for others).
+//
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a
 // detail that names the limit's key and the current figure; GET /status
@@ -63,4 +74,11 @@
 // is answered 503 metadata_unavailable with Retry-After: 2, and may be sent
 // again as it is: whatever it began is finished or undone by the engine.
 // GET /health_check does not need it and keeps answering.
+//
+// The web console (pkg/console) is served by the same Server under /ui/,
+// outside the versioned API: its routes are in Options.VersionExempt (so
+// neither the version header nor a bearer token is asked for; it signs
+// browsers in itself), it calls the same services, shows the resources as
+// ImageResource, InstanceResource, BackupResource and StatusResource
+// render them, and an error in the words AsError gives it.
 package api

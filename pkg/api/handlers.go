@@ -16,7 +16,9 @@ type Handlers struct {
 	Instances InstanceService
 	Backups   BackupService
 	Status    StatusService
-	Auth      *auth.Authenticator
+	// Sources, when set, serves /sources.
+	Sources SourceService
+	Auth    *auth.Authenticator
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
 	Version        string
@@ -50,6 +52,21 @@ func (h *Handlers) Register(s *Server) {
 		{"/status", http.MethodGet, h.status},
 	} {
 		r.Handle(route.path, route.handle).Methods(route.method)
+	}
+	if h.Sources != nil {
+		for _, route := range []struct {
+			path, method string
+			handle       HandlerFunc
+		}{
+			{"/sources", http.MethodGet, h.listSources},
+			{"/sources", http.MethodPost, h.createSource},
+			{"/sources/{id}", http.MethodGet, h.getSource},
+			{"/sources/{id}", http.MethodPatch, h.updateSource},
+			{"/sources/{id}", http.MethodDelete, h.deleteSource},
+			{"/sources/{id}/refresh", http.MethodPost, h.refreshSource},
+		} {
+			r.Handle(route.path, route.handle).Methods(route.method)
+		}
 	}
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)

@@ -26,12 +26,22 @@ func imageResource(img store.Image) *resource.Image {
 	return &resource.Image{
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
 		Status: status, Error: errText, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
-		BackupID: img.BackupID, Anonymised: img.Anonymised, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
+		BackupID: img.BackupID, Anonymised: img.Anonymised, SourceID: img.SourceID, Owner: img.Owner,
+		InstanceID: img.FromInstanceID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }
 
 func (h *Handlers) listImages(w http.ResponseWriter, r *http.Request) error {
-	images, err := h.Images.List(r.Context(), actor(r))
+	var images []store.Image
+	var err error
+	if q := r.URL.Query(); q.Has("source") {
+		if q.Get("source") == "" {
+			return BadRequest("source must name a source, as in /images?source=prod")
+		}
+		images, err = h.Images.ListOfSource(r.Context(), actor(r), q.Get("source"))
+	} else {
+		images, err = h.Images.List(r.Context(), actor(r))
+	}
 	if err != nil {
 		return err
 	}
@@ -63,6 +73,7 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) error {
 		Name                string     `json:"name"`
 		SourceURL           string     `json:"source_url"`
 		BackupID            *ID        `json:"backup_id"`
+		InstanceID          *ID        `json:"instance_id"`
 	}
 	if _, err := DecodeResource(w, r, "images", &attrs); err != nil {
 		return err
@@ -73,6 +84,9 @@ func (h *Handlers) createImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	if attrs.BackupID != nil {
 		req.BackupID = int64(*attrs.BackupID)
+	}
+	if attrs.InstanceID != nil {
+		req.InstanceID = int64(*attrs.InstanceID)
 	}
 	img, err := h.Images.Create(r.Context(), actor(r), req)
 	if err != nil {

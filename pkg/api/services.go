@@ -30,6 +30,9 @@ type ImageService interface {
 	Upload(ctx context.Context, a engine.Actor, id int64, body io.Reader, size int64) (store.Image, error)
 	Finalise(ctx context.Context, a engine.Actor, id int64) (store.Image, error)
 	Destroy(ctx context.Context, a engine.Actor, id int64, force bool) error
+	// ListOfSource returns the images source name made, newest first;
+	// engine.ErrNotFound when there is no such source.
+	ListOfSource(ctx context.Context, a engine.Actor, name string) ([]store.Image, error)
 }
 
 // InstanceService: an instance is its owner's (and the upload user's);
@@ -62,10 +65,23 @@ type StatusService interface {
 	Get(ctx context.Context, a engine.Actor) (engine.Status, error)
 }
 
+// SourceService: sources are the upload user's only
+// (engine.ErrForbidden for anyone else).
+type SourceService interface {
+	List(ctx context.Context, a engine.Actor) ([]store.Source, error)
+	Get(ctx context.Context, a engine.Actor, id int64) (store.Source, error)
+	Create(ctx context.Context, a engine.Actor, req engine.SourceRequest) (store.Source, error)
+	Update(ctx context.Context, a engine.Actor, id int64, p engine.SourcePatch) (store.Source, error)
+	Delete(ctx context.Context, a engine.Actor, id int64) error
+	// Refresh starts a refresh now and returns the source refreshing.
+	Refresh(ctx context.Context, a engine.Actor, id int64) (store.Source, error)
+}
+
 // The engine's services are these.
 var (
 	_ ImageService    = engine.ImageService{}
 	_ InstanceService = engine.InstanceService{}
 	_ BackupService   = engine.BackupService{}
 	_ StatusService   = engine.StatusService{}
+	_ SourceService   = engine.SourceService{}
 )

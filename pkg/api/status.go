@@ -23,8 +23,16 @@ func (h *Handlers) statusResource(st engine.Status) *resource.Status {
 	if !st.Healthy {
 		overall = "degraded"
 	}
+	var standbys map[string]*resource.Standby
+	for _, s := range st.Standbys {
+		if standbys == nil {
+			standbys = map[string]*resource.Standby{}
+		}
+		standbys[s.Source] = &resource.Standby{Status: s.Status, LagBytes: s.LagBytes, LagSeconds: s.LagSeconds}
+	}
 	return &resource.Status{
-		ID: "1", Status: overall, Problems: st.Problems, Version: h.Version, APIVersion: version.API,
+		Standbys: standbys,
+		ID:       "1", Status: overall, Problems: st.Problems, Version: h.Version, APIVersion: version.API,
 		StorageDriver: st.StorageDriver, TotalBytes: st.TotalBytes, FreeBytes: st.FreeBytes,
 		UsedByInstancesBytes: st.UsedByInstancesBytes, UsedByBackupsBytes: st.UsedByBackupsBytes, Backups: st.BackupsByStatus,
 		Images: contractCounts(st.ImagesByStatus, func(s string) string {

@@ -162,6 +162,7 @@ type Authenticator struct {
 	tokenTTL  time.Duration
 	log       *slog.Logger
 	oauth     *oauthFlow // nil: OAuth disabled
+	browser   browserLogins
 }
 
 // New makes an Authenticator.

@@ -495,6 +495,10 @@ func (a *Authenticator) callback(w http.ResponseWriter, r *http.Request) {
 		page(w, http.StatusBadRequest, "Login failed: "+aerr.detail)
 		return
 	}
+	if strings.HasPrefix(state, browserStatePrefix) {
+		a.browserCallback(w, r, state)
+		return
+	}
 	f, verifier, err := a.oauth.flows.callback(state, cookieOf(r))
 	switch {
 	case errors.Is(err, errAwaitingConfirmation):

@@ -161,6 +161,17 @@ func FromBackup(id int64) ImageOption {
 	return func(attrs map[string]any) { attrs["backup_id"] = strconv.FormatInt(id, 10) }
 }
 
+// FromInstance makes CreateImage a branch of instance id (attribute
+// instance_id; an instance of the caller's): an image of its data as it
+// is now, which the server finalises at once; FinaliseImage waits for it.
+// Only its owner and the upload user see the branch.
+func FromInstance(id int64) ImageOption {
+	return func(attrs map[string]any) {
+		attrs["instance_id"] = strconv.FormatInt(id, 10)
+		delete(attrs, "backed_up_at") // now, on the server's clock
+	}
+}
+
 // CreateImage creates an image record and its empty upload volume;
 // name and anonymisationScript may be empty.
 func (c *Client) CreateImage(ctx context.Context, backedUpAt time.Time, name, anonymisationScript string, opts ...ImageOption) (*Image, error) {

@@ -146,6 +146,7 @@ type Config struct {
 	Postgres  PostgresConfig  `toml:"postgres"`
 	Instances InstancesConfig `toml:"instances"`
 	Backups   BackupsConfig   `toml:"backups"`
+	Sources   SourcesConfig   `toml:"sources"`
 	Uploads   UploadsConfig   `toml:"uploads"`
 	Limits    LimitsConfig    `toml:"limits"`
 
@@ -318,6 +319,27 @@ type BackupsConfig struct {
 	MaxAge time.Duration `toml:"max_age"`
 }
 
+// SourcesConfig is the [sources] section: how sources' refreshes are
+// retried and their standbys looked after.
+type SourcesConfig struct {
+	// RetryMin is the wait before a failed refresh is tried again,
+	// doubled with each failure in a row up to RetryMax (defaults "30s"
+	// and "1h").
+	RetryMin time.Duration `toml:"retry_min"`
+	RetryMax time.Duration `toml:"retry_max"`
+	// StandbyResyncAfter is how long a replica-mode source's standby may
+	// go without streaming before it is made again from a new base backup
+	// (default "10m").
+	StandbyResyncAfter time.Duration `toml:"standby_resync_after"`
+}
+
+// Defaults of [sources].
+const (
+	DefaultSourceRetryMin           = 30 * time.Second
+	DefaultSourceRetryMax           = time.Hour
+	DefaultSourceStandbyResyncAfter = 10 * time.Minute
+)
+
 // UploadsConfig is the [uploads] section: uploads of data directories.
 type UploadsConfig struct {
 	// AuthorizedKeysFile is the authorized_keys file of the account that
@@ -410,6 +432,11 @@ func Default() *Config {
 			MaxTTL:         DefaultMaxInstanceTTL,
 			ExpiryInterval: DefaultExpiryInterval,
 		},
+		Sources: SourcesConfig{
+			RetryMin:           DefaultSourceRetryMin,
+			RetryMax:           DefaultSourceRetryMax,
+			StandbyResyncAfter: DefaultSourceStandbyResyncAfter,
+		},
 		Uploads: UploadsConfig{
 			Account: DefaultUploadAccount,
 		},
@@ -453,10 +480,13 @@ func Load(path string) (*Config, error) {
 
 // durationKeys are the keys decoded into time.Duration.
 var durationKeys = map[string]bool{
-	"instances.default_ttl":     true,
-	"instances.max_ttl":         true,
-	"instances.expiry_interval": true,
-	"backups.max_age":           true,
+	"instances.default_ttl":        true,
+	"instances.max_ttl":            true,
+	"instances.expiry_interval":    true,
+	"backups.max_age":              true,
+	"sources.retry_min":            true,
+	"sources.retry_max":            true,
+	"sources.standby_resync_after": true,
 }
 
 // decode parses data over Default() and reports unknown keys and integer
@@ -496,6 +526,9 @@ outer:
 		{"instances", "max_ttl", c.Instances.MaxTTL},
 		{"instances", "expiry_interval", c.Instances.ExpiryInterval},
 		{"backups", "max_age", c.Backups.MaxAge},
+		{"sources", "retry_min", c.Sources.RetryMin},
+		{"sources", "retry_max", c.Sources.RetryMax},
+		{"sources", "standby_resync_after", c.Sources.StandbyResyncAfter},
 	} {
 		if md.Type(d.section, d.name) == "Integer" && d.val != 0 {
 			key := d.section + "." + d.name
@@ -631,6 +664,7 @@ func (c *Config) Validate() error {
 	if c.Backups.MaxAge < 0 {
 		v.errorf("backups.max_age", "backups.max_age must not be negative (got %q; 0 keeps backups until they are deleted)", c.Backups.MaxAge.String())
 	}
+	c.validateSources(v)
 	c.validateUploads(v)
 	c.validateLimits(v)
 	return joinErrors(v.errs)
@@ -1028,4 +1062,17 @@ func isWithin(dir, path string) bool {
 		return false
 	}
 	return rel == "." || (rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)))
+}
+
+func (c *Config) validateSources(v *validator) {
+	sc := c.Sources
+	if sc.RetryMin < time.Second {
+		v.errorf("sources.retry_min", "sources.retry_min must be at least \"1s\" (got %q)", sc.RetryMin.String())
+	}
+	if sc.RetryMax < sc.RetryMin {
+		v.errorf("sources.retry_max", "sources.retry_max must be at least sources.retry_min (got %q and %q)", sc.RetryMax.String(), sc.RetryMin.String())
+	}
+	if sc.StandbyResyncAfter < time.Minute {
+		v.errorf("sources.standby_resync_after", "sources.standby_resync_after must be at least \"1m\" (got %q): a standby reconnecting after its source restarted needs the time", sc.StandbyResyncAfter.String())
+	}
 }

@@ -85,6 +85,9 @@ func TestMinimalFileLoadsWithDefaults(t *testing.T) {
 		{"instances.max_ttl", c.Instances.MaxTTL, 168 * time.Hour},
 		{"instances.expiry_interval", c.Instances.ExpiryInterval, 30 * time.Second},
 		{"backups.max_age", c.Backups.MaxAge, time.Duration(0)},
+		{"sources.retry_min", c.Sources.RetryMin, 30 * time.Second},
+		{"sources.retry_max", c.Sources.RetryMax, time.Hour},
+		{"sources.standby_resync_after", c.Sources.StandbyResyncAfter, 10 * time.Minute},
 		{"uploads.authorized_keys_file", c.Uploads.AuthorizedKeysFile, ""},
 		{"uploads.account", c.Uploads.Account, "sindri-upload"},
 		{"limits.instances_per_user", c.Limits.InstancesPerUser, 50},
@@ -318,6 +321,12 @@ func TestInvalidValues(t *testing.T) {
 		{name: "max_age bad", file: "[backups]\nmax_age = \"a month\"", key: "backups.max_age", want: "is not a duration"},
 		{name: "max_age integer", file: "[backups]\nmax_age = 3600", key: "backups.max_age", want: "duration string"},
 		{name: "max_age negative", file: "[backups]\nmax_age = \"-1h\"", key: "backups.max_age", want: "must not be negative"},
+
+		// [sources]
+		{name: "retry_max integer", file: "[sources]\nretry_max = 86400000000000", key: "sources.retry_max", want: "duration string"},
+		{name: "retry_min short", file: "[sources]\nretry_min = \"10ms\"", key: "sources.retry_min", want: `at least "1s"`},
+		{name: "retry_max below min", file: "[sources]\nretry_min = \"2m\"\nretry_max = \"1m\"", key: "sources.retry_max", want: "at least sources.retry_min"},
+		{name: "standby_resync_after short", file: "[sources]\nstandby_resync_after = \"5s\"", key: "sources.standby_resync_after", want: `at least "1m"`},
 
 		// [uploads]
 		{name: "authorized_keys_file relative", file: "[uploads]\nauthorized_keys_file = \"authorized_keys\"", key: "uploads.authorized_keys_file", want: "absolute path"},

@@ -157,6 +157,24 @@
 //     than BackupMaxAge.
 //   - failed: Error says why; only deleting is left.
 //
+// # Sources
+//
+// A source (sources.go) is a server that images are refreshed from:
+//
+//	CreateSource        ──▶ idle        next_refresh_at from its schedule
+//	refresh             ──▶ refreshing  the image (CreateImage with its url) recorded as refreshing_image_id, then FinaliseImage
+//	  image ready       ──▶ idle        last_image_id; retention destroys ready images beyond keep that no instance uses
+//	  image failed      ──▶ failed      the image destroyed, the reason in Error, a retry after a doubling backoff
+//	DeleteSource        ──▶ (row gone)  refused while refreshing; its images stay, without source_id
+//
+// In replica mode (replica.go) the source keeps a standby, made and
+// looked after by RunSources, and a refresh snapshots the standby instead
+// of pulling; the source is streaming (or failed) between refreshes.
+//
+// A source left refreshing by a crash is repaired by RunSources at start:
+// a ready image is the refresh's result; anything else is destroyed and
+// the refresh made again at once.
+//
 // # Volumes, records and tombstones
 //
 // Each volume holds a record of whose it is (VolumeRecordFile: the

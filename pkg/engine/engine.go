@@ -74,6 +74,17 @@ type Options struct {
 	// stopped while the disk was full (default 30 s); such stops do not
 	// count towards MaxCrashes.
 	DiskRetryMax time.Duration
+	// SourceTick is how often due refreshes of sources are started and
+	// their retention applied (default DefaultSourceTick).
+	SourceTick time.Duration
+	// A failed refresh is retried after SourceRetryMin, doubled with each
+	// failure in a row up to SourceRetryMax (defaults DefaultRetryMin,
+	// DefaultRetryMax).
+	SourceRetryMin, SourceRetryMax time.Duration
+	// StandbyResyncAfter is how long a replica-mode source's standby may
+	// go without streaming before it is made again from a new base backup
+	// (default DefaultStandbyResyncAfter).
+	StandbyResyncAfter time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
@@ -90,6 +101,11 @@ type Engine struct {
 	log        *slog.Logger
 	locks      keyedmutex.Map[int64] // per instance
 	imageLocks keyedmutex.Map[int64] // per image
+	// sourceLocks: per source, held for a source's changes of state, not
+	// through a refresh's pull (refreshes says which run).
+	sourceLocks keyedmutex.Map[int64]
+	refreshes   refreshRuns
+	standbys    standbyState
 
 	mu         sync.Mutex
 	watched    map[int64]*watch
@@ -170,8 +186,8 @@ func New(opts Options) *Engine {
 }
 
 // Run supervises running instances every SupervisePeriod, destroys expired
-// instances every expiryEvery and reconciles every reconcileEvery, until
-// ctx ends. The three run side by side: an expiry that waits for a slow
+// instances every expiryEvery, reconciles every reconcileEvery and
+// refreshes the sources (RunSources), until ctx ends. They run side by side: an expiry that waits for a slow
 // shutdown, or a reconcile that starts postmasters, must not hold up the
 // supervisor's 2-second promise. Instance postmasters keep running after
 // it returns.
@@ -218,6 +234,11 @@ func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Durat
 			e.log.Error("engine: deleting expired backups", "err", err)
 		}
 	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.RunSources(ctx)
+	}()
 	every(reconcileEvery, func() {
 		if err := e.Reconcile(ctx); err != nil {
 			e.log.Error("engine: reconcile", "err", err)

@@ -429,6 +429,9 @@ func childMain() int {
 	if id := os.Getenv(finaliseEnv); id != "" {
 		return childFinalise(id)
 	}
+	if id := os.Getenv(refreshEnv); id != "" {
+		return childRefresh(id)
+	}
 	ports := strings.Split(os.Getenv(portsEnv), "-")
 	minPort, _ := strconv.Atoi(ports[0])
 	maxPort, _ := strconv.Atoi(ports[1])

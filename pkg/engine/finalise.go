@@ -138,6 +138,10 @@ func retryAdvice(img store.Image) string {
 	switch {
 	case img.BackupID != 0:
 		return fmt.Sprintf("the restored archive was removed from image %d: restore backup %d again as a new image", img.ID, img.BackupID)
+	case img.FromInstanceID != 0:
+		return fmt.Sprintf("branch instance %d again", img.FromInstanceID)
+	case img.FromSnapshot:
+		return "refresh the source again"
 	case img.HasSourceURL:
 		return fmt.Sprintf("the uploaded tarball was removed: POST /images/%d/done pulls from the source server again", img.ID)
 	}
@@ -156,12 +160,13 @@ func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool)
 	// An image made from a source server pulls its data with
 	// pg_basebackup, unless a tarball was uploaded for it after all.
 	archive, err := e.findArchive(img.ID)
-	if err != nil && !img.HasSourceURL {
+	if err != nil && !img.HasSourceURL && !img.FromSnapshot {
 		return "", 0, err
 	}
 	if err == nil {
 		defer archive.Close()
-	} else {
+	}
+	if err != nil || img.FromSnapshot { // an image of a snapshot takes its snapshot's data only
 		archive = nil
 	}
 	// Start afresh: what an earlier try left (its pg_basebackup or psql
@@ -195,6 +200,10 @@ func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool)
 	}()
 	if archive != nil {
 		if err := e.extract(ctx, archive, vol.Path); err != nil {
+			return "", 0, err
+		}
+	} else if img.FromSnapshot {
+		if err := e.copySnapshot(ctx, img, vol.Path); err != nil {
 			return "", 0, err
 		}
 	} else if sourceURL, err := e.opts.Store.ImageSourceURL(ctx, img.ID); err != nil {

@@ -23,11 +23,19 @@ type ImageRequest struct {
 	// BackupID, when set, names a finished backup whose archive becomes
 	// the image's upload: a restore.
 	BackupID int64
+	// SourceID, when set, is the source whose refresh makes the image.
+	SourceID int64
+	// InstanceID, when set, names a running instance whose data becomes
+	// the image (a branch; see branches.go).
+	InstanceID int64
 }
 
 // CreateImage records a pending image and makes its upload directory and
 // its empty upload volume.
 func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image, error) {
+	if req.InstanceID != 0 {
+		return e.createBranch(ctx, req)
+	}
 	var redacted string
 	if req.SourceURL != "" {
 		src, err := parseSource(req.SourceURL)
@@ -66,6 +74,7 @@ func (e *Engine) CreateImage(ctx context.Context, req ImageRequest) (store.Image
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, AnonymisationScript: req.AnonymisationScript,
 		SourceURL: req.SourceURL, SourceURLRedacted: redacted, BackupID: req.BackupID, UserWritten: userWritten,
+		SourceID: req.SourceID,
 	})
 	if err != nil {
 		return store.Image{}, err
@@ -200,6 +209,7 @@ func (e *Engine) finishImageDestroy(ctx context.Context, id int64) error {
 	if err != nil {
 		return err
 	}
+	e.destroyBranchSnapshot(ctx, id)
 	for _, name := range []string{ImageVolume(id), UploadVolume(id)} {
 		if vol, err := e.opts.Storage.Get(ctx, name); err == nil {
 			if err := e.checkImageVolume(ctx, vol.Path, img); err != nil {

@@ -38,6 +38,12 @@ func parseSource(s string) (postgres.Source, error) {
 // pg_basebackup (it reads older servers too), within PullTimeout. The
 // password is kept out of every message.
 func (e *Engine) pullBaseBackup(ctx context.Context, imageID int64, sourceURL, dir string) error {
+	return e.pullInto(ctx, ImageVolume(imageID), sourceURL, dir)
+}
+
+// pullInto is pullBaseBackup into volume's directory dir, the operation
+// named after volume (an image's, or a source's standby).
+func (e *Engine) pullInto(ctx context.Context, volume, sourceURL, dir string) error {
 	src, err := parseSource(sourceURL)
 	if err != nil {
 		return err
@@ -50,12 +56,12 @@ func (e *Engine) pullBaseBackup(ctx context.Context, imageID int64, sourceURL, d
 	if c.BinDir, err = postgres.BinDir(e.opts.BinPattern, major); err != nil {
 		return err
 	}
-	name, err := e.operationName(ctx, "pull", ImageVolume(imageID))
+	name, err := e.operationName(ctx, "pull", volume)
 	if err != nil {
 		return err
 	}
 	started := time.Now()
-	e.log.Info("engine: pulling a base backup", "image_id", imageID, "source", src.ConnString)
+	e.log.Info("engine: pulling a base backup", "volume", volume, "source", src.ConnString)
 	if err := c.BaseBackup(ctx, src, PullTimeout, name); err != nil {
 		return err
 	}

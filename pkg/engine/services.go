@@ -40,13 +40,18 @@ func (a Actor) acting(ctx context.Context) context.Context {
 // actor may see and do, and returns errors of the engine's classes only
 // (errors.go), with messages written for the actor.
 //
-//   - Images are everybody's to see; only the upload user creates,
-//     uploads, finalises, destroys or backs one up (ErrForbidden
-//     otherwise), and only the upload user reads why a finalise failed
-//     (HiddenFinaliseError for the others: the text may quote the data).
+//   - Images are everybody's to see, except a branch (an image of an
+//     instance's data), which is its owner's and the upload user's; only
+//     the upload user creates, uploads, finalises, destroys or backs one
+//     up (ErrForbidden otherwise), but an instance's owner branches it,
+//     and finalises and destroys the branch; only the upload user reads
+//     why a finalise failed (HiddenFinaliseError for the others: the text
+//     may quote the data).
 //   - Instances and backups are their owner's: the upload user sees and
 //     acts on all of them, anyone else on their own, and another's is
 //     ErrNotFound, as if it did not exist.
+//   - Sources are the upload user's only (ErrForbidden for anyone else);
+//     their url's password is never returned.
 //   - Status shows each per-user limit's figure for the actor (Yours);
 //     only the upload user's keeps every owner's figure.
 type Services struct {
@@ -54,11 +59,13 @@ type Services struct {
 	Instances InstanceService
 	Backups   BackupService
 	Status    StatusService
+	Sources   SourceService
 }
 
 // Services returns the engine's services.
 func (e *Engine) Services() Services {
-	return Services{Images: ImageService{e}, Instances: InstanceService{e}, Backups: BackupService{e}, Status: StatusService{e}}
+	return Services{Images: ImageService{e}, Instances: InstanceService{e}, Backups: BackupService{e}, Status: StatusService{e},
+		Sources: SourceService{e}}
 }
 
 // HiddenFinaliseError is what an actor other than the upload user reads
@@ -75,10 +82,18 @@ func (s ImageService) List(ctx context.Context, a Actor) ([]store.Image, error) 
 	if err != nil {
 		return nil, classify(err)
 	}
-	for i := range images {
-		images[i] = a.seeImage(images[i])
+	return a.seeImages(images), nil
+}
+
+// seeImages is images as a reads them: without the branches of others.
+func (a Actor) seeImages(images []store.Image) []store.Image {
+	out := images[:0]
+	for _, img := range images {
+		if a.seesImage(img) {
+			out = append(out, a.seeImage(img))
+		}
 	}
-	return images, nil
+	return out
 }
 
 // Get returns image id.
@@ -90,17 +105,25 @@ func (s ImageService) Get(ctx context.Context, a Actor, id int64) (store.Image, 
 	if err != nil {
 		return store.Image{}, classify(err)
 	}
+	if !a.seesImage(img) {
+		return store.Image{}, noImage(id)
+	}
 	return a.seeImage(img), nil
 }
 
-// Create records a pending image (CreateImage). A pull (SourceURL) or a
-// restore (BackupID) is then finalised at once, in the background: a
-// later Finalise joins that run.
+// Create records a pending image (CreateImage). A pull (SourceURL), a
+// restore (BackupID) or a branch (InstanceID: the instance's owner's and
+// the upload user's to make) is then finalised at once, in the
+// background: a later Finalise joins that run.
 func (s ImageService) Create(ctx context.Context, a Actor, req ImageRequest) (store.Image, error) {
-	if err := a.mayChangeImages(); err != nil {
+	if req.InstanceID != 0 {
+		if _, err := (InstanceService{s.e}).Get(ctx, a, req.InstanceID); err != nil {
+			return store.Image{}, err
+		}
+	} else if err := a.mayChangeImages(); err != nil {
 		return store.Image{}, err
 	}
-	if req.BackedUpAt.IsZero() {
+	if req.BackedUpAt.IsZero() && req.InstanceID == 0 {
 		return store.Image{}, refuse(ErrInvalid, "attribute backed_up_at is required (an RFC 3339 time such as 2017-05-01T12:00:00Z)")
 	}
 	ctx = a.acting(ctx)
@@ -108,10 +131,13 @@ func (s ImageService) Create(ctx context.Context, a Actor, req ImageRequest) (st
 	if errors.Is(err, ErrNotFound) && req.BackupID != 0 {
 		return store.Image{}, refuse(ErrNotFound, "there is no backup %d", req.BackupID)
 	}
+	if errors.Is(err, ErrNotFound) && req.InstanceID != 0 {
+		return store.Image{}, refuse(ErrNotFound, "there is no instance %d", req.InstanceID)
+	}
 	if err != nil {
 		return store.Image{}, classify(err)
 	}
-	if req.SourceURL != "" || req.BackupID != 0 {
+	if req.SourceURL != "" || req.BackupID != 0 || req.InstanceID != 0 {
 		go s.e.FinaliseImage(ctx, img.ID)
 	}
 	return a.seeImage(img), nil
@@ -123,6 +149,9 @@ func (s ImageService) Create(ctx context.Context, a Actor, req ImageRequest) (st
 func (s ImageService) Upload(ctx context.Context, a Actor, id int64, body io.Reader, size int64) (store.Image, error) {
 	if _, err := s.toChange(ctx, a, id); err != nil {
 		return store.Image{}, err
+	}
+	if err := a.mayChangeImages(); err != nil {
+		return store.Image{}, err // a branch's owner does not upload into it
 	}
 	if size > 0 {
 		if err := s.e.CheckDiskReserve(ctx, size, fmt.Sprintf("an upload of %d bytes", size)); err != nil {
@@ -161,7 +190,7 @@ func (s ImageService) toChange(ctx context.Context, a Actor, id int64) (store.Im
 	if err != nil {
 		return img, err
 	}
-	return img, a.mayChangeImages()
+	return img, a.mayChangeImage(img)
 }
 
 func (a Actor) mayChangeImages() error {
@@ -171,9 +200,10 @@ func (a Actor) mayChangeImages() error {
 	return nil
 }
 
-// seeImage is img as a reads it.
+// seeImage is img as a reads it: a failed finalise's reason is the
+// upload user's, and a branch's its owner's too (only they see it).
 func (a Actor) seeImage(img store.Image) store.Image {
-	if !a.Upload && img.Status == store.ImageFailed && img.Error != "" {
+	if !a.Upload && img.Owner == "" && img.Status == store.ImageFailed && img.Error != "" {
 		img.Error = HiddenFinaliseError
 	}
 	return img
@@ -228,6 +258,10 @@ func (s InstanceService) Get(ctx context.Context, a Actor, id int64) (store.Inst
 // Create clones the image for the actor and starts Postgres on it
 // (CreateInstance), within the lifetime ExpiryFor allows.
 func (s InstanceService) Create(ctx context.Context, a Actor, req NewInstance) (store.Instance, error) {
+	// Another's branch is not there for a.
+	if img, err := s.e.opts.Store.GetImage(ctx, req.ImageID); err == nil && !a.seesImage(img) {
+		return store.Instance{}, noImage(req.ImageID)
+	}
 	expiresAt, err := s.e.ExpiryFor(req.TTL)
 	if err != nil {
 		return store.Instance{}, classify(err)
@@ -379,6 +413,9 @@ func (s StatusService) Get(ctx context.Context, a Actor) (Status, error) {
 	st, err := s.e.Status(ctx)
 	if err != nil {
 		return Status{}, classify(err)
+	}
+	if !a.Upload {
+		st.Standbys = nil // sources are the upload user's
 	}
 	for i := range st.Limits {
 		l := &st.Limits[i]

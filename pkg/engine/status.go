@@ -28,6 +28,18 @@ type Status struct {
 	// the other limits, each with its use.
 	DiskReserveBytes int64
 	Limits           []LimitUse
+	// Standbys are the replica-mode sources' standbys.
+	Standbys []StandbyStatus
+}
+
+// StandbyStatus is how a replica-mode source's standby streams: Status is
+// the source's (streaming, refreshing or failed), the lags nil when
+// unknown.
+type StandbyStatus struct {
+	Source     string
+	Status     string
+	LagBytes   *int64
+	LagSeconds *float64
 }
 
 // LimitUse is one limit and how much of it is used.
@@ -107,6 +119,23 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if st.DiskReserveBytes > 0 && capacity.FreeBytes < st.DiskReserveBytes {
 		st.Problems = append(st.Problems, fmt.Sprintf("the free space (%s) is under the disk reserve (limits.disk_reserve = %s): new instances, uploads and backups are refused",
 			size(capacity.FreeBytes), e.opts.Limits.DiskReserve.describe(capacity.TotalBytes)))
+	}
+	sources, err := e.opts.Store.ListSources(ctx)
+	if err != nil {
+		return st, err
+	}
+	failedStandbys := 0
+	for _, src := range sources {
+		if src.Mode != store.SourceReplica {
+			continue
+		}
+		st.Standbys = append(st.Standbys, StandbyStatus{Source: src.Name, Status: string(src.Status), LagBytes: src.LagBytes, LagSeconds: src.LagSeconds})
+		if src.Status == store.SourceFailed {
+			failedStandbys++
+		}
+	}
+	if failedStandbys > 0 {
+		st.Problems = append(st.Problems, fmt.Sprintf("%d replica-mode source(s) failed; GET /sources says why", failedStandbys))
 	}
 	st.Healthy = len(st.Problems) == 0
 	return st, nil

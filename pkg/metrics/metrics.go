@@ -62,6 +62,10 @@ var (
 	totalDesc     = prometheus.NewDesc("sindri_disk_total_bytes", "Size of the storage filesystem.", nil, nil)
 	limitDesc     = prometheus.NewDesc("sindri_limit",
 		"Each limit of [limits] that is set, by its key (bytes for backups_total_bytes and disk_reserve).", []string{"name"}, nil)
+	lagBytesDesc = prometheus.NewDesc("sindri_source_lag_bytes",
+		"How far a replica-mode source's standby is behind the source, in bytes of WAL: from the end the source last reported to what the standby has replayed.", []string{"source"}, nil)
+	lagSecondsDesc = prometheus.NewDesc("sindri_source_lag_seconds",
+		"How far a replica-mode source's standby is behind the source, in seconds since the last transaction it replayed (0 when it has replayed all it received).", []string{"source"}, nil)
 	limitUsedDesc = prometheus.NewDesc("sindri_limit_used",
 		"What each limit of [limits] holds, by its key: for a per-user limit, the most any one user has. The disk reserve's is sindri_disk_free_bytes.", []string{"name"}, nil)
 )
@@ -78,6 +82,8 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- totalDesc
 	ch <- limitDesc
 	ch <- limitUsedDesc
+	ch <- lagBytesDesc
+	ch <- lagSecondsDesc
 }
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
@@ -104,5 +110,13 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(limitDesc, prometheus.GaugeValue, float64(l.Limit), l.Name)
 		}
 		ch <- prometheus.MustNewConstMetric(limitUsedDesc, prometheus.GaugeValue, float64(l.Used), l.Name)
+	}
+	for _, s := range st.Standbys {
+		if s.LagBytes != nil {
+			ch <- prometheus.MustNewConstMetric(lagBytesDesc, prometheus.GaugeValue, float64(*s.LagBytes), s.Source)
+		}
+		if s.LagSeconds != nil {
+			ch <- prometheus.MustNewConstMetric(lagSecondsDesc, prometheus.GaugeValue, *s.LagSeconds, s.Source)
+		}
 	}
 }

@@ -60,6 +60,11 @@ type Settings struct {
 	// transactions an upload holds (PreparedTransactionsSetting) to roll
 	// them back.
 	PreparedTransactions int
+	// PrimaryConnInfo, with standby.signal in the data directory, makes
+	// the cluster a streaming standby of that server (a source's replica;
+	// a password goes in a passfile it names, not here). "" for every
+	// other cluster.
+	PrimaryConnInfo string
 }
 
 // setting is one pinned setting: its name and raw value (as given after
@@ -228,6 +233,9 @@ func (c *Cluster) pins(dataDir string, major int) []setting {
 		setting{"shared_buffers", sharedBuffers},
 		setting{"max_prepared_transactions", strconv.Itoa(max(s.PreparedTransactions, 0))},
 	)
+	if s.PrimaryConnInfo != "" { // after the pinned "": the last one wins
+		out = append(out, setting{"primary_conninfo", s.PrimaryConnInfo}, setting{"hot_standby", "on"})
+	}
 	return out
 }
 

@@ -35,9 +35,19 @@ type Image struct {
 	Anonymised bool `db:"anonymised"`
 	// UserWritten: the data may hold what an instance's user wrote (a
 	// restore of an instance's backup, or of a backup of such an image).
-	UserWritten bool      `db:"user_written"`
-	CreatedAt   time.Time `db:"created_at"`
-	UpdatedAt   time.Time `db:"updated_at"`
+	UserWritten bool `db:"user_written"`
+	// SourceID is the source whose refresh made the image; 0: none.
+	SourceID int64 `db:"source_id"`
+	// Owner is set on a branch (an image of an instance's data): only
+	// its owner and the upload user see it. "": everybody's.
+	Owner string `db:"owner"`
+	// FromInstanceID is the instance a branch was made of; 0: none.
+	FromInstanceID int64 `db:"from_instance_id"`
+	// FromSnapshot: the data is copied from a snapshot taken when the
+	// image was recorded (of an instance, or of a source's standby).
+	FromSnapshot bool      `db:"from_snapshot"`
+	CreatedAt    time.Time `db:"created_at"`
+	UpdatedAt    time.Time `db:"updated_at"`
 }
 
 // ImageInput is what CreateImage records; the image starts pending.
@@ -49,6 +59,10 @@ type ImageInput struct {
 	SourceURLRedacted   string // SourceURL without its password
 	BackupID            int64  // 0: none
 	UserWritten         bool
+	SourceID            int64 // 0: none
+	Owner               string
+	FromInstanceID      int64 // 0: none
+	FromSnapshot        bool
 }
 
 const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
@@ -56,7 +70,8 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 	coalesce(anonymisation_script, '') as anonymisation_script,
 	source_url is not null as has_source_url,
 	coalesce(source_url_redacted, '') as source_url_redacted, coalesce(backup_id, 0) as backup_id,
-	anonymised, user_written, created_at, updated_at`
+	anonymised, user_written, coalesce(source_id, 0) as source_id,
+	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at`
 
 // CreateImage records a new pending image, its source_url sealed.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
@@ -75,11 +90,12 @@ func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
 		id = &next
 	}
 	img, err := get[Image](ctx, s, `insert into images
-		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id, user_written)
-		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7, $8)
+		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id, user_written, source_id, owner, from_instance_id, from_snapshot)
+		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 		returning `+imageColumns,
 		id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
-		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID), in.UserWritten)
+		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID), in.UserWritten, nullInt(in.SourceID),
+		nullText(in.Owner), nullInt(in.FromInstanceID), in.FromSnapshot)
 	return img, wrap(err, "create image")
 }
 

@@ -22,6 +22,7 @@ import (
 var sealedColumns = map[string][]string{
 	"instances": {"password", "server_key", "client_key"},
 	"images":    {"source_url"},
+	"sources":   {"url"},
 }
 
 // SealedColumns lists the sealed columns as "table.column", sorted.
@@ -261,6 +262,32 @@ func (s *Store) SealSecrets(ctx context.Context, redactSourceURL func(string) st
 		if _, err := tx.Exec(ctx, `update images set source_url = $2, source_url_redacted = $3 where id = $1`,
 			r.ID, sealed, nullText(r.Redacted)); err != nil {
 			return 0, wrap(err, "seal the source_url of image %d", r.ID)
+		}
+		n++
+	}
+
+	// A source's url is sealed from its first write (its check was valid
+	// from the start): only a rotation seals it again.
+	type sourceRow struct {
+		ID  int64  `db:"id"`
+		URL string `db:"url"`
+	}
+	rows, _ = tx.Query(ctx, `select id, url from sources where url not like $1 order by id for update`, current)
+	srcs, err := pgx.CollectRows(rows, pgx.RowToStructByName[sourceRow])
+	if err != nil {
+		return 0, wrap(err, "seal secrets: read sources")
+	}
+	for _, r := range srcs {
+		p, err := plain("sources", "url", r.ID, r.URL)
+		if err != nil {
+			return 0, wrap(err, "seal secrets")
+		}
+		sealed, err := s.seal("sources", "url", r.ID, p)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.Exec(ctx, `update sources set url = $2 where id = $1`, r.ID, sealed); err != nil {
+			return 0, wrap(err, "seal the url of source %d", r.ID)
 		}
 		n++
 	}

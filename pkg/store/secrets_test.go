@@ -211,6 +211,8 @@ func TestKeyRotationSealsEverythingAgain(t *testing.T) {
 	check(t, s.SetInstanceCredentials(ctx, a.ID, testCreds("a")))
 	check(t, s.SetInstanceCredentials(ctx, b.ID, testCreds("b")))
 	pending := must[Image](t)(s.CreateImage(ctx, ImageInput{BackedUpAt: time.Now(), SourceURL: "postgres://rep:pw@prod/db"}))
+	source := must[Source](t)(s.CreateSource(ctx, SourceInput{Name: "prod", URL: "postgres://rep:src-pw@prod/db",
+		URLRedacted: "postgres://rep@prod/db", Mode: SourceBasebackup, Keep: 2}))
 	path := s.Keyring().Path()
 	oldKeyFile := must[[]byte](t)(os.ReadFile(path))
 	oldID := s.Keyring().Current()
@@ -223,10 +225,10 @@ func TestKeyRotationSealsEverythingAgain(t *testing.T) {
 	if got := must[Instance](t)(restarted.GetInstance(ctx, a.ID)); got.Credentials != testCreds("a") {
 		t.Fatalf("mid-rotation read: %+v", got.Credentials)
 	}
-	if n := must[int](t)(restarted.SealSecrets(ctx, nil)); n != 7 {
-		t.Fatalf("sealed again %d values, want 7", n)
+	if n := must[int](t)(restarted.SealSecrets(ctx, nil)); n != 8 {
+		t.Fatalf("sealed again %d values, want 8", n)
 	}
-	if ids := must[map[string]int64](t)(restarted.SealedKeyIDs(ctx)); len(ids) != 1 || ids[newID] != 7 {
+	if ids := must[map[string]int64](t)(restarted.SealedKeyIDs(ctx)); len(ids) != 1 || ids[newID] != 8 {
 		t.Fatalf("sealed key ids after rotation: %v, want only %s", ids, newID)
 	}
 	check(t, restarted.Keyring().Retain(nil))
@@ -240,6 +242,9 @@ func TestKeyRotationSealsEverythingAgain(t *testing.T) {
 	}
 	if url := must[string](t)(restarted.ImageSourceURL(ctx, pending.ID)); url != "postgres://rep:pw@prod/db" {
 		t.Fatalf("source_url after rotation: %q", url)
+	}
+	if url := must[string](t)(restarted.SourceURL(ctx, source.ID)); url != "postgres://rep:src-pw@prod/db" {
+		t.Fatalf("a source's url after rotation: %q", url)
 	}
 
 	// The old key file opens nothing any more, not even with the old key

@@ -36,10 +36,50 @@ type Image struct {
 	BackupID int64 `jsonapi:"attr,backup_id,omitempty" json:"backup_id,omitempty"`
 	// Anonymised: an anonymisation script ran on the image's data and the
 	// scrub after it finished. An image without is the data as uploaded.
-	Anonymised bool      `jsonapi:"attr,anonymised" json:"anonymised"`
+	Anonymised bool `jsonapi:"attr,anonymised" json:"anonymised"`
+	// SourceID is the source whose refresh made the image; 0: none.
+	SourceID int64 `jsonapi:"attr,source_id,omitempty" json:"source_id,omitempty"`
+	// Owner is set on a branch (an image of an instance's data), which
+	// only its owner and the upload user see; InstanceID is the instance
+	// it was made of.
+	Owner      string    `jsonapi:"attr,owner,omitempty" json:"owner,omitempty"`
+	InstanceID int64     `jsonapi:"attr,instance_id,omitempty" json:"instance_id,omitempty"`
 	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
 	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
 }
+
+// Source is the sources resource: a server that sindri makes images of
+// on a schedule. URL is shown without its password (the password, like
+// anonymisation_script, is write-only). Schedule is an interval such as
+// "6h" or a five-field cron expression in UTC; "" means refreshed only
+// when asked. Status is idle, refreshing, streaming (replica mode) or
+// failed (with Error; the refresh is retried).
+type Source struct {
+	ID            int64      `jsonapi:"primary,sources" json:"id"`
+	Name          string     `jsonapi:"attr,name" json:"name"`
+	URL           string     `jsonapi:"attr,url" json:"url"`
+	Mode          string     `jsonapi:"attr,mode" json:"mode"`
+	Schedule      string     `jsonapi:"attr,schedule" json:"schedule"`
+	Keep          int        `jsonapi:"attr,keep" json:"keep"`
+	Status        string     `jsonapi:"attr,status" json:"status"`
+	Error         string     `jsonapi:"attr,error,omitempty" json:"error,omitempty"`
+	LastRefreshAt *time.Time `jsonapi:"attr,last_refresh_at,iso8601" json:"last_refresh_at"`
+	NextRefreshAt *time.Time `jsonapi:"attr,next_refresh_at,iso8601" json:"next_refresh_at"`
+	LastImageID   int64      `jsonapi:"attr,last_image_id,omitempty" json:"last_image_id,omitempty"`
+	// Replica mode only: how far the standby is behind the source.
+	LagBytes   *int64    `jsonapi:"attr,lag_bytes,omitempty" json:"lag_bytes,omitempty"`
+	LagSeconds *float64  `jsonapi:"attr,lag_seconds,omitempty" json:"lag_seconds,omitempty"`
+	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
+	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
+}
+
+// The statuses of a source.
+const (
+	SourceIdle       = "idle"
+	SourceRefreshing = "refreshing"
+	SourceStreaming  = "streaming"
+	SourceFailed     = "failed"
+)
 
 // Instance is the instances resource. Credentials is included by the
 // answers that carry them (an instance's GET, POST, PATCH and reset), not
@@ -112,6 +152,16 @@ type Status struct {
 	ExpectedCloningTimeMS int64          `jsonapi:"attr,expected_cloning_time_ms" json:"expected_cloning_time_ms"`
 	// Limits are the [limits] by key, each with its use.
 	Limits map[string]*LimitUse `jsonapi:"attr,limits" json:"limits"`
+	// Standbys are the replica-mode sources' standbys by source name
+	// (the upload user's only).
+	Standbys map[string]*Standby `jsonapi:"attr,standbys,omitempty" json:"standbys,omitempty"`
+}
+
+// Standby is a replica-mode source's standby in GET /status.
+type Standby struct {
+	Status     string   `json:"status"`
+	LagBytes   *int64   `json:"lag_bytes,omitempty"`
+	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 }
 
 // LimitUse is one limit of GET /status: Limit is 0 when there is none.

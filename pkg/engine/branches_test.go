@@ -1,0 +1,98 @@
+package engine_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// A branch of a running instance holds what was written into it, is
+// cloned like any image, and is its owner's: another user neither sees
+// it nor clones it. The instance runs on, untouched.
+func TestBranchOfAnInstance(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	svc := e.Services()
+	ada := engine.Actor{Owner: "ada@example.com"}
+	bob := engine.Actor{Owner: "bob@example.com"}
+	upload := engine.Actor{Owner: engine.UploadOwner, Upload: true}
+	inst, err := svc.Instances.Create(ctx, ada, engine.NewInstance{ImageID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, w.superuserConn(inst), "create table notes (id int primary key, body text); grant all on notes to public")
+	execSQL(t, passwordConn(inst), "insert into notes values (1, 'written before the branch')")
+
+	if _, err := svc.Images.Create(ctx, bob, engine.ImageRequest{InstanceID: inst.ID}); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("bob branches ada's instance: %v, want not found", err)
+	}
+	if _, err := svc.Images.Create(ctx, ada, engine.ImageRequest{InstanceID: inst.ID, AnonymisationScript: "select 1"}); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("a branch with a script: %v, want invalid", err)
+	}
+	img, err := svc.Images.Create(ctx, ada, engine.ImageRequest{InstanceID: inst.ID, Name: "before-migration"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Owner != "ada@example.com" || img.FromInstanceID != inst.ID || !img.UserWritten {
+		t.Fatalf("branch %+v", img)
+	}
+	// Written after the branch was taken: not in it.
+	execSQL(t, passwordConn(inst), "insert into notes values (2, 'written after the branch')")
+	ready, err := svc.Images.Finalise(ctx, ada, img.ID)
+	if err != nil || ready.Status != store.ImageReady {
+		t.Fatalf("finalising the branch: %+v, %v", ready, err)
+	}
+	if _, err := w.storage.Get(ctx, engine.BranchVolume(img.ID)); err == nil {
+		t.Error("the branch's snapshot of the instance is still there once it is ready")
+	}
+	// The instance ran on and kept both rows.
+	if n := mustSQL(t, passwordConn(inst), "select count(*)::text from notes"); n != "2" {
+		t.Fatalf("rows in the instance after the branch: %s", n)
+	}
+
+	clone, err := svc.Instances.Create(ctx, ada, engine.NewInstance{ImageID: img.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustSQL(t, passwordConn(clone), "select string_agg(body, ',' order by id) from notes"); got != "written before the branch" {
+		t.Fatalf("the clone of the branch holds %q", got)
+	}
+
+	// Bob sees neither the branch nor a way to it; the upload user sees it.
+	for who, a := range map[string]engine.Actor{"bob": bob, "upload": upload, "ada": ada} {
+		list, err := svc.Images.List(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed := false
+		for _, i := range list {
+			listed = listed || i.ID == img.ID
+		}
+		_, getErr := svc.Images.Get(ctx, a, img.ID)
+		if want := who != "bob"; listed != want || (getErr == nil) != want {
+			t.Errorf("%s: listed %v, get %v; want seen %v", who, listed, getErr, want)
+		}
+	}
+	if _, err := svc.Instances.Create(ctx, bob, engine.NewInstance{ImageID: img.ID}); !errors.Is(err, engine.ErrNotFound) || !strings.Contains(err.Error(), "no image") {
+		t.Fatalf("bob clones ada's branch: %v, want not found", err)
+	}
+	if err := svc.Images.Destroy(ctx, bob, img.ID, false); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("bob destroys ada's branch: %v, want not found", err)
+	}
+	if _, err := svc.Images.Upload(ctx, ada, img.ID, strings.NewReader("x"), 1); !errors.Is(err, engine.ErrForbidden) {
+		t.Fatalf("ada uploads into her branch: %v, want forbidden", err)
+	}
+	// Ada destroys her branch once its clone is gone.
+	if err := svc.Instances.Destroy(ctx, ada, clone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Images.Destroy(ctx, ada, img.ID, false); err != nil {
+		t.Fatalf("ada destroys her branch: %v", err)
+	}
+	if _, err := w.store.GetImage(ctx, img.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the branch after its destroy: %v", err)
+	}
+}
