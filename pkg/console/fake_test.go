@@ -166,6 +166,9 @@ func (f fakeImages) Finalise(ctx context.Context, a engine.Actor, id int64) (sto
 func (f fakeImages) Destroy(ctx context.Context, a engine.Actor, id int64, force bool) error {
 	return errors.New("not used by the console")
 }
+func (f fakeImages) ListOfSource(ctx context.Context, a engine.Actor, name string) ([]store.Image, error) {
+	return nil, errors.New("not used by the console")
+}
 
 type fakeInstances struct{ *fake }
 
