@@ -96,12 +96,12 @@ type Main struct {
 	Engine     *engine.Engine
 	Metrics    *metrics.Metrics
 
-	logger         *slog.Logger
-	stderr         io.Writer
-	servers        []*http.Server
-	stop           context.CancelFunc
-	done           chan struct{}
-	releaseSecrets func() // the secrets lock, held while sindrid runs
+	logger      *slog.Logger
+	stderr      io.Writer
+	servers     []*http.Server
+	stop        context.CancelFunc
+	done        chan struct{}
+	secretsLock *store.SecretsLock // held while sindrid runs
 }
 
 func NewMain(stderr io.Writer) *Main {
@@ -173,14 +173,8 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 		databaseURL = m.Meta.URL()
 	}
-	if m.Store, err = store.Open(ctx, databaseURL); err != nil {
-		return err
-	}
-	applied, err := m.Store.Migrate(ctx)
+	applied, err := m.openStore(ctx, databaseURL)
 	if err != nil {
-		return err
-	}
-	if m.releaseSecrets, err = openSecrets(ctx, m.Store, cfg.SecretsKeyFilePath(), m.logger); err != nil {
 		return err
 	}
 	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied),
@@ -263,6 +257,50 @@ func (m *Main) Run(ctx context.Context) error {
 		m.serve(api.NewHTTPServer(server.Handler(), api.Options{Logger: m.logger}), ln, "http")
 	}
 	return nil
+}
+
+// openStore opens the metadata store, migrates it and takes the secrets
+// lock and key (see openSecrets). While the store is unavailable (not up
+// yet, or its leader changing) it waits and tries again, with backoff up
+// to 10 s, logging each attempt, until ctx ends; any other error is
+// returned at once.
+func (m *Main) openStore(ctx context.Context, databaseURL string) (applied []string, err error) {
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		applied, err = m.openStoreOnce(ctx, databaseURL)
+		if err == nil || !errors.Is(err, store.ErrUnavailable) {
+			return applied, err
+		}
+		m.logger.Warn("sindrid: the metadata store is unavailable; trying again", "attempt", attempt,
+			"retry_in", wait.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("stopped while waiting for the metadata store: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 10*time.Second)
+	}
+}
+
+func (m *Main) openStoreOnce(ctx context.Context, databaseURL string) (applied []string, err error) {
+	st, err := store.Open(ctx, databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	if applied, err = st.Migrate(ctx); err != nil {
+		return nil, err
+	}
+	lock, err := openSecrets(ctx, st, m.Config.SecretsKeyFilePath(), m.logger)
+	if err != nil {
+		return nil, err
+	}
+	m.Store, m.secretsLock = st, lock
+	return applied, nil
 }
 
 // engineLimits is the [limits] section in the engine's terms.
@@ -363,8 +401,8 @@ func (m *Main) Close() error {
 		m.stop()
 		<-m.done
 	}
-	if m.releaseSecrets != nil {
-		m.releaseSecrets()
+	if m.secretsLock != nil {
+		m.secretsLock.Release()
 	}
 	if m.Store != nil {
 		m.Store.Close()

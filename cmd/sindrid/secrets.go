@@ -20,11 +20,12 @@ const secretsUsage = `usage: sindrid secrets rotate-key [-config FILE]`
 
 // openSecrets gives the store its keyring at start: it takes the secrets
 // lock (shared; a key rotation takes it exclusive) for as long as sindrid
-// runs, reads the key file or makes it when the store holds no sealed
-// value, seals what is still in clear (rows from before secrets were
-// sealed) and finishes a key rotation that was cut short.
-func openSecrets(ctx context.Context, st *store.Store, path string, log *slog.Logger) (_ func(), err error) {
-	release, err := st.LockSecrets(ctx, false)
+// runs, taken again if its connection is lost (store.SecretsLock), reads
+// the key file or makes it when the store holds no sealed value, seals
+// what is still in clear (rows from before secrets were sealed) and
+// finishes a key rotation that was cut short.
+func openSecrets(ctx context.Context, st *store.Store, path string, log *slog.Logger) (_ *store.SecretsLock, err error) {
+	lock, err := st.HoldSecretsLock(ctx, path, log)
 	if errors.Is(err, store.ErrLocked) {
 		return nil, errors.New("a secrets key rotation (sindrid secrets rotate-key) is using the metadata store: start sindrid once it is done")
 	} else if err != nil {
@@ -32,7 +33,7 @@ func openSecrets(ctx context.Context, st *store.Store, path string, log *slog.Lo
 	}
 	defer func() {
 		if err != nil {
-			release()
+			lock.Release()
 		}
 	}()
 	created, err := st.LoadKeyring(ctx, path, true)
@@ -52,7 +53,7 @@ func openSecrets(ctx context.Context, st *store.Store, path string, log *slog.Lo
 	if err := retainUsedKeys(ctx, st); err != nil {
 		return nil, fmt.Errorf("secrets: %w", err)
 	}
-	return release, nil
+	return lock, nil
 }
 
 // retainUsedKeys drops from the key file every old key that no value is

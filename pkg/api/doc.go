@@ -69,6 +69,12 @@
 // detail that names the limit's key and the current figure; GET /status
 // shows each limit and its use under the attribute limits.
 //
+// While the metadata database is out of reach (engine.ErrMetadataUnavailable:
+// its leader changing in a failover, or down), every request that needs it
+// is answered 503 metadata_unavailable with Retry-After: 2, and may be sent
+// again as it is: whatever it began is finished or undone by the engine.
+// GET /health_check does not need it and keeps answering.
+//
 // The web console (pkg/console) is served by the same Server under /ui/,
 // outside the versioned API: its routes are in Options.VersionExempt (so
 // neither the version header nor a bearer token is asked for; it signs

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/sindri-db/sindri/pkg/api/wire"
 	"github.com/sindri-db/sindri/pkg/engine"
@@ -29,6 +32,7 @@ const (
 	CodeNoFreePort              = "no_free_port"
 	CodeNoDiskSpace             = "no_disk_space"
 	CodeQuotaExceeded           = "quota_exceeded"
+	CodeMetadataUnavailable     = "metadata_unavailable"
 	CodeInternalServerError     = "internal_server_error"
 )
 
@@ -60,6 +64,9 @@ type Error struct {
 	// Draupnir's own error for this case, where Code alone does not tell
 	// (see WithDraupnir).
 	Draupnir *wire.DraupnirError
+	// RetryAfter, when set, is sent as the Retry-After header (in whole
+	// seconds): the request may be sent again as it is after that long.
+	RetryAfter time.Duration
 }
 
 // ErrorSource is JSON:API's source member of an error.
@@ -203,6 +210,12 @@ type errorClass struct {
 	// public: the error's message is written for the client and holds no
 	// internals, so a 5xx shows it as the detail too.
 	public bool
+	// detail, if set, is a 5xx's detail instead of its title: written for
+	// the client, it says what to do.
+	detail string
+	// retryAfter, if set, is sent as the Retry-After header: the request
+	// may be sent again as it is after that long.
+	retryAfter time.Duration
 }
 
 // errorClasses is the one table of the API's errors: each of the engine's
@@ -238,6 +251,12 @@ var errorClasses = []errorClass{
 	{class: engine.ErrConflict, status: http.StatusConflict, code: CodeConflict, title: "Conflict with an existing resource"},
 	// Two sindrids on one store: the message names the other's process.
 	{class: engine.ErrOperationRunning, status: http.StatusServiceUnavailable, code: "operation_running", title: "Another sindrid is running this operation"},
+	// The metadata database out of reach, as while its leader changes: the
+	// driver's message (hosts, user) is logged, not shown.
+	{class: engine.ErrMetadataUnavailable, status: http.StatusServiceUnavailable, code: CodeMetadataUnavailable,
+		title: "Metadata store unavailable", retryAfter: 2 * time.Second,
+		detail: "sindri's metadata database cannot be reached or is changing leader, so the request did not complete; " +
+			"whatever it began is finished or undone by sindri: send it again in a few seconds"},
 }
 
 // AsError classifies err the way WriteError renders it: an *Error (also
@@ -272,9 +291,12 @@ func classifyError(err error, requestID string) (e *Error, internal bool) {
 		if !errors.Is(err, c.class) {
 			continue
 		}
-		e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error()}
+		e := &Error{Status: c.status, Code: c.code, Title: c.title, Detail: err.Error(), RetryAfter: c.retryAfter}
 		if c.status >= 500 && !c.public {
 			e.Detail = c.title
+			if c.detail != "" {
+				e.Detail = c.detail
+			}
 			if requestID != "" {
 				e.Detail += "; request id " + requestID
 			}
@@ -329,6 +351,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if e.Status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sindri"`)
+	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
 	wire.WriteError(w, wire.FormatOf(r), e.wire())
 }

@@ -194,3 +194,32 @@ func TestWriteErrorAfterResponseStarted(t *testing.T) {
 		t.Errorf("not logged: %s", logs)
 	}
 }
+
+// The metadata store out of reach (its leader changing) is 503
+// metadata_unavailable with a Retry-After, in both wire formats: a detail
+// that tells the client to send the request again, and nothing of the
+// driver's message (hosts, user), which is logged.
+func TestMetadataUnavailableIs503WithRetryAfter(t *testing.T) {
+	cause := fmt.Errorf("store: get instance 4: %w: failed to connect to `user=sindri database=sindri`: 10.0.0.7:5432: connection refused", engine.ErrMetadataUnavailable)
+	w, log := writeErr(t, fmt.Errorf("engine: %w", cause))
+	detail := wantError(t, w, 503, CodeMetadataUnavailable)
+	if w.Header().Get("Retry-After") != "2" {
+		t.Errorf("Retry-After %q, want 2", w.Header().Get("Retry-After"))
+	}
+	if !strings.Contains(detail, "send it again") || !strings.Contains(detail, "rid-1") || strings.Contains(w.Body.String(), "10.0.0.7") {
+		t.Errorf("detail %q", detail)
+	}
+	if !strings.Contains(log, "10.0.0.7") || !strings.Contains(log, `"request_id":"rid-1"`) {
+		t.Errorf("the cause is not logged: %s", log)
+	}
+
+	logger := slog.New(slog.DiscardHandler)
+	h := requestID(logger)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, r, cause) }))
+	r := httptest.NewRequest("GET", "/instances/4", nil)
+	r.Header.Set(VersionHeader, "5.3.0") // a Draupnir client
+	dw := httptest.NewRecorder()
+	h.ServeHTTP(dw, r)
+	if e := wantDraupnirError(t, dw, 503); e.Code != CodeMetadataUnavailable || dw.Header().Get("Retry-After") != "2" {
+		t.Errorf("Draupnir client: %+v, Retry-After %q", e, dw.Header().Get("Retry-After"))
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
 )
 
 // Handlers serve the contract's resources over the services.
@@ -94,6 +95,10 @@ func Authenticate(a *auth.Authenticator) func(*http.Request) (any, error) {
 		p, err := a.Authenticate(r)
 		if errors.Is(err, auth.ErrUnauthorized) {
 			return nil, fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		}
+		if errors.Is(err, store.ErrUnavailable) {
+			// A token's lookup during a failover: not the token's fault.
+			return nil, fmt.Errorf("%w: %w", engine.ErrMetadataUnavailable, err)
 		}
 		if err != nil {
 			return nil, err

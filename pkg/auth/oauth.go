@@ -18,6 +18,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/sindri-db/sindri/pkg/auth/logincode"
+	"github.com/sindri-db/sindri/pkg/store"
 )
 
 // The Draupnir-compatible login, bound to the person who signs in:
@@ -437,6 +438,15 @@ func (a *Authenticator) HandleAccessTokens(w http.ResponseWriter, r *http.Reques
 	}
 
 	secret, tok, err := a.mintOAuthToken(r.Context(), o.email)
+	if errors.Is(err, store.ErrUnavailable) {
+		a.log.Warn("auth: minting a login's token: the metadata store is unavailable", "email", o.email, "err", err)
+		w.Header().Set("Retry-After", "2")
+		writeAPIError(w, r, &apiError{
+			status: http.StatusServiceUnavailable, code: "metadata_unavailable", title: "Metadata store unavailable",
+			detail: "The token could not be recorded because sindri's metadata database is changing leader or out of reach; log in again in a few seconds.",
+		})
+		return
+	}
 	if err != nil {
 		a.log.Error("auth: minting a login's token", "email", o.email, "err", err)
 		writeAPIError(w, r, &apiError{

@@ -112,7 +112,9 @@ type Config struct {
 
 	// DatabaseURL is a libpq URL (postgres:// or postgresql://) of the
 	// metadata database. Empty (default) means sindrid runs its own
-	// embedded metadata Postgres under data_path/meta.
+	// embedded metadata Postgres under data_path/meta. It may name several
+	// hosts (a Patroni cluster's members) with
+	// target_session_attrs=read-write: see store.Open.
 	DatabaseURL string `toml:"database_url"`
 
 	// SharedSecret authenticates trusted clients (automation) that send

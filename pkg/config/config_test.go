@@ -422,6 +422,8 @@ func TestValidValues(t *testing.T) {
 			check: func(c *Config) any { return c.SharedSecret }, want: "dev"},
 		{name: "database_url postgres", file: `database_url = "postgres://u:p@db.example.com:5432/sindri?sslmode=require"`,
 			check: func(c *Config) any { return c.EmbeddedMetadataDB() }, want: false},
+		{name: "database_url of several hosts", file: `database_url = "postgres://u:p@db1.example.com:5432,db2.example.com:5432/sindri?target_session_attrs=read-write"`,
+			check: func(c *Config) any { return c.EmbeddedMetadataDB() }, want: false},
 		{name: "database_url postgresql socket", file: `database_url = "postgresql:///sindri?host=/var/run/postgresql"`,
 			check: func(c *Config) any { return c.DatabaseURL }, want: "postgresql:///sindri?host=/var/run/postgresql"},
 		{name: "trusted domain", file: `trusted_user_email_domain = "@example.com"`,

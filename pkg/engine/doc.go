@@ -91,7 +91,10 @@
 //     the instance's record in the volume, sindri's settings, the
 //     postmaster, the client roles; then running, and the record marked
 //     made. A failure undoes what was done (teardown); a clone whose name
-//     another volume holds only forgets the row. Reconcile undoes a creation
+//     another volume holds only forgets the row. An undo that the metadata
+//     store being out of reach stops (a failover: store.ErrUnavailable,
+//     often why the creation failed) is tried again in the background until
+//     the store answers (undoLater). Reconcile undoes a creation
 //     no process runs: at the first run after a start every one, later only
 //     those older than StartTimeout and a minute. A volume whose record says
 //     its creation finished is left alone and reported: the store is older

@@ -79,6 +79,11 @@ var (
 	// ErrPGVersionMissing: the image's PostgreSQL major version is not
 	// installed on this server.
 	ErrPGVersionMissing = errors.New("the PostgreSQL version is not installed")
+	// ErrMetadataUnavailable: the metadata database is out of reach (its
+	// leader changing in a failover, or down: store.ErrUnavailable). The
+	// request did not complete and may be sent again as it is; what it
+	// began is finished or undone.
+	ErrMetadataUnavailable = errors.New("the metadata store is unavailable")
 )
 
 // errVolumeTaken: a creation found its volume's name taken.

@@ -46,6 +46,9 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 		}
 		if uerr := undo(context.WithoutCancel(ctx), inst.ID); uerr != nil {
 			e.log.Error("engine: undoing a failed creation", "instance_id", inst.ID, "err", uerr)
+			if errors.Is(uerr, store.ErrUnavailable) {
+				e.undoLater(inst.ID, undo)
+			}
 		}
 		e.auditFailure(ctx, "create_instance", "instance", inst.ID, err)
 		return store.Instance{}, err
@@ -58,6 +61,36 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 		"port", inst.Port, "duration_ms", time.Since(started).Milliseconds())
 	e.audit(ctx, "create_instance", "instance", inst.ID, "ok", "")
 	return inst, nil
+}
+
+// undoLater undoes, in the background, a creation whose undo failed
+// because the metadata store was out of reach (the store failing is most
+// often why the creation failed too: a failover). It tries again with
+// backoff until the store answers, so that a clone and a postmaster left
+// by a creation cut short go within seconds of the store's return rather
+// than at the reconcile that finds the row abandoned (StartTimeout and a
+// minute after its creation); it gives up at that point, leaving it to
+// reconcile.
+func (e *Engine) undoLater(id int64, undo func(context.Context, int64) error) {
+	giveUp := time.Now().Add(e.opts.StartTimeout + time.Minute)
+	go func() {
+		wait := 500 * time.Millisecond
+		for {
+			time.Sleep(wait)
+			wait = min(wait*2, 5*time.Second)
+			unlock := e.locks.Lock(id)
+			err := undo(context.Background(), id)
+			unlock()
+			switch {
+			case err == nil:
+				e.log.Info("engine: undid a failed creation once the metadata store answered again", "instance_id", id)
+				return
+			case !errors.Is(err, store.ErrUnavailable) || time.Now().After(giveUp):
+				e.log.Error("engine: undoing a failed creation; reconcile will", "instance_id", id, "err", err)
+				return
+			}
+		}
+	}()
 }
 
 // recordInstance checks the image and records the instance under the

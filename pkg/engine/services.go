@@ -448,6 +448,7 @@ func refuse(class error, format string, args ...any) error {
 // engine class it belongs to, keeping its message, so that the services'
 // callers map the engine's classes only:
 //
+//	store.ErrUnavailable         ErrMetadataUnavailable (whatever else it is)
 //	store.ErrNotFound            ErrNotFound
 //	store.ErrInvalid             ErrInvalid (a check constraint, a NUL in text)
 //	store.ErrConflict, ErrInUse  ErrConflict
@@ -462,6 +463,8 @@ func classify(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, store.ErrUnavailable):
+		class = ErrMetadataUnavailable
 	case errors.Is(err, store.ErrNotFound):
 		class = ErrNotFound
 	case errors.Is(err, store.ErrInvalid):

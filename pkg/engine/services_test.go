@@ -179,6 +179,7 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("store: create token: %w: %w", store.ErrConflict, errors.New("SQLSTATE 23505")), engine.ErrConflict},
 		{fmt.Errorf("store: delete image: %w", store.ErrInUse), engine.ErrConflict},
 		{fmt.Errorf("store: get instance 3: %w", store.ErrNotFound), engine.ErrNotFound},
+		{fmt.Errorf("store: get instance 3: %w: %w", store.ErrUnavailable, errors.New("SQLSTATE 57P01")), engine.ErrMetadataUnavailable},
 		{storage.HasClones("image-3"), engine.ErrImageHasInstances},
 		{fmt.Errorf("%w: PostgreSQL 9 (no /usr/lib/postgresql/9/bin/postgres)", postgres.ErrVersionMissing), engine.ErrPGVersionMissing},
 		{fmt.Errorf("image 3: writing the upload after 10 bytes: %w", &os.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}), engine.ErrDiskFull},

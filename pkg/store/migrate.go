@@ -24,6 +24,12 @@ const migrateLockKey int64 = 0x73696e647269_004d
 // without ".sql"). Concurrent callers, in this process or others, queue on
 // an advisory lock, so each file is applied once. A failing file is rolled
 // back and named in the error; the ones before it stay applied.
+//
+// The lock is a session's: if the connection is lost (the database's
+// leader changing), the lock goes with the session and Migrate fails with
+// ErrUnavailable, the file under way rolled back with its row. Calling
+// Migrate again takes the lock again and reads schema_migrations again
+// under it, so nothing is applied twice, whoever migrated in between.
 func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 	return s.migrateFS(ctx, migrations.FS)
 }
@@ -37,17 +43,17 @@ func (s *Store) migrateFS(ctx context.Context, fsys fs.FS) (applied []string, er
 
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("store: migrate: %w", err)
+		return nil, fmt.Errorf("store: migrate: %w", classify(err))
 	}
 	defer conn.Release()
 	if _, err := conn.Exec(ctx, "select pg_advisory_lock($1)", migrateLockKey); err != nil {
-		return nil, fmt.Errorf("store: migrate: lock: %w", err)
+		return nil, fmt.Errorf("store: migrate: lock: %w", classify(err))
 	}
 	defer unlock(conn)
 
 	done, err := appliedVersions(ctx, conn)
 	if err != nil {
-		return nil, fmt.Errorf("store: migrate: %w", err)
+		return nil, fmt.Errorf("store: migrate: %w", classify(err))
 	}
 	applied = []string{}
 	for _, file := range files {
@@ -60,7 +66,7 @@ func (s *Store) migrateFS(ctx context.Context, fsys fs.FS) (applied []string, er
 			return applied, fmt.Errorf("store: migrate %s: %w", file, err)
 		}
 		if err := applyOne(ctx, conn, version, string(sql)); err != nil {
-			return applied, fmt.Errorf("store: migrate %s: %w", file, err)
+			return applied, fmt.Errorf("store: migrate %s: %w", file, classify(err))
 		}
 		applied = append(applied, version)
 	}

@@ -50,11 +50,10 @@ var (
 )
 
 // SetKeyring gives the store the keys it seals and opens secrets with.
-// Call it before the store is used by more than one goroutine.
-func (s *Store) SetKeyring(k *secrets.Keyring) { s.keyring = k }
+func (s *Store) SetKeyring(k *secrets.Keyring) { s.keyring.Store(k) }
 
 // Keyring is the store's keyring; nil until set.
-func (s *Store) Keyring() *secrets.Keyring { return s.keyring }
+func (s *Store) Keyring() *secrets.Keyring { return s.keyring.Load() }
 
 func binding(table, column string, id int64) string {
 	return table + "." + column + "#" + strconv.FormatInt(id, 10)
@@ -65,10 +64,14 @@ func (s *Store) seal(table, column string, id int64, value string) (*string, err
 	if value == "" {
 		return nil, nil
 	}
-	if s.keyring == nil {
+	if l := s.secretsLock.Load(); l != nil && !l.Held() {
+		return nil, fmt.Errorf("store: seal %s.%s of row %d: %w: the secrets lock is being taken again on the new connection", table, column, id, ErrUnavailable)
+	}
+	kr := s.keyring.Load()
+	if kr == nil {
 		return nil, fmt.Errorf("store: seal %s.%s of row %d: %w", table, column, id, ErrNoKeyring)
 	}
-	sealed := s.keyring.Seal(value, binding(table, column, id))
+	sealed := kr.Seal(value, binding(table, column, id))
 	return &sealed, nil
 }
 
@@ -78,10 +81,11 @@ func (s *Store) open(table, column string, id int64, value string) (string, erro
 	if value == "" {
 		return "", nil
 	}
-	if s.keyring == nil {
+	kr := s.keyring.Load()
+	if kr == nil {
 		return "", fmt.Errorf("open %s.%s of row %d: %w", table, column, id, ErrNoKeyring)
 	}
-	plain, err := s.keyring.Open(value, binding(table, column, id))
+	plain, err := kr.Open(value, binding(table, column, id))
 	if err != nil {
 		return "", fmt.Errorf("open %s.%s of row %d: %w", table, column, id, err)
 	}
@@ -125,7 +129,7 @@ func (s *Store) LoadKeyring(ctx context.Context, path string, mayCreate bool) (c
 		return false, fmt.Errorf("%w %s: the metadata store holds values sealed with key(s) %s, which it does not hold (it holds %s): is it this store's key file? Restore the right one from its backup",
 			secrets.ErrKeyFile, path, strings.Join(unknown, ", "), strings.Join(kr.IDs(), ", "))
 	}
-	s.keyring = kr
+	s.keyring.Store(kr)
 	return created, nil
 }
 
@@ -172,10 +176,11 @@ func (s *Store) SealedKeyIDs(ctx context.Context) (map[string]int64, error) {
 // validates the checks that refuse clear values. It returns how many
 // values it changed.
 func (s *Store) SealSecrets(ctx context.Context, redactSourceURL func(string) string) (n int, err error) {
-	if s.keyring == nil {
+	kr := s.keyring.Load()
+	if kr == nil {
 		return 0, fmt.Errorf("store: seal secrets: %w", ErrNoKeyring)
 	}
-	current := secrets.Prefix + s.keyring.Current() + ":%"
+	current := secrets.Prefix + kr.Current() + ":%"
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return 0, wrap(err, "seal secrets")

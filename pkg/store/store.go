@@ -8,7 +8,9 @@
 // ErrInUse (a row still referenced), ErrInvalid (a check constraint, or
 // text PostgreSQL cannot store such as a NUL character),
 // ErrPortsExhausted and ErrQuotaExceeded (a *QuotaError: a cap given with
-// a write, checked in the write's transaction). Optional text and number
+// a write, checked in the write's transaction), and ErrUnavailable (the
+// database cannot be reached or cannot take writes now, as during a
+// failover: retry). Optional text and number
 // columns read back as "" or 0 when NULL, and "" or 0 are stored as NULL;
 // times are in UTC.
 //
@@ -16,12 +18,26 @@
 // its pull is pending, are stored sealed with the keyring (LoadKeyring)
 // and read back opened; a value that does not open is an error wrapping
 // the secrets package's (secrets.ErrTampered, secrets.ErrUnknownKey).
+//
+// The database may be a highly available Postgres: a database URL may name
+// several hosts, and with target_session_attrs=read-write the store
+// connects only to the one that takes writes (see Open). Across a
+// switchover or a failover, every call either completes or fails with
+// ErrUnavailable; none leaves a record half-written, since every write of
+// several statements is one transaction. A write whose connection is lost
+// while it commits may have been committed or not: the engine records
+// each step's intent first, so that either outcome is finished or undone.
 package store
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -47,25 +63,58 @@ var (
 	ErrInvalid = errors.New("invalid")
 	// ErrPortsExhausted: AllocatePort found no free port in its range.
 	ErrPortsExhausted = errors.New("no free port")
+	// ErrUnavailable: the metadata database cannot be reached or cannot
+	// take writes now, as while its leader changes: no host of the URL
+	// accepts a read-write connection, the connection was lost (a server
+	// shutting down, SQLSTATE 57P01, or gone), the server is starting
+	// (57P03), or it is a standby (25006). The call is safe to retry once
+	// the database is back; if the connection was lost while a write
+	// committed, the write may have happened.
+	ErrUnavailable = errors.New("metadata store unavailable")
 )
 
 // MaxConns is the pool's size.
 const MaxConns = 10
 
+// DefaultConnectTimeout bounds a connection attempt to each host of the
+// database URL when the URL sets no connect_timeout: a host that is down
+// without refusing (powered off, cut off) must not hold up the next one.
+const DefaultConnectTimeout = 5 * time.Second
+
 // Store is the metadata database. It is safe for concurrent use.
 type Store struct {
-	pool    *pgxpool.Pool
-	keyring *secrets.Keyring // seals and opens the sealed columns; see secrets.go
+	pool *pgxpool.Pool
+	// keyring seals and opens the sealed columns (see secrets.go); it is
+	// replaced when the key file is read again.
+	keyring atomic.Pointer[secrets.Keyring]
+	// secretsLock is the shared secrets lock this process holds, if any
+	// (HoldSecretsLock): while it is not held, nothing is sealed.
+	secretsLock atomic.Pointer[SecretsLock]
 }
 
 // Open connects to databaseURL (a postgres:// URL or a key=value DSN) and
 // checks that the server answers. It does not migrate: call Migrate.
+//
+// The URL may name several hosts, tried in order
+// (postgres://a:5432,b:5432/sindri?target_session_attrs=read-write): with
+// target_session_attrs=read-write a host that is a standby, or read-only,
+// is passed over, so that after a failover new connections reach the new
+// leader. Once one connection is found lost, every pooled connection is
+// closed (they all went to the same server), so that the next calls
+// connect afresh rather than fail one by one. A failure to connect is
+// ErrUnavailable, unless the server refused the login or the database
+// (SQLSTATE class 28, 3D000, 42501).
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("store: parse database URL: %w", err)
 	}
 	cfg.MaxConns = MaxConns
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	resetter := &resetOnLoss{}
+	cfg.ConnConfig.Tracer = resetter
 	cfg.AfterConnect = func(_ context.Context, conn *pgx.Conn) error {
 		// Scan timestamptz in UTC rather than the local zone.
 		conn.TypeMap().RegisterType(&pgtype.Type{
@@ -77,21 +126,127 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("store: connect: %w", err)
+		return nil, fmt.Errorf("store: connect: %w", classify(err))
 	}
+	resetter.pool.Store(pool)
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("store: connect: %w", err)
+		return nil, fmt.Errorf("store: connect: %w", classify(err))
 	}
 	return &Store{pool: pool}, nil
 }
 
-// Close closes every connection, waiting for those in use.
-func (s *Store) Close() { s.pool.Close() }
+// Close closes every connection, waiting for those in use; it releases
+// the secrets lock if this store holds it.
+func (s *Store) Close() {
+	if l := s.secretsLock.Load(); l != nil {
+		l.Release()
+	}
+	s.pool.Close()
+}
+
+// resetOnLoss is a query tracer that closes every pooled connection once
+// a query finds its connection lost: the others went to the same server,
+// which is gone or no longer the leader.
+type resetOnLoss struct {
+	pool atomic.Pointer[pgxpool.Pool]
+}
+
+func (r *resetOnLoss) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+
+func (r *resetOnLoss) TraceQueryEnd(_ context.Context, conn *pgx.Conn, data pgx.TraceQueryEndData) {
+	if data.Err == nil || !conn.IsClosed() || !unavailable(data.Err) {
+		return
+	}
+	if pool := r.pool.Load(); pool != nil {
+		pool.Reset()
+	}
+}
+
+// unavailable tells whether err says that the database cannot be reached
+// or cannot take writes now (see ErrUnavailable).
+func unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		// Every host was tried: down, refusing, starting, or a standby;
+		// but a refused login or an unknown database is a configuration
+		// error, which waiting does not mend.
+		return !anyPgError(err, func(e *pgconn.PgError) bool {
+			return strings.HasPrefix(e.Code, "28") || e.Code == "3D000" || e.Code == "42501"
+		})
+	}
+	if code := pgCode(err); code != "" {
+		return unavailableCode(code)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // the caller's deadline or cancellation
+	}
+	if errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	// A socket error while connected: the server or the network is gone
+	// (a timeout here is the network's, since pgx reports the caller's
+	// deadline as the context's error).
+	var netErr net.Error
+	return errors.As(err, &netErr)
+}
+
+// unavailableCode tells whether a server's SQLSTATE says that it cannot
+// serve now rather than that the statement is wrong.
+func unavailableCode(code string) bool {
+	switch {
+	case strings.HasPrefix(code, "08"): // connection_exception
+		return true
+	case code == "25006", // read_only_sql_transaction: a standby
+		code == "57P01", // admin_shutdown: the server is shutting down (a switchover)
+		code == "57P02", // crash_shutdown
+		code == "57P03", // cannot_connect_now: starting, or in recovery
+		code == "53300": // too_many_connections
+		return true
+	}
+	return false
+}
+
+// anyPgError tells whether f holds for a server error anywhere in err's
+// tree (a connection error joins one per host tried).
+func anyPgError(err error, f func(*pgconn.PgError) bool) bool {
+	switch e := err.(type) {
+	case nil:
+		return false
+	case *pgconn.PgError:
+		if f(e) {
+			return true
+		}
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return anyPgError(u.Unwrap(), f)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if anyPgError(e, f) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // classify wraps err with the classified error its SQLSTATE maps to, or
-// returns it as is. The driver's error stays in the chain.
+// with ErrUnavailable when the database is out of reach, or returns it as
+// is. The driver's error stays in the chain.
 func classify(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	if unavailable(err) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return err

@@ -1,0 +1,110 @@
+package engine_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
+// outage makes a test's metadata database refuse every connection and
+// ends the ones it has, as a leader that goes away does: the store's
+// calls fail with store.ErrUnavailable until end.
+type outage struct {
+	dbURL    string
+	database string
+}
+
+func newOutage(t *testing.T, dbURL string) *outage {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &outage{dbURL: dbURL, database: cfg.Database}
+	t.Cleanup(func() { o.end(t) })
+	return o
+}
+
+// exec runs sql in the cluster's postgres database.
+func (o *outage) exec(t *testing.T, sql string) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(o.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Database = "postgres"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (o *outage) begin(t *testing.T) {
+	t.Helper()
+	db := pgx.Identifier{o.database}.Sanitize()
+	o.exec(t, "alter database "+db+" with allow_connections false")
+	o.exec(t, "select pg_terminate_backend(pid) from pg_stat_activity where datname = '"+o.database+"'")
+}
+
+func (o *outage) end(t *testing.T) {
+	t.Helper()
+	o.exec(t, "alter database "+pgx.Identifier{o.database}.Sanitize()+" with allow_connections true")
+}
+
+// A creation whose metadata store goes out of reach once its postmaster
+// is up (a failover between its last steps) fails with
+// store.ErrUnavailable. Its undo needs the store too, so the clone and the
+// postmaster stay while the store is out; once it answers again they go
+// within seconds, with the row (a tombstone left), without waiting for a
+// reconcile.
+func TestCreationCutShortByTheStoreIsUndoneOnceItAnswers(t *testing.T) {
+	w := newWorld(t, 5)
+	out := newOutage(t, w.dbURL)
+	var id int64
+	opts := engine.WithStepHook(w.options(), func(step string, instanceID int64) {
+		if step == "ready" {
+			id = instanceID
+			out.begin(t)
+		}
+	})
+	e := engine.New(opts)
+	if _, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"}); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("a creation whose store went away: %v, want store.ErrUnavailable", err)
+	}
+	vol := mustVolume(t, w, engine.InstanceVolume(id))
+	time.Sleep(2 * time.Second) // the store still out: its undo waits
+	if st, err := postgres.Status(vol.Path); err != nil || !st.Alive {
+		t.Fatalf("the postmaster went while the store was out, before its record could: %+v %v", st, err)
+	}
+	out.end(t)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, volErr := w.storage.Get(ctx, vol.Name)
+		_, rowErr := w.store.GetInstance(ctx, id)
+		if errors.Is(volErr, storage.ErrNotFound) && errors.Is(rowErr, store.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after the store answered again: volume %v, row %v", volErr, rowErr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pids := postmastersUnder(w.root); len(pids) != 0 {
+		t.Fatalf("postmasters left: %v", pids)
+	}
+	if tomb, err := w.store.InstanceTombstones(ctx, []int64{id}); err != nil || len(tomb) != 1 {
+		t.Fatalf("tombstone of instance %d: %v %v", id, tomb, err)
+	}
+}
