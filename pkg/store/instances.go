@@ -45,6 +45,7 @@ type Instance struct {
 	PID       int        `db:"pid"`        // 0: none recorded
 	ExpiresAt *time.Time `db:"expires_at"` // nil: never
 	Protected bool       `db:"protected"`  // never expires while set
+	Host      string     `db:"host"`       // in a fleet, the host it lives on; "" on a single host
 	CreatedAt time.Time  `db:"created_at"`
 	UpdatedAt time.Time  `db:"updated_at"`
 }
@@ -68,7 +69,7 @@ const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(client_certificate, '') as client_certificate,
 	coalesce(client_key, '') as client_key,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
-	expires_at, protected, created_at, updated_at`
+	expires_at, protected, coalesce(host, '') as host, created_at, updated_at`
 
 // openCredentials opens the sealed credentials of an instance read from
 // the database, in place.
@@ -114,12 +115,12 @@ func (s *Store) listInstances(ctx context.Context, sql string, args ...any) ([]I
 
 // CreateInstance records a new instance of an image; ErrNotFound if the
 // image does not exist, a *QuotaError (ErrQuotaExceeded) if in.Quota
-// refuses it.
+// refuses it. In a fleet (SetFleetHost) the instance is this host's.
 func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance, error) {
 	const insert = `insert into instances
-		(image_id, owner, expires_at, protected) values ($1, $2, $3, $4)
+		(image_id, owner, expires_at, protected, host) values ($1, $2, $3, $4, $5)
 		returning ` + instanceColumns
-	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected}
+	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, nullText(s.FleetHost())}
 	var inst Instance
 	var err error
 	if in.Quota == (InstanceQuota{}) {
@@ -170,7 +171,7 @@ func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, er
 const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(username, '') as username, coalesce(password, '') as password,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
-	expires_at, protected, created_at, updated_at`
+	expires_at, protected, coalesce(host, '') as host, created_at, updated_at`
 
 // ListInstanceSummaries is ListInstances without the certificates and
 // private keys (left empty): it reads and opens a tenth of the bytes, for
@@ -188,7 +189,7 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 	insts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
 		var i Instance
 		err := row.Scan(&i.ID, &i.ImageID, &i.Owner, &i.Status, &i.Port, &i.Username, &i.Password,
-			&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.CreatedAt, &i.UpdatedAt)
+			&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.Host, &i.CreatedAt, &i.UpdatedAt)
 		return i, err
 	})
 	if insts == nil {

@@ -1,0 +1,160 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// HostState is a fleet host's state as the API shows it. Active and
+// draining are stored (set by drain and undrain); down is derived from the
+// age of the host's last heartbeat, whatever was stored.
+type HostState string
+
+// Host states.
+const (
+	HostActive   HostState = "active"   // instances are placed on it
+	HostDraining HostState = "draining" // its instances run on, no new one is placed on it
+	HostDown     HostState = "down"     // no heartbeat within the down timeout
+)
+
+// Host is one sindrid host of a fleet, as its last heartbeat described it.
+type Host struct {
+	Name                 string    `db:"name"`
+	PeerURL              string    `db:"peer_url"`
+	PublicHostname       string    `db:"public_hostname"`
+	StorageDriver        string    `db:"storage_driver"`
+	TotalBytes           int64     `db:"total_bytes"`
+	FreeBytes            int64     `db:"free_bytes"`
+	ReserveBytes         int64     `db:"reserve_bytes"`
+	RunningInstances     int       `db:"running_instances"` // postmasters running at the last heartbeat
+	Instances            int       `db:"instances"`         // instances placed on it, whatever their status
+	MaxInstances         int       `db:"max_instances"`     // 0: no cap
+	MemoryTotalBytes     int64     `db:"memory_total_bytes"`
+	MemoryAvailableBytes int64     `db:"memory_available_bytes"`
+	State                HostState `db:"state"`
+	HeartbeatAt          time.Time `db:"heartbeat_at"`
+	CreatedAt            time.Time `db:"created_at"`
+	UpdatedAt            time.Time `db:"updated_at"`
+}
+
+// Heartbeat is what a host records of itself each heartbeat.
+type Heartbeat struct {
+	Name, PeerURL, PublicHostname, StorageDriver string
+	TotalBytes, FreeBytes, ReserveBytes          int64
+	MaxInstances                                 int
+	MemoryTotalBytes, MemoryAvailableBytes       int64
+}
+
+// hostColumns reads a host with its state as seen now: down when its
+// heartbeat is older than $1 seconds. The database's clock decides, so
+// hosts' clocks need not agree.
+const hostColumns = `name, peer_url, public_hostname, storage_driver,
+	total_bytes, free_bytes, reserve_bytes, running_instances, instances, max_instances,
+	memory_total_bytes, memory_available_bytes,
+	case when heartbeat_at < now() - $1::float8 * interval '1 second' then 'down' else state end as state,
+	heartbeat_at, created_at, updated_at`
+
+// SetFleetHost names this host in a fleet: from then on the instances
+// this store creates are the host's, and ports are allocated among its
+// instances. "" (the default) is a single host.
+func (s *Store) SetFleetHost(name string) { s.fleetHost.Store(&name) }
+
+// FleetHost is the name SetFleetHost gave, or "".
+func (s *Store) FleetHost() string {
+	if p := s.fleetHost.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// RecordHeartbeat registers a host or refreshes its row: its figures, the
+// instances running on it, and the time, which is the database's. A
+// host's state (active or draining) is kept across its restarts. A live
+// host of the same name at another peer URL is ErrConflict: two hosts
+// were given one name. downAfter is the down timeout that decides
+// whether that other host is alive.
+func (s *Store) RecordHeartbeat(ctx context.Context, hb Heartbeat, downAfter time.Duration) (Host, error) {
+	h, err := get[Host](ctx, s, `insert into hosts as h (name, peer_url, public_hostname, storage_driver,
+			total_bytes, free_bytes, reserve_bytes, max_instances, memory_total_bytes, memory_available_bytes,
+			running_instances)
+		values ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+			(select count(*) from instances where host = $2 and status = 'running'))
+		on conflict (name) do update set
+			peer_url = excluded.peer_url, public_hostname = excluded.public_hostname,
+			storage_driver = excluded.storage_driver, total_bytes = excluded.total_bytes,
+			free_bytes = excluded.free_bytes, reserve_bytes = excluded.reserve_bytes,
+			max_instances = excluded.max_instances, memory_total_bytes = excluded.memory_total_bytes,
+			memory_available_bytes = excluded.memory_available_bytes,
+			running_instances = excluded.running_instances, heartbeat_at = now()
+		where h.peer_url = excluded.peer_url
+			or h.heartbeat_at < now() - $1::float8 * interval '1 second'
+		returning `+hostColumns,
+		downAfter.Seconds(), hb.Name, hb.PeerURL, hb.PublicHostname, hb.StorageDriver,
+		max(hb.TotalBytes, 0), max(hb.FreeBytes, 0), max(hb.ReserveBytes, 0), hb.MaxInstances,
+		max(hb.MemoryTotalBytes, 0), max(hb.MemoryAvailableBytes, 0))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Host{}, fmt.Errorf("store: heartbeat of host %q: another host of that name, at a different peer_url, is alive: %w", hb.Name, ErrConflict)
+	}
+	return h, wrap(err, "heartbeat of host %q", hb.Name)
+}
+
+// ListHosts reads every host, by name, down when its heartbeat is older
+// than downAfter.
+func (s *Store) ListHosts(ctx context.Context, downAfter time.Duration) ([]Host, error) {
+	hosts, err := list[Host](ctx, s, `select `+hostColumns+` from hosts order by name`, downAfter.Seconds())
+	return hosts, wrap(err, "list hosts")
+}
+
+// GetHost reads one host; ErrNotFound if no host has that name.
+func (s *Store) GetHost(ctx context.Context, name string, downAfter time.Duration) (Host, error) {
+	h, err := get[Host](ctx, s, `select `+hostColumns+` from hosts where name = $2`, downAfter.Seconds(), name)
+	return h, wrap(err, "get host %q", name)
+}
+
+// SetHostState drains a host (HostDraining: nothing new is placed on it)
+// or makes it active again; ErrNotFound if no host has that name,
+// ErrInvalid for another state.
+func (s *Store) SetHostState(ctx context.Context, name string, state HostState) error {
+	if state != HostActive && state != HostDraining {
+		return fmt.Errorf("store: set state of host %q to %q: %w", name, state, ErrInvalid)
+	}
+	tag, err := s.pool.Exec(ctx, `update hosts set state = $2 where name = $1`, name, state)
+	return affected(tag, err, "set state of host %q", name)
+}
+
+// ImageCopyStatus is the state of an image's copy on one host.
+type ImageCopyStatus string
+
+// Image copy statuses.
+const (
+	CopyReceiving ImageCopyStatus = "receiving" // its stream is being received, or made here
+	CopyReady     ImageCopyStatus = "ready"     // checked: instances may be cloned from it here
+	CopyFailed    ImageCopyStatus = "failed"    // see the error; tried again later
+)
+
+// SetImageCopy records the state of an image's copy on a host, adding
+// the record if there is none; ErrNotFound if the image or host is gone.
+func (s *Store) SetImageCopy(ctx context.Context, imageID int64, host string, status ImageCopyStatus, errText string) error {
+	_, err := s.pool.Exec(ctx, `insert into image_copies (image_id, host, status, error) values ($1, $2, $3, $4)
+		on conflict (image_id, host) do update set status = excluded.status, error = excluded.error`,
+		imageID, host, status, nullText(errText))
+	if pgCode(err) == "23503" {
+		return fmt.Errorf("store: record copy of image %d on host %q: %w: %w", imageID, host, ErrNotFound, err)
+	}
+	return wrap(err, "record copy of image %d on host %q", imageID, host)
+}
+
+// ImageReadyHosts reads the hosts that hold a ready copy of an image, by
+// name.
+func (s *Store) ImageReadyHosts(ctx context.Context, imageID int64) ([]string, error) {
+	rows, _ := s.pool.Query(ctx, `select host from image_copies where image_id = $1 and status = 'ready' order by host`, imageID)
+	hosts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if hosts == nil {
+		hosts = []string{}
+	}
+	return hosts, wrap(err, "hosts of image %d", imageID)
+}
