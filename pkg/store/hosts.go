@@ -158,3 +158,79 @@ func (s *Store) ImageReadyHosts(ctx context.Context, imageID int64) ([]string, e
 	}
 	return hosts, wrap(err, "hosts of image %d", imageID)
 }
+
+// ErrNoHost: no host of the fleet can take an instance of the image now:
+// none that is active, alive, holds a ready copy of the image, has free
+// disk above its reserve and is under its max_instances.
+var ErrNoHost = errors.New("no host available")
+
+// placeInstance chooses a host and records the instance on it, in one
+// statement. It locks every candidate host's row (active, alive, holding
+// a ready copy of the image, with free disk above its reserve), in order
+// of name so that concurrent placements never deadlock; a placement that
+// waited for a lock reads the row as the other placement left it. Among
+// the locked rows it takes the one with the most headroom: fewest
+// instances placed, then most free disk above the reserve, and under its
+// max_instances. Since hosts.instances is counted by a trigger in the
+// placing transaction, placements from any hosts never put more than
+// max_instances on one host. The locks are held until the instance's row
+// commits: placements across the fleet take turns, each a few
+// milliseconds.
+const placeInstance = `with candidates as (
+	select h.name, h.instances, h.free_bytes - h.reserve_bytes as headroom, h.max_instances
+	from hosts h
+	where h.state = 'active'
+		and h.heartbeat_at >= now() - $5::float8 * interval '1 second'
+		and h.free_bytes > h.reserve_bytes
+		and exists (select 1 from image_copies c
+			where c.image_id = $1 and c.host = h.name and c.status = 'ready')
+	order by h.name
+	for update of h
+), chosen as (
+	select name from candidates
+	where max_instances = 0 or instances < max_instances
+	order by instances, headroom desc, name
+	limit 1
+)
+insert into instances (image_id, owner, expires_at, protected, host)
+	select $1, $2, $3, $4, chosen.name from chosen
+	returning ` + instanceColumns
+
+// PlaceInstance records a new instance of an image on the fleet's host
+// with the most headroom (see placeInstance), which then creates it; the
+// instance's Host names it. ErrNoHost if no host can take it, ErrNotFound
+// if the image does not exist, a *QuotaError if in.Quota refuses it.
+// downAfter is the down timeout: a host whose heartbeat is older is not
+// chosen.
+func (s *Store) PlaceInstance(ctx context.Context, in InstanceInput, downAfter time.Duration) (Instance, error) {
+	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, downAfter.Seconds()}
+	var inst Instance
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if in.Quota != (InstanceQuota{}) {
+			if err := lockOwnerInstances(ctx, tx, in.Owner); err != nil {
+				return err
+			}
+			if err := checkInstanceQuota(ctx, tx, in.Owner, in.Protected, 0, in.Quota); err != nil {
+				return err
+			}
+		}
+		rows, _ := tx.Query(ctx, placeInstance, args...)
+		var err error
+		inst, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Instance])
+		return err
+	})
+	var qerr *QuotaError
+	if errors.As(err, &qerr) {
+		return Instance{}, qerr
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		if _, gerr := s.GetImage(ctx, in.ImageID); errors.Is(gerr, ErrNotFound) {
+			return Instance{}, fmt.Errorf("store: place instance of image %d: %w", in.ImageID, ErrNotFound)
+		}
+		return Instance{}, fmt.Errorf("store: place instance of image %d: no active host with a ready copy of it, free disk above its reserve and room under its max_instances: %w", in.ImageID, ErrNoHost)
+	}
+	if err == nil {
+		err = s.openCredentials(&inst)
+	}
+	return inst, wrap(err, "place instance of image %d", in.ImageID)
+}

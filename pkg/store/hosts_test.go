@@ -2,6 +2,8 @@ package store
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -158,5 +160,172 @@ func TestPortsArePerHost(t *testing.T) {
 	summaries := must[[]Instance](t)(a.ListInstanceSummaries(ctx, ""))
 	if len(summaries) != 6 || summaries[0].Host != "sindri-a" || summaries[1].Host != "sindri-b" || summaries[2].Host != "" {
 		t.Errorf("summaries' hosts: %+v", summaries)
+	}
+}
+
+// fleetWithImage registers hosts (all alike, the image ready on each of
+// readyOn) and returns the image.
+func fleetWithImage(t *testing.T, s *Store, hosts []Heartbeat, readyOn ...string) Image {
+	t.Helper()
+	for _, hb := range hosts {
+		must[Host](t)(s.RecordHeartbeat(ctx, hb, downAfter))
+	}
+	img := newImage(t, s, "img")
+	for _, h := range readyOn {
+		check(t, s.SetImageCopy(ctx, img.ID, h, CopyReady, ""))
+	}
+	return img
+}
+
+func TestPlacementChoosesTheHostWithMostHeadroom(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	full := heartbeat("full")
+	full.FreeBytes = full.ReserveBytes // at its reserve
+	capped := heartbeat("capped")
+	capped.MaxInstances = 1
+	hosts := []Heartbeat{heartbeat("a"), heartbeat("b"), heartbeat("draining"), heartbeat("nocopy"), heartbeat("receiving"), full, capped}
+	img := fleetWithImage(t, s, hosts, "a", "b", "draining", "full", "capped")
+	check(t, s.SetImageCopy(ctx, img.ID, "receiving", CopyReceiving, ""))
+	check(t, s.SetHostState(ctx, "draining", HostDraining))
+	if got := must[[]string](t)(s.ImageReadyHosts(ctx, img.ID)); fmt.Sprint(got) != "[a b capped draining full]" {
+		t.Errorf("ready hosts: %v", got)
+	}
+
+	counts := map[string]int{}
+	for i := range 7 {
+		inst, err := s.PlaceInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ci"}, downAfter)
+		if err != nil {
+			t.Fatalf("placement %d: %v", i, err)
+		}
+		if inst.Status != InstanceCreating || inst.Port != 0 || inst.Owner != "ci" || inst.ImageID != img.ID {
+			t.Errorf("placed instance = %+v", inst)
+		}
+		counts[inst.Host]++
+	}
+	// The capped host takes one; a and b share the rest evenly; the
+	// draining, full, copyless and still-receiving hosts take none.
+	if counts["capped"] != 1 || counts["a"] != 3 || counts["b"] != 3 || len(counts) != 3 {
+		t.Errorf("placements per host: %v", counts)
+	}
+
+	// More free disk breaks a tie of instances.
+	roomy := heartbeat("b")
+	roomy.FreeBytes = 90 << 30
+	must[Host](t)(s.RecordHeartbeat(ctx, roomy, downAfter))
+	if inst := must[Instance](t)(s.PlaceInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ci"}, downAfter)); inst.Host != "b" {
+		t.Errorf("with equal instances, placed on %q, not on b, which has more free disk", inst.Host)
+	}
+
+	// A host whose heartbeat is older than the down timeout is passed
+	// over: with a tiny timeout, every host is down.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := s.PlaceInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ci"}, 200*time.Millisecond); !errors.Is(err, ErrNoHost) {
+		t.Errorf("placement with every host down: %v, want ErrNoHost", err)
+	}
+	must[Host](t)(s.RecordHeartbeat(ctx, heartbeat("a"), downAfter))
+	if inst, err := s.PlaceInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ci"}, 200*time.Millisecond); err != nil || inst.Host != "a" {
+		t.Errorf("placement with only a alive: %+v, %v", inst, err)
+	}
+
+	// A destroyed instance frees its place.
+	if h := must[Host](t)(s.GetHost(ctx, "capped", downAfter)); h.Instances != 1 {
+		t.Fatalf("capped holds %d", h.Instances)
+	}
+	for _, inst := range must[[]Instance](t)(s.ListInstances(ctx, "")) {
+		if inst.Host == "capped" {
+			check(t, s.DeleteInstance(ctx, inst.ID))
+		}
+	}
+	if h := must[Host](t)(s.GetHost(ctx, "capped", downAfter)); h.Instances != 0 {
+		t.Errorf("capped holds %d after its instance was deleted", h.Instances)
+	}
+
+	if _, err := s.PlaceInstance(ctx, InstanceInput{ImageID: img.ID + 1000, Owner: "ci"}, downAfter); !errors.Is(err, ErrNotFound) {
+		t.Errorf("placement of a missing image: %v, want ErrNotFound", err)
+	}
+	other := newImage(t, s, "nowhere")
+	if _, err := s.PlaceInstance(ctx, InstanceInput{ImageID: other.ID, Owner: "ci"}, downAfter); !errors.Is(err, ErrNoHost) {
+		t.Errorf("placement of an image ready nowhere: %v, want ErrNoHost", err)
+	}
+}
+
+func TestPlacementQuota(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := fleetWithImage(t, s, []Heartbeat{heartbeat("a")}, "a")
+	in := InstanceInput{ImageID: img.ID, Owner: "dev@example.com", Quota: InstanceQuota{Instances: 2}}
+	must[Instance](t)(s.PlaceInstance(ctx, in, downAfter))
+	must[Instance](t)(s.PlaceInstance(ctx, in, downAfter))
+	var qerr *QuotaError
+	if _, err := s.PlaceInstance(ctx, in, downAfter); !errors.As(err, &qerr) || !errors.Is(err, ErrQuotaExceeded) {
+		t.Errorf("third placement over a quota of 2: %v", err)
+	}
+}
+
+// TestConcurrentPlacementsNeverOverfillAHost places from several
+// stores (hosts' processes) at once onto hosts that cap their instances:
+// exactly the capacity is placed, no host above its cap, the rest refused.
+func TestConcurrentPlacementsNeverOverfillAHost(t *testing.T) {
+	t.Parallel()
+	stores := fleetStores(t, 3)
+	s := stores[0]
+	var hosts []Heartbeat
+	for _, name := range []string{"a", "b", "c"} {
+		hb := heartbeat(name)
+		hb.MaxInstances = 5
+		hosts = append(hosts, hb)
+	}
+	img := fleetWithImage(t, s, hosts, "a", "b", "c")
+	// Only c holds the second image: a and b's placements race for it.
+	onlyC := newImage(t, s, "only-c")
+	check(t, s.SetImageCopy(ctx, onlyC.ID, "c", CopyReady, ""))
+
+	const attempts = 30
+	// Several rounds, each on emptied hosts, for the race to show.
+	for round := range 5 {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		placed := map[string]int{}
+		refused := 0
+		start := make(chan struct{})
+		for i := range attempts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				image := img.ID
+				if i%3 == 0 {
+					image = onlyC.ID
+				}
+				inst, err := stores[i%len(stores)].PlaceInstance(ctx, InstanceInput{ImageID: image, Owner: "ci"}, downAfter)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					placed[inst.Host]++
+				case errors.Is(err, ErrNoHost):
+					refused++
+				default:
+					t.Errorf("round %d, placement %d: %v", round, i, err)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+
+		if placed["a"] != 5 || placed["b"] != 5 || placed["c"] != 5 || refused != attempts-15 {
+			t.Errorf("round %d: placed %v, refused %d; want 5 on each host and %d refused", round, placed, refused, attempts-15)
+		}
+		for _, h := range must[[]Host](t)(s.ListHosts(ctx, downAfter)) {
+			var rows int
+			check(t, s.pool.QueryRow(ctx, `select count(*) from instances where host = $1`, h.Name).Scan(&rows))
+			if h.Instances != rows || rows > 5 {
+				t.Errorf("round %d: host %s counts %d instances, holds %d rows, max 5", round, h.Name, h.Instances, rows)
+			}
+		}
+		for _, inst := range must[[]Instance](t)(s.ListInstances(ctx, "")) {
+			check(t, s.DeleteInstance(ctx, inst.ID))
+		}
 	}
 }
