@@ -24,6 +24,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/config"
 	"github.com/sindri-db/sindri/pkg/console"
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/fleet"
 	"github.com/sindri-db/sindri/pkg/metadb"
 	"github.com/sindri-db/sindri/pkg/metrics"
 	"github.com/sindri-db/sindri/pkg/osuser"
@@ -45,10 +46,13 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if len(os.Args) > 1 && (os.Args[1] == "token" || os.Args[1] == "secrets") {
+	if len(os.Args) > 1 && (os.Args[1] == "token" || os.Args[1] == "secrets" || os.Args[1] == "host") {
 		run := func() error { return runToken(ctx, os.Args[2:], os.Stdout, os.Stderr) }
-		if os.Args[1] == "secrets" {
+		switch os.Args[1] {
+		case "secrets":
 			run = func() error { return runSecrets(ctx, os.Args[2:], os.Stderr) }
+		case "host":
+			run = func() error { return runHost(ctx, os.Args[2:], os.Stdout, os.Stderr) }
 		}
 		if err := run(); err != nil {
 			fmt.Fprintln(os.Stderr, "sindrid:", err)
@@ -101,6 +105,8 @@ type Main struct {
 	servers     []*http.Server
 	stop        context.CancelFunc
 	done        chan struct{}
+	fleet       *fleet.Member // nil without [fleet]
+	fleetDone   chan struct{}
 	secretsLock *store.SecretsLock // held while sindrid runs
 }
 
@@ -179,6 +185,13 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied),
 		"secrets_key_file", cfg.SecretsKeyFilePath(), "key_id", m.Store.Keyring().Current())
+	if cfg.Fleet.Enabled() {
+		// Registered before the engine starts: the instances it makes are
+		// this host's.
+		if err := m.joinFleet(ctx, driver); err != nil {
+			return err
+		}
+	}
 
 	// 0711: each postmaster must reach its own socket directory inside.
 	if err := os.MkdirAll(cfg.Postgres.SocketDir, 0o711); err != nil {
@@ -217,6 +230,13 @@ func (m *Main) Run(ctx context.Context) error {
 		defer close(m.done)
 		m.Engine.Run(engineCtx, time.Minute, cfg.Instances.ExpiryInterval)
 	}()
+	if m.fleet != nil {
+		m.fleetDone = make(chan struct{})
+		go func() {
+			defer close(m.fleetDone)
+			m.fleet.Run(engineCtx)
+		}()
+	}
 
 	authenticator, err := auth.NewFromConfig(cfg, m.Store, m.logger)
 	if err != nil {
@@ -232,10 +252,14 @@ func (m *Main) Run(ctx context.Context) error {
 		VersionExempt: console.RouteKeys,
 	})
 	services := m.Engine.Services()
-	(&api.Handlers{
+	handlers := &api.Handlers{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
 		Sources: services.Sources, Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
-	}).Register(server)
+	}
+	if cfg.Fleet.Enabled() {
+		handlers.Hosts = engine.NewHostService(m.Store, cfg.Fleet.DownTimeout)
+	}
+	handlers.Register(server)
 	ui, err := console.New(console.Options{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
 		Written: services.Instances.Written,
@@ -301,6 +325,26 @@ func (m *Main) openStoreOnce(ctx context.Context, databaseURL string) (applied [
 	}
 	m.Store, m.secretsLock = st, lock
 	return applied, nil
+}
+
+// joinFleet makes this host a member of the fleet: the store makes
+// instances as this host's, and the host is registered in the hosts table
+// (waiting while the metadata store is unavailable). Another live host
+// of the same name stops the start.
+func (m *Main) joinFleet(ctx context.Context, driver storage.Driver) error {
+	cfg := m.Config
+	reserve := engineLimits(cfg.Limits).DiskReserve
+	m.Store.SetFleetHost(cfg.Fleet.Name)
+	m.fleet = fleet.New(fleet.Options{
+		Store: m.Store, Capacity: driver.Capacity, Reserve: reserve.Of,
+		Name: cfg.Fleet.Name, PeerURL: cfg.Fleet.PeerURL, PublicHostname: cfg.PublicHostname,
+		StorageDriver: driver.Name(), MaxInstances: cfg.Fleet.MaxInstances,
+		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, DownTimeout: cfg.Fleet.DownTimeout, Logger: m.logger,
+	})
+	if _, err := m.fleet.Register(ctx); err != nil {
+		return fmt.Errorf("joining the fleet as %q: %w", cfg.Fleet.Name, err)
+	}
+	return nil
 }
 
 // engineLimits is the [limits] section in the engine's terms.
@@ -400,6 +444,9 @@ func (m *Main) Close() error {
 	if m.stop != nil {
 		m.stop()
 		<-m.done
+		if m.fleetDone != nil {
+			<-m.fleetDone
+		}
 	}
 	if m.secretsLock != nil {
 		m.secretsLock.Release()

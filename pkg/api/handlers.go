@@ -18,7 +18,9 @@ type Handlers struct {
 	Status    StatusService
 	// Sources, when set, serves /sources.
 	Sources SourceService
-	Auth    *auth.Authenticator
+	// Hosts, when set (a fleet), serves /hosts.
+	Hosts HostService
+	Auth  *auth.Authenticator
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
 	Version        string
@@ -67,6 +69,9 @@ func (h *Handlers) Register(s *Server) {
 		} {
 			r.Handle(route.path, route.handle).Methods(route.method)
 		}
+	}
+	if h.Hosts != nil {
+		r.Handle("/hosts", HandlerFunc(h.listHosts)).Methods(http.MethodGet)
 	}
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)

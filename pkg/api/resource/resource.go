@@ -81,6 +81,28 @@ const (
 	SourceFailed     = "failed"
 )
 
+// Host is the hosts resource: one sindrid host of a fleet, as its last
+// heartbeat described it; its id is its name. State is active, draining
+// (no new instance is placed on it) or down (no heartbeat within the down
+// timeout).
+type Host struct {
+	ID                   string    `jsonapi:"primary,hosts" json:"id"`
+	Name                 string    `jsonapi:"attr,name" json:"name"`
+	PeerURL              string    `jsonapi:"attr,peer_url" json:"peer_url"`
+	PublicHostname       string    `jsonapi:"attr,public_hostname" json:"public_hostname"`
+	StorageDriver        string    `jsonapi:"attr,storage_driver" json:"storage_driver"`
+	TotalBytes           int64     `jsonapi:"attr,total_bytes" json:"total_bytes"`
+	FreeBytes            int64     `jsonapi:"attr,free_bytes" json:"free_bytes"`
+	ReserveBytes         int64     `jsonapi:"attr,reserve_bytes" json:"reserve_bytes"`
+	Instances            int       `jsonapi:"attr,instances" json:"instances"`
+	RunningInstances     int       `jsonapi:"attr,running_instances" json:"running_instances"`
+	MaxInstances         int       `jsonapi:"attr,max_instances" json:"max_instances"`
+	MemoryTotalBytes     int64     `jsonapi:"attr,memory_total_bytes" json:"memory_total_bytes"`
+	MemoryAvailableBytes int64     `jsonapi:"attr,memory_available_bytes" json:"memory_available_bytes"`
+	State                string    `jsonapi:"attr,state" json:"state"`
+	LastHeartbeatAt      time.Time `jsonapi:"attr,last_heartbeat_at,iso8601" json:"last_heartbeat_at"`
+}
+
 // Instance is the instances resource. Credentials is included by the
 // answers that carry them (an instance's GET, POST, PATCH and reset), not
 // by the list.

@@ -1,0 +1,98 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/storage"
+	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/store/storetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
+
+func member(st *store.Store, dir, name, peer string, interval, down time.Duration) *Member {
+	return New(Options{
+		Store:    st,
+		Capacity: func(context.Context) (storage.Capacity, error) { return storage.StatCapacity(dir) },
+		Reserve:  func(total int64) int64 { return total / 20 },
+		Name:     name, PeerURL: peer, PublicHostname: name + ".example.com", StorageDriver: "btrfs",
+		MaxInstances: 40, HeartbeatInterval: interval, DownTimeout: down, Logger: storetest.Logger(),
+	})
+}
+
+func TestRegisterAndBeat(t *testing.T) {
+	ctx := context.Background()
+	st, _ := storetest.New(t)
+	dir := t.TempDir()
+	m := member(st, dir, "sindri-a", "https://a.internal:8443", 50*time.Millisecond, time.Second)
+	first, err := m.Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := storage.StatCapacity(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Name != "sindri-a" || first.PublicHostname != "sindri-a.example.com" || first.StorageDriver != "btrfs" ||
+		first.TotalBytes != c.TotalBytes || first.ReserveBytes != c.TotalBytes/20 || first.FreeBytes <= 0 ||
+		first.MaxInstances != 40 || first.State != store.HostActive {
+		t.Errorf("registered = %+v (filesystem %+v)", first, c)
+	}
+	if first.MemoryTotalBytes <= 0 || first.MemoryAvailableBytes <= 0 || first.MemoryAvailableBytes > first.MemoryTotalBytes {
+		t.Errorf("memory figures: total %d, available %d", first.MemoryTotalBytes, first.MemoryAvailableBytes)
+	}
+
+	// Run keeps the row fresh; once it stops, the host goes down.
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(runCtx) }()
+	time.Sleep(400 * time.Millisecond)
+	h, err := st.GetHost(ctx, "sindri-a", 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.HeartbeatAt.After(first.HeartbeatAt) || h.State != store.HostActive {
+		t.Errorf("while running: %+v; first heartbeat at %v", h, first.HeartbeatAt)
+	}
+	stop()
+	<-done
+	time.Sleep(400 * time.Millisecond)
+	if h, err := st.GetHost(ctx, "sindri-a", 200*time.Millisecond); err != nil || h.State != store.HostDown {
+		t.Errorf("stopped for 400ms with a down timeout of 200ms: %+v, %v", h, err)
+	}
+}
+
+func TestTwoHostsOfOneName(t *testing.T) {
+	ctx := context.Background()
+	st, _ := storetest.New(t)
+	dir := t.TempDir()
+	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 3*time.Second).Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := member(st, dir, "sindri-a", "https://b.internal:8443", time.Second, 3*time.Second).Register(ctx)
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a second live host named sindri-a: %v, want ErrConflict", err)
+	}
+}
+
+func TestReadMemInfo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meminfo")
+	if err := os.WriteFile(path, []byte("MemTotal:       16310588 kB\nMemFree:  1 kB\nMemAvailable:   12000000 kB\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mi, err := readMemInfo(path)
+	if err != nil || mi.total != 16310588*1024 || mi.available != 12000000*1024 {
+		t.Errorf("readMemInfo = %+v, %v", mi, err)
+	}
+	if err := os.WriteFile(path, []byte("MemTotal: 5 kB\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readMemInfo(path); err == nil {
+		t.Error("readMemInfo accepted a file without MemAvailable")
+	}
+}
