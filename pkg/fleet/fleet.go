@@ -88,12 +88,16 @@ func (m *Member) Beat(ctx context.Context) (store.Host, error) {
 func (m *Member) Register(ctx context.Context) (store.Host, error) {
 	wait := 500 * time.Millisecond
 	for {
-		h, err := m.Beat(ctx)
+		err := m.refuseSecondHost(ctx)
+		var h store.Host
+		if err == nil {
+			h, err = m.Beat(ctx)
+		}
 		if err == nil {
 			m.opts.Logger.Info("fleet: host registered", "host", h.Name, "peer_url", h.PeerURL, "state", h.State)
 			return h, nil
 		}
-		if errors.Is(err, store.ErrConflict) {
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, ErrSecondHost) {
 			return h, fmt.Errorf("%w: give each host its own fleet.name, or stop the other", err)
 		}
 		if !errors.Is(err, store.ErrUnavailable) {
@@ -107,6 +111,29 @@ func (m *Member) Register(ctx context.Context) (store.Host, error) {
 		}
 		wait = min(2*wait, m.opts.HeartbeatInterval)
 	}
+}
+
+// ErrSecondHost: another host of the fleet is alive. Until the engine
+// reconciles, supervises and expires only its own host's instances and
+// images, a second live host on one metadata database would act on the
+// first one's (a ready image without a volume here would be marked
+// failed), so a host does not join while another is alive.
+var ErrSecondHost = errors.New("another host of the fleet is alive; this sindrid runs one live host per metadata database until its engine acts on its own host's instances and images only")
+
+// refuseSecondHost is ErrSecondHost when a host of another name has a
+// heartbeat younger than the down timeout.
+func (m *Member) refuseSecondHost(ctx context.Context) error {
+	hosts, err := m.opts.Store.ListHosts(ctx, m.opts.DownTimeout)
+	if err != nil {
+		return fmt.Errorf("fleet: list hosts: %w", err)
+	}
+	for _, h := range hosts {
+		if h.Name != m.opts.Name && h.State != store.HostDown {
+			return fmt.Errorf("fleet: host %q (%s) is %s: %w; stop it, or wait until it shows down after fleet.down_timeout",
+				h.Name, h.PeerURL, h.State, ErrSecondHost)
+		}
+	}
+	return nil
 }
 
 // Run beats every heartbeat interval until ctx ends. A failed beat is

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +95,32 @@ func TestReadMemInfo(t *testing.T) {
 	}
 	if _, err := readMemInfo(path); err == nil {
 		t.Error("readMemInfo accepted a file without MemAvailable")
+	}
+}
+
+// Until the engine acts on its own host's instances only, a second host
+// does not join while another is alive; once the first is down, it does.
+func TestOneLiveHostPerDatabase(t *testing.T) {
+	ctx := context.Background()
+	st, _ := storetest.New(t)
+	dir := t.TempDir()
+	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := member(st, dir, "sindri-b", "https://b.internal:8443", time.Second, 300*time.Millisecond)
+	_, err := b.Register(ctx)
+	if !errors.Is(err, ErrSecondHost) || !strings.Contains(err.Error(), `host "sindri-a"`) {
+		t.Fatalf("second host while the first is alive: %v, want ErrSecondHost naming sindri-a", err)
+	}
+	if _, err := st.GetHost(ctx, "sindri-b", time.Second); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the refused host was registered: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if h, err := b.Register(ctx); err != nil || h.Name != "sindri-b" {
+		t.Errorf("second host once the first is down: %+v, %v", h, err)
+	}
+	// The first comes back: it sees sindri-b alive.
+	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); !errors.Is(err, ErrSecondHost) {
+		t.Errorf("first host back while the second is alive: %v", err)
 	}
 }

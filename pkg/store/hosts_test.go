@@ -329,3 +329,37 @@ func TestConcurrentPlacementsNeverOverfillAHost(t *testing.T) {
 		}
 	}
 }
+
+// The host that makes an image holds its first copy, recorded with the
+// image's readiness; a single host records none.
+func TestImageReadyOnTheHostThatMadeIt(t *testing.T) {
+	t.Parallel()
+	stores := fleetStores(t, 2)
+	a, single := stores[0], stores[1]
+	must[Host](t)(a.RecordHeartbeat(ctx, heartbeat("sindri-a"), downAfter))
+	a.SetFleetHost("sindri-a")
+	img := newImage(t, a, "made-on-a")
+	check(t, a.MarkImageReady(ctx, img.ID, "15", 1<<20, false))
+	if got := must[Image](t)(a.GetImage(ctx, img.ID)); got.Status != ImageReady {
+		t.Errorf("image status %s", got.Status)
+	}
+	if hosts := must[[]string](t)(a.ImageReadyHosts(ctx, img.ID)); fmt.Sprint(hosts) != "[sindri-a]" {
+		t.Errorf("ready on %v, want [sindri-a]", hosts)
+	}
+	// Once more (a finalise's retry) changes nothing.
+	check(t, a.MarkImageReady(ctx, img.ID, "15", 1<<20, false))
+
+	lone := newImage(t, single, "single")
+	check(t, single.MarkImageReady(ctx, lone.ID, "15", 1<<20, false))
+	if hosts := must[[]string](t)(single.ImageReadyHosts(ctx, lone.ID)); len(hosts) != 0 {
+		t.Errorf("a single host's image has copies %v", hosts)
+	}
+	if err := a.MarkImageReady(ctx, lone.ID+100, "15", 1, false); !errors.Is(err, ErrNotFound) {
+		t.Errorf("mark a missing image ready in a fleet: %v", err)
+	}
+	// Destroying the image takes its copies' records with it.
+	check(t, a.DeleteImage(ctx, img.ID))
+	if hosts := must[[]string](t)(a.ImageReadyHosts(ctx, img.ID)); len(hosts) != 0 {
+		t.Errorf("copies of a deleted image: %v", hosts)
+	}
+}

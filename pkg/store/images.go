@@ -138,12 +138,22 @@ func (s *Store) SetImageStatus(ctx context.Context, id int64, status ImageStatus
 
 // MarkImageReady records a finalised image: ready, its PostgreSQL version
 // and size, whether it was anonymised, no error, and no source_url any
-// more (the pull is over; its redacted form stays).
+// more (the pull is over; its redacted form stays). In a fleet
+// (SetFleetHost), the same statement records this host's copy of the
+// image ready: the host that made an image holds its first copy.
 func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64, anonymised bool) error {
-	tag, err := s.pool.Exec(ctx, `update images
+	const update = `update images
 		set status = 'ready', error = null, pg_version = $2, size_bytes = $3, anonymised = $4, source_url = null
-		where id = $1`,
-		id, nullText(pgVersion), sizeBytes, anonymised)
+		where id = $1`
+	args := []any{id, nullText(pgVersion), sizeBytes, anonymised}
+	query := update
+	if host := s.FleetHost(); host != "" {
+		query = `with ready as (` + update + ` returning id)
+			insert into image_copies (image_id, host, status) select id, $5, 'ready' from ready
+			on conflict (image_id, host) do update set status = 'ready', error = null`
+		args = append(args, host)
+	}
+	tag, err := s.pool.Exec(ctx, query, args...)
 	return affected(tag, err, "mark image %d ready", id)
 }
 
