@@ -64,6 +64,16 @@
 // instance's data, carrying its owner, which only the owner and the
 // upload user see (404 for others).
 //
+// In a fleet (Handlers.Hosts set, sindrid configured with [fleet]),
+// GET /hosts lists the hosts sharing the metadata database, the upload
+// user's only (403 for others): each a hosts resource whose id is its
+// name, with peer_url, public_hostname, storage_driver, total_bytes,
+// free_bytes, reserve_bytes, instances (placed on it), running_instances,
+// max_instances, memory_total_bytes, memory_available_bytes, state
+// (active, draining, or down when its last_heartbeat_at is older than the
+// down timeout) and last_heartbeat_at. Without a fleet there is no such
+// route (404).
+//
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a
 // detail that names the limit's key and the current figure; GET /status
