@@ -94,8 +94,15 @@ func (m *Member) Register(ctx context.Context) (store.Host, error) {
 			h, err = m.Beat(ctx)
 		}
 		if err == nil {
-			m.opts.Logger.Info("fleet: host registered", "host", h.Name, "peer_url", h.PeerURL, "state", h.State)
-			return h, nil
+			// The one host of the database: what a single host made
+			// before the fleet is its own.
+			var instances, images int64
+			instances, images, err = m.opts.Store.AdoptSingleHostRecords(ctx, m.opts.Name)
+			if err == nil {
+				m.opts.Logger.Info("fleet: host registered", "host", h.Name, "peer_url", h.PeerURL, "state", h.State,
+					"adopted_instances", instances, "adopted_images", images)
+				return h, nil
+			}
 		}
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, ErrSecondHost) {
 			return h, fmt.Errorf("%w: give each host its own fleet.name, or stop the other", err)
@@ -113,24 +120,30 @@ func (m *Member) Register(ctx context.Context) (store.Host, error) {
 	}
 }
 
-// ErrSecondHost: another host of the fleet is alive. Until the engine
-// reconciles, supervises and expires only its own host's instances and
-// images, a second live host on one metadata database would act on the
-// first one's (a ready image without a volume here would be marked
-// failed), so a host does not join while another is alive.
-var ErrSecondHost = errors.New("another host of the fleet is alive; this sindrid runs one live host per metadata database until its engine acts on its own host's instances and images only")
+// ErrSecondHost: another host of the fleet is alive, or holds instances or
+// image copies. Until the engine reconciles, supervises and expires only
+// its own host's instances and images, a second host on one metadata
+// database would act on the first one's (a ready image without a volume
+// here would be marked failed), so a host does not join then.
+var ErrSecondHost = errors.New("another host of the fleet is alive or holds records; this sindrid runs one host per metadata database until its engine acts on its own host's instances and images only")
 
 // refuseSecondHost is ErrSecondHost when a host of another name has a
-// heartbeat younger than the down timeout.
+// heartbeat younger than the down timeout, or has instances or image
+// copies.
 func (m *Member) refuseSecondHost(ctx context.Context) error {
 	hosts, err := m.opts.Store.ListHosts(ctx, m.opts.DownTimeout)
 	if err != nil {
 		return fmt.Errorf("fleet: list hosts: %w", err)
 	}
 	for _, h := range hosts {
-		if h.Name != m.opts.Name && h.State != store.HostDown {
+		switch {
+		case h.Name == m.opts.Name:
+		case h.State != store.HostDown:
 			return fmt.Errorf("fleet: host %q (%s) is %s: %w; stop it, or wait until it shows down after fleet.down_timeout",
 				h.Name, h.PeerURL, h.State, ErrSecondHost)
+		case h.Instances > 0 || h.ImageCopies > 0:
+			return fmt.Errorf("fleet: host %q (%s), down, holds %d instances and %d image copies: %w",
+				h.Name, h.PeerURL, h.Instances, h.ImageCopies, ErrSecondHost)
 		}
 	}
 	return nil

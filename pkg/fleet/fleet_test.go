@@ -115,12 +115,71 @@ func TestOneLiveHostPerDatabase(t *testing.T) {
 	if _, err := st.GetHost(ctx, "sindri-b", time.Second); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the refused host was registered: %v", err)
 	}
+	// The first made an image: down, it still holds the image's copy.
+	st.SetFleetHost("sindri-a")
+	img, err := st.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.MarkImageReady(ctx, img.ID, "15", 1, false); err != nil {
+		t.Fatal(err)
+	}
+	st.SetFleetHost("")
 	time.Sleep(500 * time.Millisecond)
+	if _, err := b.Register(ctx); !errors.Is(err, ErrSecondHost) || !strings.Contains(err.Error(), "1 image copies") {
+		t.Fatalf("second host while the first, down, holds an image: %v, want ErrSecondHost", err)
+	}
+	if err := st.DeleteImage(ctx, img.ID); err != nil {
+		t.Fatal(err)
+	}
 	if h, err := b.Register(ctx); err != nil || h.Name != "sindri-b" {
-		t.Errorf("second host once the first is down: %+v, %v", h, err)
+		t.Errorf("second host once the first is down and holds nothing: %+v, %v", h, err)
 	}
 	// The first comes back: it sees sindri-b alive.
 	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); !errors.Is(err, ErrSecondHost) {
 		t.Errorf("first host back while the second is alive: %v", err)
+	}
+}
+
+// A single host's records become the host's when it joins a fleet.
+func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
+	ctx := context.Background()
+	st, _ := storetest.New(t)
+	img, err := st.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.MarkImageReady(ctx, img.ID, "15", 1, false); err != nil {
+		t.Fatal(err)
+	}
+	inst, err := st.CreateInstance(ctx, store.InstanceInput{ImageID: img.ID, Owner: "ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AllocatePort(ctx, inst.ID, 15432, 15442, nil); err != nil {
+		t.Fatal(err)
+	}
+	st.SetFleetHost("sindri-a")
+	h, err := member(st, t.TempDir(), "sindri-a", "https://a.internal:8443", time.Second, 3*time.Second).Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.GetInstance(ctx, inst.ID)
+	if err != nil || got.Host != "sindri-a" || got.Port != 15432 {
+		t.Errorf("instance after joining: %+v, %v", got, err)
+	}
+	if hosts, err := st.ImageReadyHosts(ctx, img.ID); err != nil || len(hosts) != 1 || hosts[0] != "sindri-a" {
+		t.Errorf("image ready on %v, %v", hosts, err)
+	}
+	if h, err = st.GetHost(ctx, "sindri-a", time.Minute); err != nil || h.Instances != 1 || h.ImageCopies != 1 {
+		t.Errorf("host after joining: %+v, %v", h, err)
+	}
+	// Its next port is allocated among its own instances.
+	next, err := st.CreateInstance(ctx, store.InstanceInput{ImageID: img.ID, Owner: "ci"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := st.AllocatePort(ctx, next.ID, 15432, 15442, nil); err != nil || p != 15433 {
+		t.Errorf("next port %d, %v; want 15433", p, err)
 	}
 }

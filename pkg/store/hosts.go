@@ -35,6 +35,7 @@ type Host struct {
 	MaxInstances         int       `db:"max_instances"`     // 0: no cap
 	MemoryTotalBytes     int64     `db:"memory_total_bytes"`
 	MemoryAvailableBytes int64     `db:"memory_available_bytes"`
+	ImageCopies          int       `db:"image_copies"` // images it holds a copy of, in any status
 	State                HostState `db:"state"`
 	HeartbeatAt          time.Time `db:"heartbeat_at"`
 	CreatedAt            time.Time `db:"created_at"`
@@ -55,6 +56,7 @@ type Heartbeat struct {
 const hostColumns = `name, peer_url, public_hostname, storage_driver,
 	total_bytes, free_bytes, reserve_bytes, running_instances, instances, max_instances,
 	memory_total_bytes, memory_available_bytes,
+	(select count(*) from image_copies c where c.host = name)::int as image_copies,
 	case when heartbeat_at < now() - $1::float8 * interval '1 second' then 'down' else state end as state,
 	heartbeat_at, created_at, updated_at`
 
@@ -113,6 +115,27 @@ func (s *Store) ListHosts(ctx context.Context, downAfter time.Duration) ([]Host,
 func (s *Store) GetHost(ctx context.Context, name string, downAfter time.Duration) (Host, error) {
 	h, err := get[Host](ctx, s, `select `+hostColumns+` from hosts where name = $2`, downAfter.Seconds(), name)
 	return h, wrap(err, "get host %q", name)
+}
+
+// AdoptSingleHostRecords makes the records of a single host, made before
+// the fleet, this host's: its instances (their host was null) and a
+// ready copy of every ready image that has none. Call it only from the
+// one host that ran them, before its engine starts. It returns how many
+// instances and images it adopted.
+func (s *Store) AdoptSingleHostRecords(ctx context.Context, host string) (instances, images int64, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `update instances set host = $1 where host is null`, host)
+		if err != nil {
+			return err
+		}
+		instances = tag.RowsAffected()
+		tag, err = tx.Exec(ctx, `insert into image_copies (image_id, host, status)
+			select id, $1, 'ready' from images i
+			where status = 'ready' and not exists (select 1 from image_copies c where c.image_id = i.id)`, host)
+		images = tag.RowsAffected()
+		return err
+	})
+	return instances, images, wrap(err, "adopt the single host's records as host %q's", host)
 }
 
 // SetHostState drains a host (HostDraining: nothing new is placed on it)
