@@ -319,6 +319,13 @@ func (m *Main) openStoreOnce(ctx context.Context, databaseURL string) (applied [
 	if applied, err = st.Migrate(ctx); err != nil {
 		return nil, err
 	}
+	if f := m.Config.Fleet; f.Enabled() {
+		// Before the secrets: a host that may not join must not seal
+		// anything with its key.
+		if err := fleet.CheckJoin(ctx, st, f.Name, f.PeerURL, f.DownTimeout); err != nil {
+			return nil, fmt.Errorf("joining the fleet as %q: %w", f.Name, err)
+		}
+	}
 	lock, err := openSecrets(ctx, st, m.Config.SecretsKeyFilePath(), m.logger)
 	if err != nil {
 		return nil, err

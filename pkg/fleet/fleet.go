@@ -127,17 +127,25 @@ func (m *Member) Register(ctx context.Context) (store.Host, error) {
 // here would be marked failed), so a host does not join then.
 var ErrSecondHost = errors.New("another host of the fleet is alive or holds records; this sindrid runs one host per metadata database until its engine acts on its own host's instances and images only")
 
-// refuseSecondHost is ErrSecondHost when a host of another name has a
-// heartbeat younger than the down timeout, or has instances or image
-// copies.
 func (m *Member) refuseSecondHost(ctx context.Context) error {
-	hosts, err := m.opts.Store.ListHosts(ctx, m.opts.DownTimeout)
+	return CheckJoin(ctx, m.opts.Store, m.opts.Name, m.opts.PeerURL, m.opts.DownTimeout)
+}
+
+// CheckJoin is ErrSecondHost when a host other than name has a heartbeat
+// younger than downTimeout, or has instances or image copies, and
+// store.ErrConflict when a live host of that name has another peer URL.
+// sindrid checks it before it touches the store's secrets, then again as
+// it registers.
+func CheckJoin(ctx context.Context, st *store.Store, name, peerURL string, downTimeout time.Duration) error {
+	hosts, err := st.ListHosts(ctx, downTimeout)
 	if err != nil {
 		return fmt.Errorf("fleet: list hosts: %w", err)
 	}
 	for _, h := range hosts {
 		switch {
-		case h.Name == m.opts.Name:
+		case h.Name == name && h.PeerURL != peerURL && h.State != store.HostDown:
+			return fmt.Errorf("fleet: host %q is alive at %s: %w: give each host its own fleet.name, or stop the other", h.Name, h.PeerURL, store.ErrConflict)
+		case h.Name == name:
 		case h.State != store.HostDown:
 			return fmt.Errorf("fleet: host %q (%s) is %s: %w; stop it, or wait until it shows down after fleet.down_timeout",
 				h.Name, h.PeerURL, h.State, ErrSecondHost)
