@@ -110,7 +110,10 @@ func TestFleetHost(t *testing.T) {
 
 	// An instance is this host's: counted placed, then running.
 	imageID := a.readyImage(t, "")
-	a.createInstance(t, a.secret, imageID, nil)
+	inst, _ := a.createInstance(t, a.secret, imageID, nil)
+	if inst.Attributes["host"] != "spec-a" {
+		t.Errorf("instance's host: %v", inst.Attributes["host"])
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, hosts = a.hosts(t, a.secret)

@@ -72,7 +72,8 @@
 // max_instances, memory_total_bytes, memory_available_bytes, state
 // (active, draining, or down when its last_heartbeat_at is older than the
 // down timeout) and last_heartbeat_at. Without a fleet there is no such
-// route (404).
+// route (404). In a fleet, an instance carries host, the name of the host
+// it lives on; on a single host the attribute is left out.
 //
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a

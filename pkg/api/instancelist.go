@@ -44,6 +44,10 @@ func writeInstanceList(w http.ResponseWriter, status int, instances []*resource.
 			buf = inst.ExpiresAt.UTC().AppendFormat(buf, iso8601)
 			buf = append(buf, '"')
 		}
+		if inst.Host != "" {
+			buf = append(buf, `,"host":`...)
+			buf = appendJSONString(buf, inst.Host)
+		}
 		buf = append(buf, `,"hostname":`...)
 		buf = appendJSONString(buf, inst.Hostname)
 		buf = append(buf, `,"image_id":`...)

@@ -31,7 +31,7 @@ func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *
 	out := &resource.Instance{
 		ID: inst.ID, Hostname: h.PublicHostname, ImageID: inst.ImageID, Port: inst.Port, Status: contractStatus(inst.Status),
 		Error: inst.Error, Username: inst.Username, Password: inst.Password,
-		ExpiresAt: inst.ExpiresAt, Protected: inst.Protected, CreatedAt: inst.CreatedAt, UpdatedAt: inst.UpdatedAt,
+		ExpiresAt: inst.ExpiresAt, Protected: inst.Protected, Host: inst.Host, CreatedAt: inst.CreatedAt, UpdatedAt: inst.UpdatedAt,
 	}
 	out.DatabaseURL = (&url.URL{
 		Scheme: "postgres", User: url.UserPassword(inst.Username, inst.Password),

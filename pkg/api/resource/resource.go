@@ -107,17 +107,20 @@ type Host struct {
 // answers that carry them (an instance's GET, POST, PATCH and reset), not
 // by the list.
 type Instance struct {
-	ID          int64        `jsonapi:"primary,instances" json:"id"`
-	Hostname    string       `jsonapi:"attr,hostname" json:"hostname"`
-	ImageID     int64        `jsonapi:"attr,image_id" json:"image_id"`
-	Port        int          `jsonapi:"attr,port" json:"port"`
-	Status      string       `jsonapi:"attr,status" json:"status"`
-	Error       string       `jsonapi:"attr,error,omitempty" json:"error,omitempty"`
-	Username    string       `jsonapi:"attr,username" json:"username"`
-	Password    string       `jsonapi:"attr,password" json:"password"`
-	DatabaseURL string       `jsonapi:"attr,database_url" json:"database_url"`
-	ExpiresAt   *time.Time   `jsonapi:"attr,expires_at,iso8601" json:"expires_at"` // nil: never
-	Protected   bool         `jsonapi:"attr,protected" json:"protected"`
+	ID          int64      `jsonapi:"primary,instances" json:"id"`
+	Hostname    string     `jsonapi:"attr,hostname" json:"hostname"`
+	ImageID     int64      `jsonapi:"attr,image_id" json:"image_id"`
+	Port        int        `jsonapi:"attr,port" json:"port"`
+	Status      string     `jsonapi:"attr,status" json:"status"`
+	Error       string     `jsonapi:"attr,error,omitempty" json:"error,omitempty"`
+	Username    string     `jsonapi:"attr,username" json:"username"`
+	Password    string     `jsonapi:"attr,password" json:"password"`
+	DatabaseURL string     `jsonapi:"attr,database_url" json:"database_url"`
+	ExpiresAt   *time.Time `jsonapi:"attr,expires_at,iso8601" json:"expires_at"` // nil: never
+	Protected   bool       `jsonapi:"attr,protected" json:"protected"`
+	// Host is, in a fleet, the host the instance lives on; left out on a
+	// single host.
+	Host        string       `jsonapi:"attr,host,omitempty" json:"host,omitempty"`
 	CreatedAt   time.Time    `jsonapi:"attr,created_at,iso8601" json:"created_at"`
 	UpdatedAt   time.Time    `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
 	Credentials *Credentials `jsonapi:"relation,credentials,omitempty" json:"credentials,omitempty"`
