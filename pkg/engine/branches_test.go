@@ -85,6 +85,14 @@ func TestBranchOfAnInstance(t *testing.T) {
 	if _, err := svc.Images.Upload(ctx, ada, img.ID, strings.NewReader("x"), 1); !errors.Is(err, engine.ErrForbidden) {
 		t.Fatalf("ada uploads into her branch: %v, want forbidden", err)
 	}
+	// Ada may not destroy her branch with its clones (force is the upload
+	// user's), and the clone runs on.
+	if err := svc.Images.Destroy(ctx, ada, img.ID, true); !errors.Is(err, engine.ErrForbidden) {
+		t.Fatalf("ada destroys her branch with force: %v, want forbidden", err)
+	}
+	if _, err := svc.Instances.Get(ctx, ada, clone.ID); err != nil {
+		t.Fatalf("the clone after a refused forced destroy of its branch: %v", err)
+	}
 	// Ada destroys her branch once its clone is gone.
 	if err := svc.Instances.Destroy(ctx, ada, clone.ID); err != nil {
 		t.Fatal(err)
