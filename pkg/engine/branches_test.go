@@ -104,3 +104,36 @@ func TestBranchOfAnInstance(t *testing.T) {
 		t.Fatalf("the branch after its destroy: %v", err)
 	}
 }
+
+// On ZFS a branch's snapshot pins its instance's volume until the branch
+// is copied: a reset meanwhile is refused before it touches the instance
+// (it would stop it, fail to destroy the volume and leave it failed), and
+// goes through once the branch is ready.
+func TestResetWaitsForABranchOnZFS(t *testing.T) {
+	w := newWorldZFS(t, 5)
+	e := engine.New(w.options())
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "ada@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
+	branch, err := e.CreateImage(ctx, engine.ImageRequest{InstanceID: inst.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ResetInstance(ctx, inst.ID); !errors.Is(err, engine.ErrConflict) || !strings.Contains(err.Error(), "branch") {
+		t.Fatalf("reset while the branch's snapshot pins the instance: %v, want a conflict naming the branch", err)
+	}
+	if got, err := e.GetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
+		t.Fatalf("the instance after the refused reset: %+v, %v", got, err)
+	}
+	if n := mustSQL(t, w.superuserConn(inst), "select count(*)::text from notes"); n != "1" {
+		t.Fatalf("notes in the instance after the refused reset: %s", n)
+	}
+	if ready, err := e.FinaliseImage(ctx, branch.ID); err != nil || ready.Status != store.ImageReady {
+		t.Fatalf("finalising the branch: %+v, %v", ready, err)
+	}
+	if got, err := e.ResetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
+		t.Fatalf("reset once the branch is ready: %+v, %v", got, err)
+	}
+}
