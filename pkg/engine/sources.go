@@ -522,8 +522,10 @@ func (e *Engine) RunSources(ctx context.Context) {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	for {
-		e.sourcesPass(ctx)
+	for pass := 0; ; pass++ {
+		// The standbys of no source are looked for at the first pass and
+		// every standbySweepEvery after: it lists every volume.
+		e.sourcesPass(ctx, pass%standbySweepEvery == 0)
 		select {
 		case <-ctx.Done():
 			return
@@ -532,9 +534,13 @@ func (e *Engine) RunSources(ctx context.Context) {
 	}
 }
 
+// standbySweepEvery is how many passes of the sources go by between two
+// looks for standbys of no source (about a minute at DefaultSourceTick).
+const standbySweepEvery = 12
+
 // sourcesPass starts the due refreshes and applies every source's
-// retention.
-func (e *Engine) sourcesPass(ctx context.Context) {
+// retention; with sweepStandbys, it drops the standbys of no source too.
+func (e *Engine) sourcesPass(ctx context.Context, sweepStandbys bool) {
 	due, err := e.opts.Store.DueSources(ctx, e.now())
 	if err != nil {
 		e.log.Error("engine: listing due sources", "err", err)
@@ -556,7 +562,9 @@ func (e *Engine) sourcesPass(ctx context.Context) {
 			}()
 		}
 	}
-	e.dropOrphanStandbys(ctx, streaming)
+	if sweepStandbys {
+		e.dropOrphanStandbys(ctx, streaming)
+	}
 	for _, src := range due {
 		if src.Mode == store.SourceReplica && !streaming[src.ID] && src.Failures == 0 {
 			continue // its first refresh waits for its standby to stream
