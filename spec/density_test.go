@@ -752,7 +752,6 @@ func densityTable(points []densityPoint) string {
 func densitySVG(points []densityPoint, creates []densityCreate, label string) string {
 	type series struct {
 		name, color string
-		dashed      bool
 		xs, ys      []float64
 		dots        bool
 	}

@@ -31,8 +31,9 @@ import (
 //     the code, checks the e-mail address as for every login, mints an
 //     OAuth token and hands it to the BrowserLoginDone the console set.
 //
-// Each state is used once; pending browser logins are bounded in number
-// and forgotten after browserLoginTTL.
+// Each state is used once; pending browser logins are bounded in number,
+// all together and per client address (as the client's logins are), and
+// forgotten after browserLoginTTL.
 
 const (
 	browserStatePrefix = "ui_"
@@ -50,6 +51,7 @@ type browserLogin struct {
 	secretSum [sha256.Size]byte
 	verifier  string
 	expires   time.Time
+	addr      string // addrKey of the client that began it
 }
 
 type browserLogins struct {
@@ -85,21 +87,35 @@ func (a *Authenticator) StartBrowserLogin(w http.ResponseWriter, r *http.Request
 	state, secret := browserStatePrefix+randomString(), randomString()
 	verifier := oauth2.GenerateVerifier()
 	now := a.now()
+	client := a.oauth.clientAddr(r)
+	addr := addrKey(client)
 	b := &a.browser
 	b.mu.Lock()
+	fromAddr := 0
 	for s, l := range b.pending {
 		if now.After(l.expires) {
 			delete(b.pending, s)
+		} else if l.addr == addr {
+			fromAddr++
 		}
 	}
+	// One address may not hold every slot: the sign-ins of everybody
+	// else would be refused until its own expired.
+	addrFull := fromAddr >= a.oauth.flows.perAddr
 	full := len(b.pending) >= maxBrowserLogins
-	if !full {
+	if !full && !addrFull {
 		if b.pending == nil {
 			b.pending = map[string]browserLogin{}
 		}
-		b.pending[state] = browserLogin{secretSum: sha256.Sum256([]byte(secret)), verifier: verifier, expires: now.Add(browserLoginTTL)}
+		b.pending[state] = browserLogin{secretSum: sha256.Sum256([]byte(secret)), verifier: verifier, expires: now.Add(browserLoginTTL), addr: addr}
 	}
 	b.mu.Unlock()
+	if addrFull {
+		a.log.Warn("auth: console sign-in refused: too many from one address", "client", showAddr(client), "max", a.oauth.flows.perAddr)
+		w.Header().Set("Retry-After", "60")
+		page(w, http.StatusTooManyRequests, "Too many sign-ins begun from your address are in progress; finish one, or try again in a few minutes.")
+		return
+	}
 	if full {
 		w.Header().Set("Retry-After", "60")
 		page(w, http.StatusTooManyRequests, "Too many sign-ins are in progress on this server; try again in a minute.")

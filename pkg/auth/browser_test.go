@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -101,5 +102,24 @@ func TestBrowserLoginChecksTheDomain(t *testing.T) {
 	}
 	if e.tokenRows() != rows {
 		t.Fatal("a token was minted for an address outside the domain")
+	}
+}
+
+// One address cannot hold every pending console sign-in (which would
+// refuse everybody else's for browserLoginTTL): past the logins one
+// address may have in progress, its next is refused with 429.
+func TestBrowserLoginsBoundedPerAddress(t *testing.T) {
+	const perAddr = 3
+	e := newEnv(t, func(o *auth.Options) { o.OAuth.MaxPending, o.OAuth.MaxPendingPerAddress = 100, perAddr })
+	e.withConsole()
+	browser := stepping(t)
+	for i := 0; i < perAddr; i++ {
+		if r := e.step(browser, e.srv.URL+"/ui/login/oauth"); r.status != http.StatusFound {
+			t.Fatalf("sign-in %d: %s", i+1, r)
+		}
+	}
+	r := e.step(browser, e.srv.URL+"/ui/login/oauth")
+	if r.status != http.StatusTooManyRequests || !strings.Contains(string(r.body), "from your address") {
+		t.Fatalf("one sign-in more than an address may begin: %s", r)
 	}
 }

@@ -123,3 +123,29 @@ func (a Actor) mayChangeImage(img store.Image) error {
 	}
 	return a.mayChangeImages()
 }
+
+// branchPins returns the branch of instance id whose snapshot still holds
+// the instance's volume, where snapshots pin their source
+// (storage.Capabilities.SnapshotPinsSource, as on ZFS): until the branch
+// is copied (or destroyed) the volume cannot be destroyed, so a reset
+// would stop the instance and then fail. 0 when there is none.
+func (e *Engine) branchPins(ctx context.Context, id int64) (int64, error) {
+	if !e.opts.Storage.Capabilities().SnapshotPinsSource {
+		return 0, nil
+	}
+	images, err := e.opts.Store.ListImages(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, img := range images {
+		if img.FromInstanceID != id {
+			continue
+		}
+		if _, err := e.opts.Storage.Get(ctx, BranchVolume(img.ID)); err == nil {
+			return img.ID, nil
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return 0, err
+		}
+	}
+	return 0, nil
+}

@@ -85,6 +85,14 @@ func TestBranchOfAnInstance(t *testing.T) {
 	if _, err := svc.Images.Upload(ctx, ada, img.ID, strings.NewReader("x"), 1); !errors.Is(err, engine.ErrForbidden) {
 		t.Fatalf("ada uploads into her branch: %v, want forbidden", err)
 	}
+	// Ada may not destroy her branch with its clones (force is the upload
+	// user's), and the clone runs on.
+	if err := svc.Images.Destroy(ctx, ada, img.ID, true); !errors.Is(err, engine.ErrForbidden) {
+		t.Fatalf("ada destroys her branch with force: %v, want forbidden", err)
+	}
+	if _, err := svc.Instances.Get(ctx, ada, clone.ID); err != nil {
+		t.Fatalf("the clone after a refused forced destroy of its branch: %v", err)
+	}
 	// Ada destroys her branch once its clone is gone.
 	if err := svc.Instances.Destroy(ctx, ada, clone.ID); err != nil {
 		t.Fatal(err)
@@ -94,5 +102,38 @@ func TestBranchOfAnInstance(t *testing.T) {
 	}
 	if _, err := w.store.GetImage(ctx, img.ID); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the branch after its destroy: %v", err)
+	}
+}
+
+// On ZFS a branch's snapshot pins its instance's volume until the branch
+// is copied: a reset meanwhile is refused before it touches the instance
+// (it would stop it, fail to destroy the volume and leave it failed), and
+// goes through once the branch is ready.
+func TestResetWaitsForABranchOnZFS(t *testing.T) {
+	w := newWorldZFS(t, 5)
+	e := engine.New(w.options())
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "ada@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
+	branch, err := e.CreateImage(ctx, engine.ImageRequest{InstanceID: inst.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ResetInstance(ctx, inst.ID); !errors.Is(err, engine.ErrConflict) || !strings.Contains(err.Error(), "branch") {
+		t.Fatalf("reset while the branch's snapshot pins the instance: %v, want a conflict naming the branch", err)
+	}
+	if got, err := e.GetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
+		t.Fatalf("the instance after the refused reset: %+v, %v", got, err)
+	}
+	if n := mustSQL(t, w.superuserConn(inst), "select count(*)::text from notes"); n != "1" {
+		t.Fatalf("notes in the instance after the refused reset: %s", n)
+	}
+	if ready, err := e.FinaliseImage(ctx, branch.ID); err != nil || ready.Status != store.ImageReady {
+		t.Fatalf("finalising the branch: %+v, %v", ready, err)
+	}
+	if got, err := e.ResetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
+		t.Fatalf("reset once the branch is ready: %+v, %v", got, err)
 	}
 }

@@ -177,8 +177,11 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err er
 	return nil
 }
 
+// instancesOf returns image imageID's instances, without their
+// certificates and keys: retention asks at every pass of the sources, for
+// each image it would retire.
 func (e *Engine) instancesOf(ctx context.Context, imageID int64) ([]store.Instance, error) {
-	instances, err := e.opts.Store.ListInstances(ctx, "")
+	instances, err := e.opts.Store.ListInstanceSummaries(ctx, "")
 	if err != nil {
 		return nil, err
 	}

@@ -80,6 +80,13 @@ func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, e
 		e.auditFailure(ctx, "reset_instance", "instance", id, err)
 		return inst, err
 	}
+	if branch, err := e.branchPins(ctx, id); err != nil {
+		return inst, err
+	} else if branch != 0 {
+		err := refuse(ErrConflict, "image %d, a branch of instance %d, is still being copied from its snapshot, which holds the instance's volume; reset the instance once the branch is ready (or destroyed)", branch, id)
+		e.auditFailure(ctx, "reset_instance", "instance", id, err)
+		return inst, err
+	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceResetting, ""); err != nil {
 		return inst, err
 	}

@@ -30,7 +30,9 @@ import (
 // in RunDir, written at each start.
 
 // StandbyVolume names a replica-mode source's standby.
-func StandbyVolume(sourceID int64) string { return "standby-" + strconv.FormatInt(sourceID, 10) }
+func StandbyVolume(sourceID int64) string { return standbyPrefix + strconv.FormatInt(sourceID, 10) }
+
+const standbyPrefix = "standby-"
 
 // StandbyCatchUpTimeout bounds how long a refresh waits for the standby
 // to replay what the source had written when the refresh began.

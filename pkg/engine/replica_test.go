@@ -16,6 +16,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/metrics"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -187,5 +188,56 @@ func TestSourceReplicaLosesItsSource(t *testing.T) {
 	}
 	if n := mustSQL(t, certConn(t, inst), "select count(*)::text from people"); n != "2" {
 		t.Fatalf("people in the image after the source came back: %s", n)
+	}
+}
+
+// A standby whose source is gone from the store (sindrid died between
+// the source's delete and its standby's) is stopped and destroyed by the
+// next pass of the sources: no postmaster streams from the source for
+// ever. The standby of a source that is still there stays.
+func TestSourceReplicaStandbyOfNoSourceIsDropped(t *testing.T) {
+	w := newWorld(t, 5)
+	opts := w.options()
+	opts.SourceTick = 200 * time.Millisecond
+	e := engine.New(opts)
+	src := pgtest.StartSource(t)
+	kept, err := e.CreateSource(ctx, engine.SourceRequest{Name: "kept", URL: socketURL(src), Mode: store.SourceReplica})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := e.CreateSource(ctx, engine.SourceRequest{Name: "gone", URL: socketURL(src), Mode: store.SourceReplica})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSources(t, e)
+	for _, id := range []int64{kept.ID, gone.ID} {
+		waitSource(t, w.store, id, 2*time.Minute, "streaming", func(s store.Source) bool { return s.Status == store.SourceStreaming })
+	}
+	standby, err := w.storage.Get(ctx, engine.StandbyVolume(gone.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(liveProcesses("postgres", standby.Path)) == 0 {
+		t.Fatal("no postmaster runs on the standby before its source goes")
+	}
+	// The source's record goes, as DeleteSource's first step does; its
+	// standby is left as a crash would leave it.
+	if err := w.store.DeleteSource(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		_, err := w.storage.Get(ctx, engine.StandbyVolume(gone.ID))
+		if errors.Is(err, storage.ErrNotFound) && len(liveProcesses("postgres", standby.Path)) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby of a deleted source after a minute: %v, postmasters %v", err, liveProcesses("postgres", standby.Path))
+		}
+	}
+	if _, err := w.storage.Get(ctx, engine.StandbyVolume(kept.ID)); err != nil {
+		t.Fatalf("the standby of the source that stays: %v", err)
+	}
+	if s, err := w.store.GetSource(ctx, kept.ID); err != nil || s.Status != store.SourceStreaming {
+		t.Fatalf("the source that stays: %+v, %v", s, err)
 	}
 }

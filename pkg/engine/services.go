@@ -176,10 +176,15 @@ func (s ImageService) Finalise(ctx context.Context, a Actor, id int64) (store.Im
 	return a.seeImage(img), nil
 }
 
-// Destroy destroys image id (DestroyImage); with force its instances too.
+// Destroy destroys image id (DestroyImage); with force its instances
+// too, which only the upload user may ask: a branch's owner destroys a
+// branch without instances, never the upload user's clones of it.
 func (s ImageService) Destroy(ctx context.Context, a Actor, id int64, force bool) error {
 	if _, err := s.toChange(ctx, a, id); err != nil {
 		return err
+	}
+	if force && !a.Upload {
+		return refuse(ErrForbidden, "only the upload user (the shared secret) may destroy an image with its instances (force); destroy your instances of it first")
 	}
 	return classify(s.e.DestroyImage(a.acting(ctx), id, force))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -521,8 +522,10 @@ func (e *Engine) RunSources(ctx context.Context) {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	for {
-		e.sourcesPass(ctx)
+	for pass := 0; ; pass++ {
+		// The standbys of no source are looked for at the first pass and
+		// every standbySweepEvery after: it lists every volume.
+		e.sourcesPass(ctx, pass%standbySweepEvery == 0)
 		select {
 		case <-ctx.Done():
 			return
@@ -531,9 +534,13 @@ func (e *Engine) RunSources(ctx context.Context) {
 	}
 }
 
+// standbySweepEvery is how many passes of the sources go by between two
+// looks for standbys of no source (about a minute at DefaultSourceTick).
+const standbySweepEvery = 12
+
 // sourcesPass starts the due refreshes and applies every source's
-// retention.
-func (e *Engine) sourcesPass(ctx context.Context) {
+// retention; with sweepStandbys, it drops the standbys of no source too.
+func (e *Engine) sourcesPass(ctx context.Context, sweepStandbys bool) {
 	due, err := e.opts.Store.DueSources(ctx, e.now())
 	if err != nil {
 		e.log.Error("engine: listing due sources", "err", err)
@@ -555,6 +562,9 @@ func (e *Engine) sourcesPass(ctx context.Context) {
 			}()
 		}
 	}
+	if sweepStandbys {
+		e.dropOrphanStandbys(ctx, streaming)
+	}
 	for _, src := range due {
 		if src.Mode == store.SourceReplica && !streaming[src.ID] && src.Failures == 0 {
 			continue // its first refresh waits for its standby to stream
@@ -563,5 +573,35 @@ func (e *Engine) sourcesPass(ctx context.Context) {
 	}
 	for _, src := range sources {
 		e.retain(ctx, src)
+	}
+}
+
+// dropOrphanStandbys stops and destroys the standbys of sources that are
+// gone or no longer in replica mode (replica: the replica-mode sources
+// listed): a crash between a source's delete and its standby's, or a
+// standby made while its source was deleted, would otherwise keep a
+// postmaster streaming from the source for ever. A standby that a pass
+// is looking after is left to the next pass.
+func (e *Engine) dropOrphanStandbys(ctx context.Context, replica map[int64]bool) {
+	entries, err := e.opts.Storage.List(ctx)
+	if err != nil {
+		e.log.Error("engine: listing volumes for standbys of no source", "err", err)
+		return
+	}
+	for _, v := range entries {
+		digits, ok := strings.CutPrefix(v.Name, standbyPrefix)
+		if !ok {
+			continue
+		}
+		id, err := strconv.ParseInt(digits, 10, 64)
+		if err != nil || id <= 0 || StandbyVolume(id) != v.Name {
+			continue
+		}
+		if _, ok := replica[id]; ok || !e.standbys.claim(id) {
+			continue
+		}
+		e.log.Warn("engine: dropping the standby of a source that is gone or no longer in replica mode", "source_id", id, "volume", v.Name)
+		e.dropStandby(ctx, id)
+		e.standbys.release(id)
 	}
 }

@@ -284,7 +284,7 @@ func TestSourceUnreachableFailsAndRetries(t *testing.T) {
 	if !strings.Contains(failed.Error, "pg_basebackup") || !strings.Contains(failed.Error, "127.0.0.1") || strings.Contains(failed.Error, password) {
 		t.Fatalf("the failure says %q: want pg_basebackup's reason, without the password", failed.Error)
 	}
-	if failed.NextRefreshAt == nil || failed.NextRefreshAt.Sub(time.Now()) > 3*time.Second || failed.Failures != 1 {
+	if failed.NextRefreshAt == nil || time.Until(*failed.NextRefreshAt) > 3*time.Second || failed.Failures != 1 {
 		t.Fatalf("after the first failure: next %v, failures %d; want a retry within the 2 s backoff", failed.NextRefreshAt, failed.Failures)
 	}
 	imgs, err := w.store.ListImagesOfSource(ctx, s.ID)
