@@ -363,3 +363,28 @@ func TestImageReadyOnTheHostThatMadeIt(t *testing.T) {
 		t.Errorf("copies of a deleted image: %v", hosts)
 	}
 }
+
+// BenchmarkPlaceInstance places instances one after another on three
+// hosts holding the image, as POST /instances in a fleet will.
+func BenchmarkPlaceInstance(b *testing.B) {
+	s := newStore(b)
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := s.RecordHeartbeat(ctx, heartbeat(name), downAfter); err != nil {
+			b.Fatal(err)
+		}
+	}
+	img, err := s.CreateImage(ctx, ImageInput{Name: "img", BackedUpAt: time.Now()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		if err := s.SetImageCopy(ctx, img.ID, name, CopyReady, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if _, err := s.PlaceInstance(ctx, InstanceInput{ImageID: img.ID, Owner: "ci"}, downAfter); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
