@@ -361,6 +361,7 @@ func engineLimits(l config.LimitsConfig) engine.Limits {
 	}
 	return engine.Limits{
 		InstancesPerUser: l.InstancesPerUser, ProtectedInstancesPerUser: l.ProtectedInstancesPerUser,
+		BranchesPerUser: l.BranchesPerUser, UploadUserBranches: l.UploadUserBranches,
 		RunningBackupsPerUser: l.RunningBackupsPerUser, RunningBackups: l.RunningBackups,
 		BackupsTotal: amount(l.BackupsTotalBytes), DiskReserve: amount(l.DiskReserve),
 		UploadUserInstances: l.UploadUserInstances, UploadUserProtectedInstances: l.UploadUserProtectedInstances,

@@ -28,11 +28,11 @@ type Handlers struct {
 
 // Register adds the routes to the server's router.
 func (h *Handlers) Register(s *Server) {
-	r := s.Router()
-	for _, route := range []struct {
+	type route struct {
 		path, method string
 		handle       HandlerFunc
-	}{
+	}
+	routes := []route{
 		{"/images", http.MethodGet, h.listImages},
 		{"/images", http.MethodPost, h.createImage},
 		{"/images/{id}", http.MethodGet, h.getImage},
@@ -52,23 +52,20 @@ func (h *Handlers) Register(s *Server) {
 		{"/backups/{id}/download", http.MethodGet, h.downloadBackup},
 		{"/backups/{id}/download", http.MethodHead, h.downloadBackup},
 		{"/status", http.MethodGet, h.status},
-	} {
-		r.Handle(route.path, route.handle).Methods(route.method)
 	}
 	if h.Sources != nil {
-		for _, route := range []struct {
-			path, method string
-			handle       HandlerFunc
-		}{
-			{"/sources", http.MethodGet, h.listSources},
-			{"/sources", http.MethodPost, h.createSource},
-			{"/sources/{id}", http.MethodGet, h.getSource},
-			{"/sources/{id}", http.MethodPatch, h.updateSource},
-			{"/sources/{id}", http.MethodDelete, h.deleteSource},
-			{"/sources/{id}/refresh", http.MethodPost, h.refreshSource},
-		} {
-			r.Handle(route.path, route.handle).Methods(route.method)
-		}
+		routes = append(routes,
+			route{"/sources", http.MethodGet, h.listSources},
+			route{"/sources", http.MethodPost, h.createSource},
+			route{"/sources/{id}", http.MethodGet, h.getSource},
+			route{"/sources/{id}", http.MethodPatch, h.updateSource},
+			route{"/sources/{id}", http.MethodDelete, h.deleteSource},
+			route{"/sources/{id}/refresh", http.MethodPost, h.refreshSource},
+		)
+	}
+	r := s.Router()
+	for _, rt := range routes {
+		r.Handle(rt.path, rt.handle).Methods(rt.method)
 	}
 	if h.Hosts != nil {
 		r.Handle("/hosts", HandlerFunc(h.listHosts)).Methods(http.MethodGet)

@@ -73,6 +73,7 @@ const (
 
 	DefaultInstancesPerUser          = 50
 	DefaultProtectedInstancesPerUser = 5
+	DefaultBranchesPerUser           = 5
 	DefaultRunningBackupsPerUser     = 2
 	DefaultRunningBackups            = 4
 
@@ -366,6 +367,12 @@ type LimitsConfig struct {
 	// (default 5): a protected instance never expires.
 	ProtectedInstancesPerUser int `toml:"protected_instances_per_user"`
 
+	// BranchesPerUser is how many branches (images of their instances)
+	// one user may have, whatever their status (default 5): each one is a
+	// copy of an instance's data that it no longer shares once either side
+	// writes.
+	BranchesPerUser int `toml:"branches_per_user"`
+
 	// RunningBackupsPerUser is how many backups one user may have being
 	// written at once (default 2).
 	RunningBackupsPerUser int `toml:"running_backups_per_user"`
@@ -385,11 +392,12 @@ type LimitsConfig struct {
 	// percentage of the filesystem (default "5%"; "0": none); under 100%.
 	DiskReserve SizeOrPercent `toml:"disk_reserve"`
 
-	// UploadUserInstances, UploadUserProtectedInstances and
-	// UploadUserRunningBackups limit the upload user (default 0: no
-	// limit).
+	// UploadUserInstances, UploadUserProtectedInstances,
+	// UploadUserBranches and UploadUserRunningBackups limit the upload
+	// user (default 0: no limit).
 	UploadUserInstances          int `toml:"upload_user_instances"`
 	UploadUserProtectedInstances int `toml:"upload_user_protected_instances"`
+	UploadUserBranches           int `toml:"upload_user_branches"`
 	UploadUserRunningBackups     int `toml:"upload_user_running_backups"`
 }
 
@@ -444,6 +452,7 @@ func Default() *Config {
 		Limits: LimitsConfig{
 			InstancesPerUser:          DefaultInstancesPerUser,
 			ProtectedInstancesPerUser: DefaultProtectedInstancesPerUser,
+			BranchesPerUser:           DefaultBranchesPerUser,
 			RunningBackupsPerUser:     DefaultRunningBackupsPerUser,
 			RunningBackups:            DefaultRunningBackups,
 			BackupsTotalBytes:         DefaultBackupsTotalBytes,
@@ -986,10 +995,12 @@ func (c *Config) validateLimits(v *validator) {
 	}{
 		{"limits.instances_per_user", l.InstancesPerUser},
 		{"limits.protected_instances_per_user", l.ProtectedInstancesPerUser},
+		{"limits.branches_per_user", l.BranchesPerUser},
 		{"limits.running_backups_per_user", l.RunningBackupsPerUser},
 		{"limits.running_backups", l.RunningBackups},
 		{"limits.upload_user_instances", l.UploadUserInstances},
 		{"limits.upload_user_protected_instances", l.UploadUserProtectedInstances},
+		{"limits.upload_user_branches", l.UploadUserBranches},
 		{"limits.upload_user_running_backups", l.UploadUserRunningBackups},
 	} {
 		if f.n < 0 {

@@ -54,10 +54,18 @@ func (e *Engine) createBranch(ctx context.Context, req ImageRequest) (store.Imag
 	if req.BackedUpAt.IsZero() {
 		req.BackedUpAt = e.now()
 	}
+	// The owner's branches are counted in the insert's transaction: a
+	// refusal leaves nothing behind (no row, no snapshot), and concurrent
+	// branches cannot pass the limit together.
 	img, err := e.opts.Store.CreateImage(ctx, store.ImageInput{
 		Name: req.Name, BackedUpAt: req.BackedUpAt, UserWritten: true, Owner: inst.Owner, FromInstanceID: inst.ID, FromSnapshot: true,
+		BranchQuota: e.branchQuota(inst.Owner),
 	})
 	if err != nil {
+		err = e.quotaRefusal(ctx, err)
+		if errors.Is(err, ErrQuotaExceeded) {
+			e.auditFailure(ctx, "create_image", "instance", inst.ID, err)
+		}
 		return store.Image{}, err
 	}
 	unlockImage := e.imageLocks.Lock(img.ID)

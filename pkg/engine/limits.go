@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -27,6 +28,7 @@ const UploadOwner = "upload"
 type Limits struct {
 	InstancesPerUser          int
 	ProtectedInstancesPerUser int
+	BranchesPerUser           int
 	RunningBackupsPerUser     int
 	RunningBackups            int
 	BackupsTotal              Amount
@@ -36,6 +38,7 @@ type Limits struct {
 	// never refuse it.
 	UploadUserInstances          int
 	UploadUserProtectedInstances int
+	UploadUserBranches           int
 	UploadUserRunningBackups     int
 }
 
@@ -68,10 +71,13 @@ func (a Amount) describe(total int64) string {
 
 func percent(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) + "%" }
 
-// count is "1 instance", "2 instances".
+// count is "1 instance", "2 instances", "2 branches".
 func count(n int64, noun string) string {
 	if n == 1 {
 		return "1 " + noun
+	}
+	if strings.HasSuffix(noun, "ch") {
+		return fmt.Sprintf("%d %ses", n, noun)
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }
@@ -93,6 +99,14 @@ func (e *Engine) instanceQuota(owner string) store.InstanceQuota {
 		return store.InstanceQuota{Instances: l.UploadUserInstances, Protected: l.UploadUserProtectedInstances}
 	}
 	return store.InstanceQuota{Instances: l.InstancesPerUser, Protected: l.ProtectedInstancesPerUser}
+}
+
+// branchQuota is how many branches (images) the store lets owner have.
+func (e *Engine) branchQuota(owner string) int {
+	if e.isUpload(owner) {
+		return e.opts.Limits.UploadUserBranches
+	}
+	return e.opts.Limits.BranchesPerUser
 }
 
 // backupQuota is what the store is to hold a backup of owner's to;
@@ -118,6 +132,10 @@ func (e *Engine) limitKey(q store.Quota, owner string) string {
 		return "limits.upload_user_protected_instances"
 	case q == store.QuotaProtected:
 		return "limits.protected_instances_per_user"
+	case q == store.QuotaBranches && upload:
+		return "limits.upload_user_branches"
+	case q == store.QuotaBranches:
+		return "limits.branches_per_user"
 	case q == store.QuotaOwnerRunningBackup && upload:
 		return "limits.upload_user_running_backups"
 	case q == store.QuotaOwnerRunningBackup:
@@ -147,6 +165,8 @@ func (e *Engine) quotaRefusal(ctx context.Context, err error) error {
 		msg = fmt.Sprintf("%s %s, the limit (%s) is %d: destroy one first", who, count(q.Count, "instance"), key, q.Limit)
 	case store.QuotaProtected:
 		msg = fmt.Sprintf("%s %s, the limit (%s) is %d: unprotect one first (a protected instance never expires)", who, count(q.Count, "protected instance"), key, q.Limit)
+	case store.QuotaBranches:
+		msg = fmt.Sprintf("%s %s, the limit (%s) is %d: destroy one first", who, count(q.Count, "branch"), key, q.Limit)
 	case store.QuotaOwnerRunningBackup:
 		msg = fmt.Sprintf("%s %s being written, the limit (%s) is %d: try again once one is done", who, count(q.Count, "backup"), key, q.Limit)
 	case store.QuotaRunningBackups:

@@ -462,3 +462,134 @@ func TestWorkStopsAtTheReserve(t *testing.T) {
 		t.Errorf("postmasters left by the stopped finalise: %v", pids)
 	}
 }
+
+// imageFootprint is the image rows' ids, and the volumes of images
+// (image-, upload-, branch-N) whose N is no image's: what a refused
+// branch must not leave.
+func (w *world) imageFootprint(t *testing.T) (ids []int64, strays []string) {
+	t.Helper()
+	images, err := w.store.ListImages(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range images {
+		ids = append(ids, img.ID)
+	}
+	entries, err := w.storage.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range entries {
+		kind, n, _ := strings.Cut(v.Name, "-")
+		if kind == "image" || kind == "upload" || kind == "branch" {
+			if !slices.ContainsFunc(ids, func(id int64) bool { return fmt.Sprint(id) == n }) {
+				strays = append(strays, v.Name)
+			}
+		}
+	}
+	return ids, strays
+}
+
+// A user at branches_per_user is refused a branch with nothing made (no
+// image row, no snapshot volume), whatever the status of the branches
+// they hold; another user is not held by it; once one of their branches
+// is destroyed they branch again. The upload user is held by
+// upload_user_branches alone.
+func TestBranchLimitRefusesLeavingNothing(t *testing.T) {
+	w := newWorld(t, 6)
+	opts := w.options()
+	opts.Limits = engine.Limits{BranchesPerUser: 2, UploadUserBranches: 1}
+	e := engine.New(opts)
+	svc := e.Services()
+	ada := engine.Actor{Owner: "ada@example.com"}
+	bob := engine.Actor{Owner: "bob@example.com"}
+	upload := engine.Actor{Owner: engine.UploadOwner, Upload: true}
+	instanceOf := func(a engine.Actor) store.Instance {
+		t.Helper()
+		inst, err := svc.Instances.Create(ctx, a, engine.NewInstance{ImageID: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inst
+	}
+	branch := func(a engine.Actor, inst store.Instance) (store.Image, error) {
+		return svc.Images.Create(ctx, a, engine.ImageRequest{InstanceID: inst.ID})
+	}
+	mustBranch := func(a engine.Actor, inst store.Instance) store.Image {
+		t.Helper()
+		img, err := branch(a, inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+
+	adas := instanceOf(ada)
+	first := mustBranch(ada, adas)
+	if ready, err := svc.Images.Finalise(ctx, ada, first.ID); err != nil || ready.Status != store.ImageReady {
+		t.Fatalf("finalising ada's first branch: %+v, %v", ready, err)
+	}
+	second := mustBranch(ada, adas) // finalised in the background meanwhile
+	idsBefore, _ := w.imageFootprint(t)
+	_, err := branch(ada, adas)
+	limitErr(t, "ada's third branch", err, engine.ErrQuotaExceeded, "limits.branches_per_user",
+		"you have 2 branches, the limit (limits.branches_per_user) is 2: destroy one first")
+	// The upload user may branch anybody's instance; the branch is the
+	// owner's, and so is the limit.
+	_, err = branch(upload, adas)
+	limitErr(t, "the upload user branching ada's instance", err, engine.ErrQuotaExceeded, "limits.branches_per_user",
+		"ada@example.com has 2 branches")
+	if ids, strays := w.imageFootprint(t); !slices.Equal(ids, idsBefore) || len(strays) != 0 {
+		t.Fatalf("the refused branches left something: images %v (before %v), volumes of no image %v", ids, idsBefore, strays)
+	}
+
+	// Bob has a limit of his own.
+	bobs := instanceOf(bob)
+	mustBranch(bob, bobs)
+	mustBranch(bob, bobs)
+
+	st, err := svc.Status.Get(ctx, ada)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, l := range st.Limits {
+		if l.Name == "branches_per_user" {
+			found = true
+			if l.Limit != 2 || l.Used != 2 || l.Yours == nil || *l.Yours != 2 {
+				t.Errorf("branches_per_user in ada's /status: %+v", l)
+			}
+		}
+	}
+	if !found {
+		t.Error("/status has no branches_per_user")
+	}
+
+	// Once a branch is destroyed, ada branches again.
+	if err := svc.Images.Destroy(ctx, ada, second.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if again := mustBranch(ada, adas); again.Owner != ada.Owner {
+		t.Fatalf("ada's branch after a destroy: %+v", again)
+	}
+
+	uploads := instanceOf(upload)
+	mustBranch(upload, uploads)
+	_, err = branch(upload, uploads)
+	limitErr(t, "the upload user's second branch", err, engine.ErrQuotaExceeded, "limits.upload_user_branches",
+		"you have 1 branch, the limit (limits.upload_user_branches) is 1")
+
+	log, err := w.store.AuditLog(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for _, entry := range log {
+		if entry.Action == "create_image" && entry.Outcome == "refused" && strings.Contains(entry.Detail, "branches") {
+			refused++
+		}
+	}
+	if refused != 3 {
+		t.Errorf("%d refused branches in the audit log, want 3", refused)
+	}
+}

@@ -92,6 +92,10 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			}
 		}
 	}
+	branchesOf, err := e.opts.Store.CountImagesByOwner(ctx)
+	if err != nil {
+		return st, err
+	}
 	st.UsedByInstancesBytes = e.usedByInstances(ctx, instances)
 	backups, err := e.opts.Store.CountBackups(ctx)
 	if err != nil {
@@ -101,7 +105,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		st.BackupsByStatus[string(status)] = n
 	}
 	st.UsedByBackupsBytes = backups.SizeBytes // the archives, which live on the same filesystem
-	st.Limits = e.limitUses(capacity, instancesOf, protectedOf, backups.RunningByOwner, backups.Running, st.UsedByBackupsBytes)
+	st.Limits = e.limitUses(capacity, instancesOf, protectedOf, branchesOf, backups.RunningByOwner, backups.Running, st.UsedByBackupsBytes)
 	st.DiskReserveBytes = e.opts.Limits.DiskReserve.Of(capacity.TotalBytes)
 	st.ExpectedCloningTime = e.cloneTimes.median()
 	e.mu.Lock()
@@ -171,7 +175,7 @@ func (e *Engine) usedByInstances(ctx context.Context, instances []store.Instance
 
 // limitUses pairs each count limit with its use; the per-user ones leave
 // the upload user out, whom the upload_user_* ones count.
-func (e *Engine) limitUses(c storage.Capacity, instancesOf, protectedOf, runningOf map[string]int64, running, backupBytes int64) []LimitUse {
+func (e *Engine) limitUses(c storage.Capacity, instancesOf, protectedOf, branchesOf, runningOf map[string]int64, running, backupBytes int64) []LimitUse {
 	l := e.opts.Limits
 	perUser := func(name string, limit int, of map[string]int64) LimitUse {
 		u := LimitUse{Name: name, Limit: int64(limit), ByOwner: map[string]int64{}}
@@ -186,11 +190,13 @@ func (e *Engine) limitUses(c storage.Capacity, instancesOf, protectedOf, running
 	return []LimitUse{
 		perUser("instances_per_user", l.InstancesPerUser, instancesOf),
 		perUser("protected_instances_per_user", l.ProtectedInstancesPerUser, protectedOf),
+		perUser("branches_per_user", l.BranchesPerUser, branchesOf),
 		perUser("running_backups_per_user", l.RunningBackupsPerUser, runningOf),
 		{Name: "running_backups", Limit: int64(l.RunningBackups), Used: running},
 		{Name: "backups_total_bytes", Limit: l.BackupsTotal.Of(c.TotalBytes), Used: backupBytes},
 		{Name: "upload_user_instances", Limit: int64(l.UploadUserInstances), Used: instancesOf[UploadOwner]},
 		{Name: "upload_user_protected_instances", Limit: int64(l.UploadUserProtectedInstances), Used: protectedOf[UploadOwner]},
+		{Name: "upload_user_branches", Limit: int64(l.UploadUserBranches), Used: branchesOf[UploadOwner]},
 		{Name: "upload_user_running_backups", Limit: int64(l.UploadUserRunningBackups), Used: runningOf[UploadOwner]},
 	}
 }

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ImageStatus is an image's place in its lifecycle.
@@ -63,6 +66,11 @@ type ImageInput struct {
 	Owner               string
 	FromInstanceID      int64 // 0: none
 	FromSnapshot        bool
+	// BranchQuota, if above 0, caps the images of Owner (a branch's):
+	// they are counted, whatever their status, and the new row written in
+	// one transaction under a lock per owner (pg_advisory_xact_lock), so
+	// that concurrent branches cannot pass the cap together.
+	BranchQuota int
 }
 
 const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, '') as error,
@@ -73,7 +81,8 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 	anonymised, user_written, coalesce(source_id, 0) as source_id,
 	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at`
 
-// CreateImage records a new pending image, its source_url sealed.
+// CreateImage records a new pending image, its source_url sealed; a
+// *QuotaError (ErrQuotaExceeded) if in.BranchQuota refuses it.
 func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
 	// A sealed source_url is bound to the row's id, taken first.
 	var id *int64
@@ -89,13 +98,34 @@ func (s *Store) CreateImage(ctx context.Context, in ImageInput) (Image, error) {
 		}
 		id = &next
 	}
-	img, err := get[Image](ctx, s, `insert into images
+	const insert = `insert into images
 		(id, name, backed_up_at, anonymisation_script, source_url, source_url_redacted, backup_id, user_written, source_id, owner, from_instance_id, from_snapshot)
 		values (coalesce($1, nextval(pg_get_serial_sequence('images', 'id'))), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-		returning `+imageColumns,
-		id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
+		returning ` + imageColumns
+	args := []any{id, nullText(in.Name), in.BackedUpAt.UTC(), nullText(in.AnonymisationScript),
 		sourceURL, nullText(in.SourceURLRedacted), nullInt(in.BackupID), in.UserWritten, nullInt(in.SourceID),
-		nullText(in.Owner), nullInt(in.FromInstanceID), in.FromSnapshot)
+		nullText(in.Owner), nullInt(in.FromInstanceID), in.FromSnapshot}
+	if in.BranchQuota <= 0 || in.Owner == "" {
+		img, err := get[Image](ctx, s, insert, args...)
+		return img, wrap(err, "create image")
+	}
+	var img Image
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := lockOwnerBranches(ctx, tx, in.Owner); err != nil {
+			return err
+		}
+		if err := checkBranchQuota(ctx, tx, in.Owner, in.BranchQuota); err != nil {
+			return err
+		}
+		rows, _ := tx.Query(ctx, insert, args...)
+		var err error
+		img, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Image])
+		return err
+	})
+	var qerr *QuotaError
+	if errors.As(err, &qerr) {
+		return img, qerr
+	}
 	return img, wrap(err, "create image")
 }
 
@@ -115,6 +145,24 @@ func (s *Store) ImageSourceURL(ctx context.Context, id int64) (string, error) {
 // column.
 func (s *Store) CountImagesByStatus(ctx context.Context) (map[ImageStatus]int, error) {
 	return countByStatus[ImageStatus](ctx, s, "images")
+}
+
+// CountImagesByOwner counts the images of each owner (branches), whatever
+// their status, as ImageInput.BranchQuota counts them; images without an
+// owner are left out.
+func (s *Store) CountImagesByOwner(ctx context.Context) (map[string]int64, error) {
+	rows, err := s.pool.Query(ctx, `select owner, count(*) from images where owner is not null group by owner`)
+	if err != nil {
+		return nil, wrap(err, "count images by owner")
+	}
+	counts := map[string]int64{}
+	var owner string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&owner, &n}, func() error {
+		counts[owner] = n
+		return nil
+	})
+	return counts, wrap(err, "count images by owner")
 }
 
 // GetImage reads one image.

@@ -20,6 +20,7 @@ type Quota string
 const (
 	QuotaInstances          Quota = "instances"           // an owner's instances
 	QuotaProtected          Quota = "protected_instances" // an owner's protected instances
+	QuotaBranches           Quota = "branches"            // an owner's images (branches of instances)
 	QuotaOwnerRunningBackup Quota = "owner_running_backups"
 	QuotaRunningBackups     Quota = "running_backups"
 	QuotaBackupBytes        Quota = "backup_bytes" // the size of every backup's archive
@@ -67,6 +68,7 @@ type BackupQuota struct {
 const (
 	lockClassInstances int32 = 0x53494e01 // with hashtext(owner)
 	lockClassBackups   int32 = 0x53494e02 // with 0
+	lockClassBranches  int32 = 0x53494e03 // with hashtext(owner)
 )
 
 type execer interface {
@@ -77,6 +79,25 @@ type execer interface {
 func lockOwnerInstances(ctx context.Context, tx pgx.Tx, owner string) error {
 	_, err := tx.Exec(ctx, `select pg_advisory_xact_lock($1, hashtext($2))`, lockClassInstances, owner)
 	return err
+}
+
+// lockOwnerBranches takes the owner's branch lock until tx ends.
+func lockOwnerBranches(ctx context.Context, tx pgx.Tx, owner string) error {
+	_, err := tx.Exec(ctx, `select pg_advisory_xact_lock($1, hashtext($2))`, lockClassBranches, owner)
+	return err
+}
+
+// checkBranchQuota counts the owner's images (each one still there,
+// whatever its status) and says whether one more passes limit (> 0).
+func checkBranchQuota(ctx context.Context, tx pgx.Tx, owner string, limit int) error {
+	var n int64
+	if err := tx.QueryRow(ctx, `select count(*) from images where owner = $1`, owner).Scan(&n); err != nil {
+		return err
+	}
+	if n >= int64(limit) {
+		return &QuotaError{Quota: QuotaBranches, Owner: owner, Count: n, Limit: int64(limit)}
+	}
+	return nil
 }
 
 // checkInstanceQuota counts the owner's instances other than except (0:

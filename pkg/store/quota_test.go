@@ -173,3 +173,72 @@ func BenchmarkAllocatePort(b *testing.B) {
 		})
 	}
 }
+
+// Fifty concurrent branches by one owner at a quota of five: exactly five
+// rows, and forty-five refusals that say the owner has five.
+func TestBranchQuotaHoldsUnderConcurrentInserts(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	newImage(t, s, "prod") // no owner: not counted
+	must[Image](t)(s.CreateImage(ctx, ImageInput{Name: "bob's", Owner: "bob@example.com", BranchQuota: 1}))
+	const tries, quota = 50, 5
+	var wg sync.WaitGroup
+	errs := make([]error, tries)
+	for i := range tries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.CreateImage(ctx, ImageInput{Name: fmt.Sprint("branch ", i), BackedUpAt: time.Now(),
+				Owner: "ada@example.com", FromSnapshot: true, BranchQuota: quota})
+		}()
+	}
+	wg.Wait()
+	made := 0
+	for _, err := range errs {
+		var q *QuotaError
+		switch {
+		case err == nil:
+			made++
+		case errors.As(err, &q) && errors.Is(err, ErrQuotaExceeded):
+			if q.Quota != QuotaBranches || q.Owner != "ada@example.com" || q.Count != quota || q.Limit != quota {
+				t.Errorf("refusal %+v, want ada's %d branches at a quota of %d", q, quota, quota)
+			}
+		default:
+			t.Errorf("insert failed otherwise: %v", err)
+		}
+	}
+	counts := must[map[string]int64](t)(s.CountImagesByOwner(ctx))
+	if made != quota || counts["ada@example.com"] != quota || counts["bob@example.com"] != 1 || len(counts) != 2 {
+		t.Fatalf("%d inserts passed; images by owner %v, want exactly %d of ada's and bob's one", made, counts, quota)
+	}
+}
+
+// A branch counts whatever its status until its row is gone; a zero
+// quota is no quota.
+func TestBranchQuotaCountsWhatItShould(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	create := func(quota int) (Image, error) {
+		return s.CreateImage(ctx, ImageInput{Owner: "ada@example.com", FromSnapshot: true, BranchQuota: quota})
+	}
+	a := must[Image](t)(create(2))
+	b := must[Image](t)(create(2))
+	if err := s.SetImageStatus(ctx, a.ID, ImageFailed, "broken"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetImageStatus(ctx, b.ID, ImageDestroying, ""); err != nil {
+		t.Fatal(err)
+	}
+	var qerr *QuotaError
+	if _, err := create(2); !errors.As(err, &qerr) || qerr.Quota != QuotaBranches || qerr.Count != 2 || qerr.Limit != 2 {
+		t.Fatalf("a third branch at a quota of 2 (one failed, one being destroyed): %v", err)
+	}
+	if err := s.DeleteImage(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	must[Image](t)(create(2))
+	must[Image](t)(create(0))
+	if n := must[map[string]int64](t)(s.CountImagesByOwner(ctx))["ada@example.com"]; n != 3 {
+		t.Fatalf("ada has %d images, want 3", n)
+	}
+}
