@@ -43,10 +43,6 @@ import (
 // so the record is proof). A copy that instances of this host were cloned
 // from stays until they are gone.
 
-// ErrNotPeer: a request to a peer-only route without a valid proof that
-// a host of this fleet sent it.
-var ErrNotPeer = errors.New("not a host of this fleet")
-
 // PeerImages fetches images from the other hosts of the fleet.
 type PeerImages interface {
 	// OpenImage asks the host at peerURL for the stream of its copy of
