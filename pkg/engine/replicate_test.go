@@ -57,9 +57,14 @@ type fleetHost struct {
 // made before the fleet and adopted as a's when it joins) and host b on
 // a second loopback BTRFS, or a zfs-fuse pool with bOnZFS, both
 // registered with a heartbeat and serving the API.
-func newFleet(t *testing.T, bOnZFS bool) (*world, *fleetHost, *fleetHost) {
+func newFleet(t testing.TB, bOnZFS bool) (*world, *fleetHost, *fleetHost) {
+	return newFleetSized(t, bOnZFS, 2<<30)
+}
+
+// newFleetSized is newFleet on filesystems of size bytes.
+func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *fleetHost) {
 	t.Helper()
-	w := newWorldBtrfs(t, 4, 2<<30)
+	w := newWorldBtrfs(t, 4, size)
 	a := &fleetHost{name: "a", store: w.store, storage: w.storage}
 	a.store.SetFleetHost("a")
 	a.engine = engine.New(w.options())
@@ -68,10 +73,10 @@ func newFleet(t *testing.T, bOnZFS bool) (*world, *fleetHost, *fleetHost) {
 	var rootB string
 	var err error
 	if bOnZFS {
-		b.storage, err = zfs.New(testfs.ZFSPool(t, 2<<30) + "/sindri")
+		b.storage, err = zfs.New(testfs.ZFSPool(t, size) + "/sindri")
 		rootB = t.TempDir()
 	} else {
-		rootB = filepath.Join(testfs.Btrfs(t, 2<<30), "sindri")
+		rootB = filepath.Join(testfs.Btrfs(t, size), "sindri")
 		b.storage, err = btrfs.New(rootB)
 	}
 	if err != nil {
@@ -119,7 +124,7 @@ func newFleet(t *testing.T, bOnZFS bool) (*world, *fleetHost, *fleetHost) {
 
 // openToPostgres lets the postgres user reach the data directories below
 // the test's temporary directory.
-func openToPostgres(t *testing.T, d storage.Driver) {
+func openToPostgres(t testing.TB, d storage.Driver) {
 	t.Helper()
 	probe, err := d.Create(ctx, "probe")
 	if err != nil {
@@ -145,7 +150,7 @@ func stopPostmastersOn(d storage.Driver) {
 // serveHost serves host h's API as sindrid does in a fleet, with the
 // real authenticator (the upload user's shared secret) on its routes and
 // the peer proof on /fleet/.
-func serveHost(t *testing.T, h *fleetHost) *httptest.Server {
+func serveHost(t testing.TB, h *fleetHost) *httptest.Server {
 	t.Helper()
 	authn, err := auth.New(auth.Options{SharedSecret: testSharedSecret, Store: h.store, Logger: quietLogger()})
 	if err != nil {
@@ -164,7 +169,7 @@ func serveHost(t *testing.T, h *fleetHost) *httptest.Server {
 }
 
 // replicate runs one pass of h's replicator and waits for its receives.
-func (h *fleetHost) replicate(t *testing.T) {
+func (h *fleetHost) replicate(t testing.TB) {
 	t.Helper()
 	if err := h.repl.Pass(ctx); err != nil {
 		t.Fatalf("host %s: replication pass: %v", h.name, err)
@@ -174,8 +179,8 @@ func (h *fleetHost) replicate(t *testing.T) {
 
 // makeRecordedImage makes image id on host h as a finalise leaves it: the
 // template data directory, its volume record, frozen, marked ready (and
-// so h's copy ready).
-func makeRecordedImage(t *testing.T, h *fleetHost, id int64) {
+// so h's copy ready). fill, if set, adds to the data directory first.
+func makeRecordedImage(t testing.TB, h *fleetHost, id int64, fill func(dir string)) {
 	t.Helper()
 	img, err := h.store.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
 	if err != nil || img.ID != id {
@@ -187,6 +192,9 @@ func makeRecordedImage(t *testing.T, h *fleetHost, id int64) {
 	}
 	if out, err := exec.Command("cp", "-a", pgtest.Template(t)+"/.", vol.Path).CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
+	}
+	if fill != nil {
+		fill(vol.Path)
 	}
 	pgtest.Owner(t).Chown(vol.Path, false)
 	os.Chmod(vol.Path, 0o700)
@@ -245,7 +253,7 @@ func treeDigest(t *testing.T, dir string) string {
 }
 
 // readyHosts reads the hosts holding a ready copy of image id.
-func readyHosts(t *testing.T, st *store.Store, id int64) string {
+func readyHosts(t testing.TB, st *store.Store, id int64) string {
 	t.Helper()
 	hosts, err := st.ImageReadyHosts(ctx, id)
 	if err != nil {
@@ -424,7 +432,7 @@ func TestPeerRoutesAnswerOnlyPeers(t *testing.T) {
 // images' copies stay.
 func TestADestroyedImageGoesFromEveryHost(t *testing.T) {
 	_, a, b := newFleet(t, false)
-	makeRecordedImage(t, a, 2)
+	makeRecordedImage(t, a, 2, nil)
 	b.replicate(t) // image 1: one receive at a time
 	b.replicate(t) // image 2
 	if got := readyHosts(t, a.store, 2); got != "a,b" {
