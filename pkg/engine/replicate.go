@@ -243,6 +243,10 @@ func (r *Replicator) Pass(ctx context.Context) error {
 			if local[ImageVolume(img.ID)] || r.isRunning(img.ID) {
 				continue
 			}
+			// Frozen since the list was made (a finalise), or gone?
+			if _, err := e.opts.Storage.Get(ctx, ImageVolume(img.ID)); !errors.Is(err, storage.ErrNotFound) {
+				continue
+			}
 			// The copy the store calls ready is not on disk (removed by
 			// hand?): receive it again.
 			e.log.Error("engine: this host's ready copy of an image has no volume; receiving it again", "image_id", img.ID, "host", r.opts.Host)
