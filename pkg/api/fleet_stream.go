@@ -80,6 +80,9 @@ func (h *Handlers) streamImage(w http.ResponseWriter, r *http.Request) error {
 	hdr.Set(fleet.StreamFormatHeader, send.Format)
 	hdr.Set("Trailer", fleet.StreamBytesTrailer+", "+fleet.StreamSHA256Trailer)
 	w.WriteHeader(http.StatusOK)
+	// The headers go now: the first bytes of a filesystem's stream may
+	// take a while.
+	http.NewResponseController(w).Flush()
 	out := &countingHash{w: w, sum: sha256.New()}
 	if err := send.Send(r.Context(), out); err != nil {
 		LoggerFrom(r.Context()).Error("fleet: sending an image's stream failed; aborting the response",

@@ -105,6 +105,9 @@ func BenchmarkImageReplication(b *testing.B) {
 	}
 
 	b.Run("Fleet", func(b *testing.B) {
+		// Alive (making the image may take longer than the down timeout).
+		ha.beat(b)
+		hb.beat(b)
 		measure(b, func() error {
 			hb.replicate(b)
 			if got := readyHosts(b, ha.store, 2); got != "a,b" {
@@ -115,6 +118,8 @@ func BenchmarkImageReplication(b *testing.B) {
 			if err := hb.storage.Destroy(ctx, engine.ImageVolume(2)); err != nil {
 				return err
 			}
+			ha.beat(b)
+			hb.beat(b)
 			// Due again at the next pass.
 			return hb.store.SetImageCopy(ctx, 2, "b", store.CopyFailed, "removed by the benchmark")
 		})

@@ -109,10 +109,7 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 	for _, h := range []*fleetHost{a, b} {
 		h.auth = fleet.NewPeerAuth(h.name, []byte(testFleetSecret))
 		h.srv = serveHost(t, h)
-		if _, err := h.store.RecordHeartbeat(ctx, store.Heartbeat{Name: h.name, PeerURL: h.srv.URL, PublicHostname: "localhost",
-			StorageDriver: h.storage.Name(), TotalBytes: 2 << 30, FreeBytes: 1 << 30}, time.Minute); err != nil {
-			t.Fatal(err)
-		}
+		h.beat(t)
 		h.repl = h.engine.NewReplicator(engine.ReplicationOptions{Host: h.name, Peers: fleet.NewClient(h.auth, nil),
 			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond})
 	}
@@ -166,6 +163,15 @@ func serveHost(t testing.TB, h *fleetHost) *httptest.Server {
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// beat records a heartbeat of h: it is alive for a minute.
+func (h *fleetHost) beat(t testing.TB) {
+	t.Helper()
+	if _, err := h.store.RecordHeartbeat(ctx, store.Heartbeat{Name: h.name, PeerURL: h.srv.URL, PublicHostname: "localhost",
+		StorageDriver: h.storage.Name(), TotalBytes: 2 << 30, FreeBytes: 1 << 30}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // replicate runs one pass of h's replicator and waits for its receives.
@@ -512,6 +518,14 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 	copies, err := b.store.ListImageCopies(ctx)
 	if err != nil || len(copies) != 2 || copies[1].Host != "b" || copies[1].Status != store.CopyFailed || copies[1].Error == "" {
 		t.Fatalf("copies after the cut-short receive: %+v, %v; want b's failed, with the reason", copies, err)
+	}
+	// Not tried again before its backoff (10 s after a first failure).
+	if err := repl.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	repl.Wait()
+	if names := volumeNamesOf(t, b.storage); len(names) != 0 || readyHosts(t, a.store, 1) != "a" {
+		t.Errorf("a pass within the backoff received the image again: b holds %v", names)
 	}
 
 	// What a sindrid killed during a tar.zst receive leaves: the volume
