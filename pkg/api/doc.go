@@ -83,7 +83,7 @@
 // shared secret included. GET /fleet/images/{id}/stream?format=F streams
 // this host's copy of a ready image in format F (btrfs-send or zfs-send,
 // the host's own driver's, or tar.zst), with the stream's byte count and
-// SHA-256 as the trailers Sindri-Stream-Bytes and Sindri-Stream-Sha256;
+// CRC-32C as the trailers Sindri-Stream-Bytes and Sindri-Stream-Crc32c;
 // a failure mid-stream aborts the connection (404 for an image without a
 // copy here, 422 image_not_ready, 400 for another format).
 //

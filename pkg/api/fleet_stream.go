@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash"
 	"io"
@@ -57,7 +55,7 @@ func requirePeer(peers PeerVerifier) func(http.Handler) http.Handler {
 
 // streamImage answers GET /fleet/images/{id}/stream?format=F with the
 // stream of this host's copy of the image in format F (its driver's own,
-// or tar.zst), then, as trailers, the count and SHA-256 of the bytes
+// or tar.zst), then, as trailers, the count and CRC-32C of the bytes
 // sent. The stream goes from the filesystem to the connection as it is
 // made; a failure after the first byte aborts the connection, so that the
 // receiver, without the trailers, refuses what it got.
@@ -78,26 +76,26 @@ func (h *Handlers) streamImage(w http.ResponseWriter, r *http.Request) error {
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set(fleet.StreamFormatHeader, send.Format)
-	hdr.Set("Trailer", fleet.StreamBytesTrailer+", "+fleet.StreamSHA256Trailer)
+	hdr.Set("Trailer", fleet.StreamBytesTrailer+", "+fleet.StreamCRC32CTrailer)
 	w.WriteHeader(http.StatusOK)
 	// The headers go now: the first bytes of a filesystem's stream may
 	// take a while.
 	http.NewResponseController(w).Flush()
-	out := &countingHash{w: w, sum: sha256.New()}
+	out := &countingHash{w: w, sum: fleet.NewStreamCRC()}
 	if err := send.Send(r.Context(), out); err != nil {
 		LoggerFrom(r.Context()).Error("fleet: sending an image's stream failed; aborting the response",
 			"image_id", id, "format", send.Format, "sent_bytes", out.n, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 	hdr.Set(fleet.StreamBytesTrailer, strconv.FormatInt(out.n, 10))
-	hdr.Set(fleet.StreamSHA256Trailer, hex.EncodeToString(out.sum.Sum(nil)))
+	hdr.Set(fleet.StreamCRC32CTrailer, fleet.StreamCRCText(out.sum))
 	return nil
 }
 
 // countingHash writes to w and counts and hashes what it writes.
 type countingHash struct {
 	w   io.Writer
-	sum hash.Hash
+	sum hash.Hash32
 	n   int64
 }
 

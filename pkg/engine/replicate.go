@@ -31,7 +31,7 @@ import (
 // The copy is marked ready only once checked: the received entry is an
 // image (read-only, and refusing a write on a driver with immutable
 // images), its volume record, if any, names the image, and the stream was
-// whole: as many bytes, with the same SHA-256, as the sender announced
+// whole: as many bytes, with the same CRC-32C, as the sender announced
 // after the last byte (ImageStream.Check). A receive that fails is
 // recorded failed, with the reason, and tried again after a backoff.
 //
@@ -54,7 +54,7 @@ type PeerImages interface {
 type ImageStream interface {
 	io.ReadCloser
 	// Check, once the stream is read to its end, tells whether it came
-	// whole: the bytes and their SHA-256 that the sender announced after
+	// whole: the bytes and their CRC-32C that the sender announced after
 	// the last byte match those read.
 	Check() error
 }

@@ -26,7 +26,7 @@ const replicationBenchMBEnv = "SINDRI_BENCH_REPLICATION_MB"
 // BenchmarkImageReplication moves one image between two hosts of a fleet
 // on this machine, each on its own loopback BTRFS: sindri's replication
 // ("Fleet": host b's replicator asks host a's peer route over HTTP on
-// loopback, with the peer proof, the SHA-256 of the stream on both sides
+// loopback, with the peer proof, the CRC-32C of the stream on both sides
 // and the checks before the copy is ready) against a bare
 // `btrfs send | btrfs receive` of the same snapshot between the same
 // filesystems ("BtrfsSendReceive"). Each copy is timed until it is on disk

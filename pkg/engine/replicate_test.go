@@ -416,8 +416,9 @@ func TestPeerRoutesAnswerOnlyPeers(t *testing.T) {
 		resp.Header.Get(fleet.StreamFormatHeader) != storage.StreamBtrfs {
 		t.Fatalf("a peer's request: %s, format %q; want 200 and a btrfs stream", resp.Status, storage.StreamFormatOf([]byte(body)))
 	}
-	sum := sha256.Sum256([]byte(body))
-	if resp.Trailer.Get(fleet.StreamBytesTrailer) != fmt.Sprint(len(body)) || resp.Trailer.Get(fleet.StreamSHA256Trailer) != hex.EncodeToString(sum[:]) {
+	sum := fleet.NewStreamCRC()
+	sum.Write([]byte(body))
+	if resp.Trailer.Get(fleet.StreamBytesTrailer) != fmt.Sprint(len(body)) || resp.Trailer.Get(fleet.StreamCRC32CTrailer) != fleet.StreamCRCText(sum) {
 		t.Errorf("trailers %v for %d bytes", resp.Trailer, len(body))
 	}
 	for target, want := range map[string]int{

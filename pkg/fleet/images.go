@@ -2,13 +2,12 @@ package fleet
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
@@ -22,12 +21,16 @@ import (
 
 // The peer route of an image's stream, and what its answer carries
 // besides the stream: the format in a header, and after the last byte,
-// as HTTP trailers, the count of bytes sent and their SHA-256 (hex), which
-// the receiver compares with what it read before it marks its copy ready.
+// as HTTP trailers, the count of bytes sent and their CRC-32C (Castagnoli,
+// 8 hex digits), which the receiver compares with what it read before it
+// marks its copy ready. The CRC shows a stream cut, padded or garbled on
+// its way (each format also carries checksums of its own); the peer proof
+// and TLS say who sent it. CRC-32C, computed by the CPU's instruction,
+// costs a fraction of SHA-256's time on a stream of gigabytes.
 const (
 	StreamFormatHeader  = "Sindri-Stream-Format"
 	StreamBytesTrailer  = "Sindri-Stream-Bytes"
-	StreamSHA256Trailer = "Sindri-Stream-Sha256"
+	StreamCRC32CTrailer = "Sindri-Stream-Crc32c"
 )
 
 // ImageStreamPath is the path of the peer route that streams image id,
@@ -66,6 +69,12 @@ func NewClient(auth *PeerAuth, roots *x509.CertPool) *Client {
 	return &Client{auth: auth, http: &http.Client{Transport: t}}
 }
 
+// NewStreamCRC returns the checksum of a stream (see StreamCRC32CTrailer).
+func NewStreamCRC() hash.Hash32 { return crc32.New(crc32.MakeTable(crc32.Castagnoli)) }
+
+// StreamCRCText is the checksum as its trailer carries it.
+func StreamCRCText(h hash.Hash32) string { return fmt.Sprintf("%08x", h.Sum32()) }
+
 // OpenImage asks the host at peerURL for the stream of its copy of image
 // id in format. The stream is checked as it is read (see imageStream).
 func (c *Client) OpenImage(ctx context.Context, peerURL string, id int64, format string) (engine.ImageStream, error) {
@@ -87,13 +96,13 @@ func (c *Client) OpenImage(ctx context.Context, peerURL string, id int64, format
 		resp.Body.Close()
 		return nil, fmt.Errorf("%s sent a %q stream, not the %q asked for", peerURL, got, format)
 	}
-	return &imageStream{resp: resp, sum: sha256.New()}, nil
+	return &imageStream{resp: resp, sum: NewStreamCRC()}, nil
 }
 
 // imageStream counts and hashes what it reads of a peer's answer.
 type imageStream struct {
 	resp  *http.Response
-	sum   hash.Hash
+	sum   hash.Hash32
 	n     int64
 	ended bool
 }
@@ -117,15 +126,15 @@ func (s *imageStream) Check() error {
 		return errors.New("the stream was not read to its end")
 	}
 	announced := s.resp.Trailer.Get(StreamBytesTrailer)
-	sum := s.resp.Trailer.Get(StreamSHA256Trailer)
+	sum := s.resp.Trailer.Get(StreamCRC32CTrailer)
 	if announced == "" || sum == "" {
 		return errors.New("the sender did not announce the stream's size and checksum after it: it did not finish sending")
 	}
 	if announced != strconv.FormatInt(s.n, 10) {
 		return fmt.Errorf("the sender sent %s bytes, and %d were received", announced, s.n)
 	}
-	if got := hex.EncodeToString(s.sum.Sum(nil)); got != strings.ToLower(sum) {
-		return fmt.Errorf("the stream's SHA-256 is %s as received and %s as sent", got, sum)
+	if got := StreamCRCText(s.sum); got != strings.ToLower(sum) {
+		return fmt.Errorf("the stream's CRC-32C is %s as received and %s as sent", got, sum)
 	}
 	return nil
 }

@@ -2,9 +2,7 @@ package fleet_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,7 +16,7 @@ import (
 const imagesTestSecret = "a-fleet-secret-of-at-least-32-characters-0002"
 
 // peerServer is a TLS host that streams payload to peers, announcing
-// announce (the bytes' count and SHA-256 when nil) after it; abort cuts
+// announce (the bytes' count and CRC-32C when nil) after it; abort cuts
 // the answer after half the payload.
 func peerServer(t *testing.T, payload []byte, announce func(n int, sum string) (string, string), abort bool) *httptest.Server {
 	t.Helper()
@@ -29,19 +27,20 @@ func peerServer(t *testing.T, payload []byte, announce func(n int, sum string) (
 			return
 		}
 		w.Header().Set(fleet.StreamFormatHeader, r.URL.Query().Get("format"))
-		w.Header().Set("Trailer", fleet.StreamBytesTrailer+", "+fleet.StreamSHA256Trailer)
+		w.Header().Set("Trailer", fleet.StreamBytesTrailer+", "+fleet.StreamCRC32CTrailer)
 		if abort {
 			w.Write(payload[:len(payload)/2])
 			panic(http.ErrAbortHandler)
 		}
 		w.Write(payload)
-		sum := sha256.Sum256(payload)
-		n, s := strconv.Itoa(len(payload)), hex.EncodeToString(sum[:])
+		sum := fleet.NewStreamCRC()
+		sum.Write(payload)
+		n, s := strconv.Itoa(len(payload)), fleet.StreamCRCText(sum)
 		if announce != nil {
 			n, s = announce(len(payload), s)
 		}
 		w.Header().Set(fleet.StreamBytesTrailer, n)
-		w.Header().Set(fleet.StreamSHA256Trailer, s)
+		w.Header().Set(fleet.StreamCRC32CTrailer, s)
 	}))
 	t.Cleanup(srv.Close)
 	return srv
@@ -90,7 +89,7 @@ func TestPeerClientVerifiesTLSAndTheAnnouncedStream(t *testing.T) {
 
 	for name, srv := range map[string]*httptest.Server{
 		"another size":     peerServer(t, payload, func(n int, sum string) (string, string) { return strconv.Itoa(n + 1), sum }, false),
-		"another checksum": peerServer(t, payload, func(n int, sum string) (string, string) { return strconv.Itoa(n), strings.Repeat("0", 64) }, false),
+		"another checksum": peerServer(t, payload, func(n int, sum string) (string, string) { return strconv.Itoa(n), "00000000" }, false),
 		"no announcement":  peerServer(t, payload, func(int, string) (string, string) { return "", "" }, false),
 		"cut short":        peerServer(t, payload, nil, true),
 	} {
