@@ -579,3 +579,31 @@ func TestAnImageGoesFromBtrfsToZFSAsTarZstd(t *testing.T) {
 		t.Errorf("the instance on ZFS answers %q", got)
 	}
 }
+
+// An image of the copy's name that no check passed (a crash between the
+// receive and the mark ready leaves one, with the copy recorded
+// receiving) is removed and the image received again, whole.
+func TestAnUncheckedCopyLeftByACrashIsReceivedAgain(t *testing.T) {
+	_, a, b := newFleet(t, false)
+	v, err := b.storage.Create(ctx, "left")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v.Path, "PG_VERSION"), []byte("14\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.storage.Freeze(ctx, "left", engine.ImageVolume(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.SetImageCopy(ctx, 1, "b", store.CopyReceiving, ""); err != nil {
+		t.Fatal(err)
+	}
+	b.replicate(t) // the next start's replicator
+	if got := readyHosts(t, a.store, 1); got != "a,b" {
+		t.Fatalf("image 1 ready on %q; want a,b", got)
+	}
+	checkCopy(t, a, b, 1)
+	if names := volumeNamesOf(t, b.storage); !slices.Equal(names, []string{"image-1"}) {
+		t.Errorf("b holds %v; want image-1 alone", names)
+	}
+}
