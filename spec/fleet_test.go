@@ -114,6 +114,17 @@ func TestFleetHost(t *testing.T) {
 	if inst.Attributes["host"] != "spec-a" {
 		t.Errorf("instance's host: %v", inst.Attributes["host"])
 	}
+	// The image is ready on this host; the peer route refuses users,
+	// whatever their credential.
+	if status, body := a.call(t, "GET", "/images/"+imageID, a.secret, nil); status != 200 || !strings.Contains(string(body), `"hosts":["spec-a"]`) {
+		t.Errorf("GET /images/%s: %d %s; want hosts [spec-a]", imageID, status, body)
+	}
+	for name, token := range map[string]string{"the shared secret": a.secret, "an API token": a.token(t, "ci-peer")} {
+		status, body := a.call(t, "GET", "/fleet/images/"+imageID+"/stream?format=btrfs-send", token, nil)
+		if status != 403 || !strings.Contains(string(body), "not_a_peer") {
+			t.Errorf("the peer route with %s: %d %s; want 403 not_a_peer", name, status, body)
+		}
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, hosts = a.hosts(t, a.secret)

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -106,6 +107,8 @@ type Main struct {
 	stop        context.CancelFunc
 	done        chan struct{}
 	fleet       *fleet.Member // nil without [fleet]
+	peerAuth    *fleet.PeerAuth
+	peerClient  *fleet.Client
 	fleetDone   chan struct{}
 	secretsLock *store.SecretsLock // held while sindrid runs
 }
@@ -232,9 +235,15 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	if m.fleet != nil {
 		m.fleetDone = make(chan struct{})
+		replicator := m.Engine.NewReplicator(engine.ReplicationOptions{
+			Host: cfg.Fleet.Name, Peers: m.peerClient, DownTimeout: cfg.Fleet.DownTimeout, Concurrency: 1,
+		})
 		go func() {
 			defer close(m.fleetDone)
-			m.fleet.Run(engineCtx)
+			var wg sync.WaitGroup
+			wg.Go(func() { m.fleet.Run(engineCtx) })
+			wg.Go(func() { replicator.Run(engineCtx) })
+			wg.Wait()
 		}()
 	}
 
@@ -258,6 +267,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	if cfg.Fleet.Enabled() {
 		handlers.Hosts = engine.NewHostService(m.Store, cfg.Fleet.DownTimeout)
+		handlers.Peers, handlers.Fleet = m.peerAuth, m.Engine
 	}
 	handlers.Register(server)
 	ui, err := console.New(console.Options{
@@ -341,6 +351,16 @@ func (m *Main) openStoreOnce(ctx context.Context, databaseURL string) (applied [
 func (m *Main) joinFleet(ctx context.Context, driver storage.Driver) error {
 	cfg := m.Config
 	reserve := engineLimits(cfg.Limits).DiskReserve
+	secret, err := cfg.Fleet.ReadSecret()
+	if err != nil {
+		return fmt.Errorf("fleet.secret_file %q %w", cfg.Fleet.SecretFile, err)
+	}
+	roots, err := cfg.Fleet.PeerCAs()
+	if err != nil {
+		return fmt.Errorf("fleet.peer_ca_file %q %w", cfg.Fleet.PeerCAFile, err)
+	}
+	m.peerAuth = fleet.NewPeerAuth(cfg.Fleet.Name, secret)
+	m.peerClient = fleet.NewClient(m.peerAuth, roots)
 	m.Store.SetFleetHost(cfg.Fleet.Name)
 	m.fleet = fleet.New(fleet.Options{
 		Store: m.Store, Capacity: driver.Capacity, Reserve: reserve.Of,

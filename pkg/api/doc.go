@@ -73,7 +73,19 @@
 // (active, draining, or down when its last_heartbeat_at is older than the
 // down timeout) and last_heartbeat_at. Without a fleet there is no such
 // route (404). In a fleet, an instance carries host, the name of the host
-// it lives on; on a single host the attribute is left out.
+// it lives on, and an image hosts, the names of the hosts holding a ready
+// copy of it; on a single host both attributes are left out.
+//
+// In a fleet (Handlers.Peers set), every route under /fleet/ is the other
+// hosts' alone: it needs neither Draupnir-Version nor a user's
+// credential, and requirePeer answers 403 not_a_peer to any request
+// without a valid peer proof (fleet.PeerAuth), a user's token or the
+// shared secret included. GET /fleet/images/{id}/stream?format=F streams
+// this host's copy of a ready image in format F (btrfs-send or zfs-send,
+// the host's own driver's, or tar.zst), with the stream's byte count and
+// CRC-32C as the trailers Sindri-Stream-Bytes and Sindri-Stream-Crc32c;
+// a failure mid-stream aborts the connection (404 for an image without a
+// copy here, 422 image_not_ready, 400 for another format).
 //
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a

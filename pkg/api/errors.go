@@ -34,6 +34,7 @@ const (
 	CodeQuotaExceeded           = "quota_exceeded"
 	CodeMetadataUnavailable     = "metadata_unavailable"
 	CodeInternalServerError     = "internal_server_error"
+	CodeNotAPeer                = "not_a_peer"
 )
 
 // ErrUnauthorized is the sentinel an Options.Authenticate function returns
@@ -232,6 +233,8 @@ var errorClasses = []errorClass{
 	{class: engine.ErrBackupRunning, status: http.StatusConflict, code: "backup_running", title: "A backup is being written"},
 	{class: engine.ErrNotBackupReady, status: http.StatusConflict, code: "instance_busy", title: "Instance cannot be backed up now"},
 	{class: engine.ErrNotFound, status: http.StatusNotFound, code: CodeNotFound, title: "Resource not found"},
+	// A peer route asked by anyone but a host of the fleet.
+	{class: engine.ErrNotPeer, status: http.StatusForbidden, code: CodeNotAPeer, title: "Not a host of this fleet"},
 	{class: engine.ErrForbidden, status: http.StatusForbidden, code: CodeForbidden, title: "Forbidden"},
 	{class: engine.ErrImageNotReady, status: http.StatusUnprocessableEntity, code: CodeImageNotReady, title: "Image not ready"},
 	{class: engine.ErrImageHasInstances, status: http.StatusUnprocessableEntity, code: CodeImageHasInstances, title: "Image has instances"},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
@@ -20,6 +21,10 @@ type Handlers struct {
 	Sources SourceService
 	// Hosts, when set (a fleet), serves /hosts.
 	Hosts HostService
+	// Peers, when set (a fleet), guards the peers' routes under /fleet/
+	// (requirePeer); Fleet serves them.
+	Peers PeerVerifier
+	Fleet FleetService
 	Auth  *auth.Authenticator
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
@@ -69,6 +74,13 @@ func (h *Handlers) Register(s *Server) {
 	}
 	if h.Hosts != nil {
 		r.Handle("/hosts", HandlerFunc(h.listHosts)).Methods(http.MethodGet)
+	}
+	if h.Peers != nil {
+		peers := r.PathPrefix(strings.TrimSuffix(peerRoutePrefix, "/")).Subrouter()
+		peers.Use(requirePeer(h.Peers))
+		if h.Fleet != nil {
+			peers.Handle("/images/{id}/stream", HandlerFunc(h.streamImage)).Methods(http.MethodGet)
+		}
 	}
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"crypto/subtle"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,12 @@ type FleetConfig struct {
 	// MaxInstances caps the instances placed on this host (default 0: only
 	// the port range and the disk reserve bound them).
 	MaxInstances int `toml:"max_instances"`
+
+	// PeerCAFile, if set, is a PEM file of the certificates that sign the
+	// other hosts' TLS certificates (their peer_url's), trusted besides
+	// the system's roots; for a fleet whose certificates come from a
+	// private CA. Absolute path.
+	PeerCAFile string `toml:"peer_ca_file"`
 }
 
 // Enabled reports whether this host is part of a fleet.
@@ -105,6 +112,30 @@ func (f *FleetConfig) ReadSecret() ([]byte, error) {
 	return secret, nil
 }
 
+// PeerCAs is the pool of certificates a host trusts in its peers' TLS
+// certificates: the system's roots, and PeerCAFile's when it is set.
+func (f *FleetConfig) PeerCAs() (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if f.PeerCAFile == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(f.PeerCAFile)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("cannot be read: %s", oneLine(err.Error()))
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	return pool, nil
+}
+
 // SecretsEqual compares two secrets in constant time (for equal lengths).
 func SecretsEqual(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
 
@@ -120,6 +151,7 @@ func (c *Config) validateFleet(v *validator) {
 			{"fleet.peer_url", f.PeerURL != ""},
 			{"fleet.secret_file", f.SecretFile != ""},
 			{"fleet.max_instances", f.MaxInstances != 0},
+			{"fleet.peer_ca_file", f.PeerCAFile != ""},
 			{"fleet.heartbeat_interval", f.HeartbeatInterval != DefaultHeartbeatInterval},
 			{"fleet.down_timeout", f.DownTimeout != DefaultDownTimeout},
 		} {
@@ -175,6 +207,13 @@ func (c *Config) validateFleet(v *validator) {
 		v.errorf("fleet.heartbeat_interval", "fleet.heartbeat_interval must be at least \"1s\" (got %q)", f.HeartbeatInterval.String())
 	} else if f.DownTimeout < 3*f.HeartbeatInterval {
 		v.errorf("fleet.down_timeout", "fleet.down_timeout must be at least three fleet.heartbeat_interval (%s), so that one late heartbeat does not take a host down (got %q)", (3 * f.HeartbeatInterval).String(), f.DownTimeout.String())
+	}
+	if f.PeerCAFile != "" {
+		if !filepath.IsAbs(f.PeerCAFile) {
+			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file must be an absolute path (got %q)", f.PeerCAFile)
+		} else if _, err := f.PeerCAs(); err != nil {
+			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file %q %s", f.PeerCAFile, err.Error())
+		}
 	}
 	if f.MaxInstances < 0 {
 		v.errorf("fleet.max_instances", "fleet.max_instances must not be negative (got %d; 0 means no limit)", f.MaxInstances)

@@ -62,6 +62,10 @@ var (
 	// ErrOperationRunning: another live sindrid runs the same operation
 	// (a pull, a script) on the same image.
 	ErrOperationRunning = errors.New("another sindrid is running this operation")
+
+	// ErrNotPeer: a request to a peer-only route (under /fleet/) without
+	// a valid proof that a host of this fleet sent it.
+	ErrNotPeer = errors.New("not a host of this fleet")
 )
 
 // The classes that errors of the store, the storage and Postgres are given

@@ -257,3 +257,19 @@ func (s *Store) PlaceInstance(ctx context.Context, in InstanceInput, downAfter t
 	}
 	return inst, wrap(err, "place instance of image %d", in.ImageID)
 }
+
+// ImageCopy is one host's copy of an image.
+type ImageCopy struct {
+	ImageID   int64           `db:"image_id"`
+	Host      string          `db:"host"`
+	Status    ImageCopyStatus `db:"status"`
+	Error     string          `db:"error"`
+	UpdatedAt time.Time       `db:"updated_at"`
+}
+
+// ListImageCopies reads every image's copies, by image and host.
+func (s *Store) ListImageCopies(ctx context.Context) ([]ImageCopy, error) {
+	copies, err := list[ImageCopy](ctx, s, `select image_id, host, status, coalesce(error, '') as error, updated_at
+		from image_copies order by image_id, host`)
+	return copies, wrap(err, "list image copies")
+}

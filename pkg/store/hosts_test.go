@@ -364,6 +364,38 @@ func TestImageReadyOnTheHostThatMadeIt(t *testing.T) {
 	}
 }
 
+// An image's Hosts are nil in a database without hosts (a single
+// host), and in a fleet the hosts whose copy is ready, by name: not
+// those receiving it or whose receive failed.
+func TestImageHostsAreItsReadyCopies(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "img")
+	check(t, s.MarkImageReady(ctx, img.ID, "15", 1, false))
+	if got := must[Image](t)(s.GetImage(ctx, img.ID)); got.Hosts != nil {
+		t.Errorf("a single host's image lists hosts %#v", got.Hosts)
+	}
+	for _, name := range []string{"c", "a", "b"} {
+		must[Host](t)(s.RecordHeartbeat(ctx, heartbeat(name), downAfter))
+	}
+	if got := must[Image](t)(s.GetImage(ctx, img.ID)); got.Hosts == nil || len(got.Hosts) != 0 {
+		t.Errorf("an image with no copy in a fleet lists hosts %#v; want none, not nil", got.Hosts)
+	}
+	check(t, s.SetImageCopy(ctx, img.ID, "c", CopyReady, ""))
+	check(t, s.SetImageCopy(ctx, img.ID, "a", CopyReady, ""))
+	check(t, s.SetImageCopy(ctx, img.ID, "b", CopyReceiving, ""))
+	for _, got := range append(must[[]Image](t)(s.ListImages(ctx)), must[Image](t)(s.GetImage(ctx, img.ID))) {
+		if fmt.Sprint(got.Hosts) != "[a c]" {
+			t.Errorf("image %d lists hosts %v; want [a c]", got.ID, got.Hosts)
+		}
+	}
+	check(t, s.SetImageCopy(ctx, img.ID, "a", CopyFailed, "no space"))
+	copies := must[[]ImageCopy](t)(s.ListImageCopies(ctx))
+	if len(copies) != 3 || copies[0].Host != "a" || copies[0].Status != CopyFailed || copies[0].Error != "no space" || copies[2].Status != CopyReady {
+		t.Errorf("copies %+v", copies)
+	}
+}
+
 // BenchmarkPlaceInstance places instances one after another on three
 // hosts holding the image, as POST /instances in a fleet will.
 func BenchmarkPlaceInstance(b *testing.B) {

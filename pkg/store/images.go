@@ -51,6 +51,9 @@ type Image struct {
 	FromSnapshot bool      `db:"from_snapshot"`
 	CreatedAt    time.Time `db:"created_at"`
 	UpdatedAt    time.Time `db:"updated_at"`
+	// Hosts are, in a fleet (a database with hosts), the hosts holding a
+	// ready copy of the image, by name; nil on a single host.
+	Hosts []string `db:"hosts"`
 }
 
 // ImageInput is what CreateImage records; the image starts pending.
@@ -79,7 +82,9 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 	source_url is not null as has_source_url,
 	coalesce(source_url_redacted, '') as source_url_redacted, coalesce(backup_id, 0) as backup_id,
 	anonymised, user_written, coalesce(source_id, 0) as source_id,
-	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at`
+	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at,
+	case when exists (select 1 from hosts) then coalesce((select array_agg(c.host order by c.host) from image_copies c
+		where c.image_id = id and c.status = 'ready'), '{}') end as hosts`
 
 // CreateImage records a new pending image, its source_url sealed; a
 // *QuotaError (ErrQuotaExceeded) if in.BranchQuota refuses it.

@@ -42,10 +42,14 @@ type Image struct {
 	// Owner is set on a branch (an image of an instance's data), which
 	// only its owner and the upload user see; InstanceID is the instance
 	// it was made of.
-	Owner      string    `jsonapi:"attr,owner,omitempty" json:"owner,omitempty"`
-	InstanceID int64     `jsonapi:"attr,instance_id,omitempty" json:"instance_id,omitempty"`
-	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
-	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
+	Owner      string `jsonapi:"attr,owner,omitempty" json:"owner,omitempty"`
+	InstanceID int64  `jsonapi:"attr,instance_id,omitempty" json:"instance_id,omitempty"`
+	// Hosts are, in a fleet, the hosts holding a ready copy of the image
+	// (instances of it can be made there), by name; left out on a single
+	// host.
+	Hosts     []string  `jsonapi:"attr,hosts,omitempty" json:"hosts,omitempty"`
+	CreatedAt time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
+	UpdatedAt time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
 }
 
 // Source is the sources resource: a server that sindri makes images of
