@@ -20,6 +20,10 @@ type Handlers struct {
 	Sources SourceService
 	// Hosts, when set (a fleet), serves /hosts.
 	Hosts HostService
+	// Fleet, when set (a fleet), routes the requests of instances and
+	// backups to the host they live on, and serves the peers' routes
+	// (/fleet/).
+	Fleet *Fleet
 	Auth  *auth.Authenticator
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
@@ -43,14 +47,17 @@ func (h *Handlers) Register(s *Server) {
 		{"/instances", http.MethodPost, h.createInstance},
 		{"/instances/{id}", http.MethodGet, h.getInstance},
 		{"/instances/{id}", http.MethodPatch, h.updateInstance},
-		{"/instances/{id}", http.MethodDelete, h.destroyInstance},
-		{"/instances/{id}/reset", http.MethodPost, h.resetInstance},
+		// In a fleet, what acts on an instance's or a backup's files or
+		// processes is served by the host they live on (forward.go);
+		// reads and changes of metadata alone are served here.
+		{"/instances/{id}", http.MethodDelete, h.onInstanceHost(h.destroyInstance)},
+		{"/instances/{id}/reset", http.MethodPost, h.onInstanceHost(h.resetInstance)},
 		{"/backups", http.MethodGet, h.listBackups},
-		{"/backups", http.MethodPost, h.createBackup},
+		{"/backups", http.MethodPost, h.onBackupSourceHost(h.createBackup)},
 		{"/backups/{id}", http.MethodGet, h.getBackup},
-		{"/backups/{id}", http.MethodDelete, h.deleteBackup},
-		{"/backups/{id}/download", http.MethodGet, h.downloadBackup},
-		{"/backups/{id}/download", http.MethodHead, h.downloadBackup},
+		{"/backups/{id}", http.MethodDelete, h.onBackupHost(h.deleteBackup)},
+		{"/backups/{id}/download", http.MethodGet, h.onBackupHost(h.downloadBackup)},
+		{"/backups/{id}/download", http.MethodHead, h.onBackupHost(h.downloadBackup)},
 		{"/status", http.MethodGet, h.status},
 	}
 	if h.Sources != nil {
@@ -69,6 +76,9 @@ func (h *Handlers) Register(s *Server) {
 	}
 	if h.Hosts != nil {
 		r.Handle("/hosts", HandlerFunc(h.listHosts)).Methods(http.MethodGet)
+	}
+	if h.Fleet != nil {
+		h.registerFleet(s)
 	}
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"crypto/subtle"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,12 @@ type FleetConfig struct {
 	// MaxInstances caps the instances placed on this host (default 0: only
 	// the port range and the disk reserve bound them).
 	MaxInstances int `toml:"max_instances"`
+
+	// PeerCAFile, if set, holds the PEM certificates (a CA's, or each
+	// host's own self-signed one) that the other hosts' https:// peer_url
+	// must be signed by; only these are trusted for peers then. Unset:
+	// the system's roots. Absolute path.
+	PeerCAFile string `toml:"peer_ca_file"`
 }
 
 // Enabled reports whether this host is part of a fleet.
@@ -122,6 +129,7 @@ func (c *Config) validateFleet(v *validator) {
 			{"fleet.max_instances", f.MaxInstances != 0},
 			{"fleet.heartbeat_interval", f.HeartbeatInterval != DefaultHeartbeatInterval},
 			{"fleet.down_timeout", f.DownTimeout != DefaultDownTimeout},
+			{"fleet.peer_ca_file", f.PeerCAFile != ""},
 		} {
 			if k.set {
 				v.errorf("fleet.name", "fleet.name is required when %s is set (this host's name in the fleet, such as \"sindri-a\"), or remove the [fleet] keys to run a single host", k.key)
@@ -171,6 +179,14 @@ func (c *Config) validateFleet(v *validator) {
 		}
 	}
 
+	if f.PeerCAFile != "" {
+		if !filepath.IsAbs(f.PeerCAFile) {
+			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file must be an absolute path (got %q)", f.PeerCAFile)
+		} else if _, err := f.PeerRoots(); err != nil {
+			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file %q %s", f.PeerCAFile, err.Error())
+		}
+	}
+
 	if f.HeartbeatInterval < time.Second {
 		v.errorf("fleet.heartbeat_interval", "fleet.heartbeat_interval must be at least \"1s\" (got %q)", f.HeartbeatInterval.String())
 	} else if f.DownTimeout < 3*f.HeartbeatInterval {
@@ -190,4 +206,25 @@ func isLoopbackHost(h string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
+}
+
+// PeerRoots reads PeerCAFile's certificates; nil (the system's roots)
+// when it is unset.
+func (f *FleetConfig) PeerRoots() (*x509.CertPool, error) {
+	if f.PeerCAFile == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(f.PeerCAFile)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("cannot be read: %s", oneLine(err.Error()))
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	return pool, nil
 }
