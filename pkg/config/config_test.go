@@ -785,6 +785,7 @@ func TestExampleDefaultsAreAccurate(t *testing.T) {
 		"fleet.name":                   true,
 		"fleet.peer_url":               true,
 		"fleet.secret_file":            true,
+		"fleet.peer_ca_file":           true,
 	}
 	def := Default()
 	got, want := reflect.ValueOf(c).Elem(), reflect.ValueOf(def).Elem()

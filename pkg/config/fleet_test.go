@@ -145,6 +145,12 @@ func TestFleetInvalid(t *testing.T) {
 			"fleet.max_instances", "must not be negative"},
 		{"max above ports", fleetFile(good, "max_instances = 5000\n"),
 			"fleet.max_instances", "more than the ports"},
+		{"relative peer CA file", fleetFile(good, "peer_ca_file = \"ca.pem\"\n"),
+			"fleet.peer_ca_file", "must be an absolute path"},
+		{"missing peer CA file", fleetFile(good, "peer_ca_file = \"/nonexistent/ca.pem\"\n"),
+			"fleet.peer_ca_file", "cannot be read: no such file or directory"},
+		{"peer CA file without certificates", fleetFile(good, "peer_ca_file = \""+good+"\"\n"),
+			"fleet.peer_ca_file", "holds no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Load(writeConfig(t, tc.content))

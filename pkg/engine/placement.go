@@ -19,15 +19,6 @@ import (
 // the placed row is deleted, so that nothing is left half-made and the
 // owner's quota is not held by it.
 
-// ErrHostUnavailable: the host an instance or backup lives on, or was
-// placed on, cannot be reached or failed to answer; the request did not
-// complete there and may be sent again.
-var ErrHostUnavailable = errors.New("host unavailable")
-
-// ErrNoHost: no host of the fleet can take a new instance of the image
-// now (store.ErrNoHost).
-var ErrNoHost = errors.New("no host can take the instance")
-
 // InstancePeers builds an instance placed on another host of the fleet.
 type InstancePeers interface {
 	// CreateOn has instance inst, recorded on host inst.Host, built there,
