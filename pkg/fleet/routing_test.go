@@ -64,13 +64,19 @@ type host struct {
 // receive, its copy recorded by hand (replication will do both).
 func twoHosts(t testing.TB) (a, b *host, client *http.Client) {
 	t.Helper()
+	return twoHostsWith(t, engine.Limits{})
+}
+
+// twoHostsWith is twoHosts with b's engine under bLimits.
+func twoHostsWith(t testing.TB, bLimits engine.Limits) (a, b *host, client *http.Client) {
+	t.Helper()
 	ctx := context.Background()
 	st, dbURL := storetest.New(t)
 	keyFile := st.Keyring().Path()
 	roots := x509.NewCertPool()
 	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
 	t.Cleanup(transport.CloseIdleConnections)
-	a = startHost(t, "a", "localhost", st, roots, transport)
+	a = startHost(t, "a", "localhost", st, roots, transport, engine.Limits{})
 	other, err := store.Open(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +87,7 @@ func twoHosts(t testing.TB) (a, b *host, client *http.Client) {
 	}
 	// b's instances are reached at another name than a's: the answers
 	// must carry b's.
-	b = startHost(t, "b", "127.0.0.1", other, roots, transport)
+	b = startHost(t, "b", "127.0.0.1", other, roots, transport, bLimits)
 
 	img, err := st.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
 	if err != nil {
@@ -118,7 +124,7 @@ func twoHosts(t testing.TB) (a, b *host, client *http.Client) {
 	return a, b, &http.Client{Transport: transport}
 }
 
-func startHost(t testing.TB, name, publicHostname string, st *store.Store, roots *x509.CertPool, peers *http.Transport) *host {
+func startHost(t testing.TB, name, publicHostname string, st *store.Store, roots *x509.CertPool, peers *http.Transport, limits engine.Limits) *host {
 	t.Helper()
 	ctx := context.Background()
 	root := filepath.Join(testfs.Btrfs(t, 2<<30), "sindri")
@@ -157,7 +163,7 @@ func startHost(t testing.TB, name, publicHostname string, st *store.Store, roots
 		Store: st, Storage: driver, Owner: pgtest.Owner(t), BinPattern: pgtest.BinPattern,
 		MinPort: minPort, MaxPort: minPort + 20, PublicHostname: publicHostname, SharedBuffers: "16MB",
 		RunDir: runDir, UploadsDir: filepath.Join(root, "image_uploads"), BackupsDir: filepath.Join(root, "backups"),
-		Logger: storetest.Logger(), FleetDownTimeout: downTimeout,
+		Logger: storetest.Logger(), FleetDownTimeout: downTimeout, Limits: limits,
 	})
 	authn, err := auth.New(auth.Options{SharedSecret: sharedSecret, Store: st, Logger: storetest.Logger()})
 	if err != nil {
@@ -514,6 +520,43 @@ func TestOneAPIOnEveryHost(t *testing.T) {
 	if got := call(t, c, a, "POST", "/instances", token, v54, newInstance(1)); got.status != 503 ||
 		!strings.Contains(string(got.body), `"no_host_available"`) {
 		t.Errorf("create with a drained and b down: %s", got)
+	}
+}
+
+// TestRefusalOfTheChosenHostIsTheAnswer: the host chosen refuses what it
+// was placed (its disk reserve, stricter than the heartbeat told the
+// placement): the client asking another host gets that refusal, as the
+// chosen host gives it to its own clients, naming the host, and no row
+// is left.
+func TestRefusalOfTheChosenHostIsTheAnswer(t *testing.T) {
+	ctx := context.Background()
+	a, b, c := twoHostsWith(t, engine.Limits{DiskReserve: engine.Amount{Percent: 99}})
+	if err := a.store.SetHostState(ctx, "a", store.HostDraining); err != nil {
+		t.Fatal(err)
+	}
+	direct := call(t, c, b, "POST", "/instances", sharedSecret, "5.4.0", newInstance(1))
+	through := call(t, c, a, "POST", "/instances", sharedSecret, "5.4.0", newInstance(1))
+	code := func(a answer) string {
+		var d struct {
+			Errors []struct{ Code, Detail string } `json:"errors"`
+		}
+		json.Unmarshal(a.body, &d)
+		if len(d.Errors) != 1 {
+			return ""
+		}
+		return d.Errors[0].Code + ": " + d.Errors[0].Detail
+	}
+	if direct.status != 503 || !strings.HasPrefix(code(direct), "no_disk_space: ") || !strings.Contains(code(direct), "limits.disk_reserve") {
+		t.Fatalf("create on b under its reserve: %s", direct)
+	}
+	if through.status != 503 || code(through) != strings.Replace(code(direct), ": ", `: host "b": `, 1) {
+		t.Errorf("create through a placed on b: %s; b's own answer %s", through, direct)
+	}
+	if left, err := a.store.ListInstanceSummaries(ctx, ""); err != nil || len(left) != 0 {
+		t.Errorf("instances left: %+v, %v", left, err)
+	}
+	if h, err := a.store.GetHost(ctx, "b", downTimeout); err != nil || h.Instances != 0 {
+		t.Errorf("b's placed instances: %d, %v", h.Instances, err)
 	}
 }
 
