@@ -64,11 +64,12 @@ type host struct {
 // receive, its copy recorded by hand (replication will do both).
 func twoHosts(t testing.TB) (a, b *host, client *http.Client) {
 	t.Helper()
-	return twoHostsWith(t, engine.Limits{})
+	return twoHostsWith(t, engine.Limits{}, engine.Limits{})
 }
 
-// twoHostsWith is twoHosts with b's engine under bLimits.
-func twoHostsWith(t testing.TB, bLimits engine.Limits) (a, b *host, client *http.Client) {
+// twoHostsWith is twoHosts with a's engine under aLimits, b's under
+// bLimits.
+func twoHostsWith(t testing.TB, aLimits, bLimits engine.Limits) (a, b *host, client *http.Client) {
 	t.Helper()
 	ctx := context.Background()
 	st, dbURL := storetest.New(t)
@@ -76,7 +77,7 @@ func twoHostsWith(t testing.TB, bLimits engine.Limits) (a, b *host, client *http
 	roots := x509.NewCertPool()
 	transport := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
 	t.Cleanup(transport.CloseIdleConnections)
-	a = startHost(t, "a", "localhost", st, roots, transport, engine.Limits{})
+	a = startHost(t, "a", "localhost", st, roots, transport, aLimits)
 	other, err := store.Open(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -523,16 +524,43 @@ func TestOneAPIOnEveryHost(t *testing.T) {
 	}
 }
 
-// TestRefusalOfTheChosenHostIsTheAnswer: the host chosen refuses what it
-// was placed (its disk reserve, stricter than the heartbeat told the
-// placement): the client asking another host gets that refusal, as the
-// chosen host gives it to its own clients, naming the host, and no row
-// is left.
+// TestRefusalOfTheChosenHostIsTheAnswer: the quota of the host asked
+// counts the user's instances on every host (b refuses a second instance
+// of a user whose first is on a); the host chosen refuses
+// what it was placed (its disk reserve, stricter than its heartbeat told
+// the placement): the client asking another host gets that refusal, as
+// the chosen host gives it to its own clients, naming the host, and no
+// row is left.
 func TestRefusalOfTheChosenHostIsTheAnswer(t *testing.T) {
 	ctx := context.Background()
-	a, b, c := twoHostsWith(t, engine.Limits{DiskReserve: engine.Amount{Percent: 99}})
+	a, b, c := twoHostsWith(t, engine.Limits{}, engine.Limits{InstancesPerUser: 1, DiskReserve: engine.Amount{Percent: 99}})
+	authn, err := auth.New(auth.Options{Store: a.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _, err := authn.CreateAPIToken(ctx, "ci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.SetHostState(ctx, "b", store.HostDraining); err != nil {
+		t.Fatal(err)
+	}
+	if got := call(t, c, a, "POST", "/instances", token, "5.4.0", newInstance(1)); got.status != 201 {
+		t.Fatalf("first instance of ci: %s", got)
+	}
+	if err := a.store.SetHostState(ctx, "b", store.HostActive); err != nil {
+		t.Fatal(err)
+	}
 	if err := a.store.SetHostState(ctx, "a", store.HostDraining); err != nil {
 		t.Fatal(err)
+	}
+	if got := call(t, c, b, "POST", "/instances", token, "5.4.0", newInstance(1)); got.status != 429 ||
+		!strings.Contains(string(got.body), "limits.instances_per_user") {
+		t.Errorf("second instance of ci, asked of b, over b's quota: %s", got)
+	}
+	placed, err := a.store.ListInstanceSummaries(ctx, "")
+	if err != nil || len(placed) != 1 || placed[0].Host != "a" {
+		t.Fatalf("instances after the quota's refusal: %+v, %v", placed, err)
 	}
 	direct := call(t, c, b, "POST", "/instances", sharedSecret, "5.4.0", newInstance(1))
 	through := call(t, c, a, "POST", "/instances", sharedSecret, "5.4.0", newInstance(1))
@@ -552,7 +580,7 @@ func TestRefusalOfTheChosenHostIsTheAnswer(t *testing.T) {
 	if through.status != 503 || code(through) != strings.Replace(code(direct), ": ", `: host "b": `, 1) {
 		t.Errorf("create through a placed on b: %s; b's own answer %s", through, direct)
 	}
-	if left, err := a.store.ListInstanceSummaries(ctx, ""); err != nil || len(left) != 0 {
+	if left, err := a.store.ListInstanceSummaries(ctx, ""); err != nil || len(left) != 1 {
 		t.Errorf("instances left: %+v, %v", left, err)
 	}
 	if h, err := a.store.GetHost(ctx, "b", downTimeout); err != nil || h.Instances != 0 {
