@@ -206,6 +206,12 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := owner.CheckReach(filepath.Join(cfg.Postgres.SocketDir, "x")); err != nil {
 		return fmt.Errorf("postgres.socket_dir: %w", err)
 	}
+	var peers *api.Fleet // nil without [fleet]
+	if cfg.Fleet.Enabled() {
+		if peers, err = m.fleetRouting(); err != nil {
+			return err
+		}
+	}
 	m.Metrics = metrics.New(func(ctx context.Context) (engine.Status, error) { return m.Engine.Status(ctx) })
 	m.Engine = engine.New(engine.Options{
 		ObserveInstanceReady: m.Metrics.ObserveInstanceReady,
@@ -220,7 +226,11 @@ func (m *Main) Run(ctx context.Context) error {
 		StandbyResyncAfter: cfg.Sources.StandbyResyncAfter,
 		Limits:             engineLimits(cfg.Limits),
 		Logger:             m.logger, OrphanGrace: 10 * time.Minute,
+		FleetDownTimeout: cfg.Fleet.DownTimeout,
 	})
+	if peers != nil {
+		m.Engine.SetPeers(peers)
+	}
 	m.setUploadAccount()
 	if err := m.Engine.Reconcile(ctx); err != nil {
 		// What could not be reconciled is logged and retried every minute;
@@ -267,7 +277,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	if cfg.Fleet.Enabled() {
 		handlers.Hosts = engine.NewHostService(m.Store, cfg.Fleet.DownTimeout)
-		handlers.Peers, handlers.Fleet = m.peerAuth, m.Engine
+		peers.Placed = services.Instances
+		handlers.Fleet, handlers.ImageSender = peers, m.Engine
 	}
 	handlers.Register(server)
 	ui, err := console.New(console.Options{
@@ -355,7 +366,7 @@ func (m *Main) joinFleet(ctx context.Context, driver storage.Driver) error {
 	if err != nil {
 		return fmt.Errorf("fleet.secret_file %q %w", cfg.Fleet.SecretFile, err)
 	}
-	roots, err := cfg.Fleet.PeerCAs()
+	roots, err := cfg.Fleet.PeerRoots()
 	if err != nil {
 		return fmt.Errorf("fleet.peer_ca_file %q %w", cfg.Fleet.PeerCAFile, err)
 	}
@@ -372,6 +383,32 @@ func (m *Main) joinFleet(ctx context.Context, driver storage.Driver) error {
 		return fmt.Errorf("joining the fleet as %q: %w", cfg.Fleet.Name, err)
 	}
 	return nil
+}
+
+// fleetRouting is what routes requests between the fleet's hosts: this
+// host's proof under the fleet secret, and the client that reaches the
+// peers' peer_url, trusting fleet.peer_ca_file's certificates (or the
+// system's roots without it).
+func (m *Main) fleetRouting() (*api.Fleet, error) {
+	f := m.Config.Fleet
+	secret, err := f.ReadSecret()
+	if err != nil {
+		return nil, fmt.Errorf("fleet.secret_file %q %w", f.SecretFile, err)
+	}
+	roots, err := f.PeerRoots()
+	if err != nil {
+		return nil, fmt.Errorf("fleet.peer_ca_file %q %w", f.PeerCAFile, err)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	transport.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	st := m.Store
+	return &api.Fleet{
+		Self: f.Name, Auth: fleet.NewPeerAuth(f.Name, secret), Transport: transport,
+		Hosts:      func(ctx context.Context) ([]store.Host, error) { return st.ListHosts(ctx, f.DownTimeout) },
+		ImageHosts: st.ImageReadyHosts,
+		Logger:     m.logger,
+	}, nil
 }
 
 // engineLimits is the [limits] section in the engine's terms.

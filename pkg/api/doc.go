@@ -73,19 +73,52 @@
 // (active, draining, or down when its last_heartbeat_at is older than the
 // down timeout) and last_heartbeat_at. Without a fleet there is no such
 // route (404). In a fleet, an instance carries host, the name of the host
-// it lives on, and an image hosts, the names of the hosts holding a ready
+// it lives on, and hostname and database_url name that host's public
+// hostname, and an image hosts, the names of the hosts holding a ready
 // copy of it; on a single host both attributes are left out.
 //
-// In a fleet (Handlers.Peers set), every route under /fleet/ is the other
-// hosts' alone: it needs neither Draupnir-Version nor a user's
-// credential, and requirePeer answers 403 not_a_peer to any request
-// without a valid peer proof (fleet.PeerAuth), a user's token or the
-// shared secret included. GET /fleet/images/{id}/stream?format=F streams
-// this host's copy of a ready image in format F (btrfs-send or zfs-send,
-// the host's own driver's, or tar.zst), with the stream's byte count and
-// CRC-32C as the trailers Sindri-Stream-Bytes and Sindri-Stream-Crc32c;
-// a failure mid-stream aborts the connection (404 for an image without a
-// copy here, 422 image_not_ready, 400 for another format).
+// In a fleet (Handlers.Fleet set) every host answers every request, as
+// follows (forward.go):
+//
+//   - POST /instances: the host asked places the instance in SQL
+//     (store.PlaceInstance, the owner's quota counted fleet-wide). Placed
+//     on itself, it builds it as a single host does. Placed on another,
+//     it has that host build the row already placed, over the peer route
+//     POST /fleet/instances/{id}/create, then reads the instance from the
+//     metadata and answers 201 with it exactly as a local create does (its
+//     own rendering: same status, headers, body and wire format, Draupnir
+//     5.3 included). If that host refuses (a 4xx, or a 503 such as
+//     no_free_port), its error is the answer, naming the host; if it is
+//     down, cannot be reached or fails, the placed row is deleted (the
+//     host undoes what it began when the peer request ends) and the
+//     answer is 503 host_unavailable with Retry-After: 10. No host able to
+//     take it is 503 no_host_available.
+//   - Served from the metadata on any host: GET /instances and
+//     GET /instances/{id} (credentials included), PATCH /instances/{id}
+//     (expiry, protection), GET /backups and GET /backups/{id}.
+//   - Forwarded to the host the instance or backup lives on (a reverse
+//     proxy to its peer_url; the client's request as it came, its
+//     Authorization, Draupnir-Version and X-Request-Id, with this host's
+//     proof added so that the owner serves it instead of forwarding it
+//     again; the owner's answer streamed back as it is, Range and HEAD
+//     included): DELETE /instances/{id}, POST /instances/{id}/reset,
+//     POST /backups (to the instance's host, or for an image to a host
+//     holding a ready copy, this one first), DELETE /backups/{id} and
+//     GET/HEAD /backups/{id}/download. Whose the instance or backup is, is
+//     checked first, on the host asked (another's is 404 there). A down
+//     owner is 503 host_unavailable at once, with Retry-After: 10 and a
+//     message naming the host; one that cannot be reached, the same.
+//   - The peers' routes (/fleet/) take a proof under the fleet secret
+//     (fleet.PeerAuth), not a user's token: without a valid one, a user
+//     with a valid token included, they are 403 not_a_peer. A request
+//     to any route that carries a proof that does not verify is 403
+//     not_a_peer too; it is never taken for a client's.
+//   - GET /fleet/images/{id}/stream?format=F streams this host's copy of
+//     a ready image in format F (btrfs-send or zfs-send, the host's own
+//     driver's, or tar.zst), with the stream's byte count and CRC-32C as
+//     the trailers Sindri-Stream-Bytes and Sindri-Stream-Crc32c; a
+//     failure mid-stream aborts the connection (404 for an image without
+//     a copy here, 422 image_not_ready, 400 for another format).
 //
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"hash"
 	"io"
 	"net/http"
@@ -13,12 +12,6 @@ import (
 	"github.com/sindri-db/sindri/pkg/fleet"
 )
 
-// PeerVerifier checks that a request comes from a host of the fleet
-// (fleet.PeerAuth): the host's name, or an error.
-type PeerVerifier interface {
-	Verify(r *http.Request) (host string, err error)
-}
-
 // FleetService serves the peers' routes.
 type FleetService interface {
 	PrepareImageSend(ctx context.Context, id int64, format string) (*engine.ImageSend, error)
@@ -26,31 +19,13 @@ type FleetService interface {
 
 // peerRoutePrefix is the path under which every route is the peers'
 // alone: no user token or Draupnir-Version is asked for, and requirePeer
-// guards each.
+// (peer.go) guards each.
 const peerRoutePrefix = "/fleet/"
 
 // isPeerRoute tells the route key ("METHOD /template") of a peer route.
 func isPeerRoute(key string) bool {
 	_, tpl, _ := strings.Cut(key, " ")
 	return strings.HasPrefix(tpl, peerRoutePrefix)
-}
-
-// requirePeer answers 403 not_a_peer to a request without a valid proof
-// that a host of the fleet sent it (see fleet.PeerAuth), whatever else it
-// carries (a user's token, the shared secret), and lets the others
-// through. Every route under /fleet/ is behind it.
-func requirePeer(peers PeerVerifier) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			host, err := peers.Verify(r)
-			if err != nil {
-				WriteError(w, r, fmt.Errorf("%w: %w", engine.ErrNotPeer, err))
-				return
-			}
-			r = r.WithContext(context.WithValue(r.Context(), keyLogger, LoggerFrom(r.Context()).With("peer", host)))
-			next.ServeHTTP(w, r)
-		})
-	}
 }
 
 // streamImage answers GET /fleet/images/{id}/stream?format=F with the
@@ -68,7 +43,7 @@ func (h *Handlers) streamImage(w http.ResponseWriter, r *http.Request) error {
 	if format == "" {
 		return BadRequest("format is required: the stream format the receiver takes (btrfs-send, zfs-send or tar.zst)")
 	}
-	send, err := h.Fleet.PrepareImageSend(r.Context(), id, format)
+	send, err := h.ImageSender.PrepareImageSend(r.Context(), id, format)
 	if err != nil {
 		return err
 	}

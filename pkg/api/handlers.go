@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
@@ -21,11 +20,14 @@ type Handlers struct {
 	Sources SourceService
 	// Hosts, when set (a fleet), serves /hosts.
 	Hosts HostService
-	// Peers, when set (a fleet), guards the peers' routes under /fleet/
-	// (requirePeer); Fleet serves them.
-	Peers PeerVerifier
-	Fleet FleetService
-	Auth  *auth.Authenticator
+	// Fleet, when set (a fleet), routes the requests of instances and
+	// backups to the host they live on, and serves the peers' routes
+	// (/fleet/).
+	Fleet *Fleet
+	// ImageSender, in a fleet, streams this host's copies of images to
+	// the other hosts (GET /fleet/images/{id}/stream).
+	ImageSender FleetService
+	Auth        *auth.Authenticator
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
 	Version        string
@@ -48,14 +50,17 @@ func (h *Handlers) Register(s *Server) {
 		{"/instances", http.MethodPost, h.createInstance},
 		{"/instances/{id}", http.MethodGet, h.getInstance},
 		{"/instances/{id}", http.MethodPatch, h.updateInstance},
-		{"/instances/{id}", http.MethodDelete, h.destroyInstance},
-		{"/instances/{id}/reset", http.MethodPost, h.resetInstance},
+		// In a fleet, what acts on an instance's or a backup's files or
+		// processes is served by the host they live on (forward.go);
+		// reads and changes of metadata alone are served here.
+		{"/instances/{id}", http.MethodDelete, h.onInstanceHost(h.destroyInstance)},
+		{"/instances/{id}/reset", http.MethodPost, h.onInstanceHost(h.resetInstance)},
 		{"/backups", http.MethodGet, h.listBackups},
-		{"/backups", http.MethodPost, h.createBackup},
+		{"/backups", http.MethodPost, h.onBackupSourceHost(h.createBackup)},
 		{"/backups/{id}", http.MethodGet, h.getBackup},
-		{"/backups/{id}", http.MethodDelete, h.deleteBackup},
-		{"/backups/{id}/download", http.MethodGet, h.downloadBackup},
-		{"/backups/{id}/download", http.MethodHead, h.downloadBackup},
+		{"/backups/{id}", http.MethodDelete, h.onBackupHost(h.deleteBackup)},
+		{"/backups/{id}/download", http.MethodGet, h.onBackupHost(h.downloadBackup)},
+		{"/backups/{id}/download", http.MethodHead, h.onBackupHost(h.downloadBackup)},
 		{"/status", http.MethodGet, h.status},
 	}
 	if h.Sources != nil {
@@ -75,12 +80,8 @@ func (h *Handlers) Register(s *Server) {
 	if h.Hosts != nil {
 		r.Handle("/hosts", HandlerFunc(h.listHosts)).Methods(http.MethodGet)
 	}
-	if h.Peers != nil {
-		peers := r.PathPrefix(strings.TrimSuffix(peerRoutePrefix, "/")).Subrouter()
-		peers.Use(requirePeer(h.Peers))
-		if h.Fleet != nil {
-			peers.Handle("/images/{id}/stream", HandlerFunc(h.streamImage)).Methods(http.MethodGet)
-		}
+	if h.Fleet != nil {
+		h.registerFleet(s)
 	}
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)

@@ -62,10 +62,10 @@ type FleetConfig struct {
 	// the port range and the disk reserve bound them).
 	MaxInstances int `toml:"max_instances"`
 
-	// PeerCAFile, if set, is a PEM file of the certificates that sign the
-	// other hosts' TLS certificates (their peer_url's), trusted besides
-	// the system's roots; for a fleet whose certificates come from a
-	// private CA. Absolute path.
+	// PeerCAFile, if set, holds the PEM certificates (a CA's, or each
+	// host's own self-signed one) that the other hosts' https:// peer_url
+	// must be signed by; only these are trusted for peers then. Unset:
+	// the system's roots. Absolute path.
 	PeerCAFile string `toml:"peer_ca_file"`
 }
 
@@ -112,30 +112,6 @@ func (f *FleetConfig) ReadSecret() ([]byte, error) {
 	return secret, nil
 }
 
-// PeerCAs is the pool of certificates a host trusts in its peers' TLS
-// certificates: the system's roots, and PeerCAFile's when it is set.
-func (f *FleetConfig) PeerCAs() (*x509.CertPool, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if f.PeerCAFile == "" {
-		return pool, nil
-	}
-	pem, err := os.ReadFile(f.PeerCAFile)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("cannot be read: %s", oneLine(err.Error()))
-	}
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, errors.New("holds no PEM certificate")
-	}
-	return pool, nil
-}
-
 // SecretsEqual compares two secrets in constant time (for equal lengths).
 func SecretsEqual(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }
 
@@ -151,9 +127,9 @@ func (c *Config) validateFleet(v *validator) {
 			{"fleet.peer_url", f.PeerURL != ""},
 			{"fleet.secret_file", f.SecretFile != ""},
 			{"fleet.max_instances", f.MaxInstances != 0},
-			{"fleet.peer_ca_file", f.PeerCAFile != ""},
 			{"fleet.heartbeat_interval", f.HeartbeatInterval != DefaultHeartbeatInterval},
 			{"fleet.down_timeout", f.DownTimeout != DefaultDownTimeout},
+			{"fleet.peer_ca_file", f.PeerCAFile != ""},
 		} {
 			if k.set {
 				v.errorf("fleet.name", "fleet.name is required when %s is set (this host's name in the fleet, such as \"sindri-a\"), or remove the [fleet] keys to run a single host", k.key)
@@ -203,17 +179,18 @@ func (c *Config) validateFleet(v *validator) {
 		}
 	}
 
+	if f.PeerCAFile != "" {
+		if !filepath.IsAbs(f.PeerCAFile) {
+			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file must be an absolute path (got %q)", f.PeerCAFile)
+		} else if _, err := f.PeerRoots(); err != nil {
+			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file %q %s", f.PeerCAFile, err.Error())
+		}
+	}
+
 	if f.HeartbeatInterval < time.Second {
 		v.errorf("fleet.heartbeat_interval", "fleet.heartbeat_interval must be at least \"1s\" (got %q)", f.HeartbeatInterval.String())
 	} else if f.DownTimeout < 3*f.HeartbeatInterval {
 		v.errorf("fleet.down_timeout", "fleet.down_timeout must be at least three fleet.heartbeat_interval (%s), so that one late heartbeat does not take a host down (got %q)", (3 * f.HeartbeatInterval).String(), f.DownTimeout.String())
-	}
-	if f.PeerCAFile != "" {
-		if !filepath.IsAbs(f.PeerCAFile) {
-			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file must be an absolute path (got %q)", f.PeerCAFile)
-		} else if _, err := f.PeerCAs(); err != nil {
-			v.errorf("fleet.peer_ca_file", "fleet.peer_ca_file %q %s", f.PeerCAFile, err.Error())
-		}
 	}
 	if f.MaxInstances < 0 {
 		v.errorf("fleet.max_instances", "fleet.max_instances must not be negative (got %d; 0 means no limit)", f.MaxInstances)
@@ -229,4 +206,25 @@ func isLoopbackHost(h string) bool {
 	}
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
+}
+
+// PeerRoots reads PeerCAFile's certificates; nil (the system's roots)
+// when it is unset.
+func (f *FleetConfig) PeerRoots() (*x509.CertPool, error) {
+	if f.PeerCAFile == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(f.PeerCAFile)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("cannot be read: %s", oneLine(err.Error()))
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	return pool, nil
 }

@@ -149,7 +149,7 @@ func TestFleetInvalid(t *testing.T) {
 			"fleet.peer_ca_file", "must be an absolute path"},
 		{"missing peer CA file", fleetFile(good, "peer_ca_file = \"/nonexistent/ca.pem\"\n"),
 			"fleet.peer_ca_file", "cannot be read: no such file or directory"},
-		{"peer CA file without a certificate", fleetFile(good, "peer_ca_file = \""+good+"\"\n"),
+		{"peer CA file without certificates", fleetFile(good, "peer_ca_file = \""+good+"\"\n"),
 			"fleet.peer_ca_file", "holds no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

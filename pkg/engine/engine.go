@@ -90,6 +90,13 @@ type Options struct {
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
 	ObserveInstanceReady func(time.Duration)
 
+	// In a fleet (the store's FleetHost set), Peers has the instances
+	// placed on other hosts built there (see placement.go), and
+	// FleetDownTimeout is the age of a host's last heartbeat after which
+	// nothing is placed on it.
+	Peers            InstancePeers
+	FleetDownTimeout time.Duration
+
 	// hooks are where the package's tests act on an operation under way
 	// (hooks.go); production code cannot set them.
 	hooks hooks

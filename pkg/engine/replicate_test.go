@@ -155,9 +155,15 @@ func serveHost(t testing.TB, h *fleetHost) *httptest.Server {
 	}
 	s := api.NewServer(api.Options{Logger: quietLogger(), Authenticate: api.Authenticate(authn)})
 	svc := h.engine.Services()
+	st := h.store
+	routing := &api.Fleet{
+		Self: h.name, Auth: h.auth, Placed: svc.Instances, Logger: quietLogger(),
+		Hosts:      func(ctx context.Context) ([]store.Host, error) { return st.ListHosts(ctx, time.Minute) },
+		ImageHosts: st.ImageReadyHosts,
+	}
 	(&api.Handlers{
 		Images: svc.Images, Instances: svc.Instances, Backups: svc.Backups, Status: svc.Status,
-		Hosts: engine.NewHostService(h.store, time.Minute), Peers: h.auth, Fleet: h.engine,
+		Hosts: engine.NewHostService(h.store, time.Minute), Fleet: routing, ImageSender: h.engine,
 		PublicHostname: "localhost", Version: "test",
 	}).Register(s)
 	srv := httptest.NewServer(s.Handler())

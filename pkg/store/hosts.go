@@ -118,7 +118,7 @@ func (s *Store) GetHost(ctx context.Context, name string, downAfter time.Duratio
 }
 
 // AdoptSingleHostRecords makes the records of a single host, made before
-// the fleet, this host's: its instances (their host was null) and a
+// the fleet, this host's: its instances and backups (their host was null) and a
 // ready copy of every ready image that has none. Call it only from the
 // one host that ran them, before its engine starts. It returns how many
 // instances and images it adopted.
@@ -129,6 +129,9 @@ func (s *Store) AdoptSingleHostRecords(ctx context.Context, host string) (instan
 			return err
 		}
 		instances = tag.RowsAffected()
+		if _, err := tx.Exec(ctx, `update backups set host = $1 where host is null`, host); err != nil {
+			return err
+		}
 		tag, err = tx.Exec(ctx, `insert into image_copies (image_id, host, status)
 			select id, $1, 'ready' from images i
 			where status = 'ready' and not exists (select 1 from image_copies c where c.image_id = i.id)`, host)
