@@ -67,7 +67,9 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 	w := newWorldBtrfs(t, 4, size)
 	a := &fleetHost{name: "a", store: w.store, storage: w.storage}
 	a.store.SetFleetHost("a")
-	a.engine = engine.New(w.options())
+	optsA := w.options()
+	optsA.FleetDownTimeout = time.Minute
+	a.engine = engine.New(optsA)
 
 	b := &fleetHost{name: "b"}
 	var rootB string
@@ -103,6 +105,7 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 	opts.UploadsDir, opts.BackupsDir = filepath.Join(rootB, "image_uploads"), filepath.Join(rootB, "backups")
 	opts.MinPort = pgtest.FreePort(t)
 	opts.MaxPort = opts.MinPort + 4
+	opts.FleetDownTimeout = time.Minute
 	b.engine = engine.New(opts)
 	t.Cleanup(func() { stopPostmastersOn(b.storage) })
 
@@ -339,6 +342,10 @@ func TestAnImageMadeOnOneHostBecomesReadyOnTheOther(t *testing.T) {
 		}
 	}
 
+	// Placed on b: a takes no new instance.
+	if err := a.store.SetHostState(ctx, "a", store.HostDraining); err != nil {
+		t.Fatal(err)
+	}
 	inst, err := b.engine.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "ada@example.com"})
 	if err != nil {
 		t.Fatalf("an instance of b's copy: %v", err)
@@ -577,6 +584,9 @@ func TestAnImageGoesFromBtrfsToZFSAsTarZstd(t *testing.T) {
 		t.Fatalf("image 1 ready on %q; want a,b", got)
 	}
 	checkCopy(t, a, b, 1)
+	if err := a.store.SetHostState(ctx, "a", store.HostDraining); err != nil {
+		t.Fatal(err)
+	}
 	inst, err := b.engine.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "ada@example.com"})
 	if err != nil {
 		t.Fatalf("an instance of the ZFS copy: %v", err)
