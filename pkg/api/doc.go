@@ -73,7 +73,14 @@
 // (active, draining, or down when its last_heartbeat_at is older than the
 // down timeout) and last_heartbeat_at. Without a fleet there is no such
 // route (404). In a fleet, an instance carries host, the name of the host
-// it lives on; on a single host the attribute is left out.
+// it lives on, and hostname is that host's public hostname; on a single
+// host host is left out. An instance of a host that is down reads
+// status "unavailable" (read from the hosts at each request, never
+// stored): its real status shows again once its host's heartbeat does.
+// GET /status of a fleet host counts its own instances, disk and backup
+// archives, with the fleet's under fleet_instances (every host's
+// instances, those of a down host as unavailable) and host naming it;
+// images and the per-user limits are the fleet's.
 //
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a
