@@ -306,7 +306,9 @@ func TestInstancesOfADownHostReadUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.FleetInstancesByStatus["unavailable"] != 1 || st.InstancesByStatus["running"] != 1 ||
-		!slices.ContainsFunc(st.Problems, func(p string) bool { return p == "host host-b of the fleet is down (no heartbeat within fleet.down_timeout = 30s): its 1 instance(s) are unavailable" }) {
+		!slices.ContainsFunc(st.Problems, func(p string) bool {
+			return p == "host host-b of the fleet is down (no heartbeat within fleet.down_timeout = 30s): its 1 instance(s) are unavailable"
+		}) {
 		t.Errorf("A's status while B is down: fleet %v, own %v, problems %q", st.FleetInstancesByStatus, st.InstancesByStatus, st.Problems)
 	}
 
