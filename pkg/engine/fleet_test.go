@@ -320,3 +320,31 @@ func TestInstancesOfADownHostReadUnavailable(t *testing.T) {
 	}
 	read(t, store.InstanceRunning)
 }
+
+// A source is run by the host it was made on: another host of the fleet
+// neither refreshes it on schedule nor keeps its standby.
+func TestFleetSourceRunsOnItsHostOnly(t *testing.T) {
+	a := newWorld(t, 5)
+	b := newSecondHost(t, a)
+	a.joinFleet(t, "host-a")
+	b.joinFleet(t, "host-b")
+	optsA, optsB := a.fleetOptions(), b.fleetOptions()
+	optsA.SourceTick, optsB.SourceTick = 100*time.Millisecond, 100*time.Millisecond
+	ea, eb := engine.New(optsA), engine.New(optsB)
+	s, err := eb.CreateSource(ctx, engine.SourceRequest{Name: "gone", URL: "postgres://rep:pw@127.0.0.1:1/postgres", Schedule: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Host != "host-b" {
+		t.Fatalf("source's host %q, want host-b", s.Host)
+	}
+	c, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ea.RunSources(c)
+	cancel()
+	ea.WaitRefreshes()
+	if got, err := a.store.GetSource(ctx, s.ID); err != nil || got.Status != store.SourceIdle || got.Failures != 0 || got.LastImageID != 0 {
+		t.Fatalf("B's due source after A ran its sources for 2s: %+v, %v; want it idle, untried", got, err)
+	}
+	runSources(t, eb)
+	waitSource(t, b.store, s.ID, time.Minute, "failed on its host", func(s store.Source) bool { return s.Status == store.SourceFailed })
+}

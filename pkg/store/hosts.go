@@ -119,8 +119,8 @@ func (s *Store) GetHost(ctx context.Context, name string, downAfter time.Duratio
 
 // AdoptSingleHostRecords makes the records of a single host, made before
 // the fleet, this host's when it is the first host of the fleet (no other
-// host is registered): its instances, their tombstones and its backups
-// (their host was null), and a ready copy of every ready image that has
+// host is registered): its instances, their tombstones, its backups and
+// its sources (their host was null), and a ready copy of every ready image that has
 // none. A host that joins a fleet already under way adopts nothing: the
 // records of no host are the first host's, whose disk holds them. Call
 // it after the host's first heartbeat, before its engine starts. It
@@ -141,7 +141,7 @@ func (s *Store) AdoptSingleHostRecords(ctx context.Context, host string) (instan
 			return err
 		}
 		instances = tag.RowsAffected()
-		for _, table := range []string{"instance_tombstones", "backups"} {
+		for _, table := range []string{"instance_tombstones", "backups", "sources"} {
 			if _, err := tx.Exec(ctx, `update `+table+` set host = $1 where host is null`, host); err != nil {
 				return err
 			}
