@@ -255,13 +255,15 @@ func TestFleetHostsActOnTheirOwnInstancesOnly(t *testing.T) {
 // An instance of a host whose heartbeat is older than the down timeout
 // reads unavailable, on any host, single and listed, with its host's
 // public hostname; its row keeps its status, which it reads again once
-// its host beats.
+// its host beats. A user's limit counts their instances on every host.
 func TestInstancesOfADownHostReadUnavailable(t *testing.T) {
 	a := newWorld(t, 10)
 	b := newSecondHost(t, a)
 	a.joinFleet(t, "host-a")
 	b.joinFleet(t, "host-b")
-	ea, eb := engine.New(a.fleetOptions()), engine.New(b.fleetOptions())
+	optsA, optsB := a.fleetOptions(), b.fleetOptions()
+	optsA.Limits.InstancesPerUser, optsB.Limits.InstancesPerUser = 2, 2
+	ea, eb := engine.New(optsA), engine.New(optsB)
 	ia, err := ea.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "ada@example.com"})
 	if err != nil {
 		t.Fatal(err)
@@ -269,6 +271,10 @@ func TestInstancesOfADownHostReadUnavailable(t *testing.T) {
 	ib, err := eb.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "ada@example.com"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A user's limit counts their instances on every host.
+	if _, err := eb.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "ada@example.com"}); !errors.Is(err, engine.ErrQuotaExceeded) {
+		t.Errorf("ada's third instance, with one on each host and instances_per_user = 2: %v, want ErrQuotaExceeded", err)
 	}
 	ada := engine.Actor{Owner: "ada@example.com"}
 	read := func(t *testing.T, want store.InstanceStatus) {
