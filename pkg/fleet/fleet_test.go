@@ -141,7 +141,8 @@ func TestSecondHostJoinsAndAdoptsNothing(t *testing.T) {
 	}
 }
 
-// A single host's records become the host's when it joins a fleet.
+// A single host's records (instances, backups, sources, ready images)
+// become the host's when it is the first to join a fleet.
 func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
 	ctx := context.Background()
 	st, _ := storetest.New(t)
@@ -162,6 +163,11 @@ func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
 	if _, err := st.CreateBackup(ctx, store.BackupInput{InstanceID: inst.ID}); err != nil {
 		t.Fatal(err)
 	}
+	src, err := st.CreateSource(ctx, store.SourceInput{Name: "prod", URL: "postgres://rep:pw@db.example.com/postgres",
+		URLRedacted: "postgres://rep@db.example.com/postgres", Mode: store.SourceBasebackup, Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	st.SetFleetHost("sindri-a")
 	h, err := member(st, t.TempDir(), "sindri-a", "https://a.internal:8443", time.Second, 3*time.Second).Register(ctx)
 	if err != nil {
@@ -176,6 +182,9 @@ func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
 	}
 	if bs, err := st.ListBackups(ctx, store.BackupFilter{}); err != nil || len(bs) != 1 || bs[0].Host != "sindri-a" {
 		t.Errorf("backups after joining: %+v, %v", bs, err)
+	}
+	if got, err := st.GetSource(ctx, src.ID); err != nil || got.Host != "sindri-a" {
+		t.Errorf("source after joining: %+v, %v", got, err)
 	}
 	if h, err = st.GetHost(ctx, "sindri-a", time.Minute); err != nil || h.Instances != 1 || h.ImageCopies != 1 {
 		t.Errorf("host after joining: %+v, %v", h, err)
