@@ -16,6 +16,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage/btrfs"
 	"github.com/sindri-db/sindri/pkg/store"
+	"github.com/sindri-db/sindri/pkg/store/storetest"
 	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
@@ -353,4 +354,56 @@ func TestFleetSourceRunsOnItsHostOnly(t *testing.T) {
 	}
 	runSources(t, eb)
 	waitSource(t, b.store, s.ID, time.Minute, "failed on its host", func(s store.Source) bool { return s.Status == store.SourceFailed })
+}
+
+// BenchmarkFleetInstanceList lists 1,000 instances spread over three
+// hosts, one of them down, as GET /instances does for the upload user: on
+// a fleet host (the hosts read once, each instance given its host's
+// hostname and status) and on a single host reading the same rows.
+func BenchmarkFleetInstanceList(b *testing.B) {
+	fleetStore, url := storetest.New(b)
+	img, err := fleetStore.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hosts := []string{"host-a", "host-b", "host-c"}
+	for _, h := range hosts {
+		if _, err := fleetStore.RecordHeartbeat(ctx, store.Heartbeat{Name: h, PeerURL: "http://" + h, PublicHostname: h + ".example.com"}, fleetDown); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 1000 {
+		fleetStore.SetFleetHost(hosts[i%len(hosts)])
+		if _, err := fleetStore.CreateInstance(ctx, store.InstanceInput{ImageID: img.ID, Owner: "upload"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fleetStore.SetFleetHost("host-a")
+	execSQL(b, url, "update hosts set heartbeat_at = now() - interval '1 hour' where name = 'host-c'")
+	singleStore, err := store.Open(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(singleStore.Close)
+	if _, err := singleStore.LoadKeyring(ctx, fleetStore.Keyring().Path(), false); err != nil {
+		b.Fatal(err)
+	}
+	upload := engine.Actor{Owner: engine.UploadOwner, Upload: true}
+	for _, c := range []struct {
+		name string
+		st   *store.Store
+	}{{"fleet", fleetStore}, {"single", singleStore}} {
+		e := engine.New(engine.Options{Store: c.st, DownTimeout: fleetDown, Logger: quietLogger()})
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				insts, err := e.Services().Instances.List(ctx, upload)
+				if err != nil || len(insts) != 1000 {
+					b.Fatalf("%d instances, %v", len(insts), err)
+				}
+				if c.name == "fleet" && (insts[2].Status != store.InstanceUnavailable || insts[0].Hostname != "host-a.example.com") {
+					b.Fatalf("instance 3 of the down host-c: %s; instance 1's hostname %q", insts[2].Status, insts[0].Hostname)
+				}
+			}
+		})
+	}
 }
