@@ -151,3 +151,32 @@ func TestInstanceOfADownHostRendersUnavailable(t *testing.T) {
 		}
 	}
 }
+
+// GET /status of a fleet host names it and counts the fleet's instances
+// apart from its own; a single host's has neither attribute.
+func TestStatusOfAFleetHost(t *testing.T) {
+	f := newFake()
+	f.status = engine.Status{Healthy: true, StorageDriver: "btrfs", Host: "sindri-a",
+		InstancesByStatus:      map[string]int{"running": 1},
+		FleetInstancesByStatus: map[string]int{"running": 2, "resetting": 1, "unavailable": 4}}
+	h := newHostsServer(f, true)
+	w := do(h, as("secret", "GET", "/status", ""))
+	var doc struct {
+		Data struct {
+			Attributes map[string]any `json:"attributes"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil || w.Code != 200 {
+		t.Fatalf("GET /status: %d %v %s", w.Code, err, w.Body)
+	}
+	attrs := doc.Data.Attributes
+	fleet, _ := attrs["fleet_instances"].(map[string]any)
+	if attrs["host"] != "sindri-a" || fleet["running"] != 2.0 || fleet["creating"] != 1.0 || fleet["unavailable"] != 4.0 ||
+		attrs["instances"].(map[string]any)["running"] != 1.0 {
+		t.Errorf("status of a fleet host: %v", attrs)
+	}
+	f.status = engine.Status{Healthy: true, StorageDriver: "btrfs", InstancesByStatus: map[string]int{"running": 1}}
+	if w := do(h, as("secret", "GET", "/status", "")); strings.Contains(w.Body.String(), "fleet_instances") || strings.Contains(w.Body.String(), `"host"`) {
+		t.Errorf("status of a single host: %s", w.Body)
+	}
+}
