@@ -3,9 +3,25 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/sindri-db/sindri/pkg/store"
 )
+
+// ErrOtherHost: the instance lives on another host of the fleet, which
+// alone acts on its volume and postmaster: the request is that host's.
+// It comes with ErrConflict.
+var ErrOtherHost = errors.New("the instance lives on another host of the fleet")
+
+// onThisHost refuses, in a fleet, an instance of another host: its volume
+// is not here, and destroying or resetting it from here would delete its
+// record while its postmaster runs there.
+func (e *Engine) onThisHost(inst store.Instance) error {
+	if host := e.opts.Store.FleetHost(); host != "" && inst.Host != host {
+		return fmt.Errorf("%w: %w: instance %d lives on host %q, not on this host (%s); ask that host", ErrConflict, ErrOtherHost, inst.ID, inst.Host, host)
+	}
+	return nil
+}
 
 // downHosts reads which hosts of the fleet are down: no heartbeat within
 // DownTimeout, as the metadata database's clock sees it.

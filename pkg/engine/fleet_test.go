@@ -111,7 +111,8 @@ func postmasterPID(t *testing.T, w *world, id int64) int {
 // Two hosts share one metadata database, each with its own filesystem:
 // each reconciles, supervises and expires its own instances only, though
 // the other's have no volume on its disk (a single host's reconcile would
-// mark them failed, and its first one undo their creations).
+// mark them failed, and its first one undo their creations), and refuses
+// to destroy or reset the other's.
 func TestFleetHostsActOnTheirOwnInstancesOnly(t *testing.T) {
 	a := newWorld(t, 10)
 	b := newSecondHost(t, a)
@@ -250,6 +251,20 @@ func TestFleetHostsActOnTheirOwnInstancesOnly(t *testing.T) {
 	}
 	if err := eb.DestroyInstance(ctx, ib2.ID); err != nil {
 		t.Fatal(err)
+	}
+
+	// B refuses to destroy or reset A's instance, whose volume is A's.
+	if err := eb.DestroyInstance(ctx, ia.ID); !errors.Is(err, engine.ErrOtherHost) || !errors.Is(err, engine.ErrConflict) {
+		t.Errorf("B destroying A's instance: %v, want ErrOtherHost", err)
+	}
+	if _, err := eb.ResetInstance(ctx, ia.ID); !errors.Is(err, engine.ErrOtherHost) {
+		t.Errorf("B resetting A's instance: %v, want ErrOtherHost", err)
+	}
+	if got, err := a.store.GetInstance(ctx, ia.ID); err != nil || got.Status != store.InstanceRunning {
+		t.Errorf("A's instance after B's refusals: %+v, %v", got, err)
+	}
+	if v, err := sql(t, passwordConn(ia), "select 'up'"); err != nil || v != "up" {
+		t.Errorf("A's instance after B's refusals: %q, %v", v, err)
 	}
 }
 
