@@ -77,6 +77,8 @@
 // host host is left out. An instance of a host that is down reads
 // status "unavailable" (read from the hosts at each request, never
 // stored): its real status shows again once its host's heartbeat does.
+// A destroy or reset of an instance of another host is 409 conflict
+// (engine.ErrOtherHost): that host alone acts on it.
 // GET /status of a fleet host counts its own instances, disk and backup
 // archives, with the fleet's under fleet_instances (every host's
 // instances, those of a down host as unavailable) and host naming it;
