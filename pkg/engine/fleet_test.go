@@ -3,15 +3,18 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/operation"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage/btrfs"
@@ -420,5 +423,39 @@ func BenchmarkFleetInstanceList(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// The sweep of a fleet host ends the operations of a gone sindrid of its
+// own host only: another host's on the same machine (a fleet test, or two
+// hosts in containers sharing a kernel) are that host's to end.
+func TestFleetSweepEndsItsOwnHostsStrays(t *testing.T) {
+	a := newWorld(t, 5)
+	a.joinFleet(t, "host-a")
+	e := engine.New(a.fleetOptions())
+	installation, err := a.store.InstallationID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, dir := silentListener(t), t.TempDir()
+	// A pid that is no sindrid's: the operations' owner is gone.
+	goneOwner := fmt.Sprintf("%d:%s", os.Getpid(), "1")
+	own := startedPgBasebackup(t, dir, server, operation.Env+"="+operation.Name(installation+"@host-a", "pull", "image-4242"), operation.OwnerEnv+"="+goneOwner)
+	others := startedPgBasebackup(t, dir, server, operation.Env+"="+operation.Name(installation+"@host-b", "pull", "image-4242"), operation.OwnerEnv+"="+goneOwner)
+	for _, c := range []*exec.Cmd{own, others} {
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(environOf(c.Process.Pid), "PATH="); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pg_basebackup %d never exec'd", c.Process.Pid)
+			}
+		}
+	}
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if processAlive(own.Process.Pid) {
+		t.Error("host A's reconcile left the pull of its gone sindrid running")
+	}
+	if !processAlive(others.Process.Pid) {
+		t.Error("host A's reconcile ended host B's pull")
 	}
 }
