@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,9 +69,7 @@ func sindridHost(t *testing.T, config string, args ...string) (stdout, stderr st
 // TestFleetHost runs a real sindrid with [fleet] on a shared metadata
 // Postgres: it registers, beats with its real figures, is listed by
 // GET /hosts to the upload user only, is drained and undrained by
-// `sindrid host`, shows down once stopped for the down timeout; a second
-// host on the same database is refused while the first is alive or holds
-// records, since the engine does not yet keep to its own host's.
+// `sindrid host`, shows down once stopped for the down timeout.
 func TestFleetHost(t *testing.T) {
 	meta := pgtest.StartInstance(t)
 	secretFile := filepath.Join(t.TempDir(), "fleet.secret")
@@ -164,34 +163,6 @@ func TestFleetHost(t *testing.T) {
 		t.Errorf("sindrid host drain without a name: %d %s", code, stderr)
 	}
 
-	// A second host on the same database is refused while the first is
-	// alive, and, once it is down, while it holds records.
-	bBase := pgtest.Dir(t)
-	cfgA, err := os.ReadFile(a.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgB := strings.NewReplacer(a.data, filepath.Join(bBase, "data"), `"spec-a"`, `"spec-b"`,
-		a.http, freePort(t), a.https, freePort(t)).Replace(string(cfgA))
-	configB := filepath.Join(bBase, "config.toml")
-	if err := os.WriteFile(configB, []byte(cfgB), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { exec.Command("umount", filepath.Join(bBase, "data")).Run() })
-	startB := func() (string, int) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, sindrid, "-config", configB).CombinedOutput()
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) {
-			t.Fatalf("second host: %v\n%s", err, out)
-		}
-		return string(out), exit.ExitCode()
-	}
-	if out, code := startB(); code != 1 || !strings.Contains(out, `host "spec-a"`) || !strings.Contains(out, "is active") {
-		t.Errorf("second host while the first is alive: exit %d\n%s", code, out)
-	}
-
 	if err := a.stop(); err != nil {
 		t.Fatalf("stopping sindrid: %v", err)
 	}
@@ -199,7 +170,113 @@ func TestFleetHost(t *testing.T) {
 	if out, _, code := sindridHost(t, a.config, "list"); code != 0 || !regexp.MustCompile(`(?m)^spec-a\s+down\s+1\s`).MatchString(out) {
 		t.Errorf("sindrid host list with spec-a stopped for the down timeout: %d\n%s", code, out)
 	}
-	if out, code := startB(); code != 1 || !strings.Contains(out, "holds 1 instances and 1 image copies") {
-		t.Errorf("second host while the first, down, holds records: exit %d\n%s", code, out)
+}
+
+// instance is GET /instances/{id} as token: its attributes.
+func (s *server) instance(t *testing.T, token, id string) map[string]any {
+	t.Helper()
+	status, body := s.call(t, "GET", "/instances/"+id, token, nil)
+	if status != 200 {
+		t.Fatalf("GET /instances/%s: %d %s", id, status, body)
+	}
+	return decode(t, body).one(t).Attributes
+}
+
+// listedStatuses is GET /instances as token: each instance's status and
+// host by id.
+func (s *server) listedStatuses(t *testing.T, token string) map[string][2]string {
+	t.Helper()
+	status, body := s.call(t, "GET", "/instances", token, nil)
+	if status != 200 {
+		t.Fatalf("GET /instances: %d %s", status, body)
+	}
+	var doc struct {
+		Data []resource `json:"data"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatalf("GET /instances: %v: %s", err, body)
+	}
+	out := map[string][2]string{}
+	for _, r := range doc.Data {
+		status, _ := r.Attributes["status"].(string)
+		host, _ := r.Attributes["host"].(string)
+		out[r.ID] = [2]string{status, host}
+	}
+	return out
+}
+
+// TestTwoFleetHosts runs two real sindrids, each on its own loopback
+// BTRFS, on one metadata Postgres: both start, each serves the other's
+// instances in its listings; the one killed with SIGKILL has its
+// instances read unavailable on the other within the down timeout, and
+// once restarted it adopts its postmasters, which read running and
+// answer again.
+func TestTwoFleetHosts(t *testing.T) {
+	meta := pgtest.StartInstance(t)
+	secretFile := filepath.Join(t.TempDir(), "fleet.secret")
+	if err := os.WriteFile(secretFile, []byte("6a1f0c2e9b8d7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	top := fmt.Sprintf("database_url = %q", meta.SocketURL())
+	a := startServerWith(t, serverOptions{base: pgtest.Dir(t), size: "1GiB", top: []string{top}, extra: fleetSection("spec-a", secretFile)})
+	// Every host seals and opens the instances' secrets with the same key.
+	key := fmt.Sprintf("secrets_key_file = %q", filepath.Join(a.data, "secrets.key"))
+	b := startServerWith(t, serverOptions{base: pgtest.Dir(t), size: "1GiB", top: []string{top, key}, extra: fleetSection("spec-b", secretFile)})
+
+	// Until images are copied between hosts, each host makes its own.
+	instA, _ := a.createInstance(t, a.secret, a.readyImage(t, ""), nil)
+	instB, _ := b.createInstance(t, b.secret, b.readyImage(t, ""), nil)
+	if instA.Attributes["host"] != "spec-a" || instB.Attributes["host"] != "spec-b" {
+		t.Fatalf("hosts of the instances: %v and %v", instA.Attributes["host"], instB.Attributes["host"])
+	}
+	for _, s := range []*server{a, b} {
+		got := s.listedStatuses(t, s.secret)
+		if got[instA.ID] != [2]string{"running", "spec-a"} || got[instB.ID] != [2]string{"running", "spec-b"} {
+			t.Errorf("GET /instances on %s: %v", s.http, got)
+		}
+	}
+	if _, hosts := a.hosts(t, a.secret); len(hosts) != 2 {
+		t.Errorf("hosts: %+v", hosts)
+	}
+
+	// B dies: its instances read unavailable on A within the down timeout
+	// (3s) and a heartbeat (1s); A's run on.
+	killed := time.Now()
+	if err := syscall.Kill(b.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for a.instance(t, a.secret, instB.ID)["status"] != "unavailable" {
+		if time.Since(killed) > 8*time.Second {
+			t.Fatalf("B's instance 8s after B was killed: %v", a.instance(t, a.secret, instB.ID))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("B's instance read unavailable %s after B was killed", time.Since(killed).Round(100*time.Millisecond))
+	// Its last heartbeat was at most a heartbeat (1s, late under load)
+	// before the kill: unavailable any sooner than 1s means not by age.
+	if time.Since(killed) < time.Second {
+		t.Errorf("B's instance read unavailable %s after the kill, before its last heartbeat can have been 3s old", time.Since(killed))
+	}
+	if got := a.listedStatuses(t, a.secret); got[instA.ID][0] != "running" || got[instB.ID][0] != "unavailable" {
+		t.Errorf("GET /instances on A with B down: %v", got)
+	}
+	if v, err := query(instA.Attributes["database_url"].(string), "select 'up'"); err != nil || v != "up" {
+		t.Errorf("A's instance with B down: %q %v", v, err)
+	}
+
+	// B comes back: its postmaster, which outlived it, is adopted.
+	startLogged(t, []string{sindrid, "-config", b.config}, b.http, nil)
+	back := time.Now()
+	for a.instance(t, a.secret, instB.ID)["status"] != "running" {
+		if time.Since(back) > 10*time.Second {
+			t.Fatalf("B's instance 10s after B restarted: %v", a.instance(t, a.secret, instB.ID))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v, err := query(instB.Attributes["database_url"].(string), "select 'up'"); err != nil || v != "up" {
+		t.Errorf("B's instance after B restarted: %q %v", v, err)
+	}
+	if got := b.listedStatuses(t, b.secret); got[instA.ID][0] != "running" || got[instB.ID][0] != "running" {
+		t.Errorf("GET /instances on B restarted: %v", got)
 	}
 }

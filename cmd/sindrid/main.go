@@ -225,6 +225,7 @@ func (m *Main) Run(ctx context.Context) error {
 		SourceRetryMin: cfg.Sources.RetryMin, SourceRetryMax: cfg.Sources.RetryMax,
 		StandbyResyncAfter: cfg.Sources.StandbyResyncAfter,
 		Limits:             engineLimits(cfg.Limits),
+		DownTimeout:        cfg.Fleet.DownTimeout,
 		Logger:             m.logger, OrphanGrace: 10 * time.Minute,
 		FleetDownTimeout: cfg.Fleet.DownTimeout,
 	})

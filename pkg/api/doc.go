@@ -75,7 +75,14 @@
 // route (404). In a fleet, an instance carries host, the name of the host
 // it lives on, and hostname and database_url name that host's public
 // hostname, and an image hosts, the names of the hosts holding a ready
-// copy of it; on a single host both attributes are left out.
+// copy of it; on a single host both attributes are left out. An
+// instance of a host that is down reads status "unavailable" (read from
+// the hosts at each request, never stored): its real status shows again
+// once its host's heartbeat does. GET /status of a fleet host counts its
+// own instances, disk and backup archives, with the fleet's under
+// fleet_instances (every host's instances, those of a down host as
+// unavailable) and host naming it; images and the per-user limits are the
+// fleet's.
 //
 // In a fleet (Handlers.Fleet set) every host answers every request, as
 // follows (forward.go):
@@ -108,6 +115,9 @@
 //     checked first, on the host asked (another's is 404 there). A down
 //     owner is 503 host_unavailable at once, with Retry-After: 10 and a
 //     message naming the host; one that cannot be reached, the same.
+//     The engine itself refuses to destroy or reset another host's
+//     instance (409 conflict, engine.ErrOtherHost): only its host acts
+//     on it.
 //   - The peers' routes (/fleet/) take a proof under the fleet secret
 //     (fleet.PeerAuth), not a user's token: without a valid one, a user
 //     with a valid token included, they are 403 not_a_peer. A request

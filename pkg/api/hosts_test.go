@@ -100,3 +100,83 @@ func TestHostsList(t *testing.T) {
 func TestHostsWithoutAFleet(t *testing.T) {
 	wantError(t, do(newHostsServer(newFake(), false), as("secret", "GET", "/hosts", "")), 404, CodeNotFound)
 }
+
+// An instance of a fleet host that is down renders status unavailable,
+// and an instance of a fleet host its host's public hostname, in its
+// database_url too: listed and alone, in both wire formats.
+func TestInstanceOfADownHostRendersUnavailable(t *testing.T) {
+	f := newFake()
+	inst := f.instances[6]
+	inst.Host, inst.Hostname, inst.Status = "sindri-b", "b.example.com", store.InstanceUnavailable
+	f.instances[6] = inst
+	h := newHostsServer(f, true)
+	for _, format := range []struct {
+		name   string
+		header []string
+	}{
+		{"JSON:API", nil},
+		{"Draupnir", []string{VersionHeader, "5.3.6"}},
+	} {
+		for _, path := range []string{"/instances", "/instances/6"} {
+			w := do(h, as("bob", "GET", path, "", format.header...))
+			if w.Code != 200 {
+				t.Fatalf("%s GET %s: %d %s", format.name, path, w.Code, w.Body)
+			}
+			var attrs map[string]any
+			if path == "/instances" {
+				var doc struct {
+					Data []struct {
+						Attributes map[string]any `json:"attributes"`
+					} `json:"data"`
+				}
+				if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil || len(doc.Data) != 1 {
+					t.Fatalf("%s GET %s: %v %s", format.name, path, err, w.Body)
+				}
+				attrs = doc.Data[0].Attributes
+			} else {
+				var doc struct {
+					Data struct {
+						Attributes map[string]any `json:"attributes"`
+					} `json:"data"`
+				}
+				if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil {
+					t.Fatalf("%s GET %s: %v %s", format.name, path, err, w.Body)
+				}
+				attrs = doc.Data.Attributes
+			}
+			if attrs["status"] != "unavailable" || attrs["hostname"] != "b.example.com" || attrs["host"] != "sindri-b" ||
+				!strings.Contains(attrs["database_url"].(string), "@b.example.com:6006/") {
+				t.Errorf("%s GET %s: %v", format.name, path, attrs)
+			}
+		}
+	}
+}
+
+// GET /status of a fleet host names it and counts the fleet's instances
+// apart from its own; a single host's has neither attribute.
+func TestStatusOfAFleetHost(t *testing.T) {
+	f := newFake()
+	f.status = engine.Status{Healthy: true, StorageDriver: "btrfs", Host: "sindri-a",
+		InstancesByStatus:      map[string]int{"running": 1},
+		FleetInstancesByStatus: map[string]int{"running": 2, "resetting": 1, "unavailable": 4}}
+	h := newHostsServer(f, true)
+	w := do(h, as("secret", "GET", "/status", ""))
+	var doc struct {
+		Data struct {
+			Attributes map[string]any `json:"attributes"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &doc); err != nil || w.Code != 200 {
+		t.Fatalf("GET /status: %d %v %s", w.Code, err, w.Body)
+	}
+	attrs := doc.Data.Attributes
+	fleet, _ := attrs["fleet_instances"].(map[string]any)
+	if attrs["host"] != "sindri-a" || fleet["running"] != 2.0 || fleet["creating"] != 1.0 || fleet["unavailable"] != 4.0 ||
+		attrs["instances"].(map[string]any)["running"] != 1.0 {
+		t.Errorf("status of a fleet host: %v", attrs)
+	}
+	f.status = engine.Status{Healthy: true, StorageDriver: "btrfs", InstancesByStatus: map[string]int{"running": 1}}
+	if w := do(h, as("secret", "GET", "/status", "")); strings.Contains(w.Body.String(), "fleet_instances") || strings.Contains(w.Body.String(), `"host"`) {
+		t.Errorf("status of a single host: %s", w.Body)
+	}
+}

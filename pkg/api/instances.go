@@ -29,11 +29,8 @@ func contractStatus(s store.InstanceStatus) string {
 
 func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *resource.Instance {
 	hostname := h.PublicHostname
-	if h.Fleet != nil && inst.Host != "" && inst.Host != h.Fleet.Self {
-		// In a fleet, the instance is reached on its host.
-		if name := h.Fleet.publicHostname(inst.Host); name != "" {
-			hostname = name
-		}
+	if inst.Hostname != "" { // its fleet host's
+		hostname = inst.Hostname
 	}
 	out := &resource.Instance{
 		ID: inst.ID, Hostname: hostname, ImageID: inst.ImageID, Port: inst.Port, Status: contractStatus(inst.Status),

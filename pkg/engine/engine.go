@@ -85,6 +85,10 @@ type Options struct {
 	// go without streaming before it is made again from a new base backup
 	// (default DefaultStandbyResyncAfter).
 	StandbyResyncAfter time.Duration
+	// DownTimeout is the fleet's down_timeout: in a fleet (the store's
+	// FleetHost set), an instance of a host whose last heartbeat is older
+	// reads "unavailable". Unused on a single host.
+	DownTimeout time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).

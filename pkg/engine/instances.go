@@ -348,9 +348,11 @@ func (e *Engine) GetInstance(ctx context.Context, id int64) (store.Instance, err
 func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
 	unlock := e.locks.Lock(id)
 	defer unlock()
-	if _, err := e.opts.Store.GetInstance(ctx, id); errors.Is(err, store.ErrNotFound) {
+	if inst, err := e.opts.Store.GetInstance(ctx, id); errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: instance %d", ErrNotFound, id)
 	} else if err != nil {
+		return err
+	} else if err := e.onThisHost(inst); err != nil {
 		return err
 	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceDestroying, ""); err != nil {

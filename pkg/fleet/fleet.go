@@ -88,13 +88,13 @@ func (m *Member) Beat(ctx context.Context) (store.Host, error) {
 func (m *Member) Register(ctx context.Context) (store.Host, error) {
 	wait := 500 * time.Millisecond
 	for {
-		err := m.refuseSecondHost(ctx)
+		err := m.checkJoin(ctx)
 		var h store.Host
 		if err == nil {
 			h, err = m.Beat(ctx)
 		}
 		if err == nil {
-			// The one host of the database: what a single host made
+			// The first host of the fleet: what a single host made
 			// before the fleet is its own.
 			var instances, images int64
 			instances, images, err = m.opts.Store.AdoptSingleHostRecords(ctx, m.opts.Name)
@@ -104,7 +104,7 @@ func (m *Member) Register(ctx context.Context) (store.Host, error) {
 				return h, nil
 			}
 		}
-		if errors.Is(err, store.ErrConflict) || errors.Is(err, ErrSecondHost) {
+		if errors.Is(err, store.ErrConflict) {
 			return h, fmt.Errorf("%w: give each host its own fleet.name, or stop the other", err)
 		}
 		if !errors.Is(err, store.ErrUnavailable) {
@@ -120,39 +120,24 @@ func (m *Member) Register(ctx context.Context) (store.Host, error) {
 	}
 }
 
-// ErrSecondHost: another host of the fleet is alive, or holds instances or
-// image copies. Until the engine reconciles, supervises and expires only
-// its own host's instances and images, a second host on one metadata
-// database would act on the first one's (a ready image without a volume
-// here would be marked failed), so a host does not join then.
-var ErrSecondHost = errors.New("another host of the fleet is alive or holds records; this sindrid runs one host per metadata database until its engine acts on its own host's instances and images only")
-
-func (m *Member) refuseSecondHost(ctx context.Context) error {
+func (m *Member) checkJoin(ctx context.Context) error {
 	return CheckJoin(ctx, m.opts.Store, m.opts.Name, m.opts.PeerURL, m.opts.DownTimeout)
 }
 
-// CheckJoin is ErrSecondHost when a host other than name has a heartbeat
-// younger than downTimeout, or has instances or image copies, and
-// store.ErrConflict when a live host of that name has another peer URL.
-// sindrid checks it before it touches the store's secrets, then again as
-// it registers.
+// CheckJoin is store.ErrConflict when a live host of that name has
+// another peer URL: two hosts were given one name. Other hosts, alive or
+// down, are no obstacle: each host's engine acts on its own instances and
+// image copies only. sindrid checks it before it touches the store's
+// secrets, then again as it registers.
 func CheckJoin(ctx context.Context, st *store.Store, name, peerURL string, downTimeout time.Duration) error {
-	hosts, err := st.ListHosts(ctx, downTimeout)
-	if err != nil {
-		return fmt.Errorf("fleet: list hosts: %w", err)
-	}
-	for _, h := range hosts {
-		switch {
-		case h.Name == name && h.PeerURL != peerURL && h.State != store.HostDown:
-			return fmt.Errorf("fleet: host %q is alive at %s: %w: give each host its own fleet.name, or stop the other", h.Name, h.PeerURL, store.ErrConflict)
-		case h.Name == name:
-		case h.State != store.HostDown:
-			return fmt.Errorf("fleet: host %q (%s) is %s: %w; stop it, or wait until it shows down after fleet.down_timeout",
-				h.Name, h.PeerURL, h.State, ErrSecondHost)
-		case h.Instances > 0 || h.ImageCopies > 0:
-			return fmt.Errorf("fleet: host %q (%s), down, holds %d instances and %d image copies: %w",
-				h.Name, h.PeerURL, h.Instances, h.ImageCopies, ErrSecondHost)
-		}
+	h, err := st.GetHost(ctx, name, downTimeout)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("fleet: read host %q: %w", name, err)
+	case h.PeerURL != peerURL && h.State != store.HostDown:
+		return fmt.Errorf("fleet: host %q is alive at %s: %w: give each host its own fleet.name, or stop the other", h.Name, h.PeerURL, store.ErrConflict)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -98,25 +97,12 @@ func TestReadMemInfo(t *testing.T) {
 	}
 }
 
-// Until the engine acts on its own host's instances only, a second host
-// does not join while another is alive; once the first is down, it does.
-func TestOneLiveHostPerDatabase(t *testing.T) {
+// Hosts join a fleet under way, alive or not, and adopt nothing: the
+// records of no host are the first host's, whose disk holds them.
+func TestSecondHostJoinsAndAdoptsNothing(t *testing.T) {
 	ctx := context.Background()
 	st, _ := storetest.New(t)
 	dir := t.TempDir()
-	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b := member(st, dir, "sindri-b", "https://b.internal:8443", time.Second, 300*time.Millisecond)
-	_, err := b.Register(ctx)
-	if !errors.Is(err, ErrSecondHost) || !strings.Contains(err.Error(), `host "sindri-a"`) {
-		t.Fatalf("second host while the first is alive: %v, want ErrSecondHost naming sindri-a", err)
-	}
-	if _, err := st.GetHost(ctx, "sindri-b", time.Second); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("the refused host was registered: %v", err)
-	}
-	// The first made an image: down, it still holds the image's copy.
-	st.SetFleetHost("sindri-a")
 	img, err := st.CreateImage(ctx, store.ImageInput{BackedUpAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
@@ -124,24 +110,39 @@ func TestOneLiveHostPerDatabase(t *testing.T) {
 	if err := st.MarkImageReady(ctx, img.ID, "15", 1, false); err != nil {
 		t.Fatal(err)
 	}
-	st.SetFleetHost("")
-	time.Sleep(500 * time.Millisecond)
-	if _, err := b.Register(ctx); !errors.Is(err, ErrSecondHost) || !strings.Contains(err.Error(), "1 image copies") {
-		t.Fatalf("second host while the first, down, holds an image: %v, want ErrSecondHost", err)
-	}
-	if err := st.DeleteImage(ctx, img.ID); err != nil {
+	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if h, err := b.Register(ctx); err != nil || h.Name != "sindri-b" {
-		t.Errorf("second host once the first is down and holds nothing: %+v, %v", h, err)
+	// A record of no host made after the first host joined (by a single
+	// sindrid pointed at the fleet's database by mistake): not the
+	// second host's to take.
+	stray, err := st.CreateInstance(ctx, store.InstanceInput{ImageID: img.ID, Owner: "ci"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The first comes back: it sees sindri-b alive.
-	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); !errors.Is(err, ErrSecondHost) {
-		t.Errorf("first host back while the second is alive: %v", err)
+	b := member(st, dir, "sindri-b", "https://b.internal:8443", time.Second, 300*time.Millisecond)
+	h, err := b.Register(ctx)
+	if err != nil || h.Name != "sindri-b" || h.State != store.HostActive {
+		t.Fatalf("second host while the first is alive: %+v, %v", h, err)
+	}
+	if got, err := st.GetInstance(ctx, stray.ID); err != nil || got.Host != "" {
+		t.Errorf("the second host adopted a record of no host: %+v, %v", got, err)
+	}
+	if hosts, err := st.ImageReadyHosts(ctx, img.ID); err != nil || len(hosts) != 1 || hosts[0] != "sindri-a" {
+		t.Errorf("image ready on %v, %v; want the first host's copy only", hosts, err)
+	}
+	if err := CheckJoin(ctx, st, "sindri-b", "https://c.internal:8443", 300*time.Millisecond); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("a third host taking the live second's name: %v, want ErrConflict", err)
+	}
+	// The first, down for a while, comes back.
+	time.Sleep(500 * time.Millisecond)
+	if _, err := member(st, dir, "sindri-a", "https://a.internal:8443", time.Second, 300*time.Millisecond).Register(ctx); err != nil {
+		t.Errorf("first host back: %v", err)
 	}
 }
 
-// A single host's records become the host's when it joins a fleet.
+// A single host's records (instances, backups, sources, ready images)
+// become the host's when it is the first to join a fleet.
 func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
 	ctx := context.Background()
 	st, _ := storetest.New(t)
@@ -159,6 +160,14 @@ func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
 	if _, err := st.AllocatePort(ctx, inst.ID, 15432, 15442, nil); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := st.CreateBackup(ctx, store.BackupInput{InstanceID: inst.ID}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := st.CreateSource(ctx, store.SourceInput{Name: "prod", URL: "postgres://rep:pw@db.example.com/postgres",
+		URLRedacted: "postgres://rep@db.example.com/postgres", Mode: store.SourceBasebackup, Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	st.SetFleetHost("sindri-a")
 	h, err := member(st, t.TempDir(), "sindri-a", "https://a.internal:8443", time.Second, 3*time.Second).Register(ctx)
 	if err != nil {
@@ -170,6 +179,12 @@ func TestRegisterAdoptsASingleHostsRecords(t *testing.T) {
 	}
 	if hosts, err := st.ImageReadyHosts(ctx, img.ID); err != nil || len(hosts) != 1 || hosts[0] != "sindri-a" {
 		t.Errorf("image ready on %v, %v", hosts, err)
+	}
+	if bs, err := st.ListBackups(ctx, store.BackupFilter{}); err != nil || len(bs) != 1 || bs[0].Host != "sindri-a" {
+		t.Errorf("backups after joining: %+v, %v", bs, err)
+	}
+	if got, err := st.GetSource(ctx, src.ID); err != nil || got.Host != "sindri-a" {
+		t.Errorf("source after joining: %+v, %v", got, err)
 	}
 	if h, err = st.GetHost(ctx, "sindri-a", time.Minute); err != nil || h.Instances != 1 || h.ImageCopies != 1 {
 		t.Errorf("host after joining: %+v, %v", h, err)

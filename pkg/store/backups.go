@@ -67,7 +67,8 @@ const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
 	coalesce(sha256, '') as sha256, user_written, coalesce(host, '') as host, created_at, updated_at`
 
 // CreateBackup records a new running backup; a *QuotaError
-// (ErrQuotaExceeded) if in.Quota refuses it.
+// (ErrQuotaExceeded) if in.Quota refuses it. In a fleet (SetFleetHost)
+// its archive is this host's.
 func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error) {
 	owner := in.Owner
 	if owner == "" {
@@ -121,6 +122,9 @@ func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]Backup, erro
 type BackupTotals struct {
 	ByStatus  map[BackupStatus]int
 	SizeBytes int64 // the archives' bytes, all statuses
+	// SizeBytesByHost is SizeBytes of each fleet host's archives ("": a
+	// single host's).
+	SizeBytesByHost map[string]int64
 	// Running is the running backups, RunningByOwner each owner's.
 	Running        int64
 	RunningByOwner map[string]int64
@@ -129,16 +133,17 @@ type BackupTotals struct {
 // CountBackups counts the backups by status, sums their sizes and counts
 // each owner's running ones.
 func (s *Store) CountBackups(ctx context.Context) (BackupTotals, error) {
-	rows, _ := s.pool.Query(ctx, `select status, owner, count(*), coalesce(sum(size_bytes), 0)::bigint
-		from backups group by status, owner`)
-	t := BackupTotals{ByStatus: map[BackupStatus]int{}, RunningByOwner: map[string]int64{}}
+	rows, _ := s.pool.Query(ctx, `select status, owner, coalesce(host, ''), count(*), coalesce(sum(size_bytes), 0)::bigint
+		from backups group by status, owner, host`)
+	t := BackupTotals{ByStatus: map[BackupStatus]int{}, RunningByOwner: map[string]int64{}, SizeBytesByHost: map[string]int64{}}
 	var status BackupStatus
-	var owner string
+	var owner, host string
 	var n int
 	var size int64
-	_, err := pgx.ForEachRow(rows, []any{&status, &owner, &n, &size}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&status, &owner, &host, &n, &size}, func() error {
 		t.ByStatus[status] += n
 		t.SizeBytes += size
+		t.SizeBytesByHost[host] += size
 		if status == BackupRunning {
 			t.RunningByOwner[owner] += int64(n)
 			t.Running += int64(n)

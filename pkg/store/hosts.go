@@ -118,19 +118,33 @@ func (s *Store) GetHost(ctx context.Context, name string, downAfter time.Duratio
 }
 
 // AdoptSingleHostRecords makes the records of a single host, made before
-// the fleet, this host's: its instances and backups (their host was null) and a
-// ready copy of every ready image that has none. Call it only from the
-// one host that ran them, before its engine starts. It returns how many
-// instances and images it adopted.
+// the fleet, this host's when it is the first host of the fleet (no other
+// host is registered): its instances, their tombstones, its backups and
+// its sources (their host was null), and a ready copy of every ready image that has
+// none. A host that joins a fleet already under way adopts nothing: the
+// records of no host are the first host's, whose disk holds them. Call
+// it after the host's first heartbeat, before its engine starts. It
+// returns how many instances and images it adopted.
 func (s *Store) AdoptSingleHostRecords(ctx context.Context, host string) (instances, images int64, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Two hosts registering at once take turns here: the second sees
+		// the first.
+		if _, err := tx.Exec(ctx, `lock table hosts in share row exclusive mode`); err != nil {
+			return err
+		}
+		var others bool
+		if err := tx.QueryRow(ctx, `select exists (select 1 from hosts where name <> $1)`, host).Scan(&others); err != nil || others {
+			return err
+		}
 		tag, err := tx.Exec(ctx, `update instances set host = $1 where host is null`, host)
 		if err != nil {
 			return err
 		}
 		instances = tag.RowsAffected()
-		if _, err := tx.Exec(ctx, `update backups set host = $1 where host is null`, host); err != nil {
-			return err
+		for _, table := range []string{"instance_tombstones", "backups", "sources"} {
+			if _, err := tx.Exec(ctx, `update `+table+` set host = $1 where host is null`, host); err != nil {
+				return err
+			}
 		}
 		tag, err = tx.Exec(ctx, `insert into image_copies (image_id, host, status)
 			select id, $1, 'ready' from images i
@@ -139,6 +153,20 @@ func (s *Store) AdoptSingleHostRecords(ctx context.Context, host string) (instan
 		return err
 	})
 	return instances, images, wrap(err, "adopt the single host's records as host %q's", host)
+}
+
+// HostImageCopies reads the status of each copy of an image that host
+// holds, by image id.
+func (s *Store) HostImageCopies(ctx context.Context, host string) (map[int64]ImageCopyStatus, error) {
+	rows, _ := s.pool.Query(ctx, `select image_id, status from image_copies where host = $1`, host)
+	out := map[int64]ImageCopyStatus{}
+	var id int64
+	var status ImageCopyStatus
+	_, err := pgx.ForEachRow(rows, []any{&id, &status}, func() error {
+		out[id] = status
+		return nil
+	})
+	return out, wrap(err, "image copies of host %q", host)
 }
 
 // SetHostState drains a host (HostDraining: nothing new is placed on it)

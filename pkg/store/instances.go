@@ -20,6 +20,10 @@ const (
 	InstanceFailed     InstanceStatus = "failed"     // see Error
 	InstanceDestroying InstanceStatus = "destroying" // being torn down; the row goes last
 	InstanceResetting  InstanceStatus = "resetting"  // volume being cloned again from the image
+	// InstanceUnavailable is never stored: an instance reads so while its
+	// fleet host is down (no heartbeat within the down timeout), and its
+	// stored status again once the host is back.
+	InstanceUnavailable InstanceStatus = "unavailable"
 )
 
 // Credentials are what a client needs to connect to an instance.
@@ -46,8 +50,11 @@ type Instance struct {
 	ExpiresAt *time.Time `db:"expires_at"` // nil: never
 	Protected bool       `db:"protected"`  // never expires while set
 	Host      string     `db:"host"`       // in a fleet, the host it lives on; "" on a single host
-	CreatedAt time.Time  `db:"created_at"`
-	UpdatedAt time.Time  `db:"updated_at"`
+	// Hostname is, in a fleet, the public hostname of its host, which
+	// the engine's reads for the API fill in from the hosts; "" otherwise.
+	Hostname  string    `db:"-"`
+	CreatedAt time.Time `db:"created_at"`
+	UpdatedAt time.Time `db:"updated_at"`
 }
 
 // InstanceInput is what CreateInstance records; the instance starts
@@ -178,12 +185,24 @@ const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 // a listing of a thousand instances. An owner's rows are found by the
 // index on owner.
 func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
-	var rows pgx.Rows
 	if owner == "" {
-		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances order by id`)
-	} else {
-		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances where owner = $1 order by id`, owner)
+		return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances order by id`)
 	}
+	return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances where owner = $1 order by id`, owner)
+}
+
+// HostInstanceSummaries is ListInstanceSummaries of every owner's
+// instances on this host: in a fleet (SetFleetHost), those whose host it
+// is, found by the index on host; on a single host, every instance.
+func (s *Store) HostInstanceSummaries(ctx context.Context) ([]Instance, error) {
+	if host := s.FleetHost(); host != "" {
+		return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances where host = $1 order by id`, host)
+	}
+	return s.ListInstanceSummaries(ctx, "")
+}
+
+func (s *Store) instanceSummaries(ctx context.Context, sql string, args ...any) ([]Instance, error) {
+	rows, _ := s.pool.Query(ctx, sql, args...)
 	// Scanned field by field: pgx's scan by name, a reflection per row,
 	// cost as much as the query.
 	insts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
@@ -213,12 +232,15 @@ type InstanceState struct {
 	Status    InstanceStatus `db:"status"`
 	Owner     string         `db:"owner"`
 	Protected bool           `db:"protected"`
+	Host      string         `db:"host"` // "" on a single host
 }
 
-// InstanceStates reads every instance's id, status, owner and protection,
-// oldest first; it reads no secret column.
+// InstanceStates reads every instance's id, status, owner, protection and
+// host, oldest first, on every host of a fleet; it reads no secret
+// column.
 func (s *Store) InstanceStates(ctx context.Context) ([]InstanceState, error) {
-	states, err := list[InstanceState](ctx, s, `select id, status, owner, protected from instances order by id`)
+	states, err := list[InstanceState](ctx, s, `select id, status, owner, protected, coalesce(host, '') as host
+		from instances order by id`)
 	return states, wrap(err, "list instance states")
 }
 
@@ -311,14 +333,16 @@ func setInstanceExpiry(ctx context.Context, db execer, id int64, expiresAt *time
 }
 
 // DeleteInstance deletes an instance's row, freeing its port, and leaves
-// a tombstone in its place (see InstanceTombstones), in one statement.
+// a tombstone in its place (see InstanceTombstones), of the instance's
+// host, in one statement.
 func (s *Store) DeleteInstance(ctx context.Context, id int64) error {
 	tag, err := s.pool.Exec(ctx, `with gone as (
-			delete from instances where id = $1 returning id, created_at
+			delete from instances where id = $1 returning id, created_at, host
 		)
-		insert into instance_tombstones (instance_id, created_at)
-			select id, created_at from gone
-			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now()`, id)
+		insert into instance_tombstones (instance_id, created_at, host)
+			select id, created_at, host from gone
+			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now(),
+				host = excluded.host`, id)
 	return affected(tag, err, "delete instance %d", id)
 }
 
@@ -330,9 +354,17 @@ func (s *Store) CountInstancesOfImage(ctx context.Context, imageID int64) (int, 
 }
 
 // ExpiredInstances reads the unprotected instances whose expires_at is at
-// or before now, whatever their status, soonest expired first.
+// or before now, whatever their status, soonest expired first: in a fleet
+// (SetFleetHost), this host's only, which it alone can destroy.
 func (s *Store) ExpiredInstances(ctx context.Context, now time.Time) ([]Instance, error) {
-	insts, err := s.listInstances(ctx, `select `+instanceColumns+` from instances
-		where expires_at <= $1 and not protected order by expires_at, id`, now.UTC())
+	var insts []Instance
+	var err error
+	if host := s.FleetHost(); host != "" {
+		insts, err = s.listInstances(ctx, `select `+instanceColumns+` from instances
+			where expires_at <= $1 and not protected and host = $2 order by expires_at, id`, now.UTC(), host)
+	} else {
+		insts, err = s.listInstances(ctx, `select `+instanceColumns+` from instances
+			where expires_at <= $1 and not protected order by expires_at, id`, now.UTC())
+	}
 	return insts, wrap(err, "expired instances")
 }

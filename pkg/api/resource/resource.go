@@ -184,6 +184,11 @@ type Status struct {
 	// Standbys are the replica-mode sources' standbys by source name
 	// (the upload user's only).
 	Standbys map[string]*Standby `jsonapi:"attr,standbys,omitempty" json:"standbys,omitempty"`
+	// Host names this host in a fleet; FleetInstances counts every
+	// host's instances by status (a down host's as unavailable). Both
+	// left out on a single host.
+	Host           string         `jsonapi:"attr,host,omitempty" json:"host,omitempty"`
+	FleetInstances map[string]int `jsonapi:"attr,fleet_instances,omitempty" json:"fleet_instances,omitempty"`
 }
 
 // Standby is a replica-mode source's standby in GET /status.
