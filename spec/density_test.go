@@ -57,8 +57,9 @@ type densityPoint struct {
 	MemAvailable                     float64 // MB, the host's
 	ListBytes                        int
 	idleRoles                        map[string]float64
-	createSteps                      string // each step's mean over the timed creates, from sindrid's metrics
-	autovacuums                      int64  // autovacuum and autoanalyze runs so far, summed over the instances
+	createSteps                      string  // each step's mean over the timed creates, from sindrid's metrics
+	autovacuums                      int64   // autovacuum and autoanalyze runs so far, summed over the instances
+	forksPerSecond                   float64 // the host's forks during the idle minute (every process's, not only the instances')
 	createTimes, listTimes, getTimes []time.Duration
 }
 
@@ -423,9 +424,11 @@ func BenchmarkDensity(b *testing.B) {
 			waitProfile = profile(fmt.Sprintf("sindrid-idle-%d.pprof", p.Live), int(idle.Seconds()))
 		}
 		p.LoadBefore = pgtest.LoadAverage()
+		forks := pgtest.Forks()
 		before := pgtest.SampleCPU(roots)
 		time.Sleep(idle)
 		after := pgtest.SampleCPU(roots)
+		p.forksPerSecond = float64(pgtest.Forks()-forks) / after.At.Sub(before.At).Seconds()
 		p.LoadAfter = pgtest.LoadAverage()
 		waitProfile()
 		wall := after.At.Sub(before.At).Seconds()
@@ -530,7 +533,7 @@ func BenchmarkDensity(b *testing.B) {
 		if len(points) > 1 {
 			autovacuumsBefore = points[len(points)-2].autovacuums
 		}
-		say("%d live: create steps (mean ms) %s; autovacuum and autoanalyze runs since the last point: %d", p.Live, p.createSteps, p.autovacuums-autovacuumsBefore)
+		say("%d live: create steps (mean ms) %s; autovacuum and autoanalyze runs since the last point: %d; the host forked %.1f processes a second in the idle minute", p.Live, p.createSteps, p.autovacuums-autovacuumsBefore, p.forksPerSecond)
 		say("%d live: create p50 %.1f ms p90 %.1f ms p99 %.1f ms; list p99 %.1f ms (server %.1f ms, %d kB); get p99 %.1f ms (server %.1f ms); sindrid RSS %.0f MB, %d threads; instances' PSS %.0f MB (%.1f MB each, %d processes); idle CPU %.2f %% (load %.2f → %.2f); %d/%d answer\n%s",
 			p.Live, p.CreateP50, p.CreateP90, p.CreateP99, p.ListP99, p.ListServerP99, p.ListBytes/1000, p.GetP99, p.GetServerP99, p.SindridRSS, p.SindridThreads,
 			p.InstancesPSS, p.PSSPerInstance, p.PSSProcesses, p.IdleCPU, p.LoadBefore, p.LoadAfter, p.Answering, len(ids), strings.Join(lines, "\n"))
