@@ -89,6 +89,11 @@ type Options struct {
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
 	ObserveInstanceReady func(time.Duration)
+	// ObserveCreateStep, if set, gets how long each step of a creation
+	// took (metrics): recorded (the quota check and the row), credentials,
+	// port, cloned, configured, started, accepting (a login of sindri's
+	// own), ready (the client roles set up).
+	ObserveCreateStep func(step string, d time.Duration)
 
 	// hooks are where the package's tests act on an operation under way
 	// (hooks.go); production code cannot set them.
