@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"reflect"
 
 	"github.com/jackc/pgx/v5"
@@ -116,4 +117,54 @@ func TestInstanceSummariesForgetDeletedInstances(t *testing.T) {
 	if n := held(); n != 1 {
 		t.Fatalf("after listing bob's, holds %d summaries, want 1", n)
 	}
+}
+
+// Listings racing changes leave nothing stale behind: once the changes
+// stop, a listing shows the rows as they are.
+func TestInstanceSummariesRacingChanges(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "img")
+	owners := []string{"ada@example.com", "bob@example.com"}
+	var ids []int64
+	for i := range 20 {
+		inst := newInstance(t, s, img.ID, owners[i%2])
+		check(t, s.SetInstanceCredentials(ctx, inst.ID, testCreds(owners[i%2])))
+		ids = append(ids, inst.ID)
+	}
+	done := make(chan struct{})
+	errs := make(chan error, 4)
+	for _, owner := range []string{"", "", owners[0], owners[1]} {
+		go func() {
+			for {
+				select {
+				case <-done:
+					errs <- nil
+					return
+				default:
+				}
+				if _, err := s.ListInstanceSummaries(ctx, owner); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for i, id := range ids {
+		switch i % 3 {
+		case 0:
+			check(t, s.SetInstanceStatus(ctx, id, InstanceRunning, ""))
+		case 1:
+			check(t, s.SetInstanceCredentials(ctx, id, testCreds(fmt.Sprint("new", i))))
+		case 2:
+			check(t, s.DeleteInstance(ctx, id))
+			newInstance(t, s, img.ID, owners[i%2])
+		}
+	}
+	close(done)
+	for range 4 {
+		check(t, <-errs)
+	}
+	wantSummaries(t, s, owners[0], "after the race")
+	wantSummaries(t, s, "", "after the race")
 }
