@@ -34,6 +34,9 @@ func wantSummaries(t *testing.T, s *Store, owner, step string) []Instance {
 func TestInstanceSummariesFollowEveryChange(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
+	if got := wantSummaries(t, s, "", "none"); got == nil {
+		t.Fatal("no instances: nil, want an empty list")
+	}
 	img := newImage(t, s, "img")
 	a := newInstance(t, s, img.ID, "ada@example.com")
 	b := newInstance(t, s, img.ID, "bob@example.com")
