@@ -63,9 +63,9 @@ type versionedRow struct {
 // owner.
 func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
 	// One row of three arrays, not a row per instance: a thousand rows'
-	// messages and scans cost more than the query.
-	// The arrays are in one order, whatever it is (one pass of one
-	// aggregation): sorted here, not three times by Postgres.
+	// messages and scans cost more than the query. The arrays share one
+	// order, whatever it is (one pass of one aggregation), sorted here
+	// rather than three times by Postgres.
 	const versionsOf = `select coalesce(array_agg(id), '{}'), coalesce(array_agg(xmin::text::bigint), '{}'),
 		coalesce(array_agg(updated_at), '{}') from instances`
 	var ids, xmins []int64
