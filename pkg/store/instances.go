@@ -172,39 +172,6 @@ const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
 	expires_at, protected, created_at, updated_at`
 
-// ListInstanceSummaries is ListInstances without the certificates and
-// private keys (left empty): it reads and opens a tenth of the bytes, for
-// a listing of a thousand instances. An owner's rows are found by the
-// index on owner.
-func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
-	var rows pgx.Rows
-	if owner == "" {
-		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances order by id`)
-	} else {
-		rows, _ = s.pool.Query(ctx, `select `+summaryColumns+` from instances where owner = $1 order by id`, owner)
-	}
-	// Scanned field by field: pgx's scan by name, a reflection per row,
-	// cost as much as the query.
-	insts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
-		var i Instance
-		err := row.Scan(&i.ID, &i.ImageID, &i.Owner, &i.Status, &i.Port, &i.Username, &i.Password,
-			&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.CreatedAt, &i.UpdatedAt)
-		return i, err
-	})
-	if insts == nil {
-		insts = []Instance{}
-	}
-	if err != nil {
-		return []Instance{}, wrap(err, "list instances")
-	}
-	for i := range insts {
-		if insts[i].Password, err = s.open("instances", "password", insts[i].ID, insts[i].Password); err != nil {
-			return []Instance{}, wrap(err, "list instances")
-		}
-	}
-	return insts, nil
-}
-
 // InstanceState is an instance's id and status: what /status and /metrics
 // count, without its credentials.
 type InstanceState struct {
@@ -318,6 +285,9 @@ func (s *Store) DeleteInstance(ctx context.Context, id int64) error {
 		insert into instance_tombstones (instance_id, created_at)
 			select id, created_at from gone
 			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now()`, id)
+	if err == nil {
+		s.forgetSummary(id)
+	}
 	return affected(tag, err, "delete instance %d", id)
 }
 

@@ -90,6 +90,9 @@ type Store struct {
 	// secretsLock is the shared secrets lock this process holds, if any
 	// (HoldSecretsLock): while it is not held, nothing is sealed.
 	secretsLock atomic.Pointer[SecretsLock]
+	// summaries are the instance summaries last listed (see
+	// ListInstanceSummaries).
+	summaries summaryCache
 }
 
 // Open connects to databaseURL (a postgres:// URL or a key=value DSN) and
