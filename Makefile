@@ -82,6 +82,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
 	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec
 	$(GO) test -run '^$$' -bench . -benchtime 100x -count 6 ./pkg/console
+	$(GO) test -run '^$$' -bench InstancesOverTheStore -benchtime 300x -count 6 ./pkg/api
 
 # Builds and starts sindrid with the embedded defaults (a loopback BTRFS
 # under DATA_PATH, /var/lib/sindri unless set).

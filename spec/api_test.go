@@ -558,7 +558,7 @@ func TestAPIEndToEnd(t *testing.T) {
 		}
 		metrics, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		for _, want := range []string{"sindri_instance_ready_seconds_count", `sindri_instances{status="running"}`, "sindri_disk_free_bytes", `sindri_http_requests_total{code="201",method="POST"}`} {
+		for _, want := range []string{"sindri_instance_ready_seconds_count", `sindri_instance_create_step_seconds_count{step="cloned"}`, `sindri_instances{status="running"}`, "sindri_disk_free_bytes", `sindri_http_requests_total{code="201",method="POST"}`} {
 			if !strings.Contains(string(metrics), want) {
 				t.Errorf("metrics lack %s", want)
 			}

@@ -57,6 +57,9 @@ type densityPoint struct {
 	MemAvailable                     float64 // MB, the host's
 	ListBytes                        int
 	idleRoles                        map[string]float64
+	createSteps                      string  // each step's mean over the timed creates, from sindrid's metrics
+	autovacuums                      int64   // autovacuum and autoanalyze runs so far, summed over the instances
+	forksPerSecond                   float64 // the host's forks during the idle minute (every process's, not only the instances')
 	createTimes, listTimes, getTimes []time.Duration
 }
 
@@ -421,9 +424,11 @@ func BenchmarkDensity(b *testing.B) {
 			waitProfile = profile(fmt.Sprintf("sindrid-idle-%d.pprof", p.Live), int(idle.Seconds()))
 		}
 		p.LoadBefore = pgtest.LoadAverage()
+		forks := pgtest.Forks()
 		before := pgtest.SampleCPU(roots)
 		time.Sleep(idle)
 		after := pgtest.SampleCPU(roots)
+		p.forksPerSecond = float64(pgtest.Forks()-forks) / after.At.Sub(before.At).Seconds()
 		p.LoadAfter = pgtest.LoadAverage()
 		waitProfile()
 		wall := after.At.Sub(before.At).Seconds()
@@ -480,6 +485,7 @@ func BenchmarkDensity(b *testing.B) {
 				serverGet = append(serverGet, time.Duration(d*float64(time.Millisecond)))
 			}
 		}
+		stepsBefore := createStepTotals(s.http)
 		for range densityTimedCreates {
 			elapsed, err := create(true)
 			if err != nil {
@@ -489,6 +495,7 @@ func BenchmarkDensity(b *testing.B) {
 			p.createTimes = append(p.createTimes, elapsed)
 		}
 		waitProfile()
+		p.createSteps = createStepMeans(stepsBefore, createStepTotals(s.http))
 		for _, d := range [][]time.Duration{p.listTimes, p.getTimes, p.createTimes, serverList, serverGet} {
 			slices.Sort(d)
 		}
@@ -507,7 +514,7 @@ func BenchmarkDensity(b *testing.B) {
 
 		// Every instance answers (those just made too).
 		p.LiveAfter = len(ids)
-		p.Answering = answering(ids, urls, say)
+		p.Answering, p.autovacuums = answering(ids, urls, say)
 		points = append(points, p)
 		write()
 
@@ -522,6 +529,11 @@ func BenchmarkDensity(b *testing.B) {
 				lines = append(lines, fmt.Sprintf("  %-45s %6.2f %% of a core", role, p.idleRoles[role]))
 			}
 		}
+		autovacuumsBefore := int64(0)
+		if len(points) > 1 {
+			autovacuumsBefore = points[len(points)-2].autovacuums
+		}
+		say("%d live: create steps (mean ms) %s; autovacuum and autoanalyze runs since the last point: %d; the host forked %.1f processes a second in the idle minute", p.Live, p.createSteps, p.autovacuums-autovacuumsBefore, p.forksPerSecond)
 		say("%d live: create p50 %.1f ms p90 %.1f ms p99 %.1f ms; list p99 %.1f ms (server %.1f ms, %d kB); get p99 %.1f ms (server %.1f ms); sindrid RSS %.0f MB, %d threads; instances' PSS %.0f MB (%.1f MB each, %d processes); idle CPU %.2f %% (load %.2f → %.2f); %d/%d answer\n%s",
 			p.Live, p.CreateP50, p.CreateP90, p.CreateP99, p.ListP99, p.ListServerP99, p.ListBytes/1000, p.GetP99, p.GetServerP99, p.SindridRSS, p.SindridThreads,
 			p.InstancesPSS, p.PSSPerInstance, p.PSSProcesses, p.IdleCPU, p.LoadBefore, p.LoadAfter, p.Answering, len(ids), strings.Join(lines, "\n"))
@@ -538,10 +550,12 @@ func BenchmarkDensity(b *testing.B) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // answering counts the instances whose database_url answers a SELECT,
-// eight at a time, and logs the first failures.
-func answering(ids []string, urls map[string]string, say func(string, ...any)) int {
+// eight at a time, and logs the first failures. It also sums the
+// autovacuum and autoanalyze runs each instance's database has seen.
+func answering(ids []string, urls map[string]string, say func(string, ...any)) (int, int64) {
 	var mu sync.Mutex
 	n, logged := 0, 0
+	var autovacuums int64
 	work := make(chan string)
 	var wg sync.WaitGroup
 	for range 8 {
@@ -549,10 +563,16 @@ func answering(ids []string, urls map[string]string, say func(string, ...any)) i
 		go func() {
 			defer wg.Done()
 			for id := range work {
-				got, err := query(urls[id], "select 'up'")
+				got, err := query(urls[id], "select 'up ' || (select coalesce(sum(autovacuum_count + autoanalyze_count), 0) from pg_stat_all_tables)")
+				runs, parsed := int64(0), false
+				if rest, ok := strings.CutPrefix(got, "up "); ok {
+					runs, err = strconv.ParseInt(rest, 10, 64)
+					parsed = err == nil
+				}
 				mu.Lock()
-				if err == nil && got == "up" {
+				if parsed {
 					n++
+					autovacuums += runs
 				} else if logged < 5 {
 					logged++
 					say("instance %s does not answer: %q %v", id, got, err)
@@ -566,7 +586,56 @@ func answering(ids []string, urls map[string]string, say func(string, ...any)) i
 	}
 	close(work)
 	wg.Wait()
-	return n
+	return n, autovacuums
+}
+
+var createStepLine = regexp.MustCompile(`^sindri_instance_create_step_seconds_(sum|count)\{step="([a-z]+)"\} (\S+)$`)
+
+// createStepTotals reads sindrid's metrics: for each step of a creation,
+// the seconds summed and the count so far (none from a sindrid without
+// the metric).
+func createStepTotals(addr string) map[string][2]float64 {
+	totals := map[string][2]float64{}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return totals
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		m := createStepLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			continue
+		}
+		t := totals[m[2]]
+		if m[1] == "sum" {
+			t[0] = v
+		} else {
+			t[1] = v
+		}
+		totals[m[2]] = t
+	}
+	return totals
+}
+
+// createStepMeans is each step's mean duration between two readings of
+// createStepTotals, in the order of a creation.
+func createStepMeans(before, after map[string][2]float64) string {
+	var parts []string
+	for _, step := range []string{"recorded", "credentials", "port", "cloned", "configured", "started", "accepting", "ready"} {
+		a, b := after[step], before[step]
+		if n := a[1] - b[1]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.1f", step, 1000*(a[0]-b[0])/n))
+		}
+	}
+	if len(parts) == 0 {
+		return "(not measured by this sindrid)"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // memAvailable is the host's MemAvailable in bytes.

@@ -215,6 +215,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.Metrics = metrics.New(func(ctx context.Context) (engine.Status, error) { return m.Engine.Status(ctx) })
 	m.Engine = engine.New(engine.Options{
 		ObserveInstanceReady: m.Metrics.ObserveInstanceReady,
+		ObserveCreateStep:    m.Metrics.ObserveCreateStep,
 		Store:                m.Store, Storage: driver, Owner: owner, BinPattern: cfg.Postgres.BinDir,
 		MinPort: cfg.Postgres.MinPort, MaxPort: cfg.Postgres.MaxPort,
 		PublicHostname: cfg.PublicHostname, SharedBuffers: cfg.Postgres.SharedBuffers,

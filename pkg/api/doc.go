@@ -47,8 +47,10 @@
 // http.Error or a hand-written {"errors":…}. Successes go through
 // WriteResource/WriteResources, which take the format the middleware
 // recorded for the request (the list of GET /instances, a thousand
-// resources on a dense host, through writeInstanceList, which writes the
-// same bytes without reflection), and files through ServeContent.
+// resources on a dense host, through writeInstanceFragments, which writes
+// the same bytes without reflection from each instance's rendering, kept
+// while the instance is unchanged: see renderedInstances), and files
+// through ServeContent.
 //
 // DecodeResource takes an empty or missing data.type as the route's own
 // (Draupnir's clients send "type":"") and ignores an empty data.id.

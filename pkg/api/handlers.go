@@ -31,6 +31,9 @@ type Handlers struct {
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
 	Version        string
+
+	// renderedInstances are the instances GET /instances last rendered.
+	renderedInstances renderedInstances
 }
 
 // Register adds the routes to the server's router.

@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/google/jsonapi"
 
 	"github.com/sindri-db/sindri/pkg/api/resource"
+	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/store"
 )
 
 // someInstances are n instances as a listing shows them, with every kind
@@ -66,6 +70,9 @@ func TestInstanceListRendersAsJSONAPI(t *testing.T) {
 		if got := rec.Body.String(); got != want.String() {
 			t.Fatalf("%d instances:\n got %.600s\nwant %.600s", n, got, want.String())
 		}
+		if cl := rec.Header().Get("Content-Length"); cl != strconv.Itoa(rec.Body.Len()) {
+			t.Errorf("Content-Length %s of a body of %d bytes", cl, rec.Body.Len())
+		}
 		if rec.Header().Get("Content-Type") != "application/vnd.api+json" {
 			t.Errorf("Content-Type %q", rec.Header().Get("Content-Type"))
 		}
@@ -86,4 +93,38 @@ func BenchmarkInstanceList(b *testing.B) {
 			writeInstanceList(httptest.NewRecorder(), 200, list)
 		}
 	})
+}
+
+// What listings keep rendered is bounded by the instances there are: a
+// listing forgets the instances of its scope it no longer shows (an
+// owner's, or all for the upload user), and a destroy its instance.
+func TestRenderedInstancesForgetWhatIsGone(t *testing.T) {
+	h := &Handlers{PublicHostname: "db.example.com"}
+	inst := func(id int64, owner string) store.Instance {
+		return store.Instance{ID: id, Owner: owner, Status: store.InstanceRunning, Credentials: store.Credentials{Username: "sindri", Password: "pw"}}
+	}
+	ada, bob := engine.Actor{Owner: "ada@example.com"}, engine.Actor{Owner: "bob@example.com"}
+	upload := engine.Actor{Upload: true}
+	c := &h.renderedInstances
+	held := func(want ...int64) {
+		t.Helper()
+		var got []int64
+		for id := range c.entries {
+			got = append(got, id)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("holds %v, want %v", got, want)
+		}
+	}
+	c.render(h, upload, []store.Instance{inst(1, ada.Owner), inst(2, bob.Owner), inst(3, bob.Owner), inst(4, ada.Owner)})
+	held(1, 2, 3, 4)
+	c.render(h, ada, []store.Instance{inst(1, ada.Owner)})
+	held(1, 2, 3)
+	c.render(h, bob, []store.Instance{inst(3, bob.Owner)})
+	held(1, 3)
+	c.forget(3)
+	held(1)
+	c.render(h, upload, []store.Instance{inst(5, bob.Owner)})
+	held(5)
 }

@@ -49,15 +49,12 @@ func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *
 }
 
 func (h *Handlers) listInstances(w http.ResponseWriter, r *http.Request) error {
-	instances, err := h.Instances.List(r.Context(), actor(r))
+	a := actor(r)
+	instances, err := h.Instances.List(r.Context(), a)
 	if err != nil {
 		return err
 	}
-	out := make([]*resource.Instance, 0, len(instances))
-	for _, inst := range instances {
-		out = append(out, h.instanceResource(inst, false))
-	}
-	writeInstanceList(w, http.StatusOK, out)
+	writeInstanceFragments(w, http.StatusOK, h.renderedInstances.render(h, a, instances))
 	return nil
 }
 
@@ -151,6 +148,7 @@ func (h *Handlers) destroyInstance(w http.ResponseWriter, r *http.Request) error
 	if err := h.Instances.Destroy(r.Context(), actor(r), id); err != nil {
 		return err
 	}
+	h.renderedInstances.forget(id)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

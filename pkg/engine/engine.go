@@ -93,6 +93,11 @@ type Options struct {
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
 	ObserveInstanceReady func(time.Duration)
+	// ObserveCreateStep, if set, gets how long each step of a creation
+	// took (metrics): recorded (the quota check and the row), credentials,
+	// port, cloned, configured, started, accepting (a login of sindri's
+	// own), ready (the client roles set up).
+	ObserveCreateStep func(step string, d time.Duration)
 
 	// In a fleet (the store's FleetHost set), Peers has the instances
 	// placed on other hosts built there (see placement.go), and

@@ -325,7 +325,8 @@ const scriptTimeout = time.Hour
 // preparePrivately starts the data directory on a private socket only,
 // removes the settings per database and role that sindri does not keep,
 // sets up role draupnir, rolls back the source's prepared transactions,
-// runs the anonymisation script and the scrub after it, checkpoints and
+// runs the anonymisation script and the scrub after it (without a script,
+// VACUUM (FREEZE, ANALYZE) of every database instead), checkpoints and
 // shuts down cleanly; with a script, the scrub then gives it a new WAL
 // and removes the files that repeat values (postgres/scrub.go says what
 // the scrub removes, and why in that order). It tells whether the data
@@ -399,6 +400,18 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 		cancel()
 		if err != nil {
 			return false, fmt.Errorf("scrubbing after the anonymisation script: %w", err)
+		}
+	}
+	if !scrub {
+		// The scrub's VACUUM (FULL, FREEZE) does this with an anonymised
+		// image.
+		freezeCtx, cancel := context.WithTimeout(ctx, ScrubTimeout)
+		err := c.FreezeDatabases(freezeCtx, func(db string, took time.Duration) {
+			e.log.Info("engine: database frozen and analysed", "image_id", img.ID, "database", db, "duration_ms", took.Milliseconds())
+		})
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("freezing the image's rows: %w", err)
 		}
 	}
 	if err := c.Checkpoint(ctx); err != nil {

@@ -1,5 +1,7 @@
 package engine
 
+import "time"
+
 // hooks are the points where the package's own tests act on an operation
 // under way: a crash test kills the process at a step of a creation or an
 // image destroy, a backup test holds a backup between its snapshot and its
@@ -22,7 +24,7 @@ type hooks struct {
 }
 
 // CreateSteps are CreateInstance's steps in order, for crash tests.
-var CreateSteps = []string{"recorded", "credentials", "port", "cloned", "configured", "started", "ready"}
+var CreateSteps = []string{"recorded", "credentials", "port", "cloned", "configured", "started", "accepting", "ready"}
 
 // ImageDestroySteps are DestroyImage's steps after its intent is
 // recorded, for crash tests.
@@ -49,5 +51,33 @@ func (e *Engine) backupSnapshotted(id int64) {
 func (e *Engine) tickHook(due, round int) {
 	if e.opts.hooks.tick != nil {
 		e.opts.hooks.tick(due, round)
+	}
+}
+
+// createSteps names the steps of one instance's first start (a creation
+// or a reset) as they end, for the tests' hooks and, on a creation, for
+// ObserveCreateStep: how long each took since the previous one.
+type createSteps struct {
+	e       *Engine
+	id      int64
+	observe bool
+	last    time.Time
+}
+
+func (e *Engine) createSteps(id int64, observe bool) *createSteps {
+	return &createSteps{e: e, id: id, observe: observe && e.opts.ObserveCreateStep != nil, last: time.Now()}
+}
+
+// step records that the named step is done. A nil receiver (a start that
+// is not a first one) records nothing.
+func (s *createSteps) step(name string) {
+	if s == nil {
+		return
+	}
+	s.e.step(name, s.id)
+	if s.observe {
+		now := time.Now()
+		s.e.opts.ObserveCreateStep(name, now.Sub(s.last))
+		s.last = now
 	}
 }

@@ -55,9 +55,10 @@ func (e *Engine) createRecorded(ctx context.Context, inst store.Instance) (store
 
 // createLocked is createRecorded under the instance's lock.
 func (e *Engine) createLocked(ctx context.Context, inst store.Instance) (store.Instance, error) {
-	e.step("recorded", inst.ID)
+	steps := e.createSteps(inst.ID, true)
+	steps.step("recorded")
 	started := time.Now()
-	if err := e.build(ctx, &inst); err != nil {
+	if err := e.build(ctx, &inst, steps); err != nil {
 		e.log.Error("engine: instance creation failed; undoing", "instance_id", inst.ID, "err", err)
 		undo := e.teardown
 		if errors.Is(err, errVolumeTaken) {
@@ -153,7 +154,7 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	return inst, err
 }
 
-func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
+func (e *Engine) build(ctx context.Context, inst *store.Instance, steps *createSteps) error {
 	creds, err := newCredentials(e.opts.PublicHostname)
 	if err != nil {
 		return err
@@ -162,12 +163,12 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 		return err
 	}
 	inst.Credentials = creds
-	e.step("credentials", inst.ID)
+	steps.step("credentials")
 
 	if inst.Port, err = e.allocatePort(ctx, inst.ID); err != nil {
 		return err
 	}
-	e.step("port", inst.ID)
+	steps.step("port")
 
 	vol, err := e.opts.Storage.Clone(ctx, ImageVolume(inst.ImageID), InstanceVolume(inst.ID))
 	switch {
@@ -194,9 +195,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, false); err != nil {
 		return err
 	}
-	e.step("cloned", inst.ID)
+	steps.step("cloned")
 
-	if err := e.start(ctx, *inst, true); err != nil {
+	if err := e.start(ctx, *inst, steps); err != nil {
 		return err
 	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceRunning, ""); err != nil {
@@ -212,8 +213,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance) error {
 }
 
 // start configures and starts the instance's postmaster and waits until it
-// accepts connections; firstStart also sets up the client roles.
-func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool) error {
+// accepts connections with the client roles set up. A first start (a
+// creation or a reset) names its steps.
+func (e *Engine) start(ctx context.Context, inst store.Instance, first *createSteps) error {
 	vol, err := e.opts.Storage.Get(ctx, InstanceVolume(inst.ID))
 	if err != nil {
 		return err
@@ -242,9 +244,7 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	if err := c.Configure(); err != nil {
 		return err
 	}
-	if firstStart {
-		e.step("configured", inst.ID)
-	}
+	first.step("configured")
 	p, err := c.Start()
 	if err != nil {
 		return err
@@ -252,9 +252,7 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 	if err := e.opts.Store.SetInstancePID(ctx, inst.ID, p.PID); err != nil {
 		return err
 	}
-	if firstStart {
-		e.step("started", inst.ID)
-	}
+	first.step("started")
 	ready, cancel := context.WithTimeout(ctx, e.opts.StartTimeout)
 	defer cancel()
 	session, err := c.Ready(ready, p)
@@ -262,12 +260,15 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, firstStart bool
 		return err
 	}
 	defer session.Close(context.WithoutCancel(ctx))
-	if firstStart {
-		if err := session.SetUpClientRoles(ctx, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
-			return err
-		}
-		e.step("ready", inst.ID)
+	first.step("accepting")
+	// At every start, not only the first: the roles are written with an
+	// asynchronous commit (no WAL flush to wait for on a create), which a
+	// crash in the next moments may lose; the start after it writes them
+	// again.
+	if err := session.SetUpClientRoles(ctx, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
+		return err
 	}
+	first.step("ready")
 	return nil
 }
 

@@ -133,7 +133,7 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 		}
 		inst.Port = port
 	}
-	if err := e.start(ctx, inst, true); err != nil {
+	if err := e.start(ctx, inst, e.createSteps(inst.ID, false)); err != nil {
 		return err
 	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, inst.ID, store.InstanceRunning, ""); err != nil {

@@ -329,7 +329,7 @@ func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes 
 		return nil
 	}
 	e.log.Info("engine: starting an instance whose postmaster is not running", "instance_id", inst.ID)
-	if err := e.start(ctx, inst, false); err != nil {
+	if err := e.start(ctx, inst, nil); err != nil {
 		if full, c := e.diskFull(ctx); full || errors.Is(err, safefile.ErrNoSpace) {
 			// Not its fault: the supervisor starts it once space is freed.
 			e.log.Error("engine: cannot start an instance with the disk full; waiting for space", "instance_id", inst.ID, "err", err)

@@ -380,7 +380,7 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		e.markDue(id)
 		return
 	}
-	err = e.start(ctx, inst, false)
+	err = e.start(ctx, inst, nil)
 	e.mu.Lock()
 	wasStopped := false
 	if w := e.watched[id]; w != nil {

@@ -1,8 +1,11 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -347,5 +350,52 @@ func TestSupervisorWorkPerTickIsBoundedAndExitsAreSeenAtOnce(t *testing.T) {
 		if got, err := w.store.GetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
 			t.Errorf("instance %d: %+v %v, want running", inst.ID, got.Status, err)
 		}
+	}
+}
+
+// A clone writes its client roles with an asynchronous commit, so a crash
+// of every one of its processes right after the create may lose them (the
+// WAL was still in shared memory): the restart writes them again, and the
+// credentials the create returned log in.
+func TestCredentialsLogInAfterACrashRightAfterTheCreate(t *testing.T) {
+	w := newWorld(t, 5)
+	inst, vol, st := supervised(t, w.options())
+	killed := time.Now()
+	killProcessTree(t, st.PID)
+	answersWithin(t, inst, vol.Path, killed, 10*time.Second)
+	if st2, _ := postgres.Status(vol.Path); st2.PID == st.PID {
+		t.Fatal("same pid: the postmaster was not replaced")
+	}
+}
+
+// killProcessTree sends SIGKILL to pid and to each of its children at once,
+// as a crash of the machine's processes would end them.
+func killProcessTree(t *testing.T, pid int) {
+	t.Helper()
+	pids := []int{pid}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// The fields after the command's closing parenthesis: state, ppid.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			pids = append(pids, child)
+		}
+	}
+	for _, p := range pids {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	if len(pids) < 3 {
+		t.Fatalf("the postmaster %d had only %d children", pid, len(pids)-1)
 	}
 }

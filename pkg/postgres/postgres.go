@@ -169,7 +169,9 @@ func orAll(name string) string {
 // (the allow_superuser setting). Existing roles are altered to match.
 // First it removes the settings per database and role that sindri does
 // not keep (removeUnsafeRoleSettings), for the clones of images finalised
-// before sindri removed them there.
+// before sindri removed them there. A clone commits asynchronously, so a
+// crash in the next moments may lose what this wrote: run it at every
+// start.
 func (s *Session) SetUpClientRoles(ctx context.Context, passwordRole, password string, superuser bool) error {
 	conn := s.conn
 	if _, err := removeUnsafeRoleSettings(ctx, conn); err != nil {
@@ -182,9 +184,6 @@ func (s *Session) SetUpClientRoles(ctx context.Context, passwordRole, password s
 	ident := pgx.Identifier{ClientRole}.Sanitize()
 	pwIdent := pgx.Identifier{passwordRole}.Sanitize()
 	stmts := []string{
-		// Clones run with synchronous_commit off; the roles must survive a
-		// crash right after they are made, or the instance is unusable.
-		"SET synchronous_commit = on",
 		// The clone's data may hold functions and operators its users
 		// made (an image restored from an instance's backup): none may be
 		// picked by these statements, run as superuser.

@@ -36,7 +36,7 @@ import (
 //     then closed again): every populated materialized view is refreshed,
 //     pg_statistic and pg_statistic_ext_data are emptied and rebuilt by
 //     ANALYZE from the data as the script left it (ANALYZE keeps an empty
-//     table's old statistics otherwise), then VACUUM FULL rewrites every
+//     table's old statistics otherwise), then VACUUM (FULL, FREEZE) rewrites every
 //     table, system catalogs and TOAST included, into new files holding
 //     only live rows (the statistics' and passwords' old row versions too,
 //     which is why it comes last);
@@ -203,7 +203,10 @@ func (c *Cluster) scrubDatabase(ctx context.Context, db string) error {
 		"DELETE FROM pg_catalog.pg_statistic",
 		"DELETE FROM pg_catalog.pg_statistic_ext_data",
 		"ANALYZE",
-		"VACUUM (FULL)",
+		// FREEZE: the clones read the rewritten rows without setting
+		// their hint bits, which would write each page into each clone
+		// (see FreezeDatabases).
+		"VACUUM (FULL, FREEZE)",
 	} {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("%s: %w", stmt, err)

@@ -180,17 +180,6 @@ const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
 	expires_at, protected, coalesce(host, '') as host, created_at, updated_at`
 
-// ListInstanceSummaries is ListInstances without the certificates and
-// private keys (left empty): it reads and opens a tenth of the bytes, for
-// a listing of a thousand instances. An owner's rows are found by the
-// index on owner.
-func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
-	if owner == "" {
-		return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances order by id`)
-	}
-	return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances where owner = $1 order by id`, owner)
-}
-
 // HostInstanceSummaries is ListInstanceSummaries of every owner's
 // instances on this host: in a fleet (SetFleetHost), those whose host it
 // is, found by the index on host; on a single host, every instance.
@@ -343,6 +332,9 @@ func (s *Store) DeleteInstance(ctx context.Context, id int64) error {
 			select id, created_at, host from gone
 			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now(),
 				host = excluded.host`, id)
+	if err == nil {
+		s.forgetSummary(id)
+	}
 	return affected(tag, err, "delete instance %d", id)
 }
 

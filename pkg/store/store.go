@@ -93,6 +93,9 @@ type Store struct {
 	// fleetHost is this host's name in a fleet, "" on a single host (see
 	// SetFleetHost).
 	fleetHost atomic.Pointer[string]
+	// summaries are the instance summaries last listed (see
+	// ListInstanceSummaries).
+	summaries summaryCache
 }
 
 // Open connects to databaseURL (a postgres:// URL or a key=value DSN) and

@@ -171,3 +171,19 @@ func LoadAverage() float64 {
 	}
 	return l.Load1
 }
+
+// Forks is the number of processes the host has forked since it booted
+// (/proc/stat's processes), 0 when unreadable: its growth over a window
+// is every fork on the host, short-lived children that no sample sees
+// included.
+func Forks() uint64 {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0
+	}
+	s, err := fs.Stat()
+	if err != nil {
+		return 0
+	}
+	return s.ProcessCreated
+}

@@ -130,3 +130,5 @@ func TestReceiveLeftByACrashIsRemovedByNew(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkCloneDestroy(b *testing.B) { storagetest.BenchCloneDestroy(b, factory, 10, 1000) }

@@ -1306,3 +1306,25 @@ func BenchGet(b *testing.B, factory Factory, sizes ...int) {
 		})
 	}
 }
+
+// BenchCloneDestroy times a clone and its destroy with each count of other
+// clones in sizes already made: the cost of a create and of a destroy as
+// the host fills.
+func BenchCloneDestroy(b *testing.B, factory Factory, sizes ...int) {
+	d, _ := factory(b, smallFS)
+	makeImage(b, d, "image-1", map[string][]byte{"PG_VERSION": []byte("15\n")})
+	made := 0
+	for _, n := range sizes {
+		for ; made < n; made++ {
+			mustClone(b, d, "image-1", fmt.Sprintf("instance-%d", made))
+		}
+		b.Run(fmt.Sprintf("volumes=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				mustClone(b, d, "image-1", "timed")
+				if err := d.Destroy(ctx, "timed"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

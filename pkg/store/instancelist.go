@@ -1,0 +1,172 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// summaryCache keeps the instance summaries ListInstanceSummaries last
+// read, their passwords opened, each under its row's version: the row's
+// xmin (the transaction that wrote this version of the row, which any
+// UPDATE replaces) and its updated_at (which every UPDATE sets, so that
+// even an xmin reused after wraparound does not match). A listing then
+// reads each row's id and version, and the rest of the rows only for the
+// versions it does not hold: a thousand instances cost a thousand small
+// rows, not a thousand rows with their sealed password to scan and open.
+//
+// The opened passwords live only in this process's memory, as they do,
+// row after row, while a listing is built; they stay sealed at rest. The
+// cache is bounded by the rows that exist: a listing drops the entries of
+// its scope (one owner's, or every instance) that it no longer finds, and
+// DeleteInstance drops the deleted one's.
+type summaryCache struct {
+	mu      sync.Mutex
+	entries map[int64]*summaryEntry
+	// listing counts the listings; an entry's listed is the last that
+	// found its row.
+	listing uint64
+}
+
+type summaryEntry struct {
+	version rowVersion
+	inst    Instance
+	listed  uint64
+}
+
+// rowVersion tells one committed version of a row from any other.
+type rowVersion struct {
+	xmin      uint32
+	updatedAt time.Time
+}
+
+func (v rowVersion) same(o rowVersion) bool {
+	return v.xmin == o.xmin && v.updatedAt.Equal(o.updatedAt)
+}
+
+// versionedRow is a row's id and version.
+type versionedRow struct {
+	id      int64
+	version rowVersion
+}
+
+// ListInstanceSummaries is ListInstances without the certificates and
+// private keys (left empty), oldest first: what GET /instances shows. It
+// reads every row's version, then only the rows whose version it has not
+// read before (see summaryCache); each instance is as it was at some
+// moment during the call, a row changed meanwhile shown as it became, one
+// deleted meanwhile left out. An owner's rows are found by the index on
+// owner.
+func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
+	// One row of three arrays, not a row per instance: a thousand rows'
+	// messages and scans cost more than the query. The arrays share one
+	// order, whatever it is (one pass of one aggregation), sorted here
+	// rather than three times by Postgres.
+	const versionsOf = `select coalesce(array_agg(id), '{}'), coalesce(array_agg(xmin::text::bigint), '{}'),
+		coalesce(array_agg(updated_at), '{}') from instances`
+	var ids, xmins []int64
+	var updatedAts []time.Time
+	var err error
+	if owner == "" {
+		err = s.pool.QueryRow(ctx, versionsOf).Scan(&ids, &xmins, &updatedAts)
+	} else {
+		err = s.pool.QueryRow(ctx, versionsOf+` where owner = $1`, owner).Scan(&ids, &xmins, &updatedAts)
+	}
+	if err != nil {
+		return []Instance{}, wrap(err, "list instances")
+	}
+	versions := make([]versionedRow, len(ids))
+	for i := range ids {
+		versions[i] = versionedRow{id: ids[i], version: rowVersion{xmin: uint32(xmins[i]), updatedAt: updatedAts[i]}}
+	}
+	slices.SortFunc(versions, func(a, b versionedRow) int { return cmp.Compare(a.id, b.id) })
+
+	c := &s.summaries
+	out := make([]Instance, len(versions))
+	var missing []int64
+	c.mu.Lock()
+	for i, v := range versions {
+		if e, ok := c.entries[v.id]; ok && e.version.same(v.version) {
+			out[i] = e.inst
+		} else {
+			missing = append(missing, v.id)
+		}
+	}
+	c.mu.Unlock()
+
+	read := map[int64]*summaryEntry{}
+	if len(missing) > 0 {
+		if read, err = s.readSummaries(ctx, missing); err != nil {
+			return []Instance{}, wrap(err, "list instances")
+		}
+	}
+
+	c.mu.Lock()
+	if c.entries == nil {
+		c.entries = map[int64]*summaryEntry{}
+	}
+	c.listing++
+	kept := out[:0]
+	for i, v := range versions {
+		if out[i].ID == 0 {
+			e, ok := read[v.id]
+			if !ok {
+				continue // deleted since it was listed
+			}
+			c.entries[v.id] = e
+			out[i] = e.inst
+		}
+		if e := c.entries[v.id]; e != nil {
+			e.listed = c.listing
+		}
+		kept = append(kept, out[i])
+	}
+	for id, e := range c.entries {
+		if e.listed != c.listing && (owner == "" || e.inst.Owner == owner) {
+			delete(c.entries, id)
+		}
+	}
+	c.mu.Unlock()
+
+	// Each caller gets its own expiry to change, not the cache's.
+	for i := range kept {
+		if at := kept[i].ExpiresAt; at != nil {
+			t := *at
+			kept[i].ExpiresAt = &t
+		}
+	}
+	return kept, nil
+}
+
+// readSummaries reads and opens the summaries of the instances ids, with
+// their versions.
+func (s *Store) readSummaries(ctx context.Context, ids []int64) (map[int64]*summaryEntry, error) {
+	rows, _ := s.pool.Query(ctx, `select `+summaryColumns+`, xmin from instances where id = any($1)`, ids)
+	out := make(map[int64]*summaryEntry, len(ids))
+	var e summaryEntry
+	_, err := pgx.ForEachRow(rows, []any{&e.inst.ID, &e.inst.ImageID, &e.inst.Owner, &e.inst.Status, &e.inst.Port,
+		&e.inst.Username, &e.inst.Password, &e.inst.Error, &e.inst.PID, &e.inst.ExpiresAt, &e.inst.Protected,
+		&e.inst.Host, &e.inst.CreatedAt, &e.inst.UpdatedAt, &e.version.xmin}, func() error {
+		var err error
+		if e.inst.Password, err = s.open("instances", "password", e.inst.ID, e.inst.Password); err != nil {
+			return err
+		}
+		e.version.updatedAt = e.inst.UpdatedAt
+		read := e
+		out[read.inst.ID] = &read
+		e = summaryEntry{} // pgx would scan the next expiry into the one read now points to
+		return nil
+	})
+	return out, err
+}
+
+// forgetSummary drops instance id's cached summary.
+func (s *Store) forgetSummary(id int64) {
+	s.summaries.mu.Lock()
+	delete(s.summaries.entries, id)
+	s.summaries.mu.Unlock()
+}
