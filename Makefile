@@ -69,7 +69,7 @@ test: deps lint
 # in a fleet of two hosts, the median of a POST /instances placed on
 # another host than the one asked, beside one built where it was asked.
 bench: deps
-	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get' -benchtime 50x -count 10 ./pkg/storage/...
+	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get|CloneDestroy' -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
