@@ -228,7 +228,6 @@ func (m *Main) Run(ctx context.Context) error {
 		Limits:             engineLimits(cfg.Limits),
 		DownTimeout:        cfg.Fleet.DownTimeout,
 		Logger:             m.logger, OrphanGrace: 10 * time.Minute,
-		FleetDownTimeout: cfg.Fleet.DownTimeout,
 	})
 	if peers != nil {
 		m.Engine.SetPeers(peers)

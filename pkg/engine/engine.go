@@ -86,8 +86,9 @@ type Options struct {
 	// (default DefaultStandbyResyncAfter).
 	StandbyResyncAfter time.Duration
 	// DownTimeout is the fleet's down_timeout: in a fleet (the store's
-	// FleetHost set), an instance of a host whose last heartbeat is older
-	// reads "unavailable". Unused on a single host.
+	// FleetHost set), a host whose last heartbeat is older is down: its
+	// instances read "unavailable" and nothing is placed on it. Unused on
+	// a single host.
 	DownTimeout time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
@@ -100,11 +101,8 @@ type Options struct {
 	ObserveCreateStep func(step string, d time.Duration)
 
 	// In a fleet (the store's FleetHost set), Peers has the instances
-	// placed on other hosts built there (see placement.go), and
-	// FleetDownTimeout is the age of a host's last heartbeat after which
-	// nothing is placed on it.
-	Peers            InstancePeers
-	FleetDownTimeout time.Duration
+	// placed on other hosts built there (see placement.go).
+	Peers InstancePeers
 
 	// hooks are where the package's tests act on an operation under way
 	// (hooks.go); production code cannot set them.

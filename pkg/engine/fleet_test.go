@@ -33,6 +33,9 @@ func (w *world) joinFleet(t testing.TB, name string) {
 	t.Helper()
 	if _, err := w.store.RecordHeartbeat(ctx, store.Heartbeat{
 		Name: name, PeerURL: "http://" + name + ".internal:8443", PublicHostname: name + ".example.com", StorageDriver: "btrfs",
+		// Room for placement, the same on every host: a tie goes to the
+		// host with the fewest instances, then to the first by name.
+		TotalBytes: 2 << 30, FreeBytes: 1 << 30,
 	}, fleetDown); err != nil {
 		t.Fatal(err)
 	}

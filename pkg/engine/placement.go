@@ -38,7 +38,7 @@ func (e *Engine) placedElsewhere(inst store.Instance) bool {
 // placeInstance records a new instance on the fleet's host with the most
 // headroom.
 func (e *Engine) placeInstance(ctx context.Context, in store.InstanceInput) (store.Instance, error) {
-	inst, err := e.opts.Store.PlaceInstance(ctx, in, e.opts.FleetDownTimeout)
+	inst, err := e.opts.Store.PlaceInstance(ctx, in, e.opts.DownTimeout)
 	switch {
 	case errors.Is(err, store.ErrNoHost):
 		err = refuse(ErrNoHost, "no host of the fleet can take an instance of image %d now: none is active, holds a ready copy of it, "+

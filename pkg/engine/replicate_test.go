@@ -68,7 +68,7 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 	a := &fleetHost{name: "a", store: w.store, storage: w.storage}
 	a.store.SetFleetHost("a")
 	optsA := w.options()
-	optsA.FleetDownTimeout = time.Minute
+	optsA.DownTimeout = time.Minute
 	a.engine = engine.New(optsA)
 
 	b := &fleetHost{name: "b"}
@@ -105,7 +105,7 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 	opts.UploadsDir, opts.BackupsDir = filepath.Join(rootB, "image_uploads"), filepath.Join(rootB, "backups")
 	opts.MinPort = pgtest.FreePort(t)
 	opts.MaxPort = opts.MinPort + 4
-	opts.FleetDownTimeout = time.Minute
+	opts.DownTimeout = time.Minute
 	b.engine = engine.New(opts)
 	t.Cleanup(func() { stopPostmastersOn(b.storage) })
 
@@ -115,9 +115,13 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 		h.beat(t)
 		h.repl = h.engine.NewReplicator(engine.ReplicationOptions{Host: h.name, Peers: fleet.NewClient(h.auth, nil),
 			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond})
-	}
-	if _, _, err := a.store.AdoptSingleHostRecords(ctx, "a"); err != nil {
-		t.Fatal(err)
+		if h == a {
+			// The first host of the fleet adopts the single host's
+			// records, image 1 among them, before another joins.
+			if _, _, err := a.store.AdoptSingleHostRecords(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	return w, a, b
 }

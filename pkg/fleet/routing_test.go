@@ -164,7 +164,7 @@ func startHost(t testing.TB, name, publicHostname string, st *store.Store, roots
 		Store: st, Storage: driver, Owner: pgtest.Owner(t), BinPattern: pgtest.BinPattern,
 		MinPort: minPort, MaxPort: minPort + 20, PublicHostname: publicHostname, SharedBuffers: "16MB",
 		RunDir: runDir, UploadsDir: filepath.Join(root, "image_uploads"), BackupsDir: filepath.Join(root, "backups"),
-		Logger: storetest.Logger(), FleetDownTimeout: downTimeout, Limits: limits,
+		Logger: storetest.Logger(), DownTimeout: downTimeout, Limits: limits,
 	})
 	authn, err := auth.New(auth.Options{SharedSecret: sharedSecret, Store: st, Logger: storetest.Logger()})
 	if err != nil {
