@@ -404,9 +404,10 @@ func (e *Engine) preparePrivately(ctx context.Context, img store.Image, dataDir,
 	}
 	if !scrub {
 		// The scrub's VACUUM (FULL, FREEZE) does this with an anonymised
-		// image.
+		// image. ANALYZE would run the data's index expressions: not the
+		// code an instance's user may have written.
 		freezeCtx, cancel := context.WithTimeout(ctx, ScrubTimeout)
-		err := c.FreezeDatabases(freezeCtx, func(db string, took time.Duration) {
+		err := c.FreezeDatabases(freezeCtx, !img.UserWritten, func(db string, took time.Duration) {
 			e.log.Info("engine: database frozen and analysed", "image_id", img.ID, "database", db, "duration_ms", took.Milliseconds())
 		})
 		cancel()

@@ -8,8 +8,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// FreezeDatabases runs VACUUM (FREEZE, ANALYZE) in every database that
-// accepts connections (template0 is frozen by initdb and refuses them),
+// FreezeDatabases runs VACUUM (FREEZE), with ANALYZE when analyze is set,
+// in every database that accepts connections (template0 is frozen by
+// initdb and refuses them),
 // so that an image's clones inherit what each would otherwise do for
 // itself, within a naptime of its start and on a copy-on-write volume: the
 // first read of a row that no VACUUM has seen sets its hint bits, and
@@ -17,10 +18,16 @@ import (
 // since the last VACUUM and ANALYZE (a restored dump: all of them),
 // vacuums and analyses every table, and writes each page again. Frozen
 // and analysed once in the image, the data is read by every clone without
-// a write. The data's own code that VACUUM and ANALYZE run (index
-// expressions) runs as each table's owner in a security-restricted
-// operation. vacuumed, if not nil, is told of each database as it is done.
-func (c *Cluster) FreezeDatabases(ctx context.Context, vacuumed func(database string, took time.Duration)) error {
+// a write. VACUUM alone runs none of the data's own code; ANALYZE runs
+// its index expressions, as each table's owner in a security-restricted
+// operation, which data an instance's user wrote must not get to do in
+// sindri's session (leave analyze off for it). vacuumed, if not nil, is
+// told of each database as it is done.
+func (c *Cluster) FreezeDatabases(ctx context.Context, analyze bool, vacuumed func(database string, took time.Duration)) error {
+	stmt := "VACUUM (FREEZE)"
+	if analyze {
+		stmt = "VACUUM (FREEZE, ANALYZE)"
+	}
 	admin, err := c.connect(ctx, "")
 	if err != nil {
 		return err
@@ -36,10 +43,10 @@ func (c *Cluster) FreezeDatabases(ctx context.Context, vacuumed func(database st
 		if err != nil {
 			return err
 		}
-		_, err = conn.Exec(ctx, "VACUUM (FREEZE, ANALYZE)")
+		_, err = conn.Exec(ctx, stmt)
 		conn.Close(context.WithoutCancel(ctx))
 		if err != nil {
-			return fmt.Errorf("VACUUM (FREEZE, ANALYZE) of database %s: %w", pgx.Identifier{db}.Sanitize(), err)
+			return fmt.Errorf("%s of database %s: %w", stmt, pgx.Identifier{db}.Sanitize(), err)
 		}
 		if vacuumed != nil {
 			vacuumed(db, time.Since(started))
