@@ -113,11 +113,15 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 		h.auth = fleet.NewPeerAuth(h.name, []byte(testFleetSecret))
 		h.srv = serveHost(t, h)
 		h.beat(t)
+		if h == a {
+			// The first host to join adopts what was made before the
+			// fleet; one that joins later adopts nothing.
+			if _, _, err := a.store.AdoptSingleHostRecords(ctx, "a"); err != nil {
+				t.Fatal(err)
+			}
+		}
 		h.repl = h.engine.NewReplicator(engine.ReplicationOptions{Host: h.name, Peers: fleet.NewClient(h.auth, nil),
 			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond})
-	}
-	if _, _, err := a.store.AdoptSingleHostRecords(ctx, "a"); err != nil {
-		t.Fatal(err)
 	}
 	return w, a, b
 }
