@@ -361,6 +361,7 @@ func (r *Replicator) receive(ctx context.Context, img store.Image, holders []sto
 	if from.StorageDriver != d.Name() {
 		format = storage.StreamTarZstd
 	}
+	e.log.Info("engine: receiving an image", "image_id", img.ID, "host", r.opts.Host, "from", from.Name, "format", format)
 	guarded, stop := e.guardReserve(ctx, what)
 	defer stop()
 	stream, err := r.opts.Peers.OpenImage(guarded, from.PeerURL, img.ID, format)

@@ -113,15 +113,15 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 		h.auth = fleet.NewPeerAuth(h.name, []byte(testFleetSecret))
 		h.srv = serveHost(t, h)
 		h.beat(t)
-		h.repl = h.engine.NewReplicator(engine.ReplicationOptions{Host: h.name, Peers: fleet.NewClient(h.auth, nil),
-			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond})
 		if h == a {
-			// The first host of the fleet adopts the single host's
-			// records, image 1 among them, before another joins.
+			// The first host to join adopts what was made before the
+			// fleet; one that joins later adopts nothing.
 			if _, _, err := a.store.AdoptSingleHostRecords(ctx, "a"); err != nil {
 				t.Fatal(err)
 			}
 		}
+		h.repl = h.engine.NewReplicator(engine.ReplicationOptions{Host: h.name, Peers: fleet.NewClient(h.auth, nil),
+			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond})
 	}
 	return w, a, b
 }
