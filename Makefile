@@ -39,7 +39,10 @@ test: deps lint
 # Benchmarks: clone, destroy and cp -a on each driver, and Get with 10 and
 # with 1,000 volumes present (200 on ZFS, SINDRI_ZFS_BENCH_VOLUMES to
 # change); a 200 MB image sent to a second filesystem of the same kind
-# (the driver's own send and receive, tar.zst, cp -a); clone to TLS login
+# (the driver's own send and receive, tar.zst, cp -a); an image of
+# SINDRI_BENCH_REPLICATION_MB (default 5120 here) replicated between two
+# fleet hosts on loopback BTRFS against a bare btrfs send | btrfs receive
+# (MB/s-median); clone to TLS login
 # against pg_ctl -w start (feed both to benchstat for medians); ingest of a
 # 2 GB pgbench data directory against zstd -d | tar -x; backup and restore
 # of a running instance against pg_dump and pg_restore; the finalise of
@@ -62,15 +65,19 @@ test: deps lint
 # SINDRI_BENCH_DENSITY_BEFORE=its density.csv sets it beside this run's.
 # Last, the console's pages with 1,000 instances (over in-memory services
 # and over a real metadata store), and an API request with and without the
-# console's routes.
+# console's routes. The CreatePlacedElsewhere line (before the API run):
+# in a fleet of two hosts, the median of a POST /instances placed on
+# another host than the one asked, beside one built where it was asked.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get|CloneDestroy' -benchtime 50x -count 10 ./pkg/storage/...
 	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
+	SINDRI_TEST_STORAGE=btrfs SINDRI_BENCH_REPLICATION_MB=$${SINDRI_BENCH_REPLICATION_MB:-5120} $(GO) test -run '^$$' -bench ImageReplication -benchtime 3x -timeout 90m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench BackupRestore -benchtime 3x -count 3 -timeout 60m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs $(GO) test -run '^$$' -bench FinaliseAnonymised -benchtime 1x -timeout 300m ./pkg/engine
 	SINDRI_TEST_STORAGE=btrfs SINDRI_BENCH_SOURCE_SCALE=$${SINDRI_BENCH_SOURCE_SCALE:-340} $(GO) test -run '^$$' -bench SourceRefreshAndBranch -benchtime 3x -timeout 120m ./pkg/engine
+	$(GO) test -run '^$$' -bench CreatePlacedElsewhere -benchtime 20x -count 3 -timeout 30m ./pkg/fleet
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
 	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec

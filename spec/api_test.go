@@ -63,9 +63,13 @@ func startServerIn(t testing.TB, base, size, extra string, top ...string) *serve
 // serverOptions are what startServerWith varies.
 type serverOptions struct {
 	base, size string
-	// extra is the [instances] section's keys, top the top-level ones.
-	extra string
-	top   []string
+	// extra is the [instances] section's keys (and any sections after
+	// it), top the top-level ones, storage more [storage] keys. In extra,
+	// httpAddressPlaceholder stands for the server's own plain-http
+	// address, chosen here (a fleet host's peer_url).
+	extra   string
+	top     []string
+	storage string
 	// ports is the width of the port range (60 unless set), from minPort
 	// (a free port unless set).
 	minPort, ports int
@@ -74,6 +78,10 @@ type serverOptions struct {
 	binary         string    // the sindrid TestMain built unless set
 	log            io.Writer // gets sindrid's output too, if set
 }
+
+// httpAddressPlaceholder in serverOptions.extra is replaced by the
+// server's own insecure_listen_address.
+const httpAddressPlaceholder = "{http_address}"
 
 // startServerWith runs sindrid as o says; s.pid is its process.
 func startServerWith(t testing.TB, o serverOptions) *server {
@@ -111,6 +119,7 @@ listen_address = %q
 insecure_listen_address = %q
 [storage]
 loopback_size = %q
+%s
 [postgres]
 socket_dir = %q
 min_port = %d
@@ -118,7 +127,8 @@ max_port = %d
 shared_buffers = %q
 [instances]
 expiry_interval = %q
-%s`, s.data, s.secret, strings.Join(o.top, "\n"), s.https, s.http, o.size, sock, o.minPort, o.minPort+o.ports, o.sharedBuffers, o.expiryInterval, o.extra)
+%s`, s.data, s.secret, strings.Join(o.top, "\n"), s.https, s.http, o.size, o.storage, sock, o.minPort, o.minPort+o.ports, o.sharedBuffers, o.expiryInterval,
+		strings.ReplaceAll(o.extra, httpAddressPlaceholder, s.http))
 	if err := os.WriteFile(s.config, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}

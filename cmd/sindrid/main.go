@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/config"
 	"github.com/sindri-db/sindri/pkg/console"
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/fleet"
 	"github.com/sindri-db/sindri/pkg/metadb"
 	"github.com/sindri-db/sindri/pkg/metrics"
 	"github.com/sindri-db/sindri/pkg/osuser"
@@ -45,10 +47,13 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if len(os.Args) > 1 && (os.Args[1] == "token" || os.Args[1] == "secrets") {
+	if len(os.Args) > 1 && (os.Args[1] == "token" || os.Args[1] == "secrets" || os.Args[1] == "host") {
 		run := func() error { return runToken(ctx, os.Args[2:], os.Stdout, os.Stderr) }
-		if os.Args[1] == "secrets" {
+		switch os.Args[1] {
+		case "secrets":
 			run = func() error { return runSecrets(ctx, os.Args[2:], os.Stderr) }
+		case "host":
+			run = func() error { return runHost(ctx, os.Args[2:], os.Stdout, os.Stderr) }
 		}
 		if err := run(); err != nil {
 			fmt.Fprintln(os.Stderr, "sindrid:", err)
@@ -101,6 +106,10 @@ type Main struct {
 	servers     []*http.Server
 	stop        context.CancelFunc
 	done        chan struct{}
+	fleet       *fleet.Member // nil without [fleet]
+	peerAuth    *fleet.PeerAuth
+	peerClient  *fleet.Client
+	fleetDone   chan struct{}
 	secretsLock *store.SecretsLock // held while sindrid runs
 }
 
@@ -179,6 +188,13 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.logger.Info("sindrid: metadata store ready", "embedded", cfg.EmbeddedMetadataDB(), "migrations_applied", len(applied),
 		"secrets_key_file", cfg.SecretsKeyFilePath(), "key_id", m.Store.Keyring().Current())
+	if cfg.Fleet.Enabled() {
+		// Registered before the engine starts: the instances it makes are
+		// this host's.
+		if err := m.joinFleet(ctx, driver); err != nil {
+			return err
+		}
+	}
 
 	// 0711: each postmaster must reach its own socket directory inside.
 	if err := os.MkdirAll(cfg.Postgres.SocketDir, 0o711); err != nil {
@@ -189,6 +205,12 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	if err := owner.CheckReach(filepath.Join(cfg.Postgres.SocketDir, "x")); err != nil {
 		return fmt.Errorf("postgres.socket_dir: %w", err)
+	}
+	var peers *api.Fleet // nil without [fleet]
+	if cfg.Fleet.Enabled() {
+		if peers, err = m.fleetRouting(); err != nil {
+			return err
+		}
 	}
 	m.Metrics = metrics.New(func(ctx context.Context) (engine.Status, error) { return m.Engine.Status(ctx) })
 	m.Engine = engine.New(engine.Options{
@@ -204,8 +226,12 @@ func (m *Main) Run(ctx context.Context) error {
 		SourceRetryMin: cfg.Sources.RetryMin, SourceRetryMax: cfg.Sources.RetryMax,
 		StandbyResyncAfter: cfg.Sources.StandbyResyncAfter,
 		Limits:             engineLimits(cfg.Limits),
+		DownTimeout:        cfg.Fleet.DownTimeout,
 		Logger:             m.logger, OrphanGrace: 10 * time.Minute,
 	})
+	if peers != nil {
+		m.Engine.SetPeers(peers)
+	}
 	m.setUploadAccount()
 	if err := m.Engine.Reconcile(ctx); err != nil {
 		// What could not be reconciled is logged and retried every minute;
@@ -218,6 +244,19 @@ func (m *Main) Run(ctx context.Context) error {
 		defer close(m.done)
 		m.Engine.Run(engineCtx, time.Minute, cfg.Instances.ExpiryInterval)
 	}()
+	if m.fleet != nil {
+		m.fleetDone = make(chan struct{})
+		replicator := m.Engine.NewReplicator(engine.ReplicationOptions{
+			Host: cfg.Fleet.Name, Peers: m.peerClient, DownTimeout: cfg.Fleet.DownTimeout, Concurrency: 1,
+		})
+		go func() {
+			defer close(m.fleetDone)
+			var wg sync.WaitGroup
+			wg.Go(func() { m.fleet.Run(engineCtx) })
+			wg.Go(func() { replicator.Run(engineCtx) })
+			wg.Wait()
+		}()
+	}
 
 	authenticator, err := auth.NewFromConfig(cfg, m.Store, m.logger)
 	if err != nil {
@@ -233,10 +272,16 @@ func (m *Main) Run(ctx context.Context) error {
 		VersionExempt: console.RouteKeys,
 	})
 	services := m.Engine.Services()
-	(&api.Handlers{
+	handlers := &api.Handlers{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
 		Sources: services.Sources, Auth: authenticator, PublicHostname: cfg.PublicHostname, Version: version.Version,
-	}).Register(server)
+	}
+	if cfg.Fleet.Enabled() {
+		handlers.Hosts = engine.NewHostService(m.Store, cfg.Fleet.DownTimeout)
+		peers.Placed = services.Instances
+		handlers.Fleet, handlers.ImageSender = peers, m.Engine
+	}
+	handlers.Register(server)
 	ui, err := console.New(console.Options{
 		Images: services.Images, Instances: services.Instances, Backups: services.Backups, Status: services.Status,
 		Written: services.Instances.Written,
@@ -296,12 +341,75 @@ func (m *Main) openStoreOnce(ctx context.Context, databaseURL string) (applied [
 	if applied, err = st.Migrate(ctx); err != nil {
 		return nil, err
 	}
+	if f := m.Config.Fleet; f.Enabled() {
+		// Before the secrets: a host that may not join must not seal
+		// anything with its key.
+		if err := fleet.CheckJoin(ctx, st, f.Name, f.PeerURL, f.DownTimeout); err != nil {
+			return nil, fmt.Errorf("joining the fleet as %q: %w", f.Name, err)
+		}
+	}
 	lock, err := openSecrets(ctx, st, m.Config.SecretsKeyFilePath(), m.logger)
 	if err != nil {
 		return nil, err
 	}
 	m.Store, m.secretsLock = st, lock
 	return applied, nil
+}
+
+// joinFleet makes this host a member of the fleet: the store makes
+// instances as this host's, and the host is registered in the hosts table
+// (waiting while the metadata store is unavailable). Another live host
+// of the same name stops the start.
+func (m *Main) joinFleet(ctx context.Context, driver storage.Driver) error {
+	cfg := m.Config
+	reserve := engineLimits(cfg.Limits).DiskReserve
+	secret, err := cfg.Fleet.ReadSecret()
+	if err != nil {
+		return fmt.Errorf("fleet.secret_file %q %w", cfg.Fleet.SecretFile, err)
+	}
+	roots, err := cfg.Fleet.PeerRoots()
+	if err != nil {
+		return fmt.Errorf("fleet.peer_ca_file %q %w", cfg.Fleet.PeerCAFile, err)
+	}
+	m.peerAuth = fleet.NewPeerAuth(cfg.Fleet.Name, secret)
+	m.peerClient = fleet.NewClient(m.peerAuth, roots)
+	m.Store.SetFleetHost(cfg.Fleet.Name)
+	m.fleet = fleet.New(fleet.Options{
+		Store: m.Store, Capacity: driver.Capacity, Reserve: reserve.Of,
+		Name: cfg.Fleet.Name, PeerURL: cfg.Fleet.PeerURL, PublicHostname: cfg.PublicHostname,
+		StorageDriver: driver.Name(), MaxInstances: cfg.Fleet.MaxInstances,
+		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, DownTimeout: cfg.Fleet.DownTimeout, Logger: m.logger,
+	})
+	if _, err := m.fleet.Register(ctx); err != nil {
+		return fmt.Errorf("joining the fleet as %q: %w", cfg.Fleet.Name, err)
+	}
+	return nil
+}
+
+// fleetRouting is what routes requests between the fleet's hosts: this
+// host's proof under the fleet secret, and the client that reaches the
+// peers' peer_url, trusting fleet.peer_ca_file's certificates (or the
+// system's roots without it).
+func (m *Main) fleetRouting() (*api.Fleet, error) {
+	f := m.Config.Fleet
+	secret, err := f.ReadSecret()
+	if err != nil {
+		return nil, fmt.Errorf("fleet.secret_file %q %w", f.SecretFile, err)
+	}
+	roots, err := f.PeerRoots()
+	if err != nil {
+		return nil, fmt.Errorf("fleet.peer_ca_file %q %w", f.PeerCAFile, err)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	transport.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	st := m.Store
+	return &api.Fleet{
+		Self: f.Name, Auth: fleet.NewPeerAuth(f.Name, secret), Transport: transport,
+		Hosts:      func(ctx context.Context) ([]store.Host, error) { return st.ListHosts(ctx, f.DownTimeout) },
+		ImageHosts: st.ImageReadyHosts,
+		Logger:     m.logger,
+	}, nil
 }
 
 // engineLimits is the [limits] section in the engine's terms.
@@ -402,6 +510,9 @@ func (m *Main) Close() error {
 	if m.stop != nil {
 		m.stop()
 		<-m.done
+		if m.fleetDone != nil {
+			<-m.fleetDone
+		}
 	}
 	if m.secretsLock != nil {
 		m.secretsLock.Release()

@@ -66,6 +66,72 @@
 // instance's data, carrying its owner, which only the owner and the
 // upload user see (404 for others).
 //
+// In a fleet (Handlers.Hosts set, sindrid configured with [fleet]),
+// GET /hosts lists the hosts sharing the metadata database, the upload
+// user's only (403 for others): each a hosts resource whose id is its
+// name, with peer_url, public_hostname, storage_driver, total_bytes,
+// free_bytes, reserve_bytes, instances (placed on it), running_instances,
+// max_instances, memory_total_bytes, memory_available_bytes, state
+// (active, draining, or down when its last_heartbeat_at is older than the
+// down timeout) and last_heartbeat_at. Without a fleet there is no such
+// route (404). In a fleet, an instance carries host, the name of the host
+// it lives on, and hostname and database_url name that host's public
+// hostname, and an image hosts, the names of the hosts holding a ready
+// copy of it; on a single host both attributes are left out. An
+// instance of a host that is down reads status "unavailable" (read from
+// the hosts at each request, never stored): its real status shows again
+// once its host's heartbeat does. GET /status of a fleet host counts its
+// own instances, disk and backup archives, with the fleet's under
+// fleet_instances (every host's instances, those of a down host as
+// unavailable) and host naming it; images and the per-user limits are the
+// fleet's.
+//
+// In a fleet (Handlers.Fleet set) every host answers every request, as
+// follows (forward.go):
+//
+//   - POST /instances: the host asked places the instance in SQL
+//     (store.PlaceInstance, the owner's quota counted fleet-wide). Placed
+//     on itself, it builds it as a single host does. Placed on another,
+//     it has that host build the row already placed, over the peer route
+//     POST /fleet/instances/{id}/create, then reads the instance from the
+//     metadata and answers 201 with it exactly as a local create does (its
+//     own rendering: same status, headers, body and wire format, Draupnir
+//     5.3 included). If that host refuses (a 4xx, or a 503 such as
+//     no_free_port), its error is the answer, naming the host; if it is
+//     down, cannot be reached or fails, the placed row is deleted (the
+//     host undoes what it began when the peer request ends) and the
+//     answer is 503 host_unavailable with Retry-After: 10. No host able to
+//     take it is 503 no_host_available.
+//   - Served from the metadata on any host: GET /instances and
+//     GET /instances/{id} (credentials included), PATCH /instances/{id}
+//     (expiry, protection), GET /backups and GET /backups/{id}.
+//   - Forwarded to the host the instance or backup lives on (a reverse
+//     proxy to its peer_url; the client's request as it came, its
+//     Authorization, Draupnir-Version and X-Request-Id, with this host's
+//     proof added so that the owner serves it instead of forwarding it
+//     again; the owner's answer streamed back as it is, Range and HEAD
+//     included): DELETE /instances/{id}, POST /instances/{id}/reset,
+//     POST /backups (to the instance's host, or for an image to a host
+//     holding a ready copy, this one first), DELETE /backups/{id} and
+//     GET/HEAD /backups/{id}/download. Whose the instance or backup is, is
+//     checked first, on the host asked (another's is 404 there). A down
+//     owner is 503 host_unavailable at once, with Retry-After: 10 and a
+//     message naming the host; one that cannot be reached, the same.
+//     The engine itself refuses to destroy or reset another host's
+//     instance (409 conflict, engine.ErrOtherHost): only its host acts
+//     on it.
+//   - The peers' routes (/fleet/) take a proof under the fleet secret
+//     (fleet.PeerAuth), not a user's token: without a valid one, a user
+//     with a valid token included, they are 403 not_a_peer. A request
+//     to any route that carries a proof that does not verify is 403
+//     not_a_peer too; it is never taken for a client's.
+//   - GET /fleet/images/{id}/stream?format=F streams this host's copy of
+//     a ready image in format F (btrfs-send or zfs-send, the host's own
+//     driver's, or tar.zst), with the stream's byte count and CRC-32C as
+//     the trailers Sindri-Stream-Bytes and Sindri-Stream-Crc32c; a
+//     failure mid-stream aborts the connection (404 for an image without
+//     a copy here, 422 image_not_ready, 400 for another format).
+//
 // The configured [limits] refuse with 429 quota_exceeded (a per-user or
 // global count or size) or 503 no_disk_space (the disk reserve), with a
 // detail that names the limit's key and the current figure; GET /status

@@ -33,6 +33,9 @@ const (
 	CodeNoDiskSpace             = "no_disk_space"
 	CodeQuotaExceeded           = "quota_exceeded"
 	CodeMetadataUnavailable     = "metadata_unavailable"
+	CodeNotAPeer                = "not_a_peer"
+	CodeHostUnavailable         = "host_unavailable"
+	CodeNoHostAvailable         = "no_host_available"
 	CodeInternalServerError     = "internal_server_error"
 )
 
@@ -191,6 +194,14 @@ func QuotaExceeded(detail string) *Error {
 	return NewError(http.StatusTooManyRequests, CodeQuotaExceeded, "Quota exceeded", detail)
 }
 
+// NotAPeer is 403 not_a_peer: a request to a route of the fleet's hosts
+// (/fleet/), or one that carries a fleet proof, without a valid proof.
+// Why the proof was refused is logged, not told.
+func NotAPeer() *Error {
+	return NewError(http.StatusForbidden, CodeNotAPeer, "Not a peer",
+		"this request carries no valid proof that a host of this fleet sent it; the /fleet/ routes are for sindri's hosts only")
+}
+
 // InternalServerError is 500 internal_server_error. Its detail carries only
 // the request id, under which the real error is logged.
 func InternalServerError(requestID string) *Error {
@@ -232,6 +243,8 @@ var errorClasses = []errorClass{
 	{class: engine.ErrBackupRunning, status: http.StatusConflict, code: "backup_running", title: "A backup is being written"},
 	{class: engine.ErrNotBackupReady, status: http.StatusConflict, code: "instance_busy", title: "Instance cannot be backed up now"},
 	{class: engine.ErrNotFound, status: http.StatusNotFound, code: CodeNotFound, title: "Resource not found"},
+	// A peer route asked by anyone but a host of the fleet.
+	{class: engine.ErrNotPeer, status: http.StatusForbidden, code: CodeNotAPeer, title: "Not a host of this fleet"},
 	{class: engine.ErrForbidden, status: http.StatusForbidden, code: CodeForbidden, title: "Forbidden"},
 	{class: engine.ErrImageNotReady, status: http.StatusUnprocessableEntity, code: CodeImageNotReady, title: "Image not ready"},
 	{class: engine.ErrImageHasInstances, status: http.StatusUnprocessableEntity, code: CodeImageHasInstances, title: "Image has instances"},
@@ -249,6 +262,11 @@ var errorClasses = []errorClass{
 	{class: engine.ErrNotItsVolume, status: http.StatusConflict, code: "volume_mismatch", title: "The volume on disk is not this resource's"},
 	{class: engine.ErrStoreMismatch, status: http.StatusServiceUnavailable, code: "store_mismatch", title: "The metadata store does not match the volumes on disk"},
 	{class: engine.ErrConflict, status: http.StatusConflict, code: CodeConflict, title: "Conflict with an existing resource"},
+	// A fleet: the messages name the host, never its address.
+	{class: engine.ErrHostUnavailable, status: http.StatusServiceUnavailable, code: CodeHostUnavailable,
+		title: "Host unavailable", public: true, retryAfter: HostRetryAfter},
+	{class: engine.ErrNoHost, status: http.StatusServiceUnavailable, code: CodeNoHostAvailable,
+		title: "No host available", public: true, retryAfter: HostRetryAfter},
 	// Two sindrids on one store: the message names the other's process.
 	{class: engine.ErrOperationRunning, status: http.StatusServiceUnavailable, code: "operation_running", title: "Another sindrid is running this operation"},
 	// The metadata database out of reach, as while its leader changes: the

@@ -18,7 +18,16 @@ type Handlers struct {
 	Status    StatusService
 	// Sources, when set, serves /sources.
 	Sources SourceService
-	Auth    *auth.Authenticator
+	// Hosts, when set (a fleet), serves /hosts.
+	Hosts HostService
+	// Fleet, when set (a fleet), routes the requests of instances and
+	// backups to the host they live on, and serves the peers' routes
+	// (/fleet/).
+	Fleet *Fleet
+	// ImageSender, in a fleet, streams this host's copies of images to
+	// the other hosts (GET /fleet/images/{id}/stream).
+	ImageSender FleetService
+	Auth        *auth.Authenticator
 	// PublicHostname is the host clients reach instances on.
 	PublicHostname string
 	Version        string
@@ -44,14 +53,17 @@ func (h *Handlers) Register(s *Server) {
 		{"/instances", http.MethodPost, h.createInstance},
 		{"/instances/{id}", http.MethodGet, h.getInstance},
 		{"/instances/{id}", http.MethodPatch, h.updateInstance},
-		{"/instances/{id}", http.MethodDelete, h.destroyInstance},
-		{"/instances/{id}/reset", http.MethodPost, h.resetInstance},
+		// In a fleet, what acts on an instance's or a backup's files or
+		// processes is served by the host they live on (forward.go);
+		// reads and changes of metadata alone are served here.
+		{"/instances/{id}", http.MethodDelete, h.onInstanceHost(h.destroyInstance)},
+		{"/instances/{id}/reset", http.MethodPost, h.onInstanceHost(h.resetInstance)},
 		{"/backups", http.MethodGet, h.listBackups},
-		{"/backups", http.MethodPost, h.createBackup},
+		{"/backups", http.MethodPost, h.onBackupSourceHost(h.createBackup)},
 		{"/backups/{id}", http.MethodGet, h.getBackup},
-		{"/backups/{id}", http.MethodDelete, h.deleteBackup},
-		{"/backups/{id}/download", http.MethodGet, h.downloadBackup},
-		{"/backups/{id}/download", http.MethodHead, h.downloadBackup},
+		{"/backups/{id}", http.MethodDelete, h.onBackupHost(h.deleteBackup)},
+		{"/backups/{id}/download", http.MethodGet, h.onBackupHost(h.downloadBackup)},
+		{"/backups/{id}/download", http.MethodHead, h.onBackupHost(h.downloadBackup)},
 		{"/status", http.MethodGet, h.status},
 	}
 	if h.Sources != nil {
@@ -67,6 +79,12 @@ func (h *Handlers) Register(s *Server) {
 	r := s.Router()
 	for _, rt := range routes {
 		r.Handle(rt.path, rt.handle).Methods(rt.method)
+	}
+	if h.Hosts != nil {
+		r.Handle("/hosts", HandlerFunc(h.listHosts)).Methods(http.MethodGet)
+	}
+	if h.Fleet != nil {
+		h.registerFleet(s)
 	}
 	if h.Auth != nil {
 		r.HandleFunc("/authenticate", h.Auth.HandleAuthenticate).Methods(http.MethodGet)

@@ -27,7 +27,7 @@ func imageResource(img store.Image) *resource.Image {
 		ID: img.ID, Name: img.Name, BackedUpAt: img.BackedUpAt, Ready: img.Status == store.ImageReady,
 		Status: status, Error: errText, PGVersion: img.PGVersion, SizeBytes: img.SizeBytes,
 		BackupID: img.BackupID, Anonymised: img.Anonymised, SourceID: img.SourceID, Owner: img.Owner,
-		InstanceID: img.FromInstanceID, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
+		InstanceID: img.FromInstanceID, Hosts: img.Hosts, CreatedAt: img.CreatedAt, UpdatedAt: img.UpdatedAt,
 	}
 }
 

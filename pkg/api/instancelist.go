@@ -86,6 +86,10 @@ func appendInstance(buf []byte, inst *resource.Instance) []byte {
 		buf = inst.ExpiresAt.UTC().AppendFormat(buf, iso8601)
 		buf = append(buf, '"')
 	}
+	if inst.Host != "" {
+		buf = append(buf, `,"host":`...)
+		buf = appendJSONString(buf, inst.Host)
+	}
 	buf = append(buf, `,"hostname":`...)
 	buf = appendJSONString(buf, inst.Hostname)
 	buf = append(buf, `,"image_id":`...)

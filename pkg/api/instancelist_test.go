@@ -32,6 +32,9 @@ func someInstances(n int, odd bool) []*resource.Instance {
 			Protected: r.IntN(2) == 0,
 			CreatedAt: base.Add(time.Duration(r.IntN(1e6)) * time.Millisecond), UpdatedAt: base.Add(time.Duration(r.IntN(1e9))),
 		}
+		if i%3 == 1 { // in a fleet
+			inst.Host = "sindri-b"
+		}
 		if odd {
 			inst.Password += "-<&>\"\\\u2028é\x01"
 		}

@@ -76,6 +76,6 @@ func (c *renderedInstances) forget(id int64) {
 func sameListing(a, b store.Instance) bool {
 	return a.ID == b.ID && a.ImageID == b.ImageID && a.Owner == b.Owner && a.Status == b.Status &&
 		a.Port == b.Port && a.Username == b.Username && a.Password == b.Password && a.Error == b.Error &&
-		a.Protected == b.Protected && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
+		a.Protected == b.Protected && a.Host == b.Host && a.Hostname == b.Hostname && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
 		(a.ExpiresAt == nil) == (b.ExpiresAt == nil) && (a.ExpiresAt == nil || a.ExpiresAt.Equal(*b.ExpiresAt))
 }

@@ -28,14 +28,18 @@ func contractStatus(s store.InstanceStatus) string {
 }
 
 func (h *Handlers) instanceResource(inst store.Instance, withCredentials bool) *resource.Instance {
+	hostname := h.PublicHostname
+	if inst.Hostname != "" { // its fleet host's
+		hostname = inst.Hostname
+	}
 	out := &resource.Instance{
-		ID: inst.ID, Hostname: h.PublicHostname, ImageID: inst.ImageID, Port: inst.Port, Status: contractStatus(inst.Status),
+		ID: inst.ID, Hostname: hostname, ImageID: inst.ImageID, Port: inst.Port, Status: contractStatus(inst.Status),
 		Error: inst.Error, Username: inst.Username, Password: inst.Password,
-		ExpiresAt: inst.ExpiresAt, Protected: inst.Protected, CreatedAt: inst.CreatedAt, UpdatedAt: inst.UpdatedAt,
+		ExpiresAt: inst.ExpiresAt, Protected: inst.Protected, Host: inst.Host, CreatedAt: inst.CreatedAt, UpdatedAt: inst.UpdatedAt,
 	}
 	out.DatabaseURL = (&url.URL{
 		Scheme: "postgres", User: url.UserPassword(inst.Username, inst.Password),
-		Host: fmt.Sprintf("%s:%d", h.PublicHostname, inst.Port), Path: "/postgres", RawQuery: "sslmode=require",
+		Host: fmt.Sprintf("%s:%d", hostname, inst.Port), Path: "/postgres", RawQuery: "sslmode=require",
 	}).String()
 	if withCredentials {
 		out.Credentials = &resource.Credentials{ID: inst.ID, CACertificate: inst.CACertificate,

@@ -372,7 +372,7 @@ func routeInfo(next http.Handler) http.Handler {
 func requireVersion(exempt map[string]bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if !exempt[routeKey(r)] {
+			if key := routeKey(r); !exempt[key] && !isPeerRoute(key) {
 				if e := checkVersion(r.Header.Values(VersionHeader)); e != nil {
 					WriteError(w, r, e)
 					return
@@ -392,7 +392,8 @@ func requireVersion(exempt map[string]bool) func(http.Handler) http.Handler {
 func authenticate(authn func(*http.Request) (any, error), exempt map[string]bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if exempt[routeKey(r)] {
+			if key := routeKey(r); exempt[key] || isPeerRoute(key) {
+				// A peer route is the peers' alone: requirePeer guards it.
 				next.ServeHTTP(w, r)
 				return
 			}

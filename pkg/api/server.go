@@ -111,6 +111,9 @@ type Server struct {
 	opts    Options
 	router  *mux.Router
 	handler http.Handler
+	// authExempt is the authentication middleware's set: Register adds
+	// the fleet's peer routes, which a peer's proof authenticates.
+	authExempt map[string]bool
 }
 
 // NewServer returns a Server with GET /health_check (and GET /metrics if
@@ -156,7 +159,7 @@ func NewServer(opts Options) *Server {
 	h = recoverPanics(h)
 	h = accessLog(opts.Logger, opts.Observe)(h)
 	h = requestID(opts.Logger)(h)
-	return &Server{opts: opts, router: router, handler: h}
+	return &Server{opts: opts, router: router, handler: h, authExempt: authExempt}
 }
 
 // Router is where route owners register their routes.

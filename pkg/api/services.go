@@ -47,6 +47,12 @@ type InstanceService interface {
 	Destroy(ctx context.Context, a engine.Actor, id int64) error
 }
 
+// HostService: the fleet's hosts, the upload user's only
+// (engine.ErrForbidden for others).
+type HostService interface {
+	List(ctx context.Context, a engine.Actor) ([]store.Host, error)
+}
+
 // BackupService: a backup is its owner's (and the upload user's);
 // another's is engine.ErrNotFound. Only the upload user backs up an image.
 type BackupService interface {

@@ -30,7 +30,7 @@ func (h *Handlers) statusResource(st engine.Status) *resource.Status {
 		}
 		standbys[s.Source] = &resource.Standby{Status: s.Status, LagBytes: s.LagBytes, LagSeconds: s.LagSeconds}
 	}
-	return &resource.Status{
+	out := &resource.Status{
 		Standbys: standbys,
 		ID:       "1", Status: overall, Problems: st.Problems, Version: h.Version, APIVersion: version.API,
 		StorageDriver: st.StorageDriver, TotalBytes: st.TotalBytes, FreeBytes: st.FreeBytes,
@@ -42,7 +42,12 @@ func (h *Handlers) statusResource(st engine.Status) *resource.Status {
 		Instances:             contractCounts(st.InstancesByStatus, func(s string) string { return contractStatus(store.InstanceStatus(s)) }),
 		ExpectedCloningTimeMS: st.ExpectedCloningTime.Milliseconds(),
 		Limits:                limitUses(st),
+		Host:                  st.Host,
 	}
+	if st.FleetInstancesByStatus != nil {
+		out.FleetInstances = contractCounts(st.FleetInstancesByStatus, func(s string) string { return contractStatus(store.InstanceStatus(s)) })
+	}
+	return out
 }
 
 // limitUses renders the limits of st, which the status service made for

@@ -150,6 +150,7 @@ type Config struct {
 	Sources   SourcesConfig   `toml:"sources"`
 	Uploads   UploadsConfig   `toml:"uploads"`
 	Limits    LimitsConfig    `toml:"limits"`
+	Fleet     FleetConfig     `toml:"fleet"`
 
 	// file is the path Load read, used to prefix error messages.
 	file string
@@ -457,6 +458,10 @@ func Default() *Config {
 			BackupsTotalBytes:         DefaultBackupsTotalBytes,
 			DiskReserve:               DefaultDiskReserve,
 		},
+		Fleet: FleetConfig{
+			HeartbeatInterval: DefaultHeartbeatInterval,
+			DownTimeout:       DefaultDownTimeout,
+		},
 	}
 }
 
@@ -496,6 +501,8 @@ var durationKeys = map[string]bool{
 	"sources.retry_min":            true,
 	"sources.retry_max":            true,
 	"sources.standby_resync_after": true,
+	"fleet.heartbeat_interval":     true,
+	"fleet.down_timeout":           true,
 }
 
 // decode parses data over Default() and reports unknown keys and integer
@@ -538,6 +545,8 @@ outer:
 		{"sources", "retry_min", c.Sources.RetryMin},
 		{"sources", "retry_max", c.Sources.RetryMax},
 		{"sources", "standby_resync_after", c.Sources.StandbyResyncAfter},
+		{"fleet", "heartbeat_interval", c.Fleet.HeartbeatInterval},
+		{"fleet", "down_timeout", c.Fleet.DownTimeout},
 	} {
 		if md.Type(d.section, d.name) == "Integer" && d.val != 0 {
 			key := d.section + "." + d.name
@@ -676,6 +685,7 @@ func (c *Config) Validate() error {
 	c.validateSources(v)
 	c.validateUploads(v)
 	c.validateLimits(v)
+	c.validateFleet(v)
 	return joinErrors(v.errs)
 }
 

@@ -782,6 +782,10 @@ func TestExampleDefaultsAreAccurate(t *testing.T) {
 		"storage.loopback_file":        true, // derived from data_path
 		"secrets_key_file":             true, // derived from data_path
 		"uploads.authorized_keys_file": true,
+		"fleet.name":                   true,
+		"fleet.peer_url":               true,
+		"fleet.secret_file":            true,
+		"fleet.peer_ca_file":           true,
 	}
 	def := Default()
 	got, want := reflect.ValueOf(c).Elem(), reflect.ValueOf(def).Elem()

@@ -205,15 +205,15 @@ func (c *Console) instances(w http.ResponseWriter, r *http.Request, q *request) 
 	var rows []instanceRow
 	live := false
 	for _, inst := range instances {
-		status := api.InstanceResource(inst, c.opts.PublicHostname, false).Status
-		row := instanceRow{ID: inst.ID, Owner: inst.Owner, Image: names[inst.ImageID], Status: status, Err: inst.Error,
-			HostPort: c.opts.PublicHostname + ":" + strconv.Itoa(inst.Port), Created: formatTime(inst.CreatedAt),
+		res := api.InstanceResource(inst, c.opts.PublicHostname, false) // its fleet host's hostname, if any
+		row := instanceRow{ID: inst.ID, Owner: inst.Owner, Image: names[inst.ImageID], Status: res.Status, Err: inst.Error,
+			HostPort: res.Hostname + ":" + strconv.Itoa(inst.Port), Created: formatTime(inst.CreatedAt),
 			Expires: formatTime(inst.ExpiresAt), In: relative(inst.ExpiresAt), Protected: inst.Protected}
 		if n, ok := written[inst.ID]; ok {
 			row.Written, row.WrittenBytes = formatBytes(n), n
 		}
 		rows = append(rows, row)
-		live = live || status == string(store.InstanceCreating)
+		live = live || res.Status == string(store.InstanceCreating)
 	}
 	d.Rows, d.Empty = instanceRows(rows, d.ShowOwner, d.Measured), len(rows) == 0
 	ops, busy := c.sessions.takeOps(q.session)

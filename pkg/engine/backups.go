@@ -225,6 +225,14 @@ func (e *Engine) DeleteBackup(ctx context.Context, id int64) error {
 	return nil
 }
 
+// holds tells whether a backup's archive is this host's: in a fleet, the
+// host that wrote it alone reconciles and expires it; a single host holds
+// every backup.
+func (e *Engine) holds(b store.Backup) bool {
+	host := e.opts.Store.FleetHost()
+	return host == "" || b.Host == host
+}
+
 // DeleteExpiredBackups deletes the finished backups (done or failed) older
 // than BackupMaxAge, with their archives, and returns how many; nothing
 // when BackupMaxAge is 0. A running backup is never one of them.
@@ -244,7 +252,7 @@ func (e *Engine) DeleteExpiredBackups(ctx context.Context) (int, error) {
 	var errs []error
 	n := 0
 	for _, b := range backups {
-		if b.Status == store.BackupRunning || !b.CreatedAt.Before(cutoff) {
+		if b.Status == store.BackupRunning || !b.CreatedAt.Before(cutoff) || !e.holds(b) {
 			continue
 		}
 		e.log.Info("engine: backup expired", "backup_id", b.ID, "created_at", b.CreatedAt)
@@ -330,7 +338,7 @@ func (e *Engine) reconcileBackups(ctx context.Context, entries []storage.Entry) 
 	}
 	var errs []error
 	for _, b := range backups {
-		if b.Status != store.BackupRunning || running[b.ID] {
+		if b.Status != store.BackupRunning || running[b.ID] || !e.holds(b) {
 			continue
 		}
 		// An archive in place is whole (it is renamed there once synced):

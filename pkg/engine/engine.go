@@ -85,6 +85,11 @@ type Options struct {
 	// go without streaming before it is made again from a new base backup
 	// (default DefaultStandbyResyncAfter).
 	StandbyResyncAfter time.Duration
+	// DownTimeout is the fleet's down_timeout: in a fleet (the store's
+	// FleetHost set), a host whose last heartbeat is older is down: its
+	// instances read "unavailable" and nothing is placed on it. Unused on
+	// a single host.
+	DownTimeout time.Duration
 	// Now is the clock (tests set it); nil means time.Now.
 	Now func() time.Time
 	// ObserveInstanceReady, if set, gets each creation's duration (metrics).
@@ -94,6 +99,10 @@ type Options struct {
 	// port, cloned, configured, started, accepting (a login of sindri's
 	// own), ready (the client roles set up).
 	ObserveCreateStep func(step string, d time.Duration)
+
+	// In a fleet (the store's FleetHost set), Peers has the instances
+	// placed on other hosts built there (see placement.go).
+	Peers InstancePeers
 
 	// hooks are where the package's tests act on an operation under way
 	// (hooks.go); production code cannot set them.

@@ -62,6 +62,18 @@ var (
 	// ErrOperationRunning: another live sindrid runs the same operation
 	// (a pull, a script) on the same image.
 	ErrOperationRunning = errors.New("another sindrid is running this operation")
+
+	// ErrNotPeer: a request to a peer-only route (under /fleet/) without
+	// a valid proof that a host of this fleet sent it.
+	ErrNotPeer = errors.New("not a host of this fleet")
+
+	// ErrHostUnavailable: in a fleet, the host an instance or backup
+	// lives on, or was placed on, is down, cannot be reached or failed to
+	// answer; the request did not complete there and may be sent again.
+	ErrHostUnavailable = errors.New("host unavailable")
+	// ErrNoHost: in a fleet, no host can take a new instance of the image
+	// now (store.ErrNoHost).
+	ErrNoHost = errors.New("no host can take the instance")
 )
 
 // The classes that errors of the store, the storage and Postgres are given

@@ -1,5 +1,11 @@
 package engine
 
+import (
+	"context"
+
+	"github.com/sindri-db/sindri/pkg/store"
+)
+
 // WithStepHook is opts with step called at each of CreateSteps and
 // ImageDestroySteps (see hooks): a crash test kills the process there.
 func WithStepHook(opts Options, step func(name string, id int64)) Options {
@@ -27,4 +33,10 @@ func WithoutScrub(opts Options) Options {
 func WithTickHook(opts Options, f func(due, round int)) Options {
 	opts.hooks.tick = f
 	return opts
+}
+
+// RecordImageVolume writes image img's volume record into dir, as a
+// finalise does before the freeze.
+func (e *Engine) RecordImageVolume(ctx context.Context, dir string, img store.Image) error {
+	return e.recordImageVolume(ctx, dir, img)
 }

@@ -34,8 +34,27 @@ func (e *Engine) CreateInstance(ctx context.Context, req InstanceRequest) (store
 	if err != nil {
 		return store.Instance{}, err
 	}
+	if e.placedElsewhere(inst) {
+		return e.createElsewhere(ctx, inst)
+	}
+	if e.inFleet() {
+		if err := e.checkPlacedReserve(ctx, inst); err != nil {
+			return store.Instance{}, err
+		}
+	}
+	return e.createRecorded(ctx, inst)
+}
+
+// createRecorded builds a recorded instance on this host: its volume,
+// its postmaster; on failure it undoes what it did.
+func (e *Engine) createRecorded(ctx context.Context, inst store.Instance) (store.Instance, error) {
 	unlock := e.locks.Lock(inst.ID)
 	defer unlock()
+	return e.createLocked(ctx, inst)
+}
+
+// createLocked is createRecorded under the instance's lock.
+func (e *Engine) createLocked(ctx context.Context, inst store.Instance) (store.Instance, error) {
 	steps := e.createSteps(inst.ID, true)
 	steps.step("recorded")
 	started := time.Now()
@@ -107,6 +126,16 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	if img.Status != store.ImageReady {
 		return store.Instance{}, fmt.Errorf("%w: image %d is %s", ErrImageNotReady, img.ID, img.Status)
 	}
+	input := store.InstanceInput{
+		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
+		Quota: e.instanceQuota(req.Owner),
+	}
+	if e.inFleet() {
+		// The placement weighs every host's disk; the chosen host checks
+		// its own reserve as it builds.
+		e.creationBegun.Store(true)
+		return e.placeInstance(ctx, input)
+	}
 	if err := e.CheckDiskReserve(ctx, 0, "a new instance"); err != nil {
 		e.auditFailure(ctx, "create_instance", "image", req.ImageID, err)
 		return store.Instance{}, err
@@ -115,10 +144,7 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	// refusal leaves nothing behind, and concurrent creations cannot pass
 	// the limit together.
 	e.creationBegun.Store(true)
-	inst, err := e.opts.Store.CreateInstance(ctx, store.InstanceInput{
-		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
-		Quota: e.instanceQuota(req.Owner),
-	})
+	inst, err := e.opts.Store.CreateInstance(ctx, input)
 	if err != nil {
 		err = e.quotaRefusal(ctx, err)
 		if errors.Is(err, ErrQuotaExceeded) {
@@ -323,9 +349,11 @@ func (e *Engine) GetInstance(ctx context.Context, id int64) (store.Instance, err
 func (e *Engine) DestroyInstance(ctx context.Context, id int64) error {
 	unlock := e.locks.Lock(id)
 	defer unlock()
-	if _, err := e.opts.Store.GetInstance(ctx, id); errors.Is(err, store.ErrNotFound) {
+	if inst, err := e.opts.Store.GetInstance(ctx, id); errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: instance %d", ErrNotFound, id)
 	} else if err != nil {
+		return err
+	} else if err := e.onThisHost(inst); err != nil {
 		return err
 	}
 	if err := e.opts.Store.SetInstanceStatus(ctx, id, store.InstanceDestroying, ""); err != nil {

@@ -72,6 +72,9 @@ func (e *Engine) ResetInstance(ctx context.Context, id int64) (store.Instance, e
 	if err != nil {
 		return inst, err
 	}
+	if err := e.onThisHost(inst); err != nil {
+		return inst, err
+	}
 	if inst.Status == store.InstanceCreating || inst.Status == store.InstanceDestroying {
 		return inst, fmt.Errorf("%w: instance %d is %s", ErrInvalid, id, inst.Status)
 	}

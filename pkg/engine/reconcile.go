@@ -42,8 +42,9 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		return err
 	}
 	// Without certificates and keys: each instance is read again, whole,
-	// under its lock.
-	instances, err := e.opts.Store.ListInstanceSummaries(ctx, "")
+	// under its lock. In a fleet, this host's only: another host's
+	// instances have no volume here, and are that host's to reconcile.
+	instances, err := e.opts.Store.HostInstanceSummaries(ctx)
 	if err != nil {
 		return err
 	}
@@ -160,8 +161,19 @@ func (e *Engine) reconcileImages(ctx context.Context, volumes map[string]storage
 	if err != nil {
 		return err
 	}
+	// In a fleet, an image is this host's to reconcile when it holds a
+	// copy of it: one made here, or received.
+	var copies map[int64]store.ImageCopyStatus
+	if host := e.opts.Store.FleetHost(); host != "" {
+		if copies, err = e.opts.Store.HostImageCopies(ctx, host); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	for _, img := range images {
+		if _, held := copies[img.ID]; copies != nil && !held {
+			continue
+		}
 		unlock, ok := e.imageLocks.TryLock(img.ID)
 		if !ok {
 			continue // a finalise, destroy or backup of this process holds it
@@ -194,6 +206,12 @@ func (e *Engine) reconcileImage(ctx context.Context, img store.Image, volumes ma
 	}
 	if _, ok := volumes[ImageVolume(img.ID)]; img.Status == store.ImageReady && !ok && e.gone(ctx, ImageVolume(img.ID)) {
 		// A destroy cut short after the volume went, or a lost disk.
+		if host := e.opts.Store.FleetHost(); host != "" {
+			// This host's copy is lost, not the image: the others' stand.
+			e.log.Error("engine: this host's copy of a ready image has no volume; marking the copy failed", "image_id", img.ID, "host", host)
+			return e.opts.Store.SetImageCopy(ctx, img.ID, host, store.CopyFailed,
+				"its frozen data is gone from this host (a destroy cut short, or a lost disk)")
+		}
 		e.log.Error("engine: a ready image has no volume; marking it failed", "image_id", img.ID)
 		return e.opts.Store.SetImageStatus(ctx, img.ID, store.ImageFailed,
 			"its frozen data is gone (a destroy cut short?); destroy the image")

@@ -240,6 +240,9 @@ func (s InstanceService) List(ctx context.Context, a Actor) ([]store.Instance, e
 		return nil, nil
 	}
 	instances, err := s.e.opts.Store.ListInstanceSummaries(ctx, owner)
+	if err == nil {
+		err = s.e.present(ctx, instances)
+	}
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -258,7 +261,17 @@ func (s InstanceService) Get(ctx context.Context, a Actor, id int64) (store.Inst
 	if err != nil {
 		return store.Instance{}, classify(err)
 	}
-	return seeInstance(inst), nil
+	return s.see(ctx, inst)
+}
+
+// see is inst as the actor reads it (seeInstance), presented for the
+// fleet (present).
+func (s InstanceService) see(ctx context.Context, inst store.Instance) (store.Instance, error) {
+	one := []store.Instance{seeInstance(inst)}
+	if err := s.e.present(ctx, one); err != nil {
+		return store.Instance{}, classify(err)
+	}
+	return one[0], nil
 }
 
 // Create clones the image for the actor and starts Postgres on it
@@ -281,7 +294,7 @@ func (s InstanceService) Create(ctx context.Context, a Actor, req NewInstance) (
 	if err != nil {
 		return store.Instance{}, classify(err)
 	}
-	return seeInstance(inst), nil
+	return s.see(ctx, inst)
 }
 
 // Update changes the expiry or the protection of instance id
@@ -294,7 +307,7 @@ func (s InstanceService) Update(ctx context.Context, a Actor, id int64, expiresA
 	if err != nil {
 		return store.Instance{}, classify(err)
 	}
-	return seeInstance(inst), nil
+	return s.see(ctx, inst)
 }
 
 // Reset gives instance id its image's data again (ResetInstance).
@@ -306,7 +319,7 @@ func (s InstanceService) Reset(ctx context.Context, a Actor, id int64) (store.In
 	if err != nil {
 		return store.Instance{}, classify(err)
 	}
-	return seeInstance(inst), nil
+	return s.see(ctx, inst)
 }
 
 // Destroy destroys instance id (DestroyInstance).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -484,7 +485,7 @@ func (e *Engine) repairRefreshes(ctx context.Context) {
 	}
 	ctx = WithActor(ctx, "reconcile")
 	for _, src := range sources {
-		if src.Status != store.SourceRefreshing || e.refreshes.isRunning(src.ID) {
+		if src.Status != store.SourceRefreshing || e.refreshes.isRunning(src.ID) || !e.runsSource(src) {
 			continue
 		}
 		img, err := e.opts.Store.GetImage(ctx, src.RefreshingImageID)
@@ -538,6 +539,14 @@ func (e *Engine) RunSources(ctx context.Context) {
 // looks for standbys of no source (about a minute at DefaultSourceTick).
 const standbySweepEvery = 12
 
+// runsSource tells whether this host keeps the source's standby and runs
+// its scheduled refreshes: in a fleet, its host only; a single host runs
+// every source.
+func (e *Engine) runsSource(src store.Source) bool {
+	host := e.opts.Store.FleetHost()
+	return host == "" || src.Host == host
+}
+
 // sourcesPass starts the due refreshes and applies every source's
 // retention; with sweepStandbys, it drops the standbys of no source too.
 func (e *Engine) sourcesPass(ctx context.Context, sweepStandbys bool) {
@@ -551,6 +560,10 @@ func (e *Engine) sourcesPass(ctx context.Context, sweepStandbys bool) {
 		e.log.Error("engine: listing sources", "err", err)
 		return
 	}
+	// In a fleet, this host's sources only: another's standby and
+	// refreshes run there.
+	due = slices.DeleteFunc(due, func(src store.Source) bool { return !e.runsSource(src) })
+	sources = slices.DeleteFunc(sources, func(src store.Source) bool { return !e.runsSource(src) })
 	streaming := map[int64]bool{}
 	for _, src := range sources {
 		if src.Mode == store.SourceReplica {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -30,6 +31,14 @@ type Status struct {
 	Limits           []LimitUse
 	// Standbys are the replica-mode sources' standbys.
 	Standbys []StandbyStatus
+
+	// In a fleet, Host is this host's name; the disk, instance and backup
+	// figures above are this host's, while the images and the limits
+	// (per user, over every host) are the fleet's. FleetInstancesByStatus
+	// counts the instances of every host, those of a host that is down
+	// as unavailable. Both empty on a single host.
+	Host                   string
+	FleetInstancesByStatus map[string]int
 }
 
 // StandbyStatus is how a replica-mode source's standby streams: Status is
@@ -82,9 +91,31 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
+	st.Host = e.opts.Store.FleetHost()
+	var down map[string]bool
+	if st.Host != "" {
+		st.FleetInstancesByStatus = map[string]int{}
+		if down, err = e.downHosts(ctx); err != nil {
+			return st, err
+		}
+	}
 	instancesOf, protectedOf := map[string]int64{}, map[string]int64{}
+	ownInstances := instances[:0:0]
+	unavailableOf := map[string]int{}
 	for _, inst := range instances {
-		st.InstancesByStatus[string(inst.Status)]++
+		if st.Host == "" || inst.Host == st.Host {
+			st.InstancesByStatus[string(inst.Status)]++
+			ownInstances = append(ownInstances, inst)
+		}
+		if st.FleetInstancesByStatus != nil {
+			if down[inst.Host] {
+				st.FleetInstancesByStatus[string(store.InstanceUnavailable)]++
+				unavailableOf[inst.Host]++
+			} else {
+				st.FleetInstancesByStatus[string(inst.Status)]++
+			}
+		}
+		// The limits count the owner's instances on every host.
 		if inst.Status != store.InstanceDestroying { // as the limits count them
 			instancesOf[inst.Owner]++
 			if inst.Protected {
@@ -96,7 +127,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
-	st.UsedByInstancesBytes = e.usedByInstances(ctx, instances)
+	st.UsedByInstancesBytes = e.usedByInstances(ctx, ownInstances)
 	backups, err := e.opts.Store.CountBackups(ctx)
 	if err != nil {
 		return st, err
@@ -104,13 +135,23 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	for status, n := range backups.ByStatus {
 		st.BackupsByStatus[string(status)] = n
 	}
-	st.UsedByBackupsBytes = backups.SizeBytes // the archives, which live on the same filesystem
+	// The archives on this host, which live on the same filesystem.
+	st.UsedByBackupsBytes = backups.SizeBytes
+	if st.Host != "" {
+		st.UsedByBackupsBytes = backups.SizeBytesByHost[st.Host]
+	}
 	st.Limits = e.limitUses(capacity, instancesOf, protectedOf, branchesOf, backups.RunningByOwner, backups.Running, st.UsedByBackupsBytes)
 	st.DiskReserveBytes = e.opts.Limits.DiskReserve.Of(capacity.TotalBytes)
 	st.ExpectedCloningTime = e.cloneTimes.median()
 	e.mu.Lock()
 	st.Problems = append(st.Problems, e.storeProblems...)
 	e.mu.Unlock()
+	for _, host := range slices.Sorted(maps.Keys(down)) {
+		if host != st.Host {
+			st.Problems = append(st.Problems, fmt.Sprintf("host %s of the fleet is down (no heartbeat within fleet.down_timeout = %s): its %d instance(s) are unavailable",
+				host, e.opts.DownTimeout, unavailableOf[host]))
+		}
+	}
 	if n := st.InstancesByStatus[string(store.InstanceFailed)]; n > 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("%d instance(s) failed", n))
 	}

@@ -35,15 +35,15 @@ func (e *Engine) sweep(ctx context.Context, entries []storage.Entry) error {
 }
 
 // endStrayOperations kills the operation processes (pkg/operation) of
-// this installation whose sindrid is gone, for subject only ("image-4") or all when subject is "",
+// this installation (and fleet host) whose sindrid is gone, for subject only ("image-4") or all when subject is "",
 // and waits until they are gone. An operation on subject that another
 // live sindrid runs is ErrOperationRunning: it is never run twice at once.
 func (e *Engine) endStrayOperations(ctx context.Context, subject string) error {
-	installation, err := e.installationID(ctx)
+	scope, err := e.operationScope(ctx)
 	if err != nil {
 		return err
 	}
-	busy, err := operation.EndStrays(ctx, installation, subject, func(p operation.Process) {
+	busy, err := operation.EndStrays(ctx, scope, subject, func(p operation.Process) {
 		e.log.Warn("engine: ending a process whose sindrid is gone", "pid", p.PID, "operation", p.Operation, "owner", p.Owner)
 	})
 	if busy != nil {
@@ -55,11 +55,22 @@ func (e *Engine) endStrayOperations(ctx context.Context, subject string) error {
 // operationName names an operation of this installation on subject, for
 // its processes' marks (operation.Name).
 func (e *Engine) operationName(ctx context.Context, verb, subject string) (string, error) {
-	installation, err := e.installationID(ctx)
+	scope, err := e.operationScope(ctx)
 	if err != nil {
 		return "", err
 	}
-	return operation.Name(installation, verb, subject), nil
+	return operation.Name(scope, verb, subject), nil
+}
+
+// operationScope is the scope of this sindrid's operations: the
+// installation, and in a fleet this host of it, so that two hosts of a
+// fleet on one machine never end or wait for each other's.
+func (e *Engine) operationScope(ctx context.Context) (string, error) {
+	installation, err := e.installationID(ctx)
+	if host := e.opts.Store.FleetHost(); err == nil && host != "" {
+		installation += "@" + host
+	}
+	return installation, err
 }
 
 // lockIdleImage takes the lock of an image that this process is not

@@ -67,11 +67,13 @@ func (m *Metrics) ObserveRequest(method string, status int) {
 }
 
 var (
-	instancesDesc = prometheus.NewDesc("sindri_instances", "Instances by status.", []string{"status"}, nil)
-	imagesDesc    = prometheus.NewDesc("sindri_images", "Images by status.", []string{"status"}, nil)
-	freeDesc      = prometheus.NewDesc("sindri_disk_free_bytes", "Free bytes on the storage filesystem.", nil, nil)
-	totalDesc     = prometheus.NewDesc("sindri_disk_total_bytes", "Size of the storage filesystem.", nil, nil)
-	limitDesc     = prometheus.NewDesc("sindri_limit",
+	instancesDesc      = prometheus.NewDesc("sindri_instances", "Instances by status (in a fleet, this host's).", []string{"status"}, nil)
+	fleetInstancesDesc = prometheus.NewDesc("sindri_fleet_instances",
+		"In a fleet, the instances of every host by status, those of a host that is down as unavailable.", []string{"status"}, nil)
+	imagesDesc = prometheus.NewDesc("sindri_images", "Images by status.", []string{"status"}, nil)
+	freeDesc   = prometheus.NewDesc("sindri_disk_free_bytes", "Free bytes on the storage filesystem.", nil, nil)
+	totalDesc  = prometheus.NewDesc("sindri_disk_total_bytes", "Size of the storage filesystem.", nil, nil)
+	limitDesc  = prometheus.NewDesc("sindri_limit",
 		"Each limit of [limits] that is set, by its key (bytes for backups_total_bytes and disk_reserve).", []string{"name"}, nil)
 	lagBytesDesc = prometheus.NewDesc("sindri_source_lag_bytes",
 		"How far a replica-mode source's standby is behind the source, in bytes of WAL: from the end the source last reported to what the standby has replayed.", []string{"source"}, nil)
@@ -88,6 +90,7 @@ type statusCollector struct {
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- instancesDesc
+	ch <- fleetInstancesDesc
 	ch <- imagesDesc
 	ch <- freeDesc
 	ch <- totalDesc
@@ -107,6 +110,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, s := range []string{"creating", "running", "stopped", "failed", "destroying", "resetting"} {
 		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(st.InstancesByStatus[s]), s)
+	}
+	if st.FleetInstancesByStatus != nil {
+		for _, s := range []string{"creating", "running", "stopped", "failed", "destroying", "resetting", "unavailable"} {
+			ch <- prometheus.MustNewConstMetric(fleetInstancesDesc, prometheus.GaugeValue, float64(st.FleetInstancesByStatus[s]), s)
+		}
 	}
 	for _, s := range []string{"pending", "finalising", "ready", "failed", "destroying"} {
 		ch <- prometheus.MustNewConstMetric(imagesDesc, prometheus.GaugeValue, float64(st.ImagesByStatus[s]), s)

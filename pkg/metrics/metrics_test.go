@@ -35,3 +35,29 @@ func TestLimitsAreExported(t *testing.T) {
 		t.Error("/metrics shows a limit that is not set")
 	}
 }
+
+// On a fleet host, sindri_instances counts this host's instances and
+// sindri_fleet_instances every host's; a single host has no fleet series.
+func TestFleetInstancesAreExported(t *testing.T) {
+	scrape := func(st engine.Status) string {
+		m := New(func(context.Context) (engine.Status, error) { return st, nil })
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		body, _ := io.ReadAll(rec.Body)
+		return string(body)
+	}
+	body := scrape(engine.Status{Host: "host-a", InstancesByStatus: map[string]int{"running": 2},
+		FleetInstancesByStatus: map[string]int{"running": 5, "unavailable": 3}})
+	for _, want := range []string{
+		`sindri_instances{status="running"} 2`,
+		`sindri_fleet_instances{status="running"} 5`,
+		`sindri_fleet_instances{status="unavailable"} 3`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics of a fleet host lacks %q", want)
+		}
+	}
+	if body := scrape(engine.Status{InstancesByStatus: map[string]int{"running": 2}}); strings.Contains(body, "sindri_fleet_instances") {
+		t.Error("/metrics of a single host has sindri_fleet_instances")
+	}
+}

@@ -32,9 +32,12 @@ type Backup struct {
 	SHA256     string       `db:"sha256"`
 	// UserWritten: the data may hold what an instance's user wrote (a
 	// backup of an instance, or of an image restored from one).
-	UserWritten bool      `db:"user_written"`
-	CreatedAt   time.Time `db:"created_at"`
-	UpdatedAt   time.Time `db:"updated_at"`
+	UserWritten bool `db:"user_written"`
+	// Host is, in a fleet, the host whose disk holds the archive; "" on a
+	// single host.
+	Host      string    `db:"host"`
+	CreatedAt time.Time `db:"created_at"`
+	UpdatedAt time.Time `db:"updated_at"`
 }
 
 // BackupInput is what CreateBackup records; the backup starts running.
@@ -61,18 +64,21 @@ type BackupFilter struct {
 const backupColumns = `id, coalesce(instance_id, 0) as instance_id,
 	coalesce(image_id, 0) as image_id, owner, status, coalesce(error, '') as error,
 	coalesce(path, '') as path, coalesce(size_bytes, 0) as size_bytes,
-	coalesce(sha256, '') as sha256, user_written, created_at, updated_at`
+	coalesce(sha256, '') as sha256, user_written, coalesce(host, '') as host, created_at, updated_at`
 
 // CreateBackup records a new running backup; a *QuotaError
-// (ErrQuotaExceeded) if in.Quota refuses it.
+// (ErrQuotaExceeded) if in.Quota refuses it. In a fleet (SetFleetHost)
+// its archive is this host's.
 func (s *Store) CreateBackup(ctx context.Context, in BackupInput) (Backup, error) {
 	owner := in.Owner
 	if owner == "" {
 		owner = "upload"
 	}
-	const insert = `insert into backups (instance_id, image_id, owner, path, user_written)
-		values ($1, $2, $3, $4, $5) returning ` + backupColumns
-	args := []any{nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path), in.UserWritten || in.InstanceID != 0}
+	// In a fleet, the archive is written on this host's disk.
+	const insert = `insert into backups (instance_id, image_id, owner, path, user_written, host)
+		values ($1, $2, $3, $4, $5, $6) returning ` + backupColumns
+	args := []any{nullInt(in.InstanceID), nullInt(in.ImageID), owner, nullText(in.Path), in.UserWritten || in.InstanceID != 0,
+		nullText(s.FleetHost())}
 	if in.Quota == (BackupQuota{}) {
 		b, err := get[Backup](ctx, s, insert, args...)
 		return b, wrap(err, "create backup")
@@ -116,6 +122,9 @@ func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]Backup, erro
 type BackupTotals struct {
 	ByStatus  map[BackupStatus]int
 	SizeBytes int64 // the archives' bytes, all statuses
+	// SizeBytesByHost is SizeBytes of each fleet host's archives ("": a
+	// single host's).
+	SizeBytesByHost map[string]int64
 	// Running is the running backups, RunningByOwner each owner's.
 	Running        int64
 	RunningByOwner map[string]int64
@@ -124,16 +133,17 @@ type BackupTotals struct {
 // CountBackups counts the backups by status, sums their sizes and counts
 // each owner's running ones.
 func (s *Store) CountBackups(ctx context.Context) (BackupTotals, error) {
-	rows, _ := s.pool.Query(ctx, `select status, owner, count(*), coalesce(sum(size_bytes), 0)::bigint
-		from backups group by status, owner`)
-	t := BackupTotals{ByStatus: map[BackupStatus]int{}, RunningByOwner: map[string]int64{}}
+	rows, _ := s.pool.Query(ctx, `select status, owner, coalesce(host, ''), count(*), coalesce(sum(size_bytes), 0)::bigint
+		from backups group by status, owner, host`)
+	t := BackupTotals{ByStatus: map[BackupStatus]int{}, RunningByOwner: map[string]int64{}, SizeBytesByHost: map[string]int64{}}
 	var status BackupStatus
-	var owner string
+	var owner, host string
 	var n int
 	var size int64
-	_, err := pgx.ForEachRow(rows, []any{&status, &owner, &n, &size}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&status, &owner, &host, &n, &size}, func() error {
 		t.ByStatus[status] += n
 		t.SizeBytes += size
+		t.SizeBytesByHost[host] += size
 		if status == BackupRunning {
 			t.RunningByOwner[owner] += int64(n)
 			t.Running += int64(n)

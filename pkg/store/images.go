@@ -51,6 +51,9 @@ type Image struct {
 	FromSnapshot bool      `db:"from_snapshot"`
 	CreatedAt    time.Time `db:"created_at"`
 	UpdatedAt    time.Time `db:"updated_at"`
+	// Hosts are, in a fleet (a database with hosts), the hosts holding a
+	// ready copy of the image, by name; nil on a single host.
+	Hosts []string `db:"hosts"`
 }
 
 // ImageInput is what CreateImage records; the image starts pending.
@@ -79,7 +82,9 @@ const imageColumns = `id, coalesce(name, '') as name, status, coalesce(error, ''
 	source_url is not null as has_source_url,
 	coalesce(source_url_redacted, '') as source_url_redacted, coalesce(backup_id, 0) as backup_id,
 	anonymised, user_written, coalesce(source_id, 0) as source_id,
-	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at`
+	coalesce(owner, '') as owner, coalesce(from_instance_id, 0) as from_instance_id, from_snapshot, created_at, updated_at,
+	case when exists (select 1 from hosts) then coalesce((select array_agg(c.host order by c.host) from image_copies c
+		where c.image_id = id and c.status = 'ready'), '{}') end as hosts`
 
 // CreateImage records a new pending image, its source_url sealed; a
 // *QuotaError (ErrQuotaExceeded) if in.BranchQuota refuses it.
@@ -186,12 +191,22 @@ func (s *Store) SetImageStatus(ctx context.Context, id int64, status ImageStatus
 
 // MarkImageReady records a finalised image: ready, its PostgreSQL version
 // and size, whether it was anonymised, no error, and no source_url any
-// more (the pull is over; its redacted form stays).
+// more (the pull is over; its redacted form stays). In a fleet
+// (SetFleetHost), the same statement records this host's copy of the
+// image ready: the host that made an image holds its first copy.
 func (s *Store) MarkImageReady(ctx context.Context, id int64, pgVersion string, sizeBytes int64, anonymised bool) error {
-	tag, err := s.pool.Exec(ctx, `update images
+	const update = `update images
 		set status = 'ready', error = null, pg_version = $2, size_bytes = $3, anonymised = $4, source_url = null
-		where id = $1`,
-		id, nullText(pgVersion), sizeBytes, anonymised)
+		where id = $1`
+	args := []any{id, nullText(pgVersion), sizeBytes, anonymised}
+	query := update
+	if host := s.FleetHost(); host != "" {
+		query = `with ready as (` + update + ` returning id)
+			insert into image_copies (image_id, host, status) select id, $5, 'ready' from ready
+			on conflict (image_id, host) do update set status = 'ready', error = null`
+		args = append(args, host)
+	}
+	tag, err := s.pool.Exec(ctx, query, args...)
 	return affected(tag, err, "mark image %d ready", id)
 }
 

@@ -37,12 +37,14 @@ func (s *Store) InstanceTombstones(ctx context.Context, ids []int64) (map[int64]
 
 // PruneTombstones deletes the tombstones older than before, except those
 // of keep (instances whose volume is still there), and returns how many.
+// In a fleet (SetFleetHost) it prunes this host's only: keep names the
+// volumes on this host's disk, not another's.
 func (s *Store) PruneTombstones(ctx context.Context, before time.Time, keep []int64) (int64, error) {
 	if keep == nil {
 		keep = []int64{}
 	}
 	tag, err := s.pool.Exec(ctx, `delete from instance_tombstones
-		where deleted_at < $1 and instance_id <> all($2)`, before.UTC(), keep)
+		where deleted_at < $1 and instance_id <> all($2) and ($3 = '' or host = $3)`, before.UTC(), keep, s.FleetHost())
 	return tag.RowsAffected(), wrap(err, "prune instance tombstones")
 }
 

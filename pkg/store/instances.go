@@ -20,6 +20,10 @@ const (
 	InstanceFailed     InstanceStatus = "failed"     // see Error
 	InstanceDestroying InstanceStatus = "destroying" // being torn down; the row goes last
 	InstanceResetting  InstanceStatus = "resetting"  // volume being cloned again from the image
+	// InstanceUnavailable is never stored: an instance reads so while its
+	// fleet host is down (no heartbeat within the down timeout), and its
+	// stored status again once the host is back.
+	InstanceUnavailable InstanceStatus = "unavailable"
 )
 
 // Credentials are what a client needs to connect to an instance.
@@ -45,8 +49,12 @@ type Instance struct {
 	PID       int        `db:"pid"`        // 0: none recorded
 	ExpiresAt *time.Time `db:"expires_at"` // nil: never
 	Protected bool       `db:"protected"`  // never expires while set
-	CreatedAt time.Time  `db:"created_at"`
-	UpdatedAt time.Time  `db:"updated_at"`
+	Host      string     `db:"host"`       // in a fleet, the host it lives on; "" on a single host
+	// Hostname is, in a fleet, the public hostname of its host, which
+	// the engine's reads for the API fill in from the hosts; "" otherwise.
+	Hostname  string    `db:"-"`
+	CreatedAt time.Time `db:"created_at"`
+	UpdatedAt time.Time `db:"updated_at"`
 }
 
 // InstanceInput is what CreateInstance records; the instance starts
@@ -68,7 +76,7 @@ const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(client_certificate, '') as client_certificate,
 	coalesce(client_key, '') as client_key,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
-	expires_at, protected, created_at, updated_at`
+	expires_at, protected, coalesce(host, '') as host, created_at, updated_at`
 
 // openCredentials opens the sealed credentials of an instance read from
 // the database, in place.
@@ -114,12 +122,12 @@ func (s *Store) listInstances(ctx context.Context, sql string, args ...any) ([]I
 
 // CreateInstance records a new instance of an image; ErrNotFound if the
 // image does not exist, a *QuotaError (ErrQuotaExceeded) if in.Quota
-// refuses it.
+// refuses it. In a fleet (SetFleetHost) the instance is this host's.
 func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance, error) {
 	const insert = `insert into instances
-		(image_id, owner, expires_at, protected) values ($1, $2, $3, $4)
+		(image_id, owner, expires_at, protected, host) values ($1, $2, $3, $4, $5)
 		returning ` + instanceColumns
-	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected}
+	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, nullText(s.FleetHost())}
 	var inst Instance
 	var err error
 	if in.Quota == (InstanceQuota{}) {
@@ -170,7 +178,41 @@ func (s *Store) ListInstances(ctx context.Context, owner string) ([]Instance, er
 const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(username, '') as username, coalesce(password, '') as password,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
-	expires_at, protected, created_at, updated_at`
+	expires_at, protected, coalesce(host, '') as host, created_at, updated_at`
+
+// HostInstanceSummaries is ListInstanceSummaries of every owner's
+// instances on this host: in a fleet (SetFleetHost), those whose host it
+// is, found by the index on host; on a single host, every instance.
+func (s *Store) HostInstanceSummaries(ctx context.Context) ([]Instance, error) {
+	if host := s.FleetHost(); host != "" {
+		return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances where host = $1 order by id`, host)
+	}
+	return s.ListInstanceSummaries(ctx, "")
+}
+
+func (s *Store) instanceSummaries(ctx context.Context, sql string, args ...any) ([]Instance, error) {
+	rows, _ := s.pool.Query(ctx, sql, args...)
+	// Scanned field by field: pgx's scan by name, a reflection per row,
+	// cost as much as the query.
+	insts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
+		var i Instance
+		err := row.Scan(&i.ID, &i.ImageID, &i.Owner, &i.Status, &i.Port, &i.Username, &i.Password,
+			&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.Host, &i.CreatedAt, &i.UpdatedAt)
+		return i, err
+	})
+	if insts == nil {
+		insts = []Instance{}
+	}
+	if err != nil {
+		return []Instance{}, wrap(err, "list instances")
+	}
+	for i := range insts {
+		if insts[i].Password, err = s.open("instances", "password", insts[i].ID, insts[i].Password); err != nil {
+			return []Instance{}, wrap(err, "list instances")
+		}
+	}
+	return insts, nil
+}
 
 // InstanceState is an instance's id and status: what /status and /metrics
 // count, without its credentials.
@@ -179,12 +221,15 @@ type InstanceState struct {
 	Status    InstanceStatus `db:"status"`
 	Owner     string         `db:"owner"`
 	Protected bool           `db:"protected"`
+	Host      string         `db:"host"` // "" on a single host
 }
 
-// InstanceStates reads every instance's id, status, owner and protection,
-// oldest first; it reads no secret column.
+// InstanceStates reads every instance's id, status, owner, protection and
+// host, oldest first, on every host of a fleet; it reads no secret
+// column.
 func (s *Store) InstanceStates(ctx context.Context) ([]InstanceState, error) {
-	states, err := list[InstanceState](ctx, s, `select id, status, owner, protected from instances order by id`)
+	states, err := list[InstanceState](ctx, s, `select id, status, owner, protected, coalesce(host, '') as host
+		from instances order by id`)
 	return states, wrap(err, "list instance states")
 }
 
@@ -277,14 +322,16 @@ func setInstanceExpiry(ctx context.Context, db execer, id int64, expiresAt *time
 }
 
 // DeleteInstance deletes an instance's row, freeing its port, and leaves
-// a tombstone in its place (see InstanceTombstones), in one statement.
+// a tombstone in its place (see InstanceTombstones), of the instance's
+// host, in one statement.
 func (s *Store) DeleteInstance(ctx context.Context, id int64) error {
 	tag, err := s.pool.Exec(ctx, `with gone as (
-			delete from instances where id = $1 returning id, created_at
+			delete from instances where id = $1 returning id, created_at, host
 		)
-		insert into instance_tombstones (instance_id, created_at)
-			select id, created_at from gone
-			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now()`, id)
+		insert into instance_tombstones (instance_id, created_at, host)
+			select id, created_at, host from gone
+			on conflict (instance_id) do update set created_at = excluded.created_at, deleted_at = now(),
+				host = excluded.host`, id)
 	if err == nil {
 		s.forgetSummary(id)
 	}
@@ -299,9 +346,17 @@ func (s *Store) CountInstancesOfImage(ctx context.Context, imageID int64) (int, 
 }
 
 // ExpiredInstances reads the unprotected instances whose expires_at is at
-// or before now, whatever their status, soonest expired first.
+// or before now, whatever their status, soonest expired first: in a fleet
+// (SetFleetHost), this host's only, which it alone can destroy.
 func (s *Store) ExpiredInstances(ctx context.Context, now time.Time) ([]Instance, error) {
-	insts, err := s.listInstances(ctx, `select `+instanceColumns+` from instances
-		where expires_at <= $1 and not protected order by expires_at, id`, now.UTC())
+	var insts []Instance
+	var err error
+	if host := s.FleetHost(); host != "" {
+		insts, err = s.listInstances(ctx, `select `+instanceColumns+` from instances
+			where expires_at <= $1 and not protected and host = $2 order by expires_at, id`, now.UTC(), host)
+	} else {
+		insts, err = s.listInstances(ctx, `select `+instanceColumns+` from instances
+			where expires_at <= $1 and not protected order by expires_at, id`, now.UTC())
+	}
 	return insts, wrap(err, "expired instances")
 }

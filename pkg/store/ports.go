@@ -19,10 +19,18 @@ import (
 // The lowest free port is found in the index on port (firstFreePort),
 // rather than by reading every port held: on a host of a thousand
 // instances a create reads one row, not a thousand.
+//
+// Ports are per host: in a fleet (SetFleetHost), among the instances of
+// this host; on a single host, among those of no host.
 func (s *Store) AllocatePort(ctx context.Context, instanceID int64, min, max int, isFree func(port int) bool) (int, error) {
+	query, args := firstFreePort, []any{0, max, instanceID}
+	if host := s.FleetHost(); host != "" {
+		query, args = firstFreePortOfHost, append(args, host)
+	}
 	for from := min; from < max; {
 		var p int
-		err := s.pool.QueryRow(ctx, firstFreePort, from, max, instanceID).Scan(&p)
+		args[0] = from
+		err := s.pool.QueryRow(ctx, query, args...).Scan(&p)
 		if errors.Is(err, pgx.ErrNoRows) {
 			break
 		}
@@ -51,11 +59,22 @@ func (s *Store) AllocatePort(ctx context.Context, instanceID int64, min, max int
 // cost is the run of held ports from $1, read in the index, never a
 // row per instance sent back.
 const firstFreePort = `(select $1::int as port
-	where not exists (select 1 from instances where port = $1 and id <> $3))
+	where not exists (select 1 from instances where port = $1 and id <> $3 and host is null))
 union all
 (select i.port + 1 from instances i
-	where i.port >= $1 and i.port < $2::int - 1 and i.id <> $3
-	and not exists (select 1 from instances j where j.port = i.port + 1 and j.id <> $3)
+	where i.port >= $1 and i.port < $2::int - 1 and i.id <> $3 and i.host is null
+	and not exists (select 1 from instances j where j.port = i.port + 1 and j.id <> $3 and j.host is null)
+	order by i.port
+	limit 1)
+limit 1`
+
+// firstFreePortOfHost is firstFreePort among the instances of host $4.
+const firstFreePortOfHost = `(select $1::int as port
+	where not exists (select 1 from instances where port = $1 and id <> $3 and host = $4))
+union all
+(select i.port + 1 from instances i
+	where i.port >= $1 and i.port < $2::int - 1 and i.id <> $3 and i.host = $4
+	and not exists (select 1 from instances j where j.port = i.port + 1 and j.id <> $3 and j.host = $4)
 	order by i.port
 	limit 1)
 limit 1`

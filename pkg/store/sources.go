@@ -47,8 +47,11 @@ type Source struct {
 	LastImageID         int64        `db:"last_image_id"`
 	LagBytes            *int64       `db:"lag_bytes"`
 	LagSeconds          *float64     `db:"lag_seconds"`
-	CreatedAt           time.Time    `db:"created_at"`
-	UpdatedAt           time.Time    `db:"updated_at"`
+	// Host is the fleet host that keeps its standby and runs its
+	// scheduled refreshes; "" on a single host.
+	Host      string    `db:"host"`
+	CreatedAt time.Time `db:"created_at"`
+	UpdatedAt time.Time `db:"updated_at"`
 }
 
 // SourceInput is what CreateSource records and UpdateSource changes.
@@ -67,10 +70,10 @@ const sourceColumns = `id, name, url_redacted, mode, coalesce(schedule, '') as s
 	coalesce(anonymisation_script, '') as anonymisation_script, keep, status,
 	coalesce(error, '') as error, coalesce(refreshing_image_id, 0) as refreshing_image_id, failures,
 	last_refresh_at, next_refresh_at, coalesce(last_image_id, 0) as last_image_id,
-	lag_bytes, lag_seconds, created_at, updated_at`
+	lag_bytes, lag_seconds, coalesce(host, '') as host, created_at, updated_at`
 
 // CreateSource records a new idle source, its url sealed; ErrConflict
-// when the name is taken.
+// when the name is taken. In a fleet (SetFleetHost) it is this host's.
 func (s *Store) CreateSource(ctx context.Context, in SourceInput) (Source, error) {
 	// The sealed url is bound to the row's id, taken first.
 	var id int64
@@ -82,11 +85,11 @@ func (s *Store) CreateSource(ctx context.Context, in SourceInput) (Source, error
 		return Source{}, err
 	}
 	src, err := get[Source](ctx, s, `insert into sources
-		(id, name, url, url_redacted, mode, schedule, anonymisation_script, keep, next_refresh_at)
-		values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		(id, name, url, url_redacted, mode, schedule, anonymisation_script, keep, next_refresh_at, host)
+		values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 		returning `+sourceColumns,
 		id, in.Name, url, in.URLRedacted, in.Mode, nullText(in.Schedule), nullText(in.AnonymisationScript),
-		in.Keep, utc(in.NextRefreshAt))
+		in.Keep, utc(in.NextRefreshAt), nullText(s.FleetHost()))
 	return src, wrap(err, "create source")
 }
 

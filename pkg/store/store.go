@@ -90,6 +90,9 @@ type Store struct {
 	// secretsLock is the shared secrets lock this process holds, if any
 	// (HoldSecretsLock): while it is not held, nothing is sealed.
 	secretsLock atomic.Pointer[SecretsLock]
+	// fleetHost is this host's name in a fleet, "" on a single host (see
+	// SetFleetHost).
+	fleetHost atomic.Pointer[string]
 	// summaries are the instance summaries last listed (see
 	// ListInstanceSummaries).
 	summaries summaryCache

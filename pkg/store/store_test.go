@@ -203,7 +203,7 @@ func TestImages(t *testing.T) {
 		t.Fatalf("times %v %v, want %v in UTC", img.BackedUpAt, img.CreatedAt, backedUp)
 	}
 	got := must[Image](t)(s.GetImage(ctx, img.ID))
-	if got != img {
+	if !reflect.DeepEqual(got, img) {
 		t.Fatalf("got %+v, want %+v", got, img)
 	}
 

@@ -42,10 +42,14 @@ type Image struct {
 	// Owner is set on a branch (an image of an instance's data), which
 	// only its owner and the upload user see; InstanceID is the instance
 	// it was made of.
-	Owner      string    `jsonapi:"attr,owner,omitempty" json:"owner,omitempty"`
-	InstanceID int64     `jsonapi:"attr,instance_id,omitempty" json:"instance_id,omitempty"`
-	CreatedAt  time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
-	UpdatedAt  time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
+	Owner      string `jsonapi:"attr,owner,omitempty" json:"owner,omitempty"`
+	InstanceID int64  `jsonapi:"attr,instance_id,omitempty" json:"instance_id,omitempty"`
+	// Hosts are, in a fleet, the hosts holding a ready copy of the image
+	// (instances of it can be made there), by name; left out on a single
+	// host.
+	Hosts     []string  `jsonapi:"attr,hosts,omitempty" json:"hosts,omitempty"`
+	CreatedAt time.Time `jsonapi:"attr,created_at,iso8601" json:"created_at"`
+	UpdatedAt time.Time `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
 }
 
 // Source is the sources resource: a server that sindri makes images of
@@ -81,21 +85,46 @@ const (
 	SourceFailed     = "failed"
 )
 
+// Host is the hosts resource: one sindrid host of a fleet, as its last
+// heartbeat described it; its id is its name. State is active, draining
+// (no new instance is placed on it) or down (no heartbeat within the down
+// timeout).
+type Host struct {
+	ID                   string    `jsonapi:"primary,hosts" json:"id"`
+	Name                 string    `jsonapi:"attr,name" json:"name"`
+	PeerURL              string    `jsonapi:"attr,peer_url" json:"peer_url"`
+	PublicHostname       string    `jsonapi:"attr,public_hostname" json:"public_hostname"`
+	StorageDriver        string    `jsonapi:"attr,storage_driver" json:"storage_driver"`
+	TotalBytes           int64     `jsonapi:"attr,total_bytes" json:"total_bytes"`
+	FreeBytes            int64     `jsonapi:"attr,free_bytes" json:"free_bytes"`
+	ReserveBytes         int64     `jsonapi:"attr,reserve_bytes" json:"reserve_bytes"`
+	Instances            int       `jsonapi:"attr,instances" json:"instances"`
+	RunningInstances     int       `jsonapi:"attr,running_instances" json:"running_instances"`
+	MaxInstances         int       `jsonapi:"attr,max_instances" json:"max_instances"`
+	MemoryTotalBytes     int64     `jsonapi:"attr,memory_total_bytes" json:"memory_total_bytes"`
+	MemoryAvailableBytes int64     `jsonapi:"attr,memory_available_bytes" json:"memory_available_bytes"`
+	State                string    `jsonapi:"attr,state" json:"state"`
+	LastHeartbeatAt      time.Time `jsonapi:"attr,last_heartbeat_at,iso8601" json:"last_heartbeat_at"`
+}
+
 // Instance is the instances resource. Credentials is included by the
 // answers that carry them (an instance's GET, POST, PATCH and reset), not
 // by the list.
 type Instance struct {
-	ID          int64        `jsonapi:"primary,instances" json:"id"`
-	Hostname    string       `jsonapi:"attr,hostname" json:"hostname"`
-	ImageID     int64        `jsonapi:"attr,image_id" json:"image_id"`
-	Port        int          `jsonapi:"attr,port" json:"port"`
-	Status      string       `jsonapi:"attr,status" json:"status"`
-	Error       string       `jsonapi:"attr,error,omitempty" json:"error,omitempty"`
-	Username    string       `jsonapi:"attr,username" json:"username"`
-	Password    string       `jsonapi:"attr,password" json:"password"`
-	DatabaseURL string       `jsonapi:"attr,database_url" json:"database_url"`
-	ExpiresAt   *time.Time   `jsonapi:"attr,expires_at,iso8601" json:"expires_at"` // nil: never
-	Protected   bool         `jsonapi:"attr,protected" json:"protected"`
+	ID          int64      `jsonapi:"primary,instances" json:"id"`
+	Hostname    string     `jsonapi:"attr,hostname" json:"hostname"`
+	ImageID     int64      `jsonapi:"attr,image_id" json:"image_id"`
+	Port        int        `jsonapi:"attr,port" json:"port"`
+	Status      string     `jsonapi:"attr,status" json:"status"`
+	Error       string     `jsonapi:"attr,error,omitempty" json:"error,omitempty"`
+	Username    string     `jsonapi:"attr,username" json:"username"`
+	Password    string     `jsonapi:"attr,password" json:"password"`
+	DatabaseURL string     `jsonapi:"attr,database_url" json:"database_url"`
+	ExpiresAt   *time.Time `jsonapi:"attr,expires_at,iso8601" json:"expires_at"` // nil: never
+	Protected   bool       `jsonapi:"attr,protected" json:"protected"`
+	// Host is, in a fleet, the host the instance lives on; left out on a
+	// single host.
+	Host        string       `jsonapi:"attr,host,omitempty" json:"host,omitempty"`
 	CreatedAt   time.Time    `jsonapi:"attr,created_at,iso8601" json:"created_at"`
 	UpdatedAt   time.Time    `jsonapi:"attr,updated_at,iso8601" json:"updated_at"`
 	Credentials *Credentials `jsonapi:"relation,credentials,omitempty" json:"credentials,omitempty"`
@@ -155,6 +184,11 @@ type Status struct {
 	// Standbys are the replica-mode sources' standbys by source name
 	// (the upload user's only).
 	Standbys map[string]*Standby `jsonapi:"attr,standbys,omitempty" json:"standbys,omitempty"`
+	// Host names this host in a fleet; FleetInstances counts every
+	// host's instances by status (a down host's as unavailable). Both
+	// left out on a single host.
+	Host           string         `jsonapi:"attr,host,omitempty" json:"host,omitempty"`
+	FleetInstances map[string]int `jsonapi:"attr,fleet_instances,omitempty" json:"fleet_instances,omitempty"`
 }
 
 // Standby is a replica-mode source's standby in GET /status.

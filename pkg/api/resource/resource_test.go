@@ -11,7 +11,7 @@ import (
 	"github.com/google/jsonapi"
 )
 
-var resources = []any{Image{}, Instance{}, Credentials{}, Backup{}, Status{}}
+var resources = []any{Image{}, Instance{}, Credentials{}, Backup{}, Status{}, Source{}, Host{}}
 
 // The server renders by the jsonapi tags, the client decodes (and `sindri
 // --json` prints) by the json tags: each attribute must have one name.
