@@ -109,19 +109,6 @@ func (f *Fleet) host(ctx context.Context, name string) (store.Host, error) {
 	return h, nil
 }
 
-// publicHostname is the public hostname of host name ("" if unknown):
-// where its instances are reached. A list of a thousand instances reads
-// the hosts once.
-func (f *Fleet) publicHostname(name string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	h, err := f.host(ctx, name)
-	if err != nil {
-		return ""
-	}
-	return h.PublicHostname
-}
-
 // CreateOn has instance inst, placed on another host, built there: it
 // sends POST /fleet/instances/{id}/create to the host's peer_url with
 // this host's proof, and returns once the host answers. A refusal of the
