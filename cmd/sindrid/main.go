@@ -401,6 +401,9 @@ func (m *Main) fleetRouting() (*api.Fleet, error) {
 		return nil, fmt.Errorf("fleet.peer_ca_file %q %w", f.PeerCAFile, err)
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	// Peers talk directly: a proxy from the environment (for OAuth's
+	// egress) would carry the clients' tokens and the peer proofs.
+	transport.Proxy = nil
 	transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	transport.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	st := m.Store

@@ -462,3 +462,40 @@ func TestFleetSweepEndsItsOwnHostsStrays(t *testing.T) {
 		t.Error("host A's reconcile ended host B's pull")
 	}
 }
+
+// A forced destroy of an image with an instance on another host is
+// refused before anything goes, naming the host: this host would refuse
+// to destroy that instance, and the image would be left destroying,
+// usable by no one and finished by no host.
+func TestForcedImageDestroyWithAnInstanceOnAnotherHostIsRefused(t *testing.T) {
+	a := newWorld(t, 10)
+	b := newSecondHost(t, a)
+	a.joinFleet(t, "host-a")
+	b.joinFleet(t, "host-b")
+	// host-a is drained: the instance goes to host-b.
+	if err := a.store.SetHostState(ctx, "host-a", store.HostDraining); err != nil {
+		t.Fatal(err)
+	}
+	ea, eb := engine.New(a.fleetOptions()), engine.New(b.fleetOptions())
+	ib, err := eb.CreateInstance(ctx, engine.InstanceRequest{ImageID: childImage, Owner: "ada@example.com"})
+	if err != nil || ib.Host != "host-b" {
+		t.Fatalf("instance %+v, %v; want one on host-b", ib, err)
+	}
+	err = ea.DestroyImage(ctx, childImage, true)
+	if !errors.Is(err, engine.ErrImageHasInstances) || !strings.Contains(err.Error(), `host "host-b"`) {
+		t.Fatalf("forced destroy on host-a of an image with an instance on host-b: %v; want ErrImageHasInstances naming host-b", err)
+	}
+	if img, err := a.store.GetImage(ctx, childImage); err != nil || img.Status != store.ImageReady {
+		t.Errorf("the image after the refused destroy: %+v, %v; want ready", img, err)
+	}
+	if got := mustSQL(t, passwordConn(ib), "select 'up'"); got != "up" {
+		t.Errorf("host-b's instance after the refused destroy answers %q", got)
+	}
+	// Once host-b destroyed its instance, host-a destroys the image.
+	if err := eb.DestroyInstance(ctx, ib.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := ea.DestroyImage(ctx, childImage, true); err != nil {
+		t.Fatalf("destroy once the instance is gone: %v", err)
+	}
+}

@@ -157,11 +157,21 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err er
 		if err != nil {
 			return err
 		}
-		if len(of) > 0 && !force {
-			return fmt.Errorf("%w: image %d has %d instance(s)", ErrImageHasInstances, id, len(of))
+		if err := e.imageDestroyRefusal(id, of, force); err != nil {
+			return err
 		}
 		if err := e.opts.Store.SetImageStatus(ctx, id, store.ImageDestroying, ""); err != nil {
 			return err
+		}
+		if e.inFleet() {
+			// Another host may have placed an instance of it between the
+			// read and the mark, which placements wait on: read again.
+			if of, err = e.instancesOf(ctx, id); err == nil {
+				err = e.imageDestroyRefusal(id, of, force)
+			}
+			if err != nil {
+				return errors.Join(err, e.opts.Store.SetImageStatus(context.WithoutCancel(ctx), id, img.Status, img.Error))
+			}
 		}
 	}
 	e.step("image-destroy-recorded", id)
@@ -174,6 +184,23 @@ func (e *Engine) DestroyImage(ctx context.Context, id int64, force bool) (err er
 		return err
 	}
 	e.audit(ctx, "destroy_image", "image", id, "ok", "")
+	return nil
+}
+
+// imageDestroyRefusal refuses the destroy of image id while it has
+// instances, unless force; in a fleet, force too while one lives on
+// another host, which alone destroys it (this host would refuse, and the
+// image would stay destroying).
+func (e *Engine) imageDestroyRefusal(id int64, of []store.Instance, force bool) error {
+	if len(of) > 0 && !force {
+		return fmt.Errorf("%w: image %d has %d instance(s)", ErrImageHasInstances, id, len(of))
+	}
+	for _, inst := range of {
+		if err := e.onThisHost(inst); err != nil {
+			return fmt.Errorf("%w: image %d has instance %d on host %q: destroy the image's instances there first (DELETE /instances/%d through any host), then the image",
+				ErrImageHasInstances, id, inst.ID, inst.Host, inst.ID)
+		}
+	}
 	return nil
 }
 

@@ -260,6 +260,16 @@ func (s *Store) PlaceInstance(ctx context.Context, in InstanceInput, downAfter t
 	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, downAfter.Seconds()}
 	var inst Instance
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The image is not marked destroying until this instance
+		// commits: a destroy, on any host, marks it only after, and then
+		// sees the instance; a placement after the mark finds none.
+		var destroying bool
+		if err := tx.QueryRow(ctx, `select status = 'destroying' from images where id = $1 for share`, in.ImageID).Scan(&destroying); err != nil {
+			return err
+		}
+		if destroying {
+			return pgx.ErrNoRows
+		}
 		if in.Quota != (InstanceQuota{}) {
 			if err := lockOwnerInstances(ctx, tx, in.Owner); err != nil {
 				return err
