@@ -148,9 +148,7 @@ func (s *Store) readSummaries(ctx context.Context, ids []int64) (map[int64]*summ
 	rows, _ := s.pool.Query(ctx, `select `+summaryColumns+`, xmin from instances where id = any($1)`, ids)
 	out := make(map[int64]*summaryEntry, len(ids))
 	var e summaryEntry
-	_, err := pgx.ForEachRow(rows, []any{&e.inst.ID, &e.inst.ImageID, &e.inst.Owner, &e.inst.Status, &e.inst.Port,
-		&e.inst.Username, &e.inst.Password, &e.inst.Error, &e.inst.PID, &e.inst.ExpiresAt, &e.inst.Protected,
-		&e.inst.Host, &e.inst.CreatedAt, &e.inst.UpdatedAt, &e.version.xmin}, func() error {
+	_, err := pgx.ForEachRow(rows, append(summaryFields(&e.inst), &e.version.xmin), func() error {
 		var err error
 		if e.inst.Password, err = s.open("instances", "password", e.inst.ID, e.inst.Password); err != nil {
 			return err

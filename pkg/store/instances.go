@@ -180,6 +180,12 @@ const summaryColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
 	coalesce(error, '') as error, coalesce(pid, 0) as pid,
 	expires_at, protected, coalesce(host, '') as host, created_at, updated_at`
 
+// summaryFields are where summaryColumns scan into i, in their order.
+func summaryFields(i *Instance) []any {
+	return []any{&i.ID, &i.ImageID, &i.Owner, &i.Status, &i.Port, &i.Username, &i.Password,
+		&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.Host, &i.CreatedAt, &i.UpdatedAt}
+}
+
 // HostInstanceSummaries is ListInstanceSummaries of every owner's
 // instances on this host: in a fleet (SetFleetHost), those whose host it
 // is, found by the index on host; on a single host, every instance.
@@ -196,8 +202,7 @@ func (s *Store) instanceSummaries(ctx context.Context, sql string, args ...any) 
 	// cost as much as the query.
 	insts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
 		var i Instance
-		err := row.Scan(&i.ID, &i.ImageID, &i.Owner, &i.Status, &i.Port, &i.Username, &i.Password,
-			&i.Error, &i.PID, &i.ExpiresAt, &i.Protected, &i.Host, &i.CreatedAt, &i.UpdatedAt)
+		err := row.Scan(summaryFields(&i)...)
 		return i, err
 	})
 	if insts == nil {
