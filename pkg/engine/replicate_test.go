@@ -530,7 +530,7 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 	if !cutter.cut.Load() {
 		t.Fatal("the stream ended before it was cut")
 	}
-	if names := volumeNamesOf(t, b.storage); len(names) != 0 {
+	if names := volumeNames(t, b.storage); len(names) != 0 {
 		t.Errorf("b holds %v after the cut-short receive; want nothing", names)
 	}
 	copies, err := b.store.ListImageCopies(ctx)
@@ -542,7 +542,7 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	repl.Wait()
-	if names := volumeNamesOf(t, b.storage); len(names) != 0 || readyHosts(t, a.store, 1) != "a" {
+	if names := volumeNames(t, b.storage); len(names) != 0 || readyHosts(t, a.store, 1) != "a" {
 		t.Errorf("a pass within the backoff received the image again: b holds %v", names)
 	}
 
@@ -556,26 +556,13 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.replicate(t) // the next start's replicator
-	if names := volumeNamesOf(t, b.storage); !slices.Equal(names, []string{"image-1"}) {
+	if names := volumeNames(t, b.storage); !slices.Equal(names, []string{"image-1"}) {
 		t.Errorf("b holds %v after the next pass; want image-1 alone", names)
 	}
 	if got := readyHosts(t, a.store, 1); got != "a,b" {
 		t.Errorf("image 1 ready on %q; want a,b", got)
 	}
 	checkCopy(t, a, b, 1)
-}
-
-func volumeNamesOf(t *testing.T, d storage.Driver) []string {
-	t.Helper()
-	entries, err := d.List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name)
-	}
-	return names
 }
 
 // Between hosts of different drivers (BTRFS to ZFS) the image goes as
@@ -623,7 +610,7 @@ func TestAnUncheckedCopyLeftByACrashIsReceivedAgain(t *testing.T) {
 		t.Fatalf("image 1 ready on %q; want a,b", got)
 	}
 	checkCopy(t, a, b, 1)
-	if names := volumeNamesOf(t, b.storage); !slices.Equal(names, []string{"image-1"}) {
+	if names := volumeNames(t, b.storage); !slices.Equal(names, []string{"image-1"}) {
 		t.Errorf("b holds %v; want image-1 alone", names)
 	}
 }
