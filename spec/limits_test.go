@@ -1,7 +1,6 @@
 package spec
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,21 +54,7 @@ func (s *server) statusLimits(t *testing.T, token string) (map[string]map[string
 
 // postInstance is one POST /instances, safe to call from any goroutine.
 func (s *server) postInstance(token, imageID string) (int, []byte, error) {
-	data, _ := json.Marshal(resourceBody("instances", map[string]any{"image_id": imageID}))
-	req, err := http.NewRequest("POST", "http://"+s.http+"/instances", bytes.NewReader(data))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Draupnir-Version", apiVersion)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, err
+	return s.try("POST", "/instances", token, resourceBody("instances", map[string]any{"image_id": imageID}))
 }
 
 // TestLimits drives the [limits] through a real sindrid: each refusal's
