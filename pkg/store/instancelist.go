@@ -30,7 +30,33 @@ type summaryCache struct {
 	// listing counts the listings; an entry's listed is the last that
 	// found its row.
 	listing uint64
+	// scopes are the last listing of each scope (an owner, or "" for
+	// every instance) under its digest; a listing whose scope's digest
+	// has not changed is that listing again, without reading a row.
+	scopes map[string]scopeListing
 }
+
+// maxListingScopes bounds the listings kept whole: one per owner who
+// lists, and one of every instance.
+const maxListingScopes = 64
+
+// scopeListing is one scope's listing and the digest of the rows it was
+// read from.
+type scopeListing struct {
+	digest listDigest
+	out    []Instance
+}
+
+// listDigest tells one state of a scope's rows from any other: their
+// count, and the exclusive or of a 64-bit hash of each row's id under its
+// xmin. Every committed change of a row gives it a new xmin, an insert
+// adds a term and a delete removes one (ids are never reused), so two
+// states with the same digest differ with a probability of 2^-64.
+type listDigest struct {
+	count, hash int64
+}
+
+const digestColumns = `count(*), coalesce(bit_xor(hashint8extended(id, xmin::text::bigint)), 0)`
 
 type summaryEntry struct {
 	version rowVersion
@@ -56,8 +82,10 @@ type versionedRow struct {
 
 // ListInstanceSummaries is ListInstances without the certificates and
 // private keys (left empty), oldest first: what GET /instances shows. It
-// reads every row's version, then only the rows whose version it has not
-// read before (see summaryCache); each instance is as it was at some
+// reads the digest of the scope's rows and, when the digest is the last
+// listing's, answers that listing again; otherwise it reads every row's
+// version, then only the rows whose version it has not read before (see
+// summaryCache); each instance is as it was at some
 // moment during the call, a row changed meanwhile shown as it became, one
 // deleted meanwhile left out. An owner's rows are found by the index on
 // owner.
@@ -66,17 +94,31 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 	// messages and scans cost more than the query. The arrays share one
 	// order, whatever it is (one pass of one aggregation), sorted here
 	// rather than three times by Postgres.
+	c := &s.summaries
+	scope := ""
+	var args []any
+	if owner != "" {
+		scope, args = ` where owner = $1`, []any{owner}
+	}
+	c.mu.Lock()
+	last, ok := c.scopes[owner]
+	c.mu.Unlock()
+	if ok {
+		var now listDigest
+		if err := s.pool.QueryRow(ctx, `select `+digestColumns+` from instances`+scope, args...).Scan(&now.count, &now.hash); err != nil {
+			return []Instance{}, wrap(err, "list instances")
+		}
+		if now == last.digest {
+			return callersCopy(slices.Clone(last.out)), nil
+		}
+	}
+
 	const versionsOf = `select coalesce(array_agg(id), '{}'), coalesce(array_agg(xmin::text::bigint), '{}'),
-		coalesce(array_agg(updated_at), '{}') from instances`
+		coalesce(array_agg(updated_at), '{}'), ` + digestColumns + ` from instances`
 	var ids, xmins []int64
 	var updatedAts []time.Time
-	var err error
-	if owner == "" {
-		err = s.pool.QueryRow(ctx, versionsOf).Scan(&ids, &xmins, &updatedAts)
-	} else {
-		err = s.pool.QueryRow(ctx, versionsOf+` where owner = $1`, owner).Scan(&ids, &xmins, &updatedAts)
-	}
-	if err != nil {
+	var digest listDigest
+	if err := s.pool.QueryRow(ctx, versionsOf+scope, args...).Scan(&ids, &xmins, &updatedAts, &digest.count, &digest.hash); err != nil {
 		return []Instance{}, wrap(err, "list instances")
 	}
 	versions := make([]versionedRow, len(ids))
@@ -85,7 +127,6 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 	}
 	slices.SortFunc(versions, func(a, b versionedRow) int { return cmp.Compare(a.id, b.id) })
 
-	c := &s.summaries
 	out := make([]Instance, len(versions))
 	var missing []int64
 	c.mu.Lock()
@@ -100,6 +141,7 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 
 	read := map[int64]*summaryEntry{}
 	if len(missing) > 0 {
+		var err error
 		if read, err = s.readSummaries(ctx, missing); err != nil {
 			return []Instance{}, wrap(err, "list instances")
 		}
@@ -130,16 +172,33 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 			delete(c.entries, id)
 		}
 	}
+	// Only a listing that read every row it was told of is the state its
+	// digest names.
+	if len(kept) == len(versions) {
+		if c.scopes == nil {
+			c.scopes = map[string]scopeListing{}
+		}
+		if _, known := c.scopes[owner]; !known && len(c.scopes) >= maxListingScopes {
+			for other := range c.scopes {
+				delete(c.scopes, other)
+				break
+			}
+		}
+		c.scopes[owner] = scopeListing{digest: digest, out: slices.Clone(kept)}
+	}
 	c.mu.Unlock()
+	return callersCopy(kept), nil
+}
 
-	// Each caller gets its own expiry to change, not the cache's.
-	for i := range kept {
-		if at := kept[i].ExpiresAt; at != nil {
+// callersCopy gives each caller its own expiry to change, not the cache's.
+func callersCopy(instances []Instance) []Instance {
+	for i := range instances {
+		if at := instances[i].ExpiresAt; at != nil {
 			t := *at
-			kept[i].ExpiresAt = &t
+			instances[i].ExpiresAt = &t
 		}
 	}
-	return kept, nil
+	return instances
 }
 
 // readSummaries reads and opens the summaries of the instances ids, with

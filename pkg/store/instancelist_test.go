@@ -80,6 +80,11 @@ func TestInstanceSummariesFollowEveryChange(t *testing.T) {
 	wantSummaries(t, s, "", "another")
 	check(t, s.DeleteInstance(ctx, b.ID))
 	wantSummaries(t, s, "bob@example.com", "deleted")
+	// As many rows as before, but not the same ones.
+	check(t, s.DeleteInstance(ctx, d.ID))
+	d = newInstance(t, s, img.ID, "bob@example.com")
+	wantSummaries(t, s, "bob@example.com", "one deleted, one made")
+	wantSummaries(t, s, "", "one deleted, one made")
 	check(t, s.DeleteInstance(ctx, d.ID))
 	wantSummaries(t, s, "", "both deleted")
 }
