@@ -2,8 +2,6 @@ package postgres_test
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -11,9 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
-	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
-	"github.com/sindri-db/sindri/pkg/storage/btrfs"
-	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
 // BenchmarkCloneToTLSLogin measures what an instance costs after its BTRFS
@@ -22,39 +17,8 @@ import (
 // certificate. "sindri" waits by connecting every 2 ms; "pg_ctl" is
 // `pg_ctl -w start` on the same data, the way most tools start Postgres.
 func BenchmarkCloneToTLSLogin(b *testing.B) {
-	owner := pgtest.Owner(b)
-	mnt := testfs.Btrfs(b, 2<<30)
-	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	d, err := btrfs.New(filepath.Join(mnt, "sindri"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The image: a data directory that has run once, with the client roles.
-	seed := pgtest.StartInstance(b)
-	if err := postgres.Stop(ctx, seed.DataDir, 10*time.Second); err != nil {
-		b.Fatal(err)
-	}
-	up, err := d.Create(ctx, "upload-1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", seed.DataDir+"/.", up.Path).CombinedOutput(); err != nil {
-		b.Fatalf("%v %s", err, out)
-	}
-	owner.Chown(up.Path, false)
-	os.Chmod(up.Path, 0o700)
-	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
-		b.Fatal(err)
-	}
-	sock, err := os.MkdirTemp("", "sb")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(sock)
-	owner.Chown(sock, false)
-	os.Chmod(sock, 0o700)
+	d, seed, owner := benchImage(b, 2<<30)
+	sock := benchSocketDir(b, owner)
 	run := func(b *testing.B, start func(c *postgres.Cluster) error) {
 		for i := 0; i < b.N; i++ {
 			b.StopTimer()

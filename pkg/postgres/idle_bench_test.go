@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,8 +16,6 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
-	"github.com/sindri-db/sindri/pkg/storage/btrfs"
-	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
 // idlePostgresDefaults are Postgres's defaults of the settings sindri
@@ -73,39 +70,8 @@ func BenchmarkIdleClones(b *testing.B) {
 	n := benchEnvInt(b, "SINDRI_BENCH_IDLE_CLONES", 100)
 	settle := time.Duration(benchEnvInt(b, "SINDRI_BENCH_IDLE_SETTLE", 60)) * time.Second
 	window := time.Duration(benchEnvInt(b, "SINDRI_BENCH_IDLE_SECONDS", 60)) * time.Second
-	owner := pgtest.Owner(b)
-	mnt := testfs.Btrfs(b, 16<<30)
-	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	d, err := btrfs.New(filepath.Join(mnt, "sindri"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The image: a data directory that has run once and was shut down
-	// cleanly, with the client roles, as finalise leaves one.
-	seed := pgtest.StartInstance(b)
-	if err := postgres.Stop(ctx, seed.DataDir, 10*time.Second); err != nil {
-		b.Fatal(err)
-	}
-	up, err := d.Create(ctx, "upload-1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", seed.DataDir+"/.", up.Path).CombinedOutput(); err != nil {
-		b.Fatalf("%v %s", err, out)
-	}
-	owner.Chown(up.Path, false)
-	os.Chmod(up.Path, 0o700)
-	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
-		b.Fatal(err)
-	}
-	sockets, err := os.MkdirTemp("", "si")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(sockets)
-	os.Chmod(sockets, 0o755)
+	d, seed, owner := benchImage(b, 16<<30)
+	sockets := benchSocketDir(b, owner)
 
 	type variant struct {
 		name   string

@@ -1,0 +1,59 @@
+package postgres_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
+	"github.com/sindri-db/sindri/pkg/storage/btrfs"
+	"github.com/sindri-db/sindri/pkg/testfs"
+)
+
+// benchImage makes what the clone benchmarks start from: a loopback BTRFS
+// of size bytes holding image-1, a data directory that has run once with
+// the client roles and was shut down cleanly, as finalise leaves one. The
+// seed's Cluster is the template each clone's settings start from.
+func benchImage(b *testing.B, size int64) (*btrfs.Driver, *pgtest.Instance, postgres.OSUser) {
+	owner := pgtest.Owner(b)
+	mnt := testfs.Btrfs(b, size)
+	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	d, err := btrfs.New(filepath.Join(mnt, "sindri"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	seed := pgtest.StartInstance(b)
+	if err := postgres.Stop(ctx, seed.DataDir, 10*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	up, err := d.Create(ctx, "upload-1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", seed.DataDir+"/.", up.Path).CombinedOutput(); err != nil {
+		b.Fatalf("%v %s", err, out)
+	}
+	owner.Chown(up.Path, false)
+	os.Chmod(up.Path, 0o700)
+	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
+		b.Fatal(err)
+	}
+	return d, seed, owner
+}
+
+// benchSocketDir is a directory for clones' sockets, removed after b.
+func benchSocketDir(b *testing.B, owner postgres.OSUser) string {
+	sock, err := os.MkdirTemp("", "sb")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(sock) })
+	owner.Chown(sock, false)
+	os.Chmod(sock, 0o755)
+	return sock
+}
