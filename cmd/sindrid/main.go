@@ -180,6 +180,7 @@ func (m *Main) Run(ctx context.Context) error {
 		if m.Meta, err = metadb.Start(ctx, cfg.MetaDir(), cfg.Postgres.BinDir, owner, m.logger); err != nil {
 			return fmt.Errorf("embedded metadata database: %w", err)
 		}
+		m.Meta.Supervise()
 		databaseURL = m.Meta.URL()
 	}
 	applied, err := m.openStore(ctx, databaseURL)
