@@ -180,6 +180,7 @@ func (m *Main) Run(ctx context.Context) error {
 		if m.Meta, err = metadb.Start(ctx, cfg.MetaDir(), cfg.Postgres.BinDir, owner, m.logger); err != nil {
 			return fmt.Errorf("embedded metadata database: %w", err)
 		}
+		m.Meta.Supervise()
 		databaseURL = m.Meta.URL()
 	}
 	applied, err := m.openStore(ctx, databaseURL)
@@ -270,6 +271,7 @@ func (m *Main) Run(ctx context.Context) error {
 		// The console has its own sign-in (a session cookie, or OAuth in
 		// the browser), not the API's header and bearer token.
 		VersionExempt: console.RouteKeys,
+		ExplainError:  m.explainError,
 	})
 	services := m.Engine.Services()
 	handlers := &api.Handlers{
@@ -303,6 +305,27 @@ func (m *Main) Run(ctx context.Context) error {
 		m.serve(api.NewHTTPServer(server.Handler(), api.Options{Logger: m.logger}), ln, "http")
 	}
 	return nil
+}
+
+// explainError answers a request that failed because the embedded
+// metadata database is out of reach while data_path's filesystem, where
+// that database keeps its data, is under the disk reserve with the
+// reserve's 503 no_disk_space: the database cannot write there (a full
+// disk ends it, and it is started again once it can write), so sending
+// the request again, as metadata_unavailable says, does not help until
+// space is freed. Any other error, and an external database's, is left
+// as it is.
+func (m *Main) explainError(ctx context.Context, err error) error {
+	if m.Meta == nil || !(errors.Is(err, engine.ErrMetadataUnavailable) || errors.Is(err, store.ErrUnavailable)) {
+		return err
+	}
+	full := m.Engine.CheckDiskReserve(ctx, 0, "the request needs sindri's metadata database, which cannot write to data_path's filesystem now; the request is")
+	if !errors.Is(full, engine.ErrNoDiskSpace) {
+		return err
+	}
+	api.LoggerFrom(ctx).Warn("sindrid: the metadata database is out of reach with its disk under the reserve; answering no_disk_space",
+		"err", err.Error())
+	return full
 }
 
 // openStore opens the metadata store, migrates it and takes the secrets

@@ -141,6 +141,10 @@
 // its leader changing in a failover, or down), every request that needs it
 // is answered 503 metadata_unavailable with Retry-After: 2, and may be sent
 // again as it is: whatever it began is finished or undone by the engine.
+// sindrid's Options.ExplainError answers it 503 no_disk_space instead
+// when the embedded metadata database is out of reach while the disk it
+// keeps its data on is under the disk reserve: retrying does not help
+// until space is freed.
 // GET /health_check does not need it and keeps answering.
 //
 // The web console (pkg/console) is served by the same Server under /ui/,

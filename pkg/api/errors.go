@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -343,9 +344,10 @@ func (d *draupnirOverride) Unwrap() error { return d.err }
 // WriteError renders err in the request's wire format (wire.FormatOf: a
 // JSON:API error document for API 5.4 and requests without the version
 // header, Draupnir's bare error object for Draupnir's clients; see
-// AsError for how err is classified); errors that would leak internals are
-// logged with the request id instead. A nil err renders as a 500. If the
-// response has already started, WriteError only logs.
+// AsError for how err is classified, after Options.ExplainError); errors
+// that would leak internals are logged with the request id instead. A nil
+// err renders as a 500. If the response has already started, WriteError
+// only logs.
 //
 // It is the one way to answer with an error: an error written otherwise
 // would reach a Draupnir client in the wrong format.
@@ -354,6 +356,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		err = errors.New("api: WriteError called with a nil error")
 	}
 	ctx := r.Context()
+	if explain, ok := ctx.Value(keyExplainError).(func(context.Context, error) error); ok {
+		err = explain(ctx, err)
+	}
 	id := RequestID(ctx)
 	e, internal := AsError(err, id)
 	log := LoggerFrom(ctx)

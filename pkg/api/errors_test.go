@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/testenv"
+	"github.com/sindri-db/sindri/pkg/version"
 )
 
 // writeErr renders err in a request with id "rid-1" and a captured log.
@@ -22,7 +24,7 @@ func writeErr(t *testing.T, err error) (*httptest.ResponseRecorder, string) {
 	t.Helper()
 	logs := &testenv.SyncBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
-	h := requestID(logger)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := requestID(logger, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, err)
 	}))
 	r := httptest.NewRequest("GET", "/images/3", nil)
@@ -179,7 +181,7 @@ func TestErrorConstructors(t *testing.T) {
 
 func TestWriteErrorAfterResponseStarted(t *testing.T) {
 	logs := &testenv.SyncBuffer{}
-	h := requestID(slog.New(slog.NewJSONHandler(logs, nil)))(accessLog(discardLogger(), nil)(http.HandlerFunc(
+	h := requestID(slog.New(slog.NewJSONHandler(logs, nil)), nil)(accessLog(discardLogger(), nil)(http.HandlerFunc(
 		func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(200)
 			w.Write([]byte("partial"))
@@ -214,12 +216,70 @@ func TestMetadataUnavailableIs503WithRetryAfter(t *testing.T) {
 	}
 
 	logger := slog.New(slog.DiscardHandler)
-	h := requestID(logger)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, r, cause) }))
+	h := requestID(logger, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, r, cause) }))
 	r := httptest.NewRequest("GET", "/instances/4", nil)
 	r.Header.Set(VersionHeader, "5.3.0") // a Draupnir client
 	dw := httptest.NewRecorder()
 	h.ServeHTTP(dw, r)
 	if e := wantDraupnirError(t, dw, 503); e.Code != CodeMetadataUnavailable || dw.Header().Get("Retry-After") != "2" {
 		t.Errorf("Draupnir client: %+v, Retry-After %q", e, dw.Header().Get("Retry-After"))
+	}
+}
+
+// TestExplainErrorGivesTheTrueClass: Options.ExplainError sees a
+// handler's error and Authenticate's before they are rendered, and what
+// it returns is what the client gets (sindrid's: a metadata database out
+// of reach on a full disk is no_disk_space, not a retry).
+func TestExplainErrorGivesTheTrueClass(t *testing.T) {
+	unavailable := fmt.Errorf("store: get image 3: %w: dial unix /var/lib/sindri/meta/socket/.s.PGSQL.5432: no such file", engine.ErrMetadataUnavailable)
+	full := &engine.LimitError{Key: "limits.disk_reserve", Disk: true, Used: 0, Limit: 100,
+		Msg: "the request is refused: 0 B of 2.0 GiB is free, under the disk reserve (limits.disk_reserve = 5%)"}
+	var seen []error
+	s := NewServer(Options{
+		Logger: slog.New(slog.DiscardHandler),
+		Authenticate: func(r *http.Request) (any, error) {
+			if r.Header.Get("Authorization") == "" {
+				return nil, unavailable
+			}
+			return "upload", nil
+		},
+		ExplainError: func(ctx context.Context, err error) error {
+			seen = append(seen, err)
+			if errors.Is(err, engine.ErrMetadataUnavailable) {
+				return full
+			}
+			return err
+		},
+	})
+	s.Router().Handle("/images/{id}", HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if strings.HasSuffix(r.URL.Path, "/4") {
+			return NotFound("there is no image 4")
+		}
+		return unavailable
+	})).Methods(http.MethodGet)
+	for _, c := range []struct {
+		path, auth string
+		status     int
+		code       string
+	}{
+		{"/images/3", "Bearer x", 503, CodeNoDiskSpace}, // the handler's error
+		{"/images/3", "", 503, CodeNoDiskSpace},         // Authenticate's
+		{"/images/4", "Bearer x", 404, CodeNotFound},    // left as it is
+	} {
+		seen = nil
+		r := httptest.NewRequest("GET", c.path, nil)
+		r.Header.Set(VersionHeader, version.API)
+		if c.auth != "" {
+			r.Header.Set("Authorization", c.auth)
+		}
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, r)
+		detail := wantError(t, w, c.status, c.code)
+		if len(seen) != 1 {
+			t.Errorf("%s (auth %q): ExplainError saw %v, want the one error", c.path, c.auth, seen)
+		}
+		if c.code == CodeNoDiskSpace && (detail != full.Msg || w.Header().Get("Retry-After") != "" || strings.Contains(w.Body.String(), "socket")) {
+			t.Errorf("%s (auth %q): detail %q, Retry-After %q; want the reserve's message alone", c.path, c.auth, detail, w.Header().Get("Retry-After"))
+		}
 	}
 }

@@ -48,6 +48,7 @@ const (
 	keyPrincipal
 	keyBodyLimit
 	keyBodyTimeout
+	keyExplainError
 )
 
 // RequestID returns the request id the server gave the request ("" outside
@@ -194,9 +195,10 @@ func newRequestID() string {
 
 // requestID takes a sane incoming X-Request-Id or makes one, echoes it and
 // Draupnir-Version on the response, and puts the id and a logger carrying it
-// in the context. It runs first, so that every response, errors included,
-// carries both headers.
-func requestID(logger *slog.Logger) func(http.Handler) http.Handler {
+// (and explain, Options.ExplainError, for WriteError) in the context. It
+// runs first, so that every response, errors included, carries both
+// headers.
+func requestID(logger *slog.Logger, explain func(context.Context, error) error) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			id := r.Header.Get(RequestIDHeader)
@@ -207,6 +209,9 @@ func requestID(logger *slog.Logger) func(http.Handler) http.Handler {
 			w.Header().Set(VersionHeader, version.API)
 			ctx := context.WithValue(r.Context(), keyRequestID, id)
 			ctx = context.WithValue(ctx, keyLogger, logger.With(slog.String("request_id", id)))
+			if explain != nil {
+				ctx = context.WithValue(ctx, keyExplainError, explain)
+			}
 			next.ServeHTTP(w, r.WithContext(ctx))
 		})
 	}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -77,6 +78,12 @@ type Options struct {
 	Metrics http.Handler
 	// Observe, if set, is called after every request (for metrics).
 	Observe func(RequestInfo)
+	// ExplainError, if set, may give the error of a request (a handler's,
+	// or Authenticate's) a truer class before WriteError renders it:
+	// sindrid answers a metadata store that is out of reach because the
+	// disk it keeps its data on is full with the disk reserve's 503
+	// no_disk_space, not a metadata_unavailable that says to retry.
+	ExplainError func(ctx context.Context, err error) error
 
 	// The http.Server made by NewHTTPServer: see there.
 	Addr              string
@@ -158,7 +165,7 @@ func NewServer(opts Options) *Server {
 	var h http.Handler = router
 	h = recoverPanics(h)
 	h = accessLog(opts.Logger, opts.Observe)(h)
-	h = requestID(opts.Logger)(h)
+	h = requestID(opts.Logger, opts.ExplainError)(h)
 	return &Server{opts: opts, router: router, handler: h, authExempt: authExempt}
 }
 

@@ -71,8 +71,12 @@ func (e *Engine) finalise(ctx context.Context, id int64) (store.Image, error) {
 	}
 	if err := e.CheckDiskReserve(ctx, 0, "finalising an image"); err != nil {
 		// The image stays as it was, saying why, until space is freed.
+		// When the reason cannot be written (on a full disk the embedded
+		// metadata database cannot write either), the refusal stands
+		// alone: the store's message is logged, not told to the client.
 		if serr := e.opts.Store.SetImageStatus(ctx, id, img.Status, err.Error()); serr != nil {
-			return img, errors.Join(err, serr)
+			e.log.Error("engine: recording a finalise refused at the disk reserve", "image_id", id, "err", serr)
+			return img, err
 		}
 		e.auditFailure(ctx, "finalise_image", "image", id, err)
 		return e.getImageOr(ctx, id, img), err

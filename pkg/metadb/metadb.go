@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -28,7 +29,18 @@ type Cluster struct {
 	pg      postgres.Cluster
 	process *postgres.Process
 	log     *slog.Logger
+
+	mu sync.Mutex
+	// unsupervise ends Supervise's watch and waits for it (nil: none).
+	unsupervise func()
 }
+
+// Supervision's pace: how often the postmaster is looked at, and the
+// longest wait between two failed starts.
+const (
+	superviseInterval   = time.Second
+	maxSuperviseBackoff = 30 * time.Second
+)
 
 // Start makes the cluster under dir when it is missing (initdb with the
 // newest installed PostgreSQL), starts it, or adopts it when a previous
@@ -110,8 +122,79 @@ func (c *Cluster) URL() string {
 	return postgres.SocketURL(c.pg.SocketDir, port, "postgres", Database)
 }
 
-// Stop shuts the cluster down (fast shutdown, then immediate).
+// Supervise starts the cluster's postmaster again whenever it has ended,
+// until Stop. The cluster keeps its data under data_path, on the disk the
+// instances and uploads fill: when that disk is full, Postgres ends on
+// its next WAL write (a PANIC), and its own restart ends again at the
+// end-of-recovery checkpoint it cannot write. Without a new start the
+// store would stay out of reach, every request answered 503, until
+// sindrid itself is restarted, long after space is freed; with it, the
+// store is back within moments of space coming back. Failed starts back
+// off up to maxSuperviseBackoff, each logged with the end of the
+// cluster's log.
+func (c *Cluster) Supervise() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	c.mu.Lock()
+	c.unsupervise = func() { cancel(); <-done }
+	c.mu.Unlock()
+	go func() {
+		defer close(done)
+		c.supervise(ctx)
+	}()
+}
+
+func (c *Cluster) supervise(ctx context.Context) {
+	wait := superviseInterval
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if st, err := postgres.Status(c.pg.DataDir); err == nil && st.Alive {
+			wait = superviseInterval
+			continue
+		}
+		c.log.Warn("metadb: the metadata cluster's postmaster has ended; starting it again",
+			"data_dir", c.pg.DataDir, "log", postgres.LogTail(c.pg.DataDir, 5))
+		if err := c.restart(ctx); err != nil {
+			wait = min(max(2*wait, superviseInterval), maxSuperviseBackoff)
+			c.log.Error("metadb: starting the metadata cluster again failed (is data_path's disk full?)",
+				"err", err, "retry_in", wait.String(), "log", postgres.LogTail(c.pg.DataDir, 5))
+			continue
+		}
+		wait = superviseInterval
+		c.log.Info("metadb: the metadata cluster is running again", "pid", c.process.PID)
+	}
+}
+
+// restart starts the postmaster and waits until it accepts connections
+// (crash recovery first), or kills it when it does not within the wait.
+func (c *Cluster) restart(ctx context.Context) error {
+	if err := postgres.KillLeftovers(ctx, c.pg.DataDir); err != nil {
+		return err
+	}
+	p, err := c.pg.Start()
+	if err != nil {
+		return err
+	}
+	c.process = p
+	ready, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	return c.pg.WaitReady(ready, p)
+}
+
+// Stop ends supervision and shuts the cluster down (fast shutdown, then
+// immediate).
 func (c *Cluster) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	unsupervise := c.unsupervise
+	c.unsupervise = nil
+	c.mu.Unlock()
+	if unsupervise != nil {
+		unsupervise()
+	}
 	if err := c.pg.Stop(ctx, 30*time.Second); err != nil {
 		return fmt.Errorf("stopping the metadata cluster: %w", err)
 	}

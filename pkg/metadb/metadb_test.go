@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -76,5 +78,63 @@ func TestStartMakesAdoptsAndRestarts(t *testing.T) {
 	conn.QueryRow(ctx, "show listen_addresses").Scan(&listen)
 	if listen != "" {
 		t.Fatalf("listen_addresses = %q, want none", listen)
+	}
+}
+
+// TestSuperviseStartsAnEndedPostmasterAgain: a postmaster that ends while
+// sindrid runs (as a full disk ends it) is started again, with its data,
+// and Stop ends the supervision before it stops the cluster.
+func TestSuperviseStartsAnEndedPostmasterAgain(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(pgtest.Dir(t), "meta")
+	c, err := metadb.Start(ctx, dir, pgtest.BinPattern, pgtest.Owner(t), slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(ctx) })
+	c.Supervise()
+	conn, err := pgx.Connect(ctx, c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "create table kept (x int); insert into kept values (42)"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	dataDir := filepath.Join(dir, "data")
+	first, err := postgres.Status(dataDir)
+	if err != nil || !first.Alive {
+		t.Fatalf("Status = %+v, %v", first, err)
+	}
+	if err := syscall.Kill(first.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var x int
+		conn, err := pgx.Connect(ctx, c.URL())
+		if err == nil {
+			err = conn.QueryRow(ctx, "select x from kept").Scan(&x)
+			conn.Close(ctx)
+		}
+		if err == nil && x == 42 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metadata cluster is not back 60s after its postmaster was killed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if again, err := postgres.Status(dataDir); err != nil || !again.Alive || again.PID == first.PID {
+		t.Fatalf("after the kill: %+v, %v; want a new postmaster", again, err)
+	}
+
+	// Stopped, it stays stopped.
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // three of supervision's looks
+	if st, err := postgres.Status(dataDir); err == nil && st.Alive {
+		t.Fatalf("the cluster runs again (pid %d) after Stop", st.PID)
 	}
 }
