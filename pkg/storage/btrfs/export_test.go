@@ -1,0 +1,11 @@
+//go:build linux
+
+package btrfs
+
+// SetQgroupSearchBatch makes a tree search of the quota groups return at
+// most n items, until the returned function restores the batch.
+func SetQgroupSearchBatch(n int) (restore func()) {
+	was := qgroupSearchBatch
+	qgroupSearchBatch = n
+	return func() { qgroupSearchBatch = was }
+}
