@@ -140,11 +140,25 @@ func BenchmarkCloneDestroy(b *testing.B) { storagetest.BenchCloneDestroy(b, fact
 
 // ExclusiveBytesOf reads the quota groups in batches of a tree search's
 // size; with batches of 3 and 10 clones plus the image, its figures take
-// four searches and still equal ExclusiveBytes's, each clone's its own.
+// four searches and still equal ExclusiveBytes's, each clone's its own;
+// so whether it finds the subvolumes by looking up each name or by
+// listing them all.
 func TestExclusiveBytesOfAcrossSearches(t *testing.T) {
+	defer btrfs.SetQgroupSearchBatch(3)()
+	for _, c := range []struct {
+		name        string
+		listIDsFrom int
+	}{{"lookups", 1000}, {"listing", 1}} {
+		t.Run(c.name, func(t *testing.T) {
+			defer btrfs.SetListIDsFrom(c.listIDsFrom)()
+			exclusiveBytesOfAcrossSearches(t)
+		})
+	}
+}
+
+func exclusiveBytesOfAcrossSearches(t *testing.T) {
 	ctx := context.Background()
 	d, _ := factory(t, 512<<20)
-	defer btrfs.SetQgroupSearchBatch(3)()
 	v, err := d.Create(ctx, "upload-1")
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +192,7 @@ func TestExclusiveBytesOfAcrossSearches(t *testing.T) {
 	if len(got) != len(names)-1 {
 		t.Errorf("ExclusiveBytesOf(%v) = %v, want a figure for each but no-such-entry", names, got)
 	}
-	for _, name := range names[2:] {
+	for _, name := range append([]string{"image-1"}, names[2:]...) {
 		want, err := d.ExclusiveBytes(ctx, name)
 		if err != nil {
 			t.Fatal(err)
@@ -187,4 +201,11 @@ func TestExclusiveBytesOfAcrossSearches(t *testing.T) {
 			t.Errorf("%s: ExclusiveBytesOf gave %d, ExclusiveBytes %d", name, got[name], want)
 		}
 	}
+}
+
+// The conformance cases of ExclusiveBytesOf, with the subvolumes found by
+// listing them all (TestConformance finds them by name, for its few).
+func TestExclusiveBytesOfByListing(t *testing.T) {
+	defer btrfs.SetListIDsFrom(1)()
+	storagetest.RunExclusiveBytesOf(t, factory)
 }

@@ -9,3 +9,11 @@ func SetQgroupSearchBatch(n int) (restore func()) {
 	qgroupSearchBatch = n
 	return func() { qgroupSearchBatch = was }
 }
+
+// SetListIDsFrom makes ExclusiveBytesOf list every subvolume from n names
+// on, until the returned function restores the threshold.
+func SetListIDsFrom(n int) (restore func()) {
+	was := listIDsFrom
+	listIDsFrom = n
+	return func() { listIDsFrom = was }
+}
