@@ -12,6 +12,14 @@ import (
 	"time"
 )
 
+// RunExclusiveBytesOf runs the conformance tests of ExclusiveBytesOf alone
+// (Run runs them too), for a driver that reads the figures in more than
+// one way to run each.
+func RunExclusiveBytesOf(t *testing.T, factory Factory) {
+	t.Run("ExclusiveBytesOfMatchesSingle", func(t *testing.T) { testExclusiveBytesOfMatchesSingle(t, factory) })
+	t.Run("ExclusiveBytesOfDuringChurn", func(t *testing.T) { testExclusiveBytesOfDuringChurn(t, factory) })
+}
+
 // testExclusiveBytesOfMatchesSingle holds ExclusiveBytesOf to
 // ExclusiveBytes: for clones into which known amounts were written, an
 // untouched clone, an empty volume and the image, the batch gives each the
@@ -214,10 +222,14 @@ func testExclusiveBytesOfDuringChurn(t *testing.T, factory Factory) {
 // ExclusiveBytesOf of all of them ("batch") against an ExclusiveBytes of
 // each ("single"): what /status and a /metrics scrape pay to sum the
 // instances' disk use. Each clone has a little written into it, so that
-// its figure is not zero.
+// its figure is not zero. The "writing" runs have another clone written
+// into all along (64 KiB every 10 ms, as running instances write), so
+// that the filesystem always has something to commit: on BTRFS every
+// sync, one per call, is then a transaction commit.
 func BenchExclusiveBytes(b *testing.B, factory Factory, sizes ...int) {
 	d, _ := factory(b, smallFS)
 	makeImage(b, d, "image-1", map[string][]byte{"PG_VERSION": []byte("15\n")})
+	busy := mustClone(b, d, "image-1", "busy")
 	var names []string
 	for _, n := range sizes {
 		for len(names) < n {
@@ -228,7 +240,7 @@ func BenchExclusiveBytes(b *testing.B, factory Factory, sizes ...int) {
 			names = append(names, c.Name)
 		}
 		clones := names[:n]
-		b.Run(fmt.Sprintf("clones=%d/batch", n), func(b *testing.B) {
+		batch := func(b *testing.B) {
 			for b.Loop() {
 				got, err := d.ExclusiveBytesOf(ctx, clones)
 				if err != nil {
@@ -238,8 +250,8 @@ func BenchExclusiveBytes(b *testing.B, factory Factory, sizes ...int) {
 					b.Fatalf("%d figures for %d clones", len(got), n)
 				}
 			}
-		})
-		b.Run(fmt.Sprintf("clones=%d/single", n), func(b *testing.B) {
+		}
+		single := func(b *testing.B) {
 			for b.Loop() {
 				got := make(map[string]int64, n)
 				for _, name := range clones {
@@ -250,6 +262,49 @@ func BenchExclusiveBytes(b *testing.B, factory Factory, sizes ...int) {
 					got[name] = v
 				}
 			}
+		}
+		b.Run(fmt.Sprintf("clones=%d/batch", n), batch)
+		b.Run(fmt.Sprintf("clones=%d/single", n), single)
+		b.Run(fmt.Sprintf("clones=%d/writing/batch", n), func(b *testing.B) {
+			defer writeAlong(b, filepath.Join(busy.Path, "busy.dat"))()
+			batch(b)
 		})
+		b.Run(fmt.Sprintf("clones=%d/writing/single", n), func(b *testing.B) {
+			defer writeAlong(b, filepath.Join(busy.Path, "busy.dat"))()
+			single(b)
+		})
+	}
+}
+
+// writeAlong overwrites 64 KiB of the file at path every 10 ms, cycling
+// through its first 16 MiB, until the function it returns is called.
+func writeAlong(b *testing.B, path string) (stop func()) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer f.Close()
+		data := randomBytes(64 << 10)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			data[0] = byte(i)
+			if _, err := f.WriteAt(data, int64(i%256)*int64(len(data))); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
 	}
 }
