@@ -13,8 +13,9 @@ import (
 type WrittenFunc func(ctx context.Context, a engine.Actor) (map[int64]int64, error)
 
 // writtenEvery is how long a measure of the disk written is shown before
-// it is taken again: it costs a storage call per instance (on ZFS a
-// command each), so pages never wait for it.
+// it is taken again: it costs a filesystem-wide storage call (a BTRFS
+// transaction commit, a listing of every ZFS dataset), so pages never wait
+// for it.
 const writtenEvery = 30 * time.Second
 
 // writtenCache keeps the latest measure per actor and takes the next in

@@ -187,28 +187,38 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 }
 
 // usedByInstancesEvery is how long the sum of instances' exclusive bytes
-// is reused: on ZFS each volume's figure is a command, and /status and
-// every /metrics scrape would otherwise run one per instance.
+// is reused: reading it is filesystem-wide (a BTRFS transaction commit,
+// a listing of every ZFS dataset), and /status and every /metrics scrape
+// would otherwise pay it each time.
 const usedByInstancesEvery = 30 * time.Second
 
-// usedByInstances sums the instances' exclusive bytes, at most once every
-// usedByInstancesEvery.
+// usedByInstances sums the instances' exclusive bytes, read in one
+// storage call, at most once every usedByInstancesEvery. When the figures
+// cannot be read it returns the last sum known (zero before the first).
 func (e *Engine) usedByInstances(ctx context.Context, instances []store.InstanceState) int64 {
 	e.used.mu.Lock()
 	defer e.used.mu.Unlock()
 	if !e.used.at.IsZero() && time.Since(e.used.at) < usedByInstancesEvery {
 		return e.used.bytes
 	}
-	var sum int64
-	complete := true
-	for _, inst := range instances {
-		if n, err := e.opts.Storage.ExclusiveBytes(ctx, InstanceVolume(inst.ID)); err == nil {
-			sum += n
-		} else {
-			complete = false // gone meanwhile, or the caller gave up
-		}
+	volumes := make([]string, len(instances))
+	for i, inst := range instances {
+		volumes[i] = InstanceVolume(inst.ID)
 	}
-	if complete && ctx.Err() == nil {
+	used, err := e.opts.Storage.ExclusiveBytesOf(ctx, volumes)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Warn("engine: reading the instances' disk use", "err", err)
+		}
+		return e.used.bytes
+	}
+	var sum int64
+	for _, n := range used {
+		sum += n
+	}
+	// A volume left out was made or destroyed meanwhile: the sum is not
+	// kept, so the next call reads again.
+	if len(used) == len(volumes) && ctx.Err() == nil {
 		e.used.bytes, e.used.at = sum, time.Now()
 	}
 	return sum

@@ -194,6 +194,14 @@ type Driver interface {
 	// for a clone, what was written into it since the clone. On ZFS it
 	// counts writes once their transaction group has committed (seconds).
 	ExclusiveBytes(ctx context.Context, name string) (int64, error)
+	// ExclusiveBytesOf is ExclusiveBytes of each named entry at once, by
+	// name, for callers that sum or show many (every instance of a
+	// host): its cost is one filesystem-wide step (one sync and one read
+	// of the quota tree on BTRFS, one command on ZFS) rather than one per
+	// name. A name with no entry, or whose entry is destroyed while it
+	// runs, is left out of the map, never an error; an invalid name is
+	// ErrInvalidName.
+	ExclusiveBytesOf(ctx context.Context, names []string) (map[string]int64, error)
 	// Capacity reports the filesystem's total and free bytes.
 	Capacity(ctx context.Context) (Capacity, error)
 	// Send writes a full stream of the image, in the driver's

@@ -396,6 +396,109 @@ func (d *Driver) ExclusiveBytes(ctx context.Context, name string) (int64, error)
 	return excl, nil
 }
 
+// listIDsFrom is the number of names from which ExclusiveBytesOf finds
+// their subvolume ids in one listing of every subvolume (about 6 ms for
+// 1,000) rather than by a lookup of each (about 18 µs each). A variable
+// for the test that runs both ways.
+var listIDsFrom = 64
+
+// ExclusiveBytesOf finds each named entry's subvolume id, then commits
+// the running transaction once and reads all their quota groups in one
+// tree search: the cost of one ExclusiveBytes, whose sync is most of it,
+// plus that of finding the ids.
+func (d *Driver) ExclusiveBytesOf(ctx context.Context, names []string) (map[string]int64, error) {
+	if err := storage.ValidateNames(names...); err != nil {
+		return nil, err
+	}
+	byID, err := d.subvolIDs(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, 0, len(byID))
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	excl, err := exclusiveBytesOf(d.root, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(ids))
+	for id, name := range byID {
+		n, ok := excl[id]
+		if !ok {
+			// Destroyed since its id was read (and perhaps made anew,
+			// another subvolume), or quota accounting is broken.
+			if now, still, err := d.subvolOf(name); err != nil {
+				return nil, err
+			} else if still && now.id == id {
+				return nil, fmt.Errorf("no quota group for %q (subvolume %d); is quota accounting on?", name, id)
+			}
+			continue
+		}
+		out[name] = n
+	}
+	return out, nil
+}
+
+// subvolIDs maps the subvolume id of each named entry that exists to its
+// name: from one listing of every subvolume when there are many names
+// (an entry destroyed meanwhile is not listed), else by looking each up.
+func (d *Driver) subvolIDs(ctx context.Context, names []string) (map[uint64]string, error) {
+	byID := make(map[uint64]string, len(names))
+	if len(names) >= listIDsFrom {
+		wanted := make(map[string]bool, len(names))
+		for _, name := range names {
+			wanted[name] = true
+		}
+		infos, err := cbtrfs.SubvolList(d.root)
+		if err != nil {
+			return nil, fmt.Errorf("listing subvolumes of %s: %w", d.root, err)
+		}
+		for _, info := range infos {
+			if !wanted[info.Name] || info.UUID == "" {
+				continue // not asked for, or deleted during the search
+			}
+			for _, kind := range []storage.Kind{storage.KindVolume, storage.KindImage} {
+				if dir := d.dirs[kind]; info.ParentID == dir.subvol && info.DirID == dir.ino {
+					byID[info.ID] = info.Name
+				}
+			}
+		}
+		return byID, nil
+	}
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		sv, ok, err := d.subvolOf(name)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			byID[sv.id] = name
+		}
+	}
+	return byID, nil
+}
+
+// subvolOf reads the record of the subvolume of entry name, a volume or
+// an image; false when there is none (as get).
+func (d *Driver) subvolOf(name string) (subvol, bool, error) {
+	for _, kind := range []storage.Kind{storage.KindVolume, storage.KindImage} {
+		sv, err := readSubvolAt(d.path(kind, name))
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotSubvol) {
+			continue
+		}
+		if err != nil {
+			return subvol{}, false, err
+		}
+		if d.linkedIn(kind, sv, name) {
+			return sv, true, nil
+		}
+	}
+	return subvol{}, false, nil
+}
+
 func (d *Driver) Capacity(ctx context.Context) (storage.Capacity, error) {
 	return storage.StatCapacity(d.root)
 }

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,10 @@ func TestConformance(t *testing.T) { storagetest.Run(t, factory) }
 func BenchmarkDriver(b *testing.B) { storagetest.Bench(b, factory) }
 
 func BenchmarkGet(b *testing.B) { storagetest.BenchGet(b, factory, 10, 1000) }
+
+func BenchmarkExclusiveBytes(b *testing.B) {
+	storagetest.BenchExclusiveBytes(b, factory, 10, 100, 1000)
+}
 
 func TestNewRefusesOtherFilesystems(t *testing.T) {
 	if _, err := btrfs.New(t.TempDir()); err == nil {
@@ -132,3 +137,75 @@ func TestReceiveLeftByACrashIsRemovedByNew(t *testing.T) {
 }
 
 func BenchmarkCloneDestroy(b *testing.B) { storagetest.BenchCloneDestroy(b, factory, 10, 1000) }
+
+// ExclusiveBytesOf reads the quota groups in batches of a tree search's
+// size; with batches of 3 and 10 clones plus the image, its figures take
+// four searches and still equal ExclusiveBytes's, each clone's its own;
+// so whether it finds the subvolumes by looking up each name or by
+// listing them all.
+func TestExclusiveBytesOfAcrossSearches(t *testing.T) {
+	defer btrfs.SetQgroupSearchBatch(3)()
+	for _, c := range []struct {
+		name        string
+		listIDsFrom int
+	}{{"lookups", 1000}, {"listing", 1}} {
+		t.Run(c.name, func(t *testing.T) {
+			defer btrfs.SetListIDsFrom(c.listIDsFrom)()
+			exclusiveBytesOfAcrossSearches(t)
+		})
+	}
+}
+
+func exclusiveBytesOfAcrossSearches(t *testing.T) {
+	ctx := context.Background()
+	d, _ := factory(t, 512<<20)
+	v, err := d.Create(ctx, "upload-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v.Path, "PG_VERSION"), []byte("15\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"image-1", "no-such-entry"}
+	for i := range 10 {
+		name := fmt.Sprintf("instance-%d", i)
+		c, err := d.Clone(ctx, "image-1", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Each clone its own size, so that a figure given to the wrong
+		// name shows.
+		data := make([]byte, (i+1)<<17)
+		rand.Read(data)
+		if err := os.WriteFile(filepath.Join(c.Path, "written"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	got, err := d.ExclusiveBytesOf(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(names)-1 {
+		t.Errorf("ExclusiveBytesOf(%v) = %v, want a figure for each but no-such-entry", names, got)
+	}
+	for _, name := range append([]string{"image-1"}, names[2:]...) {
+		want, err := d.ExclusiveBytes(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[name] != want {
+			t.Errorf("%s: ExclusiveBytesOf gave %d, ExclusiveBytes %d", name, got[name], want)
+		}
+	}
+}
+
+// The conformance cases of ExclusiveBytesOf, with the subvolumes found by
+// listing them all (TestConformance finds them by name, for its few).
+func TestExclusiveBytesOfByListing(t *testing.T) {
+	defer btrfs.SetListIDsFrom(1)()
+	storagetest.RunExclusiveBytesOf(t, factory)
+}

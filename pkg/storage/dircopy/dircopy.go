@@ -687,3 +687,26 @@ func (d *Driver) ExclusiveBytes(ctx context.Context, name string) (int64, error)
 func (d *Driver) Capacity(ctx context.Context) (storage.Capacity, error) {
 	return storage.StatCapacity(d.root)
 }
+
+// ExclusiveBytesOf walks each named entry in turn: a copy's usage has no
+// figure the filesystem keeps, so there is nothing to share between names.
+func (d *Driver) ExclusiveBytesOf(ctx context.Context, names []string) (map[string]int64, error) {
+	if err := storage.ValidateNames(names...); err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(names))
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n, err := d.ExclusiveBytes(ctx, name)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[name] = n
+	}
+	return out, nil
+}

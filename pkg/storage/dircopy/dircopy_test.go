@@ -49,3 +49,5 @@ func TestConformance(t *testing.T) { storagetest.Run(t, factory) }
 func BenchmarkDriver(b *testing.B) { storagetest.Bench(b, factory) }
 
 func BenchmarkGet(b *testing.B) { storagetest.BenchGet(b, factory, 10, 1000) }
+
+func BenchmarkExclusiveBytes(b *testing.B) { storagetest.BenchExclusiveBytes(b, factory, 10, 100) }

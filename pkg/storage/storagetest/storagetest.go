@@ -82,6 +82,8 @@ func Run(t *testing.T, factory Factory) {
 		{"SnapshotIsAPointInTimeCopy", testSnapshotIsAPointInTimeCopy},
 		{"SnapshotIsAtomicAsDeclared", testSnapshotIsAtomicAsDeclared},
 		{"ListAndGetDuringChurn", testListAndGetDuringChurn},
+		{"ExclusiveBytesOfMatchesSingle", testExclusiveBytesOfMatchesSingle},
+		{"ExclusiveBytesOfDuringChurn", testExclusiveBytesOfDuringChurn},
 		{"SendReceiveRoundTrip", testSendReceiveRoundTrip},
 		{"ReceiveRefusesOtherFormats", testReceiveRefusesOtherFormats},
 		{"ReceiveCutShortLeavesNothing", testReceiveCutShortLeavesNothing},
@@ -688,6 +690,7 @@ func testInvalidNamesRejected(t *testing.T, factory Factory) {
 		calls["Destroy"] = d.Destroy(ctx, name)
 		_, calls["Get"] = d.Get(ctx, name)
 		_, calls["ExclusiveBytes"] = d.ExclusiveBytes(ctx, name)
+		_, calls["ExclusiveBytesOf"] = d.ExclusiveBytesOf(ctx, []string{"image-1", name})
 		calls["Send"] = d.Send(ctx, name, io.Discard)
 		_, calls["Receive"] = d.Receive(ctx, name, bytes.NewReader(nil))
 		for call, err := range calls {
