@@ -17,7 +17,7 @@ import (
 // certificate. "sindri" waits by connecting every 2 ms; "pg_ctl" is
 // `pg_ctl -w start` on the same data, the way most tools start Postgres.
 func BenchmarkCloneToTLSLogin(b *testing.B) {
-	d, seed, owner := benchImage(b, 2<<30)
+	d, seed, owner, _ := benchImage(b, 2<<30)
 	sock := benchSocketDir(b, owner)
 	run := func(b *testing.B, start func(c *postgres.Cluster) error) {
 		for i := 0; i < b.N; i++ {

@@ -16,18 +16,20 @@ import (
 // benchImage makes what the clone benchmarks start from: a loopback BTRFS
 // of size bytes holding image-1, a data directory that has run once with
 // the client roles and was shut down cleanly, as finalise leaves one. The
-// seed's Cluster is the template each clone's settings start from.
-func benchImage(b *testing.B, size int64) (*btrfs.Driver, *pgtest.Instance, postgres.OSUser) {
-	owner := pgtest.Owner(b)
-	mnt := testfs.Btrfs(b, size)
+// seed's Cluster is the template each clone's settings start from. mnt is
+// where the filesystem is mounted.
+func benchImage(b *testing.B, size int64) (d *btrfs.Driver, seed *pgtest.Instance, owner postgres.OSUser, mnt string) {
+	owner = pgtest.Owner(b)
+	mnt = testfs.Btrfs(b, size)
 	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
 	}
-	d, err := btrfs.New(filepath.Join(mnt, "sindri"))
+	var err error
+	d, err = btrfs.New(filepath.Join(mnt, "sindri"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	seed := pgtest.StartInstance(b)
+	seed = pgtest.StartInstance(b)
 	if err := postgres.Stop(ctx, seed.DataDir, 10*time.Second); err != nil {
 		b.Fatal(err)
 	}
@@ -43,7 +45,7 @@ func benchImage(b *testing.B, size int64) (*btrfs.Driver, *pgtest.Instance, post
 	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
 		b.Fatal(err)
 	}
-	return d, seed, owner
+	return d, seed, owner, mnt
 }
 
 // benchSocketDir is a directory for clones' sockets, removed after b.

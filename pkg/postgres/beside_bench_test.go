@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,7 +23,8 @@ import (
 // sindri starts them) up to each of SINDRI_BENCH_BESIDE (default
 // "10,250,1000") and at each point times SINDRI_BENCH_BESIDE_TIMED
 // (default 20) clones made, started and destroyed one after another,
-// reporting the median of each step in ms.
+// reporting the median of each step in ms. SINDRI_BENCH_BESIDE_MOUNT
+// remounts the filesystem with these options first (such as "noatime").
 //
 //	go test -run '^$' -bench CloneBesideRunning -benchtime 1x -timeout 60m ./pkg/postgres
 func BenchmarkCloneBesideRunning(b *testing.B) {
@@ -35,7 +37,12 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 		points = append(points, n)
 	}
 	timed := benchEnvInt(b, "SINDRI_BENCH_BESIDE_TIMED", 20)
-	d, seed, owner := benchImage(b, 24<<30)
+	d, seed, owner, mnt := benchImage(b, 24<<30)
+	if opts := os.Getenv("SINDRI_BENCH_BESIDE_MOUNT"); opts != "" {
+		if out, err := exec.Command("mount", "-o", "remount,"+opts, mnt).CombinedOutput(); err != nil {
+			b.Fatalf("SINDRI_BENCH_BESIDE_MOUNT=%q: %v %s", opts, err, out)
+		}
+	}
 	sockets := benchSocketDir(b, owner)
 
 	type clone struct {

@@ -70,7 +70,7 @@ func BenchmarkIdleClones(b *testing.B) {
 	n := benchEnvInt(b, "SINDRI_BENCH_IDLE_CLONES", 100)
 	settle := time.Duration(benchEnvInt(b, "SINDRI_BENCH_IDLE_SETTLE", 60)) * time.Second
 	window := time.Duration(benchEnvInt(b, "SINDRI_BENCH_IDLE_SECONDS", 60)) * time.Second
-	d, seed, owner := benchImage(b, 16<<30)
+	d, seed, owner, _ := benchImage(b, 16<<30)
 	sockets := benchSocketDir(b, owner)
 
 	type variant struct {
