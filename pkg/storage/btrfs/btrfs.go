@@ -208,8 +208,11 @@ func (d *Driver) Freeze(ctx context.Context, volume, image string) (storage.Entr
 		}
 	} else if err := d.requireFree(image); err != nil {
 		return storage.Entry{}, err
-	} else if err := cbtrfs.SubvolSnapshot(dst, src, true); err != nil {
-		return storage.Entry{}, fmt.Errorf("freezing volume %q into image %q: %w", volume, image, err)
+	} else {
+		forbidAtime(src)
+		if err := cbtrfs.SubvolSnapshot(dst, src, true); err != nil {
+			return storage.Entry{}, fmt.Errorf("freezing volume %q into image %q: %w", volume, image, err)
+		}
 	}
 	if err := cbtrfs.SubvolDelete(src); err != nil {
 		return storage.Entry{}, fmt.Errorf("removing frozen volume %q: %w", volume, err)
@@ -252,6 +255,7 @@ func (d *Driver) Snapshot(ctx context.Context, source, image string) (storage.En
 		return storage.Entry{}, err
 	}
 	dst := d.imagePath(image)
+	forbidAtime(src)
 	if err := cbtrfs.SubvolSnapshot(dst, src, true); err != nil {
 		return storage.Entry{}, fmt.Errorf("snapshotting %q into image %q: %w", source, image, err)
 	}

@@ -90,6 +90,7 @@ func Run(t *testing.T, factory Factory) {
 		{"SendReceiveClassifiedErrors", testSendReceiveClassifiedErrors},
 		{"ReceiveIntoAFullFilesystem", testReceiveIntoAFullFilesystem},
 		{"ReceiveRefusesUnsafeContent", testReceiveRefusesUnsafeContent},
+		{"ReadingACloneKeepsAccessTimes", testReadingACloneKeepsAccessTimes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, factory) })
@@ -1330,4 +1331,64 @@ func BenchCloneDestroy(b *testing.B, factory Factory, sizes ...int) {
 			}
 		})
 	}
+}
+
+// testReadingACloneKeepsAccessTimes: reading a clone of an image, or of an
+// image made by Snapshot, writes nothing into it, not even an access time.
+// On a copy-on-write filesystem an access time written into a clone copies
+// the metadata its image shares with every other clone.
+func testReadingACloneKeepsAccessTimes(t *testing.T, factory Factory) {
+	d, _ := factory(t, smallFS)
+	if !d.Capabilities().ThinClones {
+		t.Skip("a clone that is a copy shares no metadata with its image")
+	}
+	makeImage(t, d, "image-1", fixture)
+	source := mustClone(t, d, "image-1", "instance-source")
+	writeFiles(t, source.Path, map[string][]byte{"base/1/16384": []byte("written into the source")})
+	if _, err := d.Snapshot(ctx, "instance-source", "image-2"); err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	for _, image := range []string{"image-1", "image-2"} {
+		c := mustClone(t, d, image, "instance-of-"+image)
+		before := accessTimes(t, c.Path)
+		time.Sleep(10 * time.Millisecond) // past the clock's granularity
+		if err := filepath.WalkDir(c.Path, func(path string, e fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if e.Type().IsRegular() {
+				_, err = os.ReadFile(path)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		after := accessTimes(t, c.Path)
+		for path, at := range before {
+			if !after[path].Equal(at) {
+				t.Errorf("clone of %s: reading %s changed its access time from %s to %s", image, path, at, after[path])
+			}
+		}
+	}
+}
+
+// accessTimes is the access time of every file and directory under dir.
+func accessTimes(t *testing.T, dir string) map[string]time.Time {
+	t.Helper()
+	out := map[string]time.Time{}
+	if err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(path, &st); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		out[rel] = time.Unix(st.Atim.Sec, st.Atim.Nsec)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -82,6 +82,21 @@ func New(parent string) (*Driver, error) {
 			return nil, fmt.Errorf("creating dataset %s: %w", ds, classify(err, ds))
 		}
 	}
+	// A clone that wrote an access time on each read would copy, block by
+	// block, the metadata its image shares with every other clone.
+	// Volumes and images inherit the setting from their parents.
+	for _, ds := range []string{d.volumes(), d.images(), d.receiving()} {
+		dataset, err := gozfs.GetDataset(ds)
+		if err != nil {
+			return nil, classify(err, ds)
+		}
+		if atime, err := dataset.GetProperty("atime"); err == nil && atime == "off" {
+			continue
+		}
+		if err := dataset.SetProperty("atime", "off"); err != nil {
+			return nil, fmt.Errorf("turning access times off on %s: %w", ds, classify(err, ds))
+		}
+	}
 	if err := d.destroyStages(); err != nil {
 		return nil, err
 	}
