@@ -227,7 +227,10 @@ func mountLoopback(ctx context.Context, opts Options, log *slog.Logger) error {
 	} else if err := refuseNonEmpty(opts.DataPath); err != nil {
 		return err
 	}
-	if err := run(ctx, "mount", "-t", "btrfs", "-o", "loop", file, opts.DataPath); err != nil {
+	// noatime: a read in a clone writes nothing, not even into an image
+	// received from another host, whose files do not carry the no-atime
+	// flag that Freeze gives an image's files.
+	if err := run(ctx, "mount", "-t", "btrfs", "-o", "loop,noatime", file, opts.DataPath); err != nil {
 		return fmt.Errorf("mounting the loopback BTRFS %s on %s: %w", file, opts.DataPath, err)
 	}
 	log.Info("storage: mounted the loopback BTRFS", "file", file, "data_path", opts.DataPath)

@@ -68,6 +68,9 @@ func TestLoopbackIsMadeAndMountedAgainAfterRestart(t *testing.T) {
 	if _, err := d.Create(ctx, "upload-1"); err != nil {
 		t.Fatal(err)
 	}
+	if opts := mountOptions(t, data); !slices.Contains(opts, "noatime") {
+		t.Errorf("the loopback BTRFS is mounted with %v; want noatime, so that a read in a clone writes nothing", opts)
+	}
 
 	// A reboot: the mount is gone, the file stays.
 	if out, err := exec.Command("umount", data).CombinedOutput(); err != nil {
@@ -206,4 +209,21 @@ func TestMountFromInfo(t *testing.T) {
 			t.Errorf("mountFromInfo(%s) = %+v, %v; want %+v", path, got, err, want)
 		}
 	}
+}
+
+// mountOptions are the options of the mount at dir, from mountinfo.
+func mountOptions(t *testing.T, dir string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == dir {
+			return strings.Split(f[5], ",")
+		}
+	}
+	t.Fatalf("nothing is mounted on %s", dir)
+	return nil
 }
