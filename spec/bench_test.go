@@ -336,3 +336,20 @@ func benchList(b *testing.B, s *server, imageID string) {
 	}
 	benchReport(b, fmt.Sprintf("GET /instances (%d instances, %.0f kB)", benchListRecords, float64(len(body))/1000), "list1000-", list, 0.5, 0.99)
 }
+
+// The benchmarks' percentiles are nearest ranks: of 100 samples the 99th
+// percentile is the 99th; of 50 or fewer, it is the largest.
+func TestBenchPercentileIsTheNearestRank(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	for _, c := range []struct{ p, want float64 }{{0, 1}, {0.5, 50}, {0.9, 90}, {0.99, 99}, {1, 100}} {
+		if got := benchPercentile(d, c.p); got != c.want {
+			t.Errorf("percentile %g of 1..100 ms: %g ms, want %g", c.p, got, c.want)
+		}
+	}
+	if got := benchPercentile(d[:40], 0.99); got != 40 {
+		t.Errorf("percentile 0.99 of 1..40 ms: %g ms, want 40", got)
+	}
+}

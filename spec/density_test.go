@@ -27,8 +27,8 @@ import (
 
 // What BenchmarkDensity samples at each point.
 const (
-	densityListSamples = 50  // GET /instances as the upload user
-	densityGetSamples  = 100 // GET /instances/{id} of a random instance
+	densityListSamples = 300 // GET /instances as the upload user
+	densityGetSamples  = 300 // GET /instances/{id} of a random instance
 	// densityMinMemory is the memory the host must keep available: the
 	// fill stops short of it (the machine is shared).
 	densityMinMemory = 3 << 30

@@ -24,7 +24,8 @@ import (
 // "10,250,1000") and at each point times SINDRI_BENCH_BESIDE_TIMED
 // (default 20) clones made, started and destroyed one after another,
 // reporting the median of each step in ms. SINDRI_BENCH_BESIDE_MOUNT
-// remounts the filesystem with these options first (such as "noatime").
+// remounts the filesystem with these options first (such as "noatime");
+// SINDRI_BENCH_BESIDE_TRY="name=value,..." changes the clones' settings.
 //
 //	go test -run '^$' -bench CloneBesideRunning -benchtime 1x -timeout 60m ./pkg/postgres
 func BenchmarkCloneBesideRunning(b *testing.B) {
@@ -37,6 +38,17 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 		points = append(points, n)
 	}
 	timed := benchEnvInt(b, "SINDRI_BENCH_BESIDE_TIMED", 20)
+	if v := strings.TrimSpace(os.Getenv("SINDRI_BENCH_BESIDE_TRY")); v != "" {
+		try := map[string]string{}
+		for _, kv := range strings.Split(v, ",") {
+			name, value, ok := strings.Cut(kv, "=")
+			if !ok {
+				b.Fatalf("SINDRI_BENCH_BESIDE_TRY=%q: want name=value pairs separated by commas", v)
+			}
+			try[strings.TrimSpace(name)] = strings.TrimSpace(value)
+		}
+		defer postgres.WithCloneSettings(try)()
+	}
 	d, seed, owner, mnt := benchImage(b, 24<<30)
 	if opts := os.Getenv("SINDRI_BENCH_BESIDE_MOUNT"); opts != "" {
 		if out, err := exec.Command("mount", "-o", "remount,"+opts, mnt).CombinedOutput(); err != nil {
