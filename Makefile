@@ -38,7 +38,8 @@ test: deps lint
 
 # Benchmarks: clone, destroy and cp -a on each driver, and Get with 10 and
 # with 1,000 volumes present (200 on ZFS, SINDRI_ZFS_BENCH_VOLUMES to
-# change); a 200 MB image sent to a second filesystem of the same kind
+# change); every clone's disk use read in one call against one call per
+# clone; a 200 MB image sent to a second filesystem of the same kind
 # (the driver's own send and receive, tar.zst, cp -a); an image of
 # SINDRI_BENCH_REPLICATION_MB (default 5120 here) replicated between two
 # fleet hosts on loopback BTRFS against a bare btrfs send | btrfs receive
@@ -56,7 +57,9 @@ test: deps lint
 # instance, of a pgbench source at SINDRI_BENCH_SOURCE_SCALE (default 340
 # here: about 5 GB). Then what idle clones cost (CPU and PSS of
 # 100 clones with sindri's settings, probed as the supervisor probes or
-# with a login, and with Postgres's defaults), and the density run: one
+# with a login, and with Postgres's defaults), each step of a clone
+# (snapshot, settings, start, first login) beside 10, 250 and 1,000
+# running clones without sindrid, and the density run: one
 # host filled to 1,000 instances of a small image through the API, with
 # create p50/p90/p99, list and get latencies, memory and idle CPU at each
 # count in SINDRI_BENCH_DENSITY (default 10,100,250,500,750,1000), written
@@ -70,6 +73,7 @@ test: deps lint
 # another host than the one asked, beside one built where it was asked.
 bench: deps
 	$(GO) test -p 1 -run '^$$' -bench 'Driver|Get|CloneDestroy' -benchtime 50x -count 10 ./pkg/storage/...
+	$(GO) test -p 1 -run '^$$' -bench ExclusiveBytes -benchtime 3x -count 5 -timeout 60m ./pkg/storage/...
 	$(GO) test -p 1 -run '^$$' -bench Replication -benchtime 5x -count 6 -timeout 60m ./pkg/storage/btrfs ./pkg/storage/zfs
 	$(GO) test -run '^$$' -bench CloneToTLSLogin -benchtime 20x -count 6 ./pkg/postgres
 	$(GO) test -run '^$$' -bench Extract -benchtime 3x -count 3 -timeout 60m ./pkg/ingest
@@ -80,6 +84,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench CreatePlacedElsewhere -benchtime 20x -count 3 -timeout 30m ./pkg/fleet
 	$(GO) test -run '^$$' -bench API -benchtime 1x -timeout 90m ./spec
 	$(GO) test -run '^$$' -bench 'IdleClones/(sindri|sindri\+probe|sindri\+login-probe|postgres-defaults)$$' -benchtime 1x -timeout 30m ./pkg/postgres
+	$(GO) test -run '^$$' -bench CloneBesideRunning -benchtime 1x -timeout 60m ./pkg/postgres
 	$(GO) test -run '^$$' -bench Density -benchtime 1x -timeout 150m ./spec
 	$(GO) test -run '^$$' -bench . -benchtime 100x -count 6 ./pkg/console
 	$(GO) test -run '^$$' -bench InstancesOverTheStore -benchtime 300x -count 6 ./pkg/api
