@@ -571,6 +571,26 @@ func TestFleetOfThreeHosts(t *testing.T) {
 			t.Logf("%s: %s", r.host, got[0][strings.Index(got[0], "msg="):])
 		}
 	}
+	// Their /metrics count the copy each received (the count follows the
+	// copy's ready mark by a moment: polled), A's none.
+	for name, want := range map[string]string{"spec-a": "0", "spec-b": "1", "spec-c": "1"} {
+		var body string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, raw := servers[name].call(t, "GET", "/metrics", "", nil)
+			body = string(raw)
+			if strings.Contains(body, "\nsindri_image_replications_total{result=\"ok\"} "+want+"\n") || time.Now().After(deadline) {
+				break
+			}
+		}
+		for _, line := range []string{`sindri_image_replications_total{result="ok"} ` + want, `sindri_image_replications_total{result="failed"} 0`} {
+			if !strings.Contains(body, "\n"+line+"\n") {
+				t.Errorf("%s's /metrics lacks %q", name, line)
+			}
+		}
+		if received := regexp.MustCompile(`\nsindri_image_replication_bytes_total (\S+)\n`).FindStringSubmatch(body); received == nil || (want == "1") == (received[1] == "0") {
+			t.Errorf("%s's /metrics: bytes received %q after %s copies", name, received, want)
+		}
+	}
 	copyOnC := dataset + "/images/image-" + imageID
 	// (zfs-fuse-compat reports readonly truly with these -o fields only.)
 	if out, err := testfs.Run(context.Background(), "zfs", "get", "-H", "-o", "name,property,value,source", "type,readonly", copyOnC); err != nil ||

@@ -249,6 +249,7 @@ func (m *Main) Run(ctx context.Context) error {
 		m.fleetDone = make(chan struct{})
 		replicator := m.Engine.NewReplicator(engine.ReplicationOptions{
 			Host: cfg.Fleet.Name, Peers: m.peerClient, DownTimeout: cfg.Fleet.DownTimeout, Concurrency: 1,
+			Observer: m.Metrics,
 		})
 		go func() {
 			defer close(m.fleetDone)

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/ingest"
@@ -119,6 +120,22 @@ type ReplicationOptions struct {
 	RetryMin, RetryMax time.Duration
 	// Every is the time between passes of Run (default 5 s).
 	Every time.Duration
+	// Observer, if set, is told each receive's outcome and, at each pass,
+	// how many images wait for their copy on this host (metrics).
+	Observer ReplicationObserver
+}
+
+// ReplicationObserver is told what a Replicator does (package metrics
+// implements it).
+type ReplicationObserver interface {
+	// ObserveReplication gets each receive of an image: whether it ended
+	// with a checked copy, the bytes of the stream read (a failed receive
+	// counts what it read before failing) and, for a copy, how long the
+	// receive took.
+	ObserveReplication(ok bool, bytes int64, d time.Duration)
+	// SetImagesAwaitingReplication gets, at each pass, the number of
+	// images ready in the fleet whose copy on this host is not ready.
+	SetImagesAwaitingReplication(n int)
 }
 
 // Replicator copies the fleet's images onto this host and removes the
@@ -211,10 +228,6 @@ func (r *Replicator) Pass(ctx context.Context) error {
 	for _, h := range hosts {
 		byName[h.Name] = h
 	}
-	me, ok := byName[r.opts.Host]
-	if !ok || me.State != store.HostActive {
-		return errors.Join(errs...) // not registered yet, or draining: nothing to receive
-	}
 	local := map[string]bool{}
 	for _, v := range entries {
 		if v.Kind == storage.KindImage {
@@ -230,6 +243,19 @@ func (r *Replicator) Pass(ctx context.Context) error {
 		case c.Status == store.CopyReady && byName[c.Host].State != store.HostDown && byName[c.Host].Name != "":
 			holders[c.ImageID] = append(holders[c.ImageID], byName[c.Host])
 		}
+	}
+	if r.opts.Observer != nil {
+		awaiting := 0
+		for _, img := range images {
+			if img.Status == store.ImageReady && mine[img.ID].Status != store.CopyReady {
+				awaiting++
+			}
+		}
+		r.opts.Observer.SetImagesAwaitingReplication(awaiting)
+	}
+	me, ok := byName[r.opts.Host]
+	if !ok || me.State != store.HostActive {
+		return errors.Join(errs...) // not registered yet, or draining: nothing to receive
 	}
 	// Oldest first: the images most likely to be asked for.
 	sort.Slice(images, func(i, j int) bool { return images[i].ID < images[j].ID })
@@ -293,7 +319,11 @@ func (r *Replicator) start(ctx context.Context, img store.Image, holders []store
 	go func() {
 		defer r.wg.Done()
 		start := time.Now()
-		err := r.receive(ctx, img, holders)
+		var read atomic.Int64
+		err := r.receive(ctx, img, holders, &read)
+		if r.opts.Observer != nil {
+			r.opts.Observer.ObserveReplication(err == nil, read.Load(), time.Since(start))
+		}
 		r.mu.Lock()
 		delete(r.running, img.ID)
 		if err == nil {
@@ -330,8 +360,9 @@ func (r *Replicator) holder(holders []store.Host) store.Host {
 }
 
 // receive copies img from one of holders and marks this host's copy
-// ready once checked. On failure it leaves no image behind.
-func (r *Replicator) receive(ctx context.Context, img store.Image, holders []store.Host) error {
+// ready once checked, adding the bytes of the stream it reads to read.
+// On failure it leaves no image behind.
+func (r *Replicator) receive(ctx context.Context, img store.Image, holders []store.Host, read *atomic.Int64) error {
 	e := r.e
 	d := e.opts.Storage
 	name := ImageVolume(img.ID)
@@ -364,11 +395,12 @@ func (r *Replicator) receive(ctx context.Context, img store.Image, holders []sto
 	e.log.Info("engine: receiving an image", "image_id", img.ID, "host", r.opts.Host, "from", from.Name, "format", format)
 	guarded, stop := e.guardReserve(ctx, what)
 	defer stop()
-	stream, err := r.opts.Peers.OpenImage(guarded, from.PeerURL, img.ID, format)
+	opened, err := r.opts.Peers.OpenImage(guarded, from.PeerURL, img.ID, format)
 	if err != nil {
 		return fmt.Errorf("asking host %q for image %d: %w", from.Name, img.ID, err)
 	}
-	defer stream.Close()
+	defer opened.Close()
+	stream := &countedStream{ImageStream: opened, read: read}
 	var entry storage.Entry
 	if format == d.Capabilities().StreamFormat {
 		entry, err = d.Receive(guarded, name, stream)
@@ -400,6 +432,18 @@ func (r *Replicator) receive(ctx context.Context, img store.Image, holders []sto
 		return nil
 	}
 	return err
+}
+
+// countedStream adds the bytes read from a stream to read.
+type countedStream struct {
+	ImageStream
+	read *atomic.Int64
+}
+
+func (s *countedStream) Read(p []byte) (int, error) {
+	n, err := s.ImageStream.Read(p)
+	s.read.Add(int64(n))
+	return n, err
 }
 
 // receiveLimits bound what a tar.zst stream may expand to: the free space

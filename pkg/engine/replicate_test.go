@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"github.com/sindri-db/sindri/pkg/auth"
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/fleet"
+	"github.com/sindri-db/sindri/pkg/metrics"
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage"
@@ -51,6 +53,9 @@ type fleetHost struct {
 	auth    *fleet.PeerAuth
 	srv     *httptest.Server
 	repl    *engine.Replicator
+	// metrics is what its sindrid's /metrics serves; its replicator
+	// reports to it.
+	metrics *metrics.Metrics
 }
 
 // newFleet makes host a on the world (a loopback BTRFS holding image 1,
@@ -120,8 +125,10 @@ func newFleetSized(t testing.TB, bOnZFS bool, size int64) (*world, *fleetHost, *
 				t.Fatal(err)
 			}
 		}
+		eng := h.engine
+		h.metrics = metrics.New(func(ctx context.Context) (engine.Status, error) { return eng.Status(ctx) })
 		h.repl = h.engine.NewReplicator(engine.ReplicationOptions{Host: h.name, Peers: fleet.NewClient(h.auth, nil),
-			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond})
+			DownTimeout: time.Minute, RetryMin: 50 * time.Millisecond, Observer: h.metrics})
 	}
 	return w, a, b
 }
@@ -185,6 +192,25 @@ func (h *fleetHost) beat(t testing.TB) {
 		StorageDriver: h.storage.Name(), TotalBytes: 2 << 30, FreeBytes: 1 << 30}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// metric reads series (a name with its labels, as /metrics writes it)
+// from h's /metrics.
+func (h *fleetHost) metric(t testing.TB, series string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for line := range strings.Lines(rec.Body.String()) {
+		if value, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				t.Fatalf("host %s: /metrics line %q: %v", h.name, line, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("host %s: /metrics has no %s", h.name, series)
+	return 0
 }
 
 // replicate runs one pass of h's replicator and waits for its receives.
@@ -333,6 +359,32 @@ func TestAnImageMadeOnOneHostBecomesReadyOnTheOther(t *testing.T) {
 	}
 	checkCopy(t, a, b, 1)
 
+	// b's /metrics tells the operator: one copy received, none failed,
+	// at least the image's file bytes read, one duration, and the image
+	// that b's pass found waiting for its copy.
+	src, err := a.storage.Get(ctx, engine.ImageVolume(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for series, want := range map[string]float64{
+		`sindri_image_replications_total{result="ok"}`:     1,
+		`sindri_image_replications_total{result="failed"}`: 0,
+		`sindri_image_replication_seconds_count`:           1,
+		`sindri_images_awaiting_replication`:               1,
+	} {
+		if got := b.metric(t, series); got != want {
+			t.Errorf("host b: %s = %v; want %v", series, got, want)
+		}
+	}
+	if got, files := b.metric(t, "sindri_image_replication_bytes_total"), fileBytes(t, src.Path); got < float64(files) {
+		t.Errorf("host b: sindri_image_replication_bytes_total = %v; want at least the image's %d bytes of files", got, files)
+	}
+	for _, series := range []string{`sindri_image_replications_total{result="ok"}`, "sindri_image_replication_bytes_total", "sindri_images_awaiting_replication"} {
+		if got := a.metric(t, series); got != 0 {
+			t.Errorf("host a, which received nothing: %s = %v; want 0", series, got)
+		}
+	}
+
 	for _, h := range []*fleetHost{a, b} {
 		var doc struct {
 			Data struct {
@@ -367,6 +419,30 @@ func TestAnImageMadeOnOneHostBecomesReadyOnTheOther(t *testing.T) {
 	if err != nil || len(copies) != 2 || copies[1].Host != "b" || copies[1].Status != store.CopyReady {
 		t.Errorf("copies after another pass: %+v, %v", copies, err)
 	}
+	if got := b.metric(t, `sindri_image_replications_total{result="ok"}`); got != 1 {
+		t.Errorf("host b after a pass with nothing to receive: %v copies received; want still 1", got)
+	}
+	if got := b.metric(t, "sindri_images_awaiting_replication"); got != 0 {
+		t.Errorf("host b holds every image, yet %v await their copy", got)
+	}
+}
+
+// fileBytes is the sum of the sizes of the regular files below dir.
+func fileBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		info, err := d.Info()
+		n += info.Size()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // The peer route answers a host of the fleet alone: without a proof, with
@@ -522,7 +598,7 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 	cutCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cutter := &cutPeers{PeerImages: fleet.NewClient(b.auth, nil), after: 1 << 20, cancel: cancel}
-	repl := b.engine.NewReplicator(engine.ReplicationOptions{Host: "b", Peers: cutter, DownTimeout: time.Minute})
+	repl := b.engine.NewReplicator(engine.ReplicationOptions{Host: "b", Peers: cutter, DownTimeout: time.Minute, Observer: b.metrics})
 	if err := repl.Pass(cutCtx); err != nil {
 		t.Fatal(err)
 	}
@@ -537,6 +613,23 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 	if err != nil || len(copies) != 2 || copies[1].Host != "b" || copies[1].Status != store.CopyFailed || copies[1].Error == "" {
 		t.Fatalf("copies after the cut-short receive: %+v, %v; want b's failed, with the reason", copies, err)
 	}
+	// Counted failed, with the bytes read before the cut, and no duration.
+	wantMetrics := func(when string, ok, failed float64) {
+		t.Helper()
+		for series, want := range map[string]float64{
+			`sindri_image_replications_total{result="ok"}`:     ok,
+			`sindri_image_replications_total{result="failed"}`: failed,
+			`sindri_image_replication_seconds_count`:           ok,
+		} {
+			if got := b.metric(t, series); got != want {
+				t.Errorf("host b %s: %s = %v; want %v", when, series, got, want)
+			}
+		}
+	}
+	wantMetrics("after the cut-short receive", 0, 1)
+	if got := b.metric(t, "sindri_image_replication_bytes_total"); got < 1<<20 {
+		t.Errorf("host b read %v bytes of the cut-short stream; want at least the 1 MiB read before the cut", got)
+	}
 	// Not tried again before its backoff (10 s after a first failure).
 	if err := repl.Pass(ctx); err != nil {
 		t.Fatal(err)
@@ -545,6 +638,7 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 	if names := volumeNames(t, b.storage); len(names) != 0 || readyHosts(t, a.store, 1) != "a" {
 		t.Errorf("a pass within the backoff received the image again: b holds %v", names)
 	}
+	wantMetrics("after a pass within the backoff", 0, 1)
 
 	// What a sindrid killed during a tar.zst receive leaves: the volume
 	// it was extracting into.
@@ -563,6 +657,7 @@ func TestACutShortReceiveLeavesNothing(t *testing.T) {
 		t.Errorf("image 1 ready on %q; want a,b", got)
 	}
 	checkCopy(t, a, b, 1)
+	wantMetrics("after the receive that copied the image", 1, 1)
 }
 
 // Between hosts of different drivers (BTRFS to ZFS) the image goes as

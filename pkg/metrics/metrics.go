@@ -1,6 +1,7 @@
 // Package metrics exposes sindrid's Prometheus metrics: how long instances
 // take to become ready, instances and images by status, disk space, the
-// configured limits and their use, and HTTP requests.
+// configured limits and their use, HTTP requests, and in a fleet the
+// images copied onto this host.
 package metrics
 
 import (
@@ -22,6 +23,11 @@ type Metrics struct {
 	cloneReady prometheus.Histogram
 	createStep *prometheus.HistogramVec
 	requests   *prometheus.CounterVec
+
+	replications      *prometheus.CounterVec
+	replicationBytes  prometheus.Counter
+	replicationTime   prometheus.Histogram
+	awaitingReplicate prometheus.Gauge
 }
 
 // New registers the metrics; status is read at each scrape.
@@ -42,8 +48,30 @@ func New(status func(context.Context) (engine.Status, error)) *Metrics {
 			Name: "sindri_http_requests_total",
 			Help: "HTTP requests by method and status code.",
 		}, []string{"method", "code"}),
+		replications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sindri_image_replications_total",
+			Help: "In a fleet, receives of another host's image onto this host by result: ok (a copy received and checked), failed (tried again after a backoff).",
+		}, []string{"result"}),
+		replicationBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sindri_image_replication_bytes_total",
+			Help: "In a fleet, bytes of image streams this host received from other hosts, those of failed receives included.",
+		}),
+		replicationTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sindri_image_replication_seconds",
+			Help:    "In a fleet, how long each receive of an image onto this host took that ended with a checked copy.",
+			Buckets: []float64{0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600},
+		}),
+		awaitingReplicate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sindri_images_awaiting_replication",
+			Help: "In a fleet, images ready on another host whose copy on this host is not ready yet, as the replicator's last pass (every 5 s) found them.",
+		}),
 	}
-	m.registry.MustRegister(m.cloneReady, m.createStep, m.requests, &statusCollector{status: status},
+	// Both results from the start, so that a rate of failures is defined
+	// before the first one.
+	m.replications.WithLabelValues("ok")
+	m.replications.WithLabelValues("failed")
+	m.registry.MustRegister(m.cloneReady, m.createStep, m.requests,
+		m.replications, m.replicationBytes, m.replicationTime, m.awaitingReplicate, &statusCollector{status: status},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +93,24 @@ func (m *Metrics) ObserveCreateStep(step string, d time.Duration) {
 func (m *Metrics) ObserveRequest(method string, status int) {
 	m.requests.WithLabelValues(method, strconv.Itoa(status)).Inc()
 }
+
+// ObserveReplication records one receive of an image from another host
+// (engine.ReplicationObserver).
+func (m *Metrics) ObserveReplication(ok bool, bytes int64, d time.Duration) {
+	m.replicationBytes.Add(float64(bytes))
+	if !ok {
+		m.replications.WithLabelValues("failed").Inc()
+		return
+	}
+	m.replications.WithLabelValues("ok").Inc()
+	m.replicationTime.Observe(d.Seconds())
+}
+
+// SetImagesAwaitingReplication records how many images wait for their
+// copy on this host (engine.ReplicationObserver).
+func (m *Metrics) SetImagesAwaitingReplication(n int) { m.awaitingReplicate.Set(float64(n)) }
+
+var _ engine.ReplicationObserver = (*Metrics)(nil)
 
 var (
 	instancesDesc      = prometheus.NewDesc("sindri_instances", "Instances by status (in a fleet, this host's).", []string{"status"}, nil)

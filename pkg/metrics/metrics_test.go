@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sindri-db/sindri/pkg/engine"
 )
@@ -59,5 +60,50 @@ func TestFleetInstancesAreExported(t *testing.T) {
 	}
 	if body := scrape(engine.Status{InstancesByStatus: map[string]int{"running": 2}}); strings.Contains(body, "sindri_fleet_instances") {
 		t.Error("/metrics of a single host has sindri_fleet_instances")
+	}
+}
+
+// A fleet host's receives of images are counted by result, with the
+// bytes read (a failed receive's too) and a successful one's duration;
+// both results show from the start, at 0.
+func TestReplicationsAreExported(t *testing.T) {
+	m := New(func(context.Context) (engine.Status, error) { return engine.Status{}, nil })
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		body, _ := io.ReadAll(rec.Body)
+		return string(body)
+	}
+	for _, want := range []string{
+		`sindri_image_replications_total{result="ok"} 0`,
+		`sindri_image_replications_total{result="failed"} 0`,
+		`sindri_image_replication_bytes_total 0`,
+		`sindri_image_replication_seconds_count 0`,
+		`sindri_images_awaiting_replication 0`,
+	} {
+		if body := scrape(); !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics before any receive lacks %q", want)
+		}
+	}
+
+	var observer engine.ReplicationObserver = m
+	observer.SetImagesAwaitingReplication(3)
+	observer.ObserveReplication(true, 5000, 2*time.Second)
+	observer.ObserveReplication(false, 700, 40*time.Second) // cut short: its bytes count, its time does not
+	observer.ObserveReplication(false, 0, time.Second)      // the peer did not answer
+	body := scrape()
+	for _, want := range []string{
+		`sindri_image_replications_total{result="ok"} 1`,
+		`sindri_image_replications_total{result="failed"} 2`,
+		`sindri_image_replication_bytes_total 5700`,
+		`sindri_image_replication_seconds_count 1`,
+		`sindri_image_replication_seconds_sum 2`,
+		`sindri_image_replication_seconds_bucket{le="2.5"} 1`,
+		`sindri_image_replication_seconds_bucket{le="1"} 0`,
+		`sindri_images_awaiting_replication 3`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
