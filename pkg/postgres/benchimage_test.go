@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,4 +59,22 @@ func benchSocketDir(b *testing.B, owner postgres.OSUser) string {
 	owner.Chown(sock, false)
 	os.Chmod(sock, 0o755)
 	return sock
+}
+
+// benchSettings reads clone settings to try from the environment variable
+// name, as "name=value,name=value"; nil when it is not set.
+func benchSettings(b *testing.B, name string) map[string]string {
+	v := strings.TrimSpace(os.Getenv(name))
+	if v == "" {
+		return nil
+	}
+	try := map[string]string{}
+	for _, kv := range strings.Split(v, ",") {
+		setting, value, ok := strings.Cut(kv, "=")
+		if !ok {
+			b.Fatalf("%s=%q: want name=value pairs separated by commas", name, v)
+		}
+		try[strings.TrimSpace(setting)] = strings.TrimSpace(value)
+	}
+	return try
 }

@@ -38,15 +38,7 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 		points = append(points, n)
 	}
 	timed := benchEnvInt(b, "SINDRI_BENCH_BESIDE_TIMED", 20)
-	if v := strings.TrimSpace(os.Getenv("SINDRI_BENCH_BESIDE_TRY")); v != "" {
-		try := map[string]string{}
-		for _, kv := range strings.Split(v, ",") {
-			name, value, ok := strings.Cut(kv, "=")
-			if !ok {
-				b.Fatalf("SINDRI_BENCH_BESIDE_TRY=%q: want name=value pairs separated by commas", v)
-			}
-			try[strings.TrimSpace(name)] = strings.TrimSpace(value)
-		}
+	if try := benchSettings(b, "SINDRI_BENCH_BESIDE_TRY"); try != nil {
 		defer postgres.WithCloneSettings(try)()
 	}
 	d, seed, owner, mnt := benchImage(b, 24<<30)

@@ -88,15 +88,7 @@ func BenchmarkIdleClones(b *testing.B) {
 		variants = append(variants, variant{name: "default-" + name, values: map[string]string{name: idlePostgresDefaults[name]}})
 	}
 	variants = append(variants, variant{name: "sindri+login-probe", probe: "login"}, variant{name: "sindri+probe", probe: "answers"})
-	if v := strings.TrimSpace(os.Getenv("SINDRI_BENCH_IDLE_TRY")); v != "" {
-		try := map[string]string{}
-		for _, kv := range strings.Split(v, ",") {
-			name, value, ok := strings.Cut(kv, "=")
-			if !ok {
-				b.Fatalf("SINDRI_BENCH_IDLE_TRY=%q: want name=value pairs separated by commas", v)
-			}
-			try[strings.TrimSpace(name)] = strings.TrimSpace(value)
-		}
+	if try := benchSettings(b, "SINDRI_BENCH_IDLE_TRY"); try != nil {
 		variants = append(variants, variant{name: "try", values: try})
 	}
 

@@ -158,27 +158,7 @@ func testExclusiveBytesOfDuringChurn(t *testing.T, factory Factory) {
 		wg      sync.WaitGroup
 	)
 	for w := range churners {
-		wg.Go(func() {
-			for i := 0; churning.Err() == nil; i++ {
-				name := fmt.Sprintf("churn-%d-%d", w, i)
-				current[w].Store(&name)
-				var err error
-				if i%2 == 0 {
-					_, err = d.Clone(ctx, "image-1", name)
-				} else {
-					_, err = d.Create(ctx, name)
-				}
-				if err != nil {
-					fail("making %s: %v", name, err)
-					return
-				}
-				if err := d.Destroy(ctx, name); err != nil {
-					fail("Destroy(%s): %v", name, err)
-					return
-				}
-				cycles.Add(1)
-			}
-		})
+		wg.Go(func() { churn(churning, d, w, &current[w], &cycles, fail) })
 	}
 	wg.Go(func() {
 		for churning.Err() == nil {

@@ -811,8 +811,7 @@ func testListAndGetDuringChurn(t *testing.T, factory Factory) {
 		failures = append(failures, fmt.Sprintf(format, args...))
 		mu.Unlock()
 	}
-	// A churned name's parity tells how it was made: even ones are clones
-	// of image-1, odd ones empty volumes.
+	// A churned name's parity tells how it was made (see churn).
 	origin := func(name string) string {
 		var w, i int
 		fmt.Sscanf(name, "churn-%d-%d", &w, &i)
@@ -853,25 +852,7 @@ func testListAndGetDuringChurn(t *testing.T, factory Factory) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; churning.Err() == nil; i++ {
-				name := fmt.Sprintf("churn-%d-%d", w, i)
-				current[w].Store(&name)
-				var err error
-				if origin(name) != "" {
-					_, err = d.Clone(ctx, "image-1", name)
-				} else {
-					_, err = d.Create(ctx, name)
-				}
-				if err != nil {
-					fail("making %s: %v", name, err)
-					return
-				}
-				if err := d.Destroy(ctx, name); err != nil {
-					fail("Destroy(%s): %v", name, err)
-					return
-				}
-				cycles.Add(1)
-			}
+			churn(churning, d, w, &current[w], &cycles, fail)
 		}()
 	}
 	readers := sync.WaitGroup{}
@@ -1391,4 +1372,31 @@ func accessTimes(t *testing.T, dir string) map[string]time.Time {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// churn makes and destroys entries named churn-W-I, one after another,
+// until until ends (each one is made and destroyed whole): even ones
+// clones of image-1, odd ones empty volumes. It keeps the name it works
+// on in current, counts each cycle in cycles, and stops at the first
+// failure, told to fail.
+func churn(until context.Context, d storage.Driver, w int, current *atomic.Pointer[string], cycles *atomic.Int64, fail func(format string, args ...any)) {
+	for i := 0; until.Err() == nil; i++ {
+		name := fmt.Sprintf("churn-%d-%d", w, i)
+		current.Store(&name)
+		var err error
+		if i%2 == 0 {
+			_, err = d.Clone(ctx, "image-1", name)
+		} else {
+			_, err = d.Create(ctx, name)
+		}
+		if err != nil {
+			fail("making %s: %v", name, err)
+			return
+		}
+		if err := d.Destroy(ctx, name); err != nil {
+			fail("Destroy(%s): %v", name, err)
+			return
+		}
+		cycles.Add(1)
+	}
 }
