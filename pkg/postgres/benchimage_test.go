@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,4 +78,29 @@ func benchSettings(b *testing.B, name string) map[string]string {
 		try[strings.TrimSpace(setting)] = strings.TrimSpace(value)
 	}
 	return try
+}
+
+// benchVolume is a clone the benchmarks made: its volume and data directory.
+type benchVolume struct{ name, dir string }
+
+// benchDestroy stops the postmasters of volumes and destroys them, four at
+// a time.
+func benchDestroy(b *testing.B, d *btrfs.Driver, volumes []benchVolume) {
+	var wg sync.WaitGroup
+	work := make(chan benchVolume)
+	for range 4 {
+		wg.Go(func() {
+			for v := range work {
+				postgres.StopAll(ctx, v.dir, 10*time.Second)
+				if err := d.Destroy(ctx, v.name); err != nil {
+					b.Errorf("destroying %s: %v", v.name, err)
+				}
+			}
+		})
+	}
+	for _, v := range volumes {
+		work <- v
+	}
+	close(work)
+	wg.Wait()
 }

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,23 +54,11 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 	}
 	var running []clone
 	defer func() {
-		var wg sync.WaitGroup
-		work := make(chan clone)
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for c := range work {
-					postgres.StopAll(ctx, c.dir, 10*time.Second)
-					d.Destroy(ctx, c.name)
-				}
-			}()
+		volumes := make([]benchVolume, len(running))
+		for i, c := range running {
+			volumes[i] = benchVolume{c.name, c.dir}
 		}
-		for _, c := range running {
-			work <- c
-		}
-		close(work)
-		wg.Wait()
+		benchDestroy(b, d, volumes)
 	}()
 	serial := 0
 	// start makes one clone and starts it as sindri does, returning how

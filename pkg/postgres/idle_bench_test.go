@@ -104,28 +104,13 @@ func BenchmarkIdleClones(b *testing.B) {
 			}
 			clones := make([]clone, n)
 			defer func() {
-				var wg sync.WaitGroup
-				work := make(chan clone)
-				for range 4 {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for c := range work {
-							if c.dir == "" {
-								continue
-							}
-							postgres.StopAll(ctx, c.dir, 10*time.Second)
-							if err := d.Destroy(ctx, c.name); err != nil {
-								b.Errorf("destroying %s: %v", c.name, err)
-							}
-						}
-					}()
-				}
+				var volumes []benchVolume
 				for _, c := range clones {
-					work <- c
+					if c.dir != "" {
+						volumes = append(volumes, benchVolume{c.name, c.dir})
+					}
 				}
-				close(work)
-				wg.Wait()
+				benchDestroy(b, d, volumes)
 			}()
 			t0 := time.Now()
 			for i := range clones {
