@@ -160,18 +160,8 @@ func newWorldOn(t testing.TB, ports int, driver storage.Driver, root string) *wo
 	t.Helper()
 	w := &world{owner: pgtest.Owner(t), storage: driver, root: root}
 	w.store, w.dbURL = storetest.New(t)
-	// The postgres user must reach the data directories below the test's
-	// temporary directory.
-	probe, err := driver.Create(ctx, "probe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for d := filepath.Dir(probe.Path); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	if err := driver.Destroy(ctx, "probe"); err != nil {
-		t.Fatal(err)
-	}
+	openToPostgres(t, driver)
+	var err error
 	if w.runDir, err = os.MkdirTemp("", "sr"); err != nil {
 		t.Fatal(err)
 	}
