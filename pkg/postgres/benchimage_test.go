@@ -15,12 +15,12 @@ import (
 	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
-// benchImage makes what the clone benchmarks start from: a loopback BTRFS
-// of size bytes holding image-1, a data directory that has run once with
-// the client roles and was shut down cleanly, as finalise leaves one. The
-// seed's Cluster is the template each clone's settings start from. mnt is
-// where the filesystem is mounted.
-func benchImage(b *testing.B, size int64) (d *btrfs.Driver, seed *pgtest.Instance, owner postgres.OSUser, mnt string) {
+// benchImage makes what the clone benchmarks, and the tests of clones side
+// by side, start from: a loopback BTRFS of size bytes holding image-1, a
+// data directory that has run once with the client roles and was shut down
+// cleanly, as finalise leaves one. The seed's Cluster is the template each
+// clone's settings start from. mnt is where the filesystem is mounted.
+func benchImage(b testing.TB, size int64) (d *btrfs.Driver, seed *pgtest.Instance, owner postgres.OSUser, mnt string) {
 	owner = pgtest.Owner(b)
 	mnt = testfs.Btrfs(b, size)
 	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
@@ -51,7 +51,7 @@ func benchImage(b *testing.B, size int64) (d *btrfs.Driver, seed *pgtest.Instanc
 }
 
 // benchSocketDir is a directory for clones' sockets, removed after b.
-func benchSocketDir(b *testing.B, owner postgres.OSUser) string {
+func benchSocketDir(b testing.TB, owner postgres.OSUser) string {
 	sock, err := os.MkdirTemp("", "sb")
 	if err != nil {
 		b.Fatal(err)

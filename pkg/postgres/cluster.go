@@ -82,7 +82,8 @@ func (c *Cluster) Init(ctx context.Context) error {
 // wrote them) on its command line, where it wins over every configuration
 // file. It returns once the process runs, not once it is ready: see
 // Ready. A postmaster.pid left by a dead postmaster (a crash, or a zombie
-// nobody reaps) is removed first.
+// nobody reaps) is removed first. A clone's postmaster runs in an IPC
+// namespace of its own.
 func (c *Cluster) Start() (*Process, error) {
 	dataDir, err := filepath.Abs(c.DataDir)
 	if err != nil {
@@ -94,6 +95,20 @@ func (c *Cluster) Start() (*Process, error) {
 	}
 	if st, err := Status(dataDir); err == nil && st.Alive {
 		return nil, fmt.Errorf("a postmaster (pid %d) already runs on %s", st.PID, dataDir)
+	}
+	if c.Settings.Clone {
+		if _, err := os.Stat(filepath.Join(dataDir, "postmaster.pid")); err == nil {
+			// A postmaster in an IPC namespace of its own cannot see
+			// the shared memory its dead predecessor's backends may
+			// still hold, which would make it refuse to start beside
+			// them: they are killed instead.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			err := KillLeftovers(ctx, dataDir)
+			cancel()
+			if err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := removeStalePIDFile(dataDir); err != nil {
 		return nil, err
@@ -111,12 +126,32 @@ func (c *Cluster) Start() (*Process, error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	// Never cancelled: the postmaster outlives this call, and sindrid.
-	cmd := c.Command(context.Background(), "postgres", nil, c.commandLine(dataDir, majorNumber(major))...)
-	cmd.Dir = dataDir
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
-	cmd.SysProcAttr.Setsid = true
-	if err := cmd.Start(); err != nil {
+	command := func(namespaces uintptr) *exec.Cmd {
+		// Never cancelled: the postmaster outlives this call, and sindrid.
+		cmd := c.Command(context.Background(), "postgres", nil, c.commandLine(dataDir, majorNumber(major))...)
+		cmd.Dir = dataDir
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
+		cmd.SysProcAttr.Setsid = true
+		cmd.SysProcAttr.Cloneflags = namespaces
+		return cmd
+	}
+	// A postmaster keys its System V shared memory by its data directory's
+	// inode number and takes the first free key from there. Every clone's
+	// root is the same inode, so beside N running clones it would attach to
+	// N segments in turn before finding a free key; in an IPC namespace of
+	// its own the first is free.
+	var namespace uintptr
+	if c.Settings.Clone {
+		namespace = syscall.CLONE_NEWIPC
+	}
+	cmd := command(namespace)
+	err = cmd.Start()
+	if namespace != 0 && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL)) {
+		// Without the privilege to make one, it shares the host's.
+		cmd = command(0)
+		err = cmd.Start()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("starting postgres on %s: %w", dataDir, err)
 	}
 	exited := make(chan struct{})
