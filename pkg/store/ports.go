@@ -8,21 +8,42 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// AllocatePort gives an instance the lowest port in [min, max) that no
-// other instance holds and for which isFree (the caller's bind check; nil
-// means always free) returns true, and returns it. The unique index on
+// AllocatePort gives an instance a port in [min, max) that no other
+// instance holds and for which isFree (the caller's bind check; nil means
+// always free) returns true, and returns it: the first such port after the
+// one it gave last, wrapping around to min. The unique index on
 // instances.port settles races: a port another allocator took in the
 // meantime fails the update and the next one is tried. ErrPortsExhausted
 // when none is left; ErrNotFound if the instance does not exist. A port
 // the instance already holds is given up for the new one.
 //
-// The lowest free port is found in the index on port (firstFreePort),
-// rather than by reading every port held: on a host of a thousand
-// instances a create reads one row, not a thousand.
+// The first free port is found in the index on port (firstFreePort),
+// rather than by reading every port held, and the search starts after the
+// port given last rather than at min: on a host of a thousand instances
+// holding the lowest ports, a create reads one row, not a thousand.
 //
 // Ports are per host: in a fleet (SetFleetHost), among the instances of
 // this host; on a single host, among those of no host.
 func (s *Store) AllocatePort(ctx context.Context, instanceID int64, min, max int, isFree func(port int) bool) (int, error) {
+	start := int(s.nextPort.Load())
+	if start <= min || start >= max {
+		start = min
+	}
+	for _, r := range [][2]int{{start, max}, {min, start}} {
+		p, err := s.allocatePortIn(ctx, instanceID, r[0], r[1], isFree)
+		if errors.Is(err, ErrPortsExhausted) {
+			continue
+		}
+		if err == nil {
+			s.nextPort.Store(int64(p) + 1)
+		}
+		return p, err
+	}
+	return 0, fmt.Errorf("store: allocate port for instance %d in [%d, %d): %w", instanceID, min, max, ErrPortsExhausted)
+}
+
+// allocatePortIn is AllocatePort's search of [min, max).
+func (s *Store) allocatePortIn(ctx context.Context, instanceID int64, min, max int, isFree func(port int) bool) (int, error) {
 	query, args := firstFreePort, []any{0, max, instanceID}
 	if host := s.FleetHost(); host != "" {
 		query, args = firstFreePortOfHost, append(args, host)
@@ -50,7 +71,7 @@ func (s *Store) AllocatePort(ctx context.Context, instanceID int64, min, max int
 		}
 		return p, nil
 	}
-	return 0, fmt.Errorf("store: allocate port for instance %d in [%d, %d): %w", instanceID, min, max, ErrPortsExhausted)
+	return 0, ErrPortsExhausted
 }
 
 // firstFreePort is the lowest port in [$1, $2) that no instance but $3

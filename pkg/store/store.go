@@ -96,6 +96,9 @@ type Store struct {
 	// summaries are the instance summaries last listed (see
 	// ListInstanceSummaries).
 	summaries summaryCache
+	// nextPort is where AllocatePort starts looking: the port after the
+	// one it gave last.
+	nextPort atomic.Int64
 }
 
 // Open connects to databaseURL (a postgres:// URL or a key=value DSN) and

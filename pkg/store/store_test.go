@@ -427,6 +427,37 @@ func TestAllocatePortExhaustionAndRelease(t *testing.T) {
 	wantErr(t, err, ErrNotFound)
 }
 
+// A port freed below the last one given is taken again only once the
+// range's end is reached: the search starts after the last port given, so
+// that a host whose lowest thousand ports are held does not walk them all
+// for each create.
+func TestAllocatePortGoesOnAfterTheLastPortGiven(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	img := newImage(t, s, "img")
+	free := func(int) bool { return true }
+	allocate := func(want int) {
+		t.Helper()
+		inst := newInstance(t, s, img.ID, "x")
+		if p := must[int](t)(s.AllocatePort(ctx, inst.ID, 6100, 6105, free)); p != want {
+			t.Fatalf("got port %d, want %d", p, want)
+		}
+	}
+	first := newInstance(t, s, img.ID, "x")
+	if p := must[int](t)(s.AllocatePort(ctx, first.ID, 6100, 6105, free)); p != 6100 {
+		t.Fatalf("the first instance got port %d, want 6100", p)
+	}
+	allocate(6101)
+	allocate(6102)
+	check(t, s.DeleteInstance(ctx, first.ID))
+	allocate(6103) // not 6100: the search goes on after 6102
+	allocate(6104)
+	allocate(6100) // the range's end reached, it wraps around
+	inst := newInstance(t, s, img.ID, "x")
+	_, err := s.AllocatePort(ctx, inst.ID, 6100, 6105, free)
+	wantErr(t, err, ErrPortsExhausted)
+}
+
 func TestAllocatePortSkipsBusyPorts(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
