@@ -240,11 +240,12 @@ func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Durat
 			e.supervise(ctx)
 		}
 	}()
+	// Work cut short because Run is ending is not an error to log.
 	every(expiryEvery, func() {
-		if _, err := e.DestroyExpired(ctx); err != nil {
+		if _, err := e.DestroyExpired(ctx); err != nil && ctx.Err() == nil {
 			e.log.Error("engine: destroying expired instances", "err", err)
 		}
-		if _, err := e.DeleteExpiredBackups(ctx); err != nil {
+		if _, err := e.DeleteExpiredBackups(ctx); err != nil && ctx.Err() == nil {
 			e.log.Error("engine: deleting expired backups", "err", err)
 		}
 	})
@@ -254,7 +255,7 @@ func (e *Engine) Run(ctx context.Context, reconcileEvery, expiryEvery time.Durat
 		e.RunSources(ctx)
 	}()
 	every(reconcileEvery, func() {
-		if err := e.Reconcile(ctx); err != nil {
+		if err := e.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			e.log.Error("engine: reconcile", "err", err)
 		}
 	})
