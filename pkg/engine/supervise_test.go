@@ -185,7 +185,10 @@ func TestFullDiskStopsAnInstanceUntilSpaceIsFreed(t *testing.T) {
 	if err != nil || !st.Alive {
 		t.Fatalf("status %+v %v", st, err)
 	}
-	execSQL(t, w.superuserConn(inst), "create table notes (id int); grant all on notes to public; insert into notes values (1)")
+	// A clone commits asynchronously (its WAL reaches the disk within a
+	// second or so): the data this test expects back is committed with a
+	// flush, or the full disk could take it with the crash.
+	execSQL(t, w.superuserConn(inst), "set synchronous_commit = on; create table notes (id int); grant all on notes to public; insert into notes values (1)")
 
 	filler := fill(t, w.storage, w.root, 0)
 	// Writing now fails; the postmaster dies (a failed WAL write is a
