@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage/btrfs"
@@ -69,23 +67,8 @@ func TestACloneRestartedAfterAKillEndsTheOldBackendsFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	session, err := pgx.Connect(ctx, postgres.SocketURL(c.SocketDir, c.Port, "postgres", "postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := int(session.PgConn().PID())
+	backend, _ := busyBackend(t, postgres.SocketURL(c.SocketDir, c.Port, "postgres", "postgres"))
 	t.Cleanup(func() { syscall.Kill(backend, syscall.SIGKILL) })
-	go session.Exec(ctx, "do $$ begin loop end loop; end $$")
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		got, _ := query(t, postgres.SocketURL(c.SocketDir, c.Port, "postgres", "postgres"),
-			fmt.Sprintf("select state from pg_stat_activity where pid = %d", backend))
-		if got == "active" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %d never became busy: %q", backend, got)
-		}
-	}
 	if err := syscall.Kill(pf.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

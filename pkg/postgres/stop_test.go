@@ -69,25 +69,7 @@ func TestStopKillsAPostmasterThatIgnoresShutdown(t *testing.T) {
 		}
 	})
 
-	session, err := pgx.Connect(ctx, c.SocketURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := int(session.PgConn().PID())
-	busy := make(chan error, 1)
-	go func() {
-		_, err := session.Exec(ctx, "do $$ begin loop end loop; end $$")
-		busy <- err
-	}()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		got, _ := query(t, c.SocketURL(), fmt.Sprintf("select state from pg_stat_activity where pid = %d", backend))
-		if got == "active" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend %d never became busy: %q", backend, got)
-		}
-	}
+	backend, busy := busyBackend(t, c.SocketURL())
 	if len(livingIn(c.DataDir)) < 3 {
 		t.Fatalf("processes in %s: %v; want the postmaster and its children", c.DataDir, livingIn(c.DataDir))
 	}
@@ -110,7 +92,7 @@ func TestStopKillsAPostmasterThatIgnoresShutdown(t *testing.T) {
 
 	const fastTimeout = 300 * time.Millisecond
 	started := time.Now()
-	err = postgres.Stop(ctx, c.DataDir, fastTimeout)
+	err := postgres.Stop(ctx, c.DataDir, fastTimeout)
 	took := time.Since(started)
 	t.Logf("Stop returned %v after %d ms", err, took.Milliseconds())
 	if err != nil {
@@ -169,5 +151,32 @@ func TestStopKillsAPostmasterThatIgnoresShutdown(t *testing.T) {
 	}
 	if st, err := postgres.Status(c.DataDir); err != nil || !st.Alive || st.PID == pid {
 		t.Fatalf("after the restart: Status %+v %v; want a new live postmaster", st, err)
+	}
+}
+
+// busyBackend opens a session at url and keeps its backend busy in an
+// endless loop, which notices its postmaster's death only when it waits;
+// it returns once the backend is seen active, with its pid and the
+// session's end.
+func busyBackend(t *testing.T, url string) (pid int, ended <-chan error) {
+	t.Helper()
+	session, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid = int(session.PgConn().PID())
+	done := make(chan error, 1)
+	go func() {
+		_, err := session.Exec(ctx, "do $$ begin loop end loop; end $$")
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		got, _ := query(t, url, fmt.Sprintf("select state from pg_stat_activity where pid = %d", pid))
+		if got == "active" {
+			return pid, done
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %d never became busy: %q", pid, got)
+		}
 	}
 }
