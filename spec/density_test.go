@@ -129,9 +129,11 @@ func densitySeconds(b *testing.B, name string, def int) time.Duration {
 // and after; SINDRI_BENCH_DENSITY_BEFORE names the density.csv of such a
 // run, which the table at the end (and before-after.md) sets beside this
 // run's. Otherwise sindrid is built with -tags
-// sindri_pprof, and from SINDRI_BENCH_DENSITY_PPROF live instances
-// (default 500) CPU profiles of sindrid are taken during the idle minute
-// and the requests (sindrid-idle-N.pprof, sindrid-active-N.pprof). Ports
+// sindri_pprof; when SINDRI_BENCH_DENSITY_PPROF is set, from that many
+// live instances on CPU profiles of sindrid are taken during the idle
+// minute and the requests (sindrid-idle-N.pprof, sindrid-active-N.pprof).
+// None is by default: the profiler's sampling stretches the requests'
+// tail it would be timing. Ports
 // are [SINDRI_BENCH_DENSITY_MIN_PORT (default 20000), +count+100). The
 // fill stops, saying so, when the host has less than 3 GiB of memory
 // available.
@@ -144,7 +146,7 @@ func BenchmarkDensity(b *testing.B) {
 	sizes := densitySizes(b)
 	settle := densitySeconds(b, "SINDRI_BENCH_DENSITY_SETTLE", 30)
 	idle := densitySeconds(b, "SINDRI_BENCH_DENSITY_IDLE", 60)
-	pprofAt := 500
+	pprofAt := math.MaxInt
 	if v := os.Getenv("SINDRI_BENCH_DENSITY_PPROF"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
