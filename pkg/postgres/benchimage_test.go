@@ -21,6 +21,16 @@ import (
 // cleanly, as finalise leaves one. The seed's Cluster is the template each
 // clone's settings start from. mnt is where the filesystem is mounted.
 func benchImage(b testing.TB, size int64) (d *btrfs.Driver, seed *pgtest.Instance, owner postgres.OSUser, mnt string) {
+	d, seed, owner, mnt, _ = benchUpload(b, size)
+	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
+		b.Fatal(err)
+	}
+	return d, seed, owner, mnt
+}
+
+// benchUpload is benchImage before the freeze: the data directory is in
+// volume upload-1, at upload.
+func benchUpload(b testing.TB, size int64) (d *btrfs.Driver, seed *pgtest.Instance, owner postgres.OSUser, mnt, upload string) {
 	owner = pgtest.Owner(b)
 	mnt = testfs.Btrfs(b, size)
 	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
@@ -44,10 +54,7 @@ func benchImage(b testing.TB, size int64) (d *btrfs.Driver, seed *pgtest.Instanc
 	}
 	owner.Chown(up.Path, false)
 	os.Chmod(up.Path, 0o700)
-	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
-		b.Fatal(err)
-	}
-	return d, seed, owner, mnt
+	return d, seed, owner, mnt, up.Path
 }
 
 // benchSocketDir is a directory for clones' sockets, removed after b.

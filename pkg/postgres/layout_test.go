@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -15,9 +14,6 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/postgres"
-	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
-	"github.com/sindri-db/sindri/pkg/storage/btrfs"
-	"github.com/sindri-db/sindri/pkg/testfs"
 )
 
 // fileState is what LayOutForClones must keep of an entry.
@@ -70,28 +66,7 @@ var relationFileName = regexp.MustCompile(`^(global|base/[0-9]+)/[0-9]+(_(fsm|vm
 // change: content, owners, permissions, modification times, symbolic links
 // (never followed: the data directory is an upload), hard links.
 func TestLayOutForClonesPutsWhatAStartWritesAfterTheRelationFiles(t *testing.T) {
-	owner := pgtest.Owner(t)
-	mnt := testfs.Btrfs(t, 1<<30)
-	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	d, err := btrfs.New(filepath.Join(mnt, "sindri"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed := pgtest.StartInstance(t)
-	if err := postgres.Stop(ctx, seed.DataDir, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	up, err := d.Create(ctx, "upload-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", seed.DataDir+"/.", up.Path).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	owner.Chown(up.Path, true)
-	os.Chmod(up.Path, 0o700)
+	d, seed, owner, _, upload := benchUpload(t, 1<<30)
 
 	// What an upload may hold besides: links out of the data directory, a
 	// file hard-linked twice.
@@ -104,21 +79,21 @@ func TestLayOutForClonesPutsWhatAStartWritesAfterTheRelationFiles(t *testing.T) 
 	if err := syscall.Stat(outside, &outsideBefore); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(outside, filepath.Join(up.Path, "pg_tblspc", "16999")); err != nil {
+	if err := os.Symlink(outside, filepath.Join(upload, "pg_tblspc", "16999")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(secret, filepath.Join(up.Path, "pg_ident.conf.link")); err != nil {
+	if err := os.Symlink(secret, filepath.Join(upload, "pg_ident.conf.link")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Link(filepath.Join(up.Path, "postgresql.conf.orig"), filepath.Join(up.Path, "postgresql.conf.orig.hardlink")); err != nil {
+	if err := os.Link(filepath.Join(upload, "postgresql.conf.orig"), filepath.Join(upload, "postgresql.conf.orig.hardlink")); err != nil {
 		t.Fatal(err)
 	}
 
-	before, inodesBefore := dataDirState(t, up.Path)
-	if err := postgres.LayOutForClones(up.Path); err != nil {
+	before, inodesBefore := dataDirState(t, upload)
+	if err := postgres.LayOutForClones(upload); err != nil {
 		t.Fatal(err)
 	}
-	after, inodes := dataDirState(t, up.Path)
+	after, inodes := dataDirState(t, upload)
 
 	for path, want := range before {
 		got, ok := after[path]
@@ -170,7 +145,7 @@ func TestLayOutForClonesPutsWhatAStartWritesAfterTheRelationFiles(t *testing.T) 
 	}
 
 	// Postgres starts a clone of it and finds its data.
-	os.Remove(filepath.Join(up.Path, "pg_tblspc", "16999"))
+	os.Remove(filepath.Join(upload, "pg_tblspc", "16999"))
 	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
 		t.Fatal(err)
 	}
