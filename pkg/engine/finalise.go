@@ -158,8 +158,8 @@ func retryAdvice(img store.Image) string {
 // write on every database, the anonymisation script and the scrub (see
 // preparePrivately), a checkpoint and a clean shutdown (so that clones start
 // without crash recovery), the files a start writes laid out apart from the
-// relation files (LayOutForClones), then the freeze. It sets *anonymised when a
-// script ran and the scrub finished. The caller removes the upload
+// relation files (LayOutForClones), then the freeze. It sets *anonymised
+// when a script ran and the scrub finished. The caller removes the upload
 // afterwards.
 func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool) (pgVersion string, size int64, err error) {
 	// An image made from a source server pulls its data with

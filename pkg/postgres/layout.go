@@ -23,8 +23,8 @@ const relocatingPattern = ".sindri-relocating-*"
 // LayOutForClones gives every directory below dataDir, and every file
 // that is not a relation's data file (pg_control, the WAL, the SLRUs,
 // the configuration, the relcache init files), a new inode, made after
-// all the relation files'. It changes no content, owner, permission or
-// modification time.
+// all the relation files'. It changes no content, owner or permission,
+// nor a file's modification time (a directory's is that of the renames).
 //
 // On BTRFS a filesystem tree's items are in inode order, and a clone's
 // start writes only those files and directories. Its first write to each
