@@ -436,17 +436,15 @@ func TestAllocatePortGoesOnAfterTheLastPortGiven(t *testing.T) {
 	s := newStore(t)
 	img := newImage(t, s, "img")
 	free := func(int) bool { return true }
-	allocate := func(want int) {
+	allocate := func(want int) Instance {
 		t.Helper()
 		inst := newInstance(t, s, img.ID, "x")
 		if p := must[int](t)(s.AllocatePort(ctx, inst.ID, 6100, 6105, free)); p != want {
 			t.Fatalf("got port %d, want %d", p, want)
 		}
+		return inst
 	}
-	first := newInstance(t, s, img.ID, "x")
-	if p := must[int](t)(s.AllocatePort(ctx, first.ID, 6100, 6105, free)); p != 6100 {
-		t.Fatalf("the first instance got port %d, want 6100", p)
-	}
+	first := allocate(6100)
 	allocate(6101)
 	allocate(6102)
 	check(t, s.DeleteInstance(ctx, first.ID))
