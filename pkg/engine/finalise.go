@@ -157,7 +157,8 @@ func retryAdvice(img store.Image) string {
 // leftovers removed, a private start in which role draupnir gets read and
 // write on every database, the anonymisation script and the scrub (see
 // preparePrivately), a checkpoint and a clean shutdown (so that clones start
-// without crash recovery), the files a start writes laid out apart from the
+// without crash recovery), the cumulative statistics forgotten
+// (ForgetStatistics), the files a start writes laid out apart from the
 // relation files (LayOutForClones), then the freeze. It sets *anonymised
 // when a script ran and the scrub finished. The caller removes the upload
 // afterwards.
@@ -239,6 +240,9 @@ func (e *Engine) prepare(ctx context.Context, img store.Image, anonymised *bool)
 		return "", 0, err
 	}
 	if *anonymised, err = e.preparePrivately(ctx, img, vol.Path, binDir); err != nil {
+		return "", 0, err
+	}
+	if err := postgres.ForgetStatistics(vol.Path); err != nil {
 		return "", 0, err
 	}
 	if err := postgres.LayOutForClones(vol.Path); err != nil {

@@ -223,9 +223,9 @@ var scrubbedFiles = []string{
 }
 
 // scrubbedDirs are emptied: server logs (the logging collector's default
-// directories) and the cumulative statistics, pg_stat_statements' query
-// texts among them.
-var scrubbedDirs = []string{"log", "pg_log", "pg_stat", "pg_stat_tmp"}
+// directories). The cumulative statistics go too (ForgetStatistics),
+// pg_stat_statements' query texts among them.
+var scrubbedDirs = []string{"log", "pg_log"}
 
 // secretSetting matches a configuration line, commented out or not, that
 // sets a setting whose value may hold a password or a command line with
@@ -248,6 +248,9 @@ func (c *Cluster) ScrubFiles(ctx context.Context) error {
 		if err := emptyDir(filepath.Join(dataDir, name)); err != nil {
 			return err
 		}
+	}
+	if err := ForgetStatistics(dataDir); err != nil {
+		return err
 	}
 	if err := scrubConfigFiles(dataDir, c.Owner); err != nil {
 		return err
