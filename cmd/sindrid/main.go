@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -36,6 +37,14 @@ import (
 	"github.com/sindri-db/sindri/pkg/store"
 	"github.com/sindri-db/sindri/pkg/version"
 )
+
+// serverGCPercent is the server's GOGC unless the environment sets one.
+// Its live heap is about 10 MB beside a thousand instances, and a listing
+// of them allocates about 340 kB: at Go's default of 100, 300 listings
+// in a row ran eleven collections, and the listings they overlapped made
+// the tail. At 400 the heap may grow to five times the live one (RSS 78
+// MB instead of 48 MB beside a thousand instances).
+const serverGCPercent = 400
 
 // Exit statuses: 2 for a bad command line or configuration, 1 for a
 // failure while running.
@@ -65,6 +74,9 @@ func main() {
 			os.Exit(exitFailure)
 		}
 		return
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(serverGCPercent)
 	}
 	m := NewMain(os.Stderr)
 	if err := m.ParseFlags(os.Args[1:]); err != nil {
