@@ -42,8 +42,8 @@ import (
 // Its live heap is about 10 MB beside a thousand instances, and a listing
 // of them allocates about 340 kB: at Go's default of 100, 300 listings
 // in a row ran eleven collections, and the listings they overlapped made
-// the tail. At 400 the heap may grow to five times the live one (RSS 78
-// MB instead of 48 MB beside a thousand instances).
+// the tail. At 400 the heap may grow to five times the live one (an RSS
+// of about 80 MB instead of 47 MB beside a thousand instances).
 const serverGCPercent = 400
 
 // Exit statuses: 2 for a bad command line or configuration, 1 for a
