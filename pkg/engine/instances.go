@@ -195,6 +195,9 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance, steps *createS
 	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, false); err != nil {
 		return err
 	}
+	if err := postgres.ForgetStatistics(vol.Path); err != nil { // those of an image made before finalise forgot them
+		return err
+	}
 	steps.step("cloned")
 
 	if err := e.start(ctx, *inst, steps); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -124,6 +125,9 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 		return err
 	}
 	if err := e.recordInstanceVolume(ctx, vol.Path, inst, false); err != nil {
+		return err
+	}
+	if err := postgres.ForgetStatistics(vol.Path); err != nil { // as build does
 		return err
 	}
 	if inst.Port == 0 { // a failed instance gave its port up

@@ -35,6 +35,10 @@ func TestResetThrowsAwayChangesKeepsIdentity(t *testing.T) {
 	if got := mustSQL(t, passwordConn(reset), "select count(*)::text from pg_tables where tablename = 'thrown_away'"); got != "0" {
 		t.Fatal("the table made before the reset is still there")
 	}
+	// As a new clone, without the activity counters its image holds.
+	if got := mustSQL(t, w.superuserConn(reset), "select xact_commit::text from pg_stat_database where datname = 'template1'"); got != "0" {
+		t.Errorf("the reset clone counts %s transactions in template1, as its image does", got)
+	}
 }
 
 func TestResetCutShortIsFinishedByReconcile(t *testing.T) {
