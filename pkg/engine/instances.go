@@ -192,10 +192,7 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance, steps *createS
 		}
 		return err
 	}
-	if err := e.recordInstanceVolume(ctx, vol.Path, *inst, false); err != nil {
-		return err
-	}
-	if err := postgres.ForgetStatistics(vol.Path); err != nil { // those of an image made before finalise forgot them
+	if err := e.takeFreshClone(ctx, vol.Path, *inst); err != nil {
 		return err
 	}
 	steps.step("cloned")
@@ -213,6 +210,16 @@ func (e *Engine) build(ctx context.Context, inst *store.Instance, steps *createS
 		e.log.Error("engine: recording an instance made in its volume", "instance_id", inst.ID, "err", err)
 	}
 	return nil
+}
+
+// takeFreshClone makes the new clone at dir, not started yet, the
+// instance's: its record, and none of the statistics an image made before
+// finalise forgot them holds (postgres.ForgetStatistics).
+func (e *Engine) takeFreshClone(ctx context.Context, dir string, inst store.Instance) error {
+	if err := e.recordInstanceVolume(ctx, dir, inst, false); err != nil {
+		return err
+	}
+	return postgres.ForgetStatistics(dir)
 }
 
 // start configures and starts the instance's postmaster and waits until it

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -124,10 +123,7 @@ func (e *Engine) reclone(ctx context.Context, inst store.Instance) error {
 	if err != nil {
 		return err
 	}
-	if err := e.recordInstanceVolume(ctx, vol.Path, inst, false); err != nil {
-		return err
-	}
-	if err := postgres.ForgetStatistics(vol.Path); err != nil { // as build does
+	if err := e.takeFreshClone(ctx, vol.Path, inst); err != nil {
 		return err
 	}
 	if inst.Port == 0 { // a failed instance gave its port up
