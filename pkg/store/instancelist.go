@@ -89,6 +89,11 @@ type versionedRow struct {
 // moment during the call, a row changed meanwhile shown as it became, one
 // deleted meanwhile left out. An owner's rows are found by the index on
 // owner.
+//
+// The listing is shared, with the cache and with every caller given the
+// same listing: a caller reads it and copies what it would change (an
+// instance's ExpiresAt points into it too). A copy for each caller was
+// most of what a listing of a thousand instances allocated.
 func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Instance, error) {
 	// One row of three arrays, not a row per instance: a thousand rows'
 	// messages and scans cost more than the query. The arrays share one
@@ -109,7 +114,7 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 			return []Instance{}, wrap(err, "list instances")
 		}
 		if now == last.digest {
-			return callersCopy(slices.Clone(last.out)), nil
+			return last.out, nil
 		}
 	}
 
@@ -184,21 +189,10 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 				break
 			}
 		}
-		c.scopes[owner] = scopeListing{digest: digest, out: slices.Clone(kept)}
+		c.scopes[owner] = scopeListing{digest: digest, out: kept}
 	}
 	c.mu.Unlock()
-	return callersCopy(kept), nil
-}
-
-// callersCopy gives each caller its own expiry to change, not the cache's.
-func callersCopy(instances []Instance) []Instance {
-	for i := range instances {
-		if at := instances[i].ExpiresAt; at != nil {
-			t := *at
-			instances[i].ExpiresAt = &t
-		}
-	}
-	return instances
+	return kept, nil
 }
 
 // readSummaries reads and opens the summaries of the instances ids, with

@@ -187,8 +187,9 @@ func summaryFields(i *Instance) []any {
 }
 
 // HostInstanceSummaries is ListInstanceSummaries of every owner's
-// instances on this host: in a fleet (SetFleetHost), those whose host it
-// is, found by the index on host; on a single host, every instance.
+// instances on this host, to read and not to change: in a fleet
+// (SetFleetHost), those whose host it is, found by the index on host; on
+// a single host, every instance.
 func (s *Store) HostInstanceSummaries(ctx context.Context) ([]Instance, error) {
 	if host := s.FleetHost(); host != "" {
 		return s.instanceSummaries(ctx, `select `+summaryColumns+` from instances where host = $1 order by id`, host)
