@@ -56,6 +56,10 @@ type listDigest struct {
 	count, hash int64
 }
 
+// digestColumns are the digest of the rows of instance_versions, a narrow
+// mirror of the instances' ids whose rows a trigger changes in the
+// transaction that changes the instance's (see its migration): a scan of
+// a few pages, where instances' wide rows took hundreds.
 const digestColumns = `count(*), coalesce(bit_xor(hashint8extended(id, xmin::text::bigint)), 0)`
 
 type summaryEntry struct {
@@ -110,7 +114,7 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 	c.mu.Unlock()
 	if ok {
 		var now listDigest
-		if err := s.pool.QueryRow(ctx, `select `+digestColumns+` from instances`+scope, args...).Scan(&now.count, &now.hash); err != nil {
+		if err := s.pool.QueryRow(ctx, `select `+digestColumns+` from instance_versions`+scope, args...).Scan(&now.count, &now.hash); err != nil {
 			return []Instance{}, wrap(err, "list instances")
 		}
 		if now == last.digest {
@@ -118,12 +122,15 @@ func (s *Store) ListInstanceSummaries(ctx context.Context, owner string) ([]Inst
 		}
 	}
 
-	const versionsOf = `select coalesce(array_agg(id), '{}'), coalesce(array_agg(xmin::text::bigint), '{}'),
-		coalesce(array_agg(updated_at), '{}'), ` + digestColumns + ` from instances`
+	// The digest in the statement that reads the versions: one snapshot.
+	versionsOf := `with digest (count, hash) as (select ` + digestColumns + ` from instance_versions` + scope + `)
+		select coalesce(array_agg(id), '{}'), coalesce(array_agg(xmin::text::bigint), '{}'),
+		coalesce(array_agg(updated_at), '{}'), (select count from digest), (select hash from digest)
+		from instances` + scope
 	var ids, xmins []int64
 	var updatedAts []time.Time
 	var digest listDigest
-	if err := s.pool.QueryRow(ctx, versionsOf+scope, args...).Scan(&ids, &xmins, &updatedAts, &digest.count, &digest.hash); err != nil {
+	if err := s.pool.QueryRow(ctx, versionsOf, args...).Scan(&ids, &xmins, &updatedAts, &digest.count, &digest.hash); err != nil {
 		return []Instance{}, wrap(err, "list instances")
 	}
 	versions := make([]versionedRow, len(ids))

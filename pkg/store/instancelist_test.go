@@ -29,7 +29,7 @@ func wantSummaries(t *testing.T, s *Store, owner, step string) []Instance {
 
 // A listing that reuses what it read before still shows every change
 // made since, by any statement: status and error, credentials, expiry
-// and protection, a port, a new instance, a deleted one.
+// and protection, a port, a new instance, a deleted one, a truncate.
 func TestInstanceSummariesFollowEveryChange(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
@@ -83,6 +83,14 @@ func TestInstanceSummariesFollowEveryChange(t *testing.T) {
 	wantSummaries(t, s, "", "one deleted, one made")
 	check(t, s.DeleteInstance(ctx, d.ID))
 	wantSummaries(t, s, "", "both deleted")
+
+	newInstance(t, s, img.ID, "ada@example.com")
+	wantSummaries(t, s, "ada@example.com", "before a truncate")
+	wantSummaries(t, s, "", "before a truncate")
+	_, err = s.pool.Exec(ctx, `truncate instances`)
+	check(t, err)
+	wantSummaries(t, s, "ada@example.com", "truncated")
+	wantSummaries(t, s, "", "truncated")
 }
 
 // What the listing holds is bounded by the rows there are: a deleted
