@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -465,7 +467,12 @@ func BenchmarkDensity(b *testing.B) {
 		}
 		p.MemAvailable = float64(memAvailable()) / (1 << 20)
 
-		// The requests.
+		// The requests, with this process's garbage collector held off
+		// until they are done: its work would run on the CPUs sindrid and
+		// the instances use, and its pauses would be counted in the
+		// answers' times.
+		runtime.GC()
+		gcPercent := debug.SetGCPercent(-1)
 		waitProfile = func() {}
 		if p.Live >= pprofAt {
 			waitProfile = profile(fmt.Sprintf("sindrid-active-%d.pprof", p.Live), 20)
@@ -503,6 +510,7 @@ func BenchmarkDensity(b *testing.B) {
 			}
 			p.createTimes = append(p.createTimes, elapsed)
 		}
+		debug.SetGCPercent(gcPercent)
 		waitProfile()
 		p.createSteps = createStepMeans(stepsBefore, createStepTotals(s.http))
 		for _, d := range [][]time.Duration{p.listTimes, p.getTimes, p.createTimes, serverList, serverGet} {
