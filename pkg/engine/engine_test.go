@@ -625,6 +625,60 @@ func TestRestartAdoptsRunningInstances(t *testing.T) {
 	mustSQL(t, passwordConn(inst), "select 'ok'")
 }
 
+// A reconcile by the sindrid that runs an instance, which skips reading
+// again an instance whose listing matches what runs, reads it again when
+// it does not: a pid changed in the store behind the engine's back is put
+// right, and a postmaster killed is started again.
+func TestReconcileOfARunningInstanceFollowsWhatRuns(t *testing.T) {
+	w := newWorld(t, 5)
+	e := engine.New(w.options())
+	inst, err := e.CreateInstance(ctx, engine.InstanceRequest{ImageID: 1, Owner: "upload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recorded := func(t *testing.T, want store.InstanceStatus, pid int) {
+		t.Helper()
+		if err := e.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := w.store.GetInstance(ctx, inst.ID)
+		if err != nil || got.Status != want || got.PID != pid {
+			t.Fatalf("after a reconcile: %s with pid %d (%v), want %s with pid %d", got.Status, got.PID, err, want, pid)
+		}
+	}
+	first, err := postgres.Status(vol.Path)
+	if err != nil || !first.Alive {
+		t.Fatalf("the new instance's postmaster: %+v %v", first, err)
+	}
+	recorded(t, store.InstanceRunning, first.PID)
+
+	execSQL(t, w.dbURL, fmt.Sprintf("update instances set pid = 1 where id = %d", inst.ID))
+	recorded(t, store.InstanceRunning, first.PID)
+
+	// Killed: its postmaster.pid stays, naming a process that is gone.
+	if err := syscall.Kill(first.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); postgres.Running(first.PID); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("postmaster %d still runs after SIGKILL", first.PID)
+		}
+	}
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustSQL(t, passwordConn(inst), "select 'ok'")
+	st, err := postgres.Status(vol.Path)
+	if err != nil || !st.Alive || st.PID == first.PID {
+		t.Fatalf("after the postmaster died: %+v %v, want a new postmaster", st, err)
+	}
+	recorded(t, store.InstanceRunning, st.PID)
+}
+
 func TestFiftyInstancesAtOnce(t *testing.T) {
 	w := newWorld(t, 60)
 	e := engine.New(w.options())
