@@ -75,7 +75,7 @@ func TestBackupOfAChangedInstanceRestoresTheChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Image 1 is a bare initdb, so its schema public is the superuser's.
-	execSQL(t, w.superuserConn(inst), "create table notes (id int primary key, body text); grant all on notes to public; insert into notes values (1, 'before the backup')")
+	pgtest.Exec(t, w.superuserConn(inst), "create table notes (id int primary key, body text); grant all on notes to public; insert into notes values (1, 'before the backup')")
 
 	b, err := e.CreateBackup(ctx, engine.BackupRequest{InstanceID: inst.ID, Owner: "ada@example.com"})
 	if err != nil {
@@ -86,7 +86,7 @@ func TestBackupOfAChangedInstanceRestoresTheChange(t *testing.T) {
 	}
 	// Written after the call: not in the backup, which holds the instant
 	// of the call.
-	execSQL(t, passwordConn(inst), "insert into notes values (2, 'after the backup')")
+	pgtest.Exec(t, passwordConn(inst), "insert into notes values (2, 'after the backup')")
 	b = waitBackup(t, e, b.ID)
 	if b.Status != store.BackupDone || b.Error != "" {
 		t.Fatalf("backup ended %+v", b)
@@ -210,7 +210,7 @@ func TestBackupErrorsAndDeletingOneBeingWritten(t *testing.T) {
 	restore(t, e, ib.ID)
 
 	// A backup deleted while it is being written leaves nothing behind.
-	execSQL(t, w.superuserConn(inst), "create table filler as select g, md5(g::text) from generate_series(1, 300000) g")
+	pgtest.Exec(t, w.superuserConn(inst), "create table filler as select g, md5(g::text) from generate_series(1, 300000) g")
 	b, err := e.CreateBackup(ctx, engine.BackupRequest{InstanceID: inst.ID})
 	if err != nil {
 		t.Fatal(err)
@@ -301,7 +301,7 @@ func TestBackupOnZFSPinsTheVolumeUntilWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	execSQL(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
+	pgtest.Exec(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
 	b, err := e.CreateBackup(ctx, engine.BackupRequest{InstanceID: inst.ID})
 	if err != nil {
 		t.Fatal(err)
@@ -315,7 +315,7 @@ func TestBackupOnZFSPinsTheVolumeUntilWritten(t *testing.T) {
 	if got, err := e.GetInstance(ctx, inst.ID); err != nil || got.Status != store.InstanceRunning {
 		t.Fatalf("the instance after the refused reset: %+v, %v", got, err)
 	}
-	execSQL(t, w.superuserConn(inst), "insert into notes values (2)")
+	pgtest.Exec(t, w.superuserConn(inst), "insert into notes values (2)")
 	// A destroy goes through; the pinned volume stays until the backup
 	// is written, then reconcile removes it.
 	if err := e.DestroyInstance(ctx, inst.ID); err != nil {

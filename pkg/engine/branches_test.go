@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -23,8 +24,8 @@ func TestBranchOfAnInstance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	execSQL(t, w.superuserConn(inst), "create table notes (id int primary key, body text); grant all on notes to public")
-	execSQL(t, passwordConn(inst), "insert into notes values (1, 'written before the branch')")
+	pgtest.Exec(t, w.superuserConn(inst), "create table notes (id int primary key, body text); grant all on notes to public")
+	pgtest.Exec(t, passwordConn(inst), "insert into notes values (1, 'written before the branch')")
 
 	if _, err := svc.Images.Create(ctx, bob, engine.ImageRequest{InstanceID: inst.ID}); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("bob branches ada's instance: %v, want not found", err)
@@ -40,7 +41,7 @@ func TestBranchOfAnInstance(t *testing.T) {
 		t.Fatalf("branch %+v", img)
 	}
 	// Written after the branch was taken: not in it.
-	execSQL(t, passwordConn(inst), "insert into notes values (2, 'written after the branch')")
+	pgtest.Exec(t, passwordConn(inst), "insert into notes values (2, 'written after the branch')")
 	ready, err := svc.Images.Finalise(ctx, ada, img.ID)
 	if err != nil || ready.Status != store.ImageReady {
 		t.Fatalf("finalising the branch: %+v, %v", ready, err)
@@ -116,7 +117,7 @@ func TestResetWaitsForABranchOnZFS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	execSQL(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
+	pgtest.Exec(t, w.superuserConn(inst), "create table notes (id int); insert into notes values (1)")
 	branch, err := e.CreateImage(ctx, engine.ImageRequest{InstanceID: inst.ID})
 	if err != nil {
 		t.Fatal(err)

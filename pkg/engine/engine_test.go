@@ -287,18 +287,6 @@ func mustSQL(t testing.TB, conn, query string) string {
 	return out
 }
 
-func execSQL(t testing.TB, conn, stmt string) {
-	t.Helper()
-	db, err := pgx.Connect(ctx, conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	if _, err := db.Exec(ctx, stmt); err != nil {
-		t.Fatalf("%s: %v", stmt, err)
-	}
-}
-
 func volumeNames(t *testing.T, d storage.Driver) []string {
 	t.Helper()
 	entries, err := d.List(ctx)
@@ -333,8 +321,8 @@ func TestCreateLoginIsolationDestroy(t *testing.T) {
 	}
 	// Grants are the image's business (finalise); here the superuser, over
 	// the private socket, makes a table the client roles may write.
-	execSQL(t, w.superuserConn(a), "create table only_in_a (x int); grant all on only_in_a to draupnir")
-	execSQL(t, passwordConn(a), "insert into only_in_a values (1)")
+	pgtest.Exec(t, w.superuserConn(a), "create table only_in_a (x int); grant all on only_in_a to draupnir")
+	pgtest.Exec(t, passwordConn(a), "insert into only_in_a values (1)")
 	if got := mustSQL(t, certConn(t, a), "select count(*)::text from only_in_a"); got != "1" {
 		t.Fatalf("the certificate login does not see the password login's table: %s", got)
 	}
@@ -656,7 +644,7 @@ func TestReconcileOfARunningInstanceFollowsWhatRuns(t *testing.T) {
 	}
 	recorded(t, store.InstanceRunning, first.PID)
 
-	execSQL(t, w.dbURL, fmt.Sprintf("update instances set pid = 1 where id = %d", inst.ID))
+	pgtest.Exec(t, w.dbURL, fmt.Sprintf("update instances set pid = 1 where id = %d", inst.ID))
 	recorded(t, store.InstanceRunning, first.PID)
 
 	// Killed: its postmaster.pid stays, naming a process that is gone.

@@ -310,7 +310,7 @@ func TestBaseBackupOfRunningServerFinalises(t *testing.T) {
 	w := newWorld(t, 5)
 	e := engine.New(w.options())
 	src := replicationSource(t) // people: 3 rows
-	execSQL(t, src.SocketURL(), "create table pair_a (id int primary key); create table pair_b (id int primary key)")
+	pgtest.Exec(t, src.SocketURL(), "create table pair_a (id int primary key); create table pair_b (id int primary key)")
 
 	// A writer that, while the backup runs, inserts into both tables in
 	// one statement: a clone must never see one without the other.
@@ -422,7 +422,7 @@ func TestBaseBackupOfRunningServerFinalises(t *testing.T) {
 		t.Fatalf("the clone has %d rows in pair_a and %d in pair_b (%d unmatched); want equal, between %d and %d", a, b, unmatched, before, committed.Load())
 	}
 	t.Logf("the clone has %d pairs", a)
-	execSQL(t, passwordConn(inst), "insert into people values (4, 'd@x')")
+	pgtest.Exec(t, passwordConn(inst), "insert into people values (4, 'd@x')")
 }
 
 // TestFinaliseRefusesTarCutAtAnEntryBoundary uploads a plain tar cut

@@ -324,7 +324,7 @@ func TestInstancesOfADownHostReadUnavailable(t *testing.T) {
 
 	// B's last heartbeat is older than the down timeout (as if it died
 	// then).
-	execSQL(t, a.dbURL, "update hosts set heartbeat_at = now() - interval '31 seconds' where name = 'host-b'")
+	pgtest.Exec(t, a.dbURL, "update hosts set heartbeat_at = now() - interval '31 seconds' where name = 'host-b'")
 	read(t, store.InstanceUnavailable)
 	if row, err := a.store.GetInstance(ctx, ib.ID); err != nil || row.Status != store.InstanceRunning {
 		t.Errorf("the row of B's instance while B is down: %+v, %v; want running, as stored", row, err)
@@ -400,7 +400,7 @@ func BenchmarkFleetInstanceList(b *testing.B) {
 		}
 	}
 	fleetStore.SetFleetHost("host-a")
-	execSQL(b, url, "update hosts set heartbeat_at = now() - interval '1 hour' where name = 'host-c'")
+	pgtest.Exec(b, url, "update hosts set heartbeat_at = now() - interval '1 hour' where name = 'host-c'")
 	singleStore, err := store.Open(ctx, url)
 	if err != nil {
 		b.Fatal(err)

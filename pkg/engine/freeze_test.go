@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -31,7 +32,7 @@ func TestReadingACloneWritesNothingIntoIt(t *testing.T) {
 	}
 	// About 15 MB of rows inserted and never vacuumed, as a restored dump
 	// leaves them.
-	execSQL(t, w.superuserConn(inst), "create table big as select g as id, md5(g::text) as v from generate_series(1, 200000) g")
+	pgtest.Exec(t, w.superuserConn(inst), "create table big as select g as id, md5(g::text) as v from generate_series(1, 200000) g")
 	b, err := e.CreateBackup(ctx, engine.BackupRequest{InstanceID: inst.ID, Owner: "upload"})
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +62,7 @@ func TestReadingACloneWritesNothingIntoIt(t *testing.T) {
 	if got := mustSQL(t, su, "select count(distinct v)::text from big"); got != "200000" {
 		t.Fatalf("the clone has %s distinct rows", got)
 	}
-	execSQL(t, su, "checkpoint")
+	pgtest.Exec(t, su, "checkpoint")
 	after, err := w.storage.ExclusiveBytes(ctx, engine.InstanceVolume(clone.ID))
 	if err != nil {
 		t.Fatal(err)

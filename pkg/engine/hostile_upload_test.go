@@ -408,7 +408,7 @@ __attribute__((constructor)) static void loaded(void) { FILE *f = fopen(LOADED, 
 	// CREATE FUNCTION loads the library it names: the functions are made
 	// with one of the server's own, and the catalog is then pointed at
 	// where the upload's file will be, as a hostile upload's is.
-	execSQL(t, src.SocketURL(), fmt.Sprintf(`create function evil() returns int as '$libdir/plpgsql', 'plpgsql_call_handler' language c;
+	pgtest.Exec(t, src.SocketURL(), fmt.Sprintf(`create function evil() returns int as '$libdir/plpgsql', 'plpgsql_call_handler' language c;
 		create function evil_too() returns int as '$libdir/plpgsql', 'plpgsql_call_handler' language c;
 		update pg_proc set probin = '%[1]s' where proname = 'evil';
 		update pg_proc set probin = '$libdir/../../../..%[1]s' where proname = 'evil_too';`, where))

@@ -195,7 +195,7 @@ func TestSIGKILLDuringAPullLeavesNoPgBasebackup(t *testing.T) {
 	}
 	src := replicationSource(t)
 	// Enough data that the pull is still under way when the proxy holds it.
-	execSQL(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
+	pgtest.Exec(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
 	proxy := newStallingProxy(t, src.SocketDir, src.Port, 1<<20)
 	e := engine.New(w.options())
 	img, err := e.CreateImage(ctx, engine.ImageRequest{BackedUpAt: time.Now(), SourceURL: "postgres://postgres@" + proxy.addr + "/postgres"})
@@ -559,7 +559,7 @@ func TestReconcileSweepsUploadFilesAndSocketDirs(t *testing.T) {
 func TestFinalisesAtOnceRunOnePull(t *testing.T) {
 	w := newWorld(t, 5)
 	src := replicationSource(t)
-	execSQL(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
+	pgtest.Exec(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
 	proxy := newStallingProxy(t, src.SocketDir, src.Port, 1<<20)
 	e := engine.New(w.options())
 	img, err := e.CreateImage(ctx, engine.ImageRequest{BackedUpAt: time.Now(), SourceURL: "postgres://postgres@" + proxy.addr + "/postgres"})

@@ -26,7 +26,7 @@ import (
 func sourceTarball(t *testing.T) []byte {
 	t.Helper()
 	src := pgtest.StartInstance(t)
-	execSQL(t, src.SocketURL(), "create table people (id int primary key, email text); insert into people values (1, 'a@x'), (2, 'b@x'), (3, 'c@y')")
+	pgtest.Exec(t, src.SocketURL(), "create table people (id int primary key, email text); insert into people values (1, 'a@x'), (2, 'b@x'), (3, 'c@y')")
 	if err := postgres.Stop(ctx, src.DataDir, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +91,8 @@ func TestImageFromTarballToInstance(t *testing.T) {
 	if got := mustSQL(t, certConn(t, inst), "select count(*)::text from people"); got != "3" {
 		t.Fatalf("people in the clone: %s", got)
 	}
-	execSQL(t, passwordConn(inst), "insert into people values (4, 'd@x')")
-	execSQL(t, certConn(t, inst), "create table mine (x int)")
+	pgtest.Exec(t, passwordConn(inst), "insert into people values (4, 'd@x')")
+	pgtest.Exec(t, certConn(t, inst), "create table mine (x int)")
 
 	if err := e.DestroyImage(ctx, img.ID, false); !errors.Is(err, engine.ErrImageHasInstances) {
 		t.Fatalf("destroy with an instance: %v, want ErrImageHasInstances", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -20,7 +21,7 @@ func TestResetThrowsAwayChangesKeepsIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	execSQL(t, w.superuserConn(inst), "create table thrown_away (x int)")
+	pgtest.Exec(t, w.superuserConn(inst), "create table thrown_away (x int)")
 	before := mustSQL(t, certConn(t, inst), "select pg_postmaster_start_time()::text")
 	reset, err := e.ResetInstance(ctx, inst.ID)
 	if err != nil {

@@ -316,7 +316,7 @@ func TestDiskReserveRefusesNewWorkNotRunningInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	execSQL(t, w.superuserConn(running), "create table notes (id int); grant all on notes to public; insert into notes values (1)")
+	pgtest.Exec(t, w.superuserConn(running), "create table notes (id int); grant all on notes to public; insert into notes values (1)")
 	tarball := sourceTarball(t)
 	pending := newImage(t, e, "", tarball) // uploaded, not finalised
 	empty, err := e.CreateImage(ctx, engine.ImageRequest{BackedUpAt: time.Now()})
@@ -372,7 +372,7 @@ func TestDiskReserveRefusesNewWorkNotRunningInstances(t *testing.T) {
 	}
 	// The running instance is not touched: it answers, and writes into
 	// the reserve.
-	execSQL(t, passwordConn(running), "insert into notes values (2)")
+	pgtest.Exec(t, passwordConn(running), "insert into notes values (2)")
 	if got := mustSQL(t, passwordConn(running), "select count(*)::text from notes"); got != "2" {
 		t.Fatalf("the running instance's rows: %s", got)
 	}

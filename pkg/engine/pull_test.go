@@ -34,7 +34,7 @@ func replicationSource(t *testing.T) *pgtest.Instance {
 	}
 	f.Close()
 	c.Restart(t)
-	execSQL(t, c.SocketURL(), "create table people (id int, email text); insert into people values (1, 'a@x'), (2, 'b@x'), (3, 'c@y')")
+	pgtest.Exec(t, c.SocketURL(), "create table people (id int, email text); insert into people values (1, 'a@x'), (2, 'b@x'), (3, 'c@y')")
 	return c
 }
 
@@ -61,7 +61,7 @@ func TestPullImageFromSourceServer(t *testing.T) {
 	if n := mustSQL(t, certConn(t, inst), "select count(*)::text from people"); n != "3" {
 		t.Fatalf("people in the clone: %s", n)
 	}
-	execSQL(t, passwordConn(inst), "insert into people values (4, 'd@x')")
+	pgtest.Exec(t, passwordConn(inst), "insert into people values (4, 'd@x')")
 }
 
 func TestPullFromUnreachableSourceHidesPassword(t *testing.T) {

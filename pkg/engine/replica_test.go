@@ -107,7 +107,7 @@ func TestSourceReplicaStreamsAndRefreshes(t *testing.T) {
 	if out, err := exec.Command("runuser", "-u", "postgres", "--", pgctl, "-D", src.DataDir, "-l", filepath.Join(src.SocketDir, "source.log"), "-m", "fast", "-w", "restart").CombinedOutput(); err != nil {
 		t.Fatalf("restarting the source: %v\n%s", err, out)
 	}
-	execSQL(t, src.SocketURL(), "insert into ticks values (clock_timestamp() + interval '1 hour')")
+	pgtest.Exec(t, src.SocketURL(), "insert into ticks values (clock_timestamp() + interval '1 hour')")
 	streaming("streaming after the source restarted")
 	img = refresh("a refresh after the source restarted")
 	if tick := newestTick(t, e, img.ID); tick.Before(time.Now().Add(30 * time.Minute)) {
@@ -126,7 +126,7 @@ func TestSourceReplicaLosesItsSource(t *testing.T) {
 	opts.StandbyResyncAfter = 5 * time.Second
 	e := engine.New(opts)
 	src := pgtest.StartSource(t)
-	execSQL(t, src.SocketURL(), "create table people (id int); insert into people values (1)")
+	pgtest.Exec(t, src.SocketURL(), "create table people (id int); insert into people values (1)")
 	s, err := e.CreateSource(ctx, engine.SourceRequest{Name: "replica", URL: socketURL(src), Mode: store.SourceReplica})
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +176,7 @@ func TestSourceReplicaLosesItsSource(t *testing.T) {
 		"-o", fmt.Sprintf("-c port=%d -c listen_addresses='' -c unix_socket_directories=%s", src.Port, src.SocketDir), "-w", "start").CombinedOutput(); err != nil {
 		t.Fatalf("starting the source again: %v\n%s", err, out)
 	}
-	execSQL(t, src.SocketURL(), "insert into people values (2)")
+	pgtest.Exec(t, src.SocketURL(), "insert into people values (2)")
 	if _, err := e.RefreshSource(ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/engine"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -92,7 +93,7 @@ func TestRestoreOfAnInstanceBackupRunsNoPlantedCode(t *testing.T) {
 		t.Fatal(err)
 	}
 	mallory := certConn(t, inst)
-	execSQL(t, mallory, plantedCode(marker))
+	pgtest.Exec(t, mallory, plantedCode(marker))
 	if got := mustSQL(t, mallory, "select format('%s %s', string_agg(distinct what, ','), bool_or(super)::text) from planted_log"); got != "index expression,materialized view false" {
 		t.Fatalf("planting: the code ran for %s; want for the index and the view, never as superuser", got)
 	}

@@ -78,7 +78,7 @@ func newCanarySource(t *testing.T) canarySource {
 	}}
 	src := pgtest.StartSource(t, "max_prepared_transactions=5")
 	url := src.SocketURL()
-	execSQL(t, url, fmt.Sprintf(`
+	pgtest.Exec(t, url, fmt.Sprintf(`
 		create table people (id int primary key, email text, nickname text, city text, country text, doc text);
 		alter table people alter column doc set storage external;
 		create index people_nickname on people (upper(nickname));
@@ -107,8 +107,8 @@ func newCanarySource(t *testing.T) canarySource {
 		c.Canaries["user mapping password"], c.Canaries["WAL"]))
 	// people_mv holds the stale-matview canary; the row itself goes, so
 	// that only the view's copy is left for the scrub's refresh.
-	execSQL(t, url, "delete from people where id = 5000")
-	execSQL(t, url, fmt.Sprintf("begin; insert into people values (6000, '%s'); prepare transaction 'canary'", c.Canaries["prepared transaction"]))
+	pgtest.Exec(t, url, "delete from people where id = 5000")
+	pgtest.Exec(t, url, fmt.Sprintf("begin; insert into people values (6000, '%s'); prepare transaction 'canary'", c.Canaries["prepared transaction"]))
 	c.Canaries["role password"] = mustSQL(t, url, "select rolpassword from pg_authid where rolname = 'app_login'")
 	if err := postgres.Stop(ctx, src.DataDir, 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -282,7 +282,7 @@ func testScrubLeavesNoCanary(t *testing.T, w *world) {
 	if got := mustSQL(t, w.superuserConn(inst), "select count(*)::text from pg_authid where rolpassword is not null and rolname <> 'sindri'"); got != "0" {
 		t.Errorf("%s roles still have a password (besides the instance's own login)", got)
 	}
-	execSQL(t, w.superuserConn(inst), "checkpoint")
+	pgtest.Exec(t, w.superuserConn(inst), "checkpoint")
 	vol, err := w.storage.Get(ctx, engine.InstanceVolume(inst.ID))
 	if err != nil {
 		t.Fatal(err)

@@ -90,7 +90,7 @@ func BenchmarkSourceRefreshAndBranch(b *testing.B) {
 	b.Run("replica-refresh-after-100MB-WAL", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			b.StopTimer()
-			execSQL(b, src.SocketURL(), "create table if not exists filler (x text); insert into filler select repeat(md5(g::text), 16) from generate_series(1, 180000) g")
+			pgtest.Exec(b, src.SocketURL(), "create table if not exists filler (x text); insert into filler select repeat(md5(g::text), 16) from generate_series(1, 180000) g")
 			waitStreaming()
 			b.StartTimer()
 			started := time.Now()

@@ -121,7 +121,7 @@ func readyImagesOf(t *testing.T, st *store.Store, id int64) []int64 {
 // test ends, each transaction also recording its time in table ticks.
 func pgbenchLoad(t *testing.T, src *pgtest.Instance) {
 	t.Helper()
-	execSQL(t, src.SocketURL(), "create table ticks (at timestamptz not null)")
+	pgtest.Exec(t, src.SocketURL(), "create table ticks (at timestamptz not null)")
 	pgbench := filepath.Join(pgtest.BinDir(t), "pgbench")
 	conn := []string{"-h", src.SocketDir, "-p", strconv.Itoa(src.Port), "-U", "postgres"}
 	init := exec.Command("runuser", append([]string{"-u", "postgres", "--", pgbench, "-i", "-s", "1", "-q"}, append(conn, "postgres")...)...)
@@ -363,7 +363,7 @@ func TestSourceRefusesBadInput(t *testing.T) {
 func TestSourceRefreshCutByCrashIsRepaired(t *testing.T) {
 	w := newWorld(t, 5)
 	src := replicationSource(t)
-	execSQL(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
+	pgtest.Exec(t, src.SocketURL(), "create table bulk as select g, md5(g::text) as h from generate_series(1, 100000) g")
 	proxy := newStallingProxy(t, src.SocketDir, src.Port, 1<<20)
 	e := engine.New(w.options())
 	s, err := e.CreateSource(ctx, engine.SourceRequest{Name: "prod", URL: "postgres://postgres@" + proxy.addr + "/postgres"})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sindri-db/sindri/pkg/engine"
 	"github.com/sindri-db/sindri/pkg/postgres"
+	"github.com/sindri-db/sindri/pkg/postgres/pgtest"
 	"github.com/sindri-db/sindri/pkg/storage"
 	"github.com/sindri-db/sindri/pkg/store"
 )
@@ -188,7 +189,7 @@ func TestFullDiskStopsAnInstanceUntilSpaceIsFreed(t *testing.T) {
 	// A clone commits asynchronously (its WAL reaches the disk within a
 	// second or so): the data this test expects back is committed with a
 	// flush, or the full disk could take it with the crash.
-	execSQL(t, w.superuserConn(inst), "set synchronous_commit = on; create table notes (id int); grant all on notes to public; insert into notes values (1)")
+	pgtest.Exec(t, w.superuserConn(inst), "set synchronous_commit = on; create table notes (id int); grant all on notes to public; insert into notes values (1)")
 
 	filler := fill(t, w.storage, w.root, 0)
 	// Writing now fails; the postmaster dies (a failed WAL write is a

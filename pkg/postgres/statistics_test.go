@@ -33,19 +33,6 @@ func visitedDatabases(t *testing.T, c *pgtest.Instance) []string {
 	return slices.Compact(dbs)
 }
 
-// execAs runs sql in a session of its own at url.
-func execAs(t *testing.T, url, sql string) {
-	t.Helper()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
-
 // An image's saved statistics name every database its freeze used; a
 // clone that starts with them has its autovacuum launcher start a worker
 // in each, every naptime, for nothing. A clone of an image whose
@@ -59,8 +46,8 @@ func TestAClonesAutovacuumVisitsOnlyTheDatabasesItsSessionsUse(t *testing.T) {
 	for range 2 {
 		c := pgtest.NewInstance(t)
 		c.Start(t)
-		execAs(t, c.SocketURL(), "create database app")
-		execAs(t, postgres.SocketURL(c.SocketDir, c.Port, "postgres", "app"), "create table t as select g from generate_series(1, 10000) g")
+		pgtest.Exec(t, c.SocketURL(), "create database app")
+		pgtest.Exec(t, postgres.SocketURL(c.SocketDir, c.Port, "postgres", "app"), "create table t as select g from generate_series(1, 10000) g")
 		// As finalise leaves an image: every database frozen and
 		// analysed, then a clean shutdown.
 		if err := c.FreezeDatabases(ctx, true, nil); err != nil {

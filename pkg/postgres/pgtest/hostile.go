@@ -265,6 +265,20 @@ func CheckSindrisSettings(t testing.TB, conn *pgx.Conn, i Where, canaryDir strin
 	}
 }
 
+// Exec runs sql in a session of its own at url.
+func Exec(t testing.TB, url, sql string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
 // MustQuery is the one value sql returns.
 func MustQuery(t testing.TB, conn *pgx.Conn, sql string) string {
 	t.Helper()
