@@ -414,7 +414,14 @@ func TestMetadataFailover(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("instances listed %v, volumes %v; the clients were told of %v", listed, instanceVolumes(t, s), keysOf(want))
+			var strays []string
+			for _, id := range listed {
+				if _, ok := want[id]; !ok {
+					status, body := s.call(t, "GET", "/instances/"+id, token, nil)
+					strays = append(strays, fmt.Sprintf("GET /instances/%s: %d %s", id, status, body))
+				}
+			}
+			t.Fatalf("instances listed %v, volumes %v; the clients were told of %v; %s", listed, instanceVolumes(t, s), keysOf(want), strings.Join(strays, "; "))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

@@ -94,8 +94,11 @@
 //     another volume holds only forgets the row. An undo that the metadata
 //     store being out of reach stops (a failover: store.ErrUnavailable,
 //     often why the creation failed) is tried again in the background until
-//     the store answers (undoLater). Reconcile undoes a creation
-//     no process runs: at the first run after a start every one, later only
+//     the store answers (undoLater). An insert that fails may still
+//     have committed (a failover ends its session between the commit
+//     and the answer): its row, found by the creation's token, is
+//     deleted the same way (undoUncertainCreation). Reconcile undoes a
+//     creation no process runs: at the first run after a start every one, later only
 //     those older than StartTimeout and a minute. A volume whose record says
 //     its creation finished is left alone and reported: the store is older
 //     than the volume.

@@ -85,25 +85,60 @@ func (e *Engine) createLocked(ctx context.Context, inst store.Instance) (store.I
 
 // undoLater undoes, in the background, a creation whose undo failed
 // because the metadata store was out of reach (the store failing is most
-// often why the creation failed too: a failover). It tries again with
-// backoff until the store answers, so that a clone and a postmaster left
-// by a creation cut short go within seconds of the store's return rather
-// than at the reconcile that finds the row abandoned (StartTimeout and a
-// minute after its creation); it gives up at that point, leaving it to
-// reconcile.
+// often why the creation failed too: a failover).
 func (e *Engine) undoLater(id int64, undo func(context.Context, int64) error) {
+	e.untilTheStoreAnswers(id, func(ctx context.Context) (int64, error) {
+		unlock := e.locks.Lock(id)
+		defer unlock()
+		return id, undo(ctx, id)
+	})
+}
+
+// undoUncertainCreation deletes, in the background, the row of a creation
+// whose insert failed without saying whether it committed (its session
+// ended between the commit and the answer, as a failover ends it). The
+// row, found by its token, has nothing built for it: this process never
+// learnt its id.
+func (e *Engine) undoUncertainCreation(token string) {
+	e.untilTheStoreAnswers(0, func(ctx context.Context) (int64, error) {
+		inst, err := e.opts.Store.InstanceCreatedAs(ctx, token)
+		if errors.Is(err, store.ErrNotFound) {
+			return 0, nil // it did not commit
+		}
+		if err != nil {
+			return 0, err
+		}
+		unlock := e.locks.Lock(inst.ID)
+		defer unlock()
+		if err := e.opts.Store.DeleteInstance(ctx, inst.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return inst.ID, err
+		}
+		return inst.ID, nil
+	})
+}
+
+// untilTheStoreAnswers runs undo in the background, again with backoff
+// while it fails with store.ErrUnavailable, so that what a creation cut
+// short left goes within seconds of the store's return rather than at the
+// reconcile that finds the row abandoned (StartTimeout and a minute after
+// its creation); it gives up at that point, leaving it to reconcile. undo
+// returns the instance's id, once known.
+func (e *Engine) untilTheStoreAnswers(id int64, undo func(context.Context) (int64, error)) {
 	giveUp := time.Now().Add(e.opts.StartTimeout + time.Minute)
 	go func() {
 		wait := 500 * time.Millisecond
 		for {
 			time.Sleep(wait)
 			wait = min(wait*2, 5*time.Second)
-			unlock := e.locks.Lock(id)
-			err := undo(context.Background(), id)
-			unlock()
+			undone, err := undo(context.Background())
+			if undone != 0 {
+				id = undone
+			}
 			switch {
 			case err == nil:
-				e.log.Info("engine: undid a failed creation once the metadata store answered again", "instance_id", id)
+				if id != 0 {
+					e.log.Info("engine: undid a failed creation once the metadata store answered again", "instance_id", id)
+				}
 				return
 			case !errors.Is(err, store.ErrUnavailable) || time.Now().After(giveUp):
 				e.log.Error("engine: undoing a failed creation; reconcile will", "instance_id", id, "err", err)
@@ -128,13 +163,15 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	}
 	input := store.InstanceInput{
 		ImageID: req.ImageID, Owner: req.Owner, ExpiresAt: req.ExpiresAt, Protected: req.Protected,
-		Quota: e.instanceQuota(req.Owner),
+		Quota: e.instanceQuota(req.Owner), CreationToken: rand.Text(),
 	}
 	if e.inFleet() {
 		// The placement weighs every host's disk; the chosen host checks
 		// its own reserve as it builds.
 		e.creationBegun.Store(true)
-		return e.placeInstance(ctx, input)
+		inst, err := e.placeInstance(ctx, input)
+		e.undoIfUncertain(input.CreationToken, err)
+		return inst, err
 	}
 	if err := e.CheckDiskReserve(ctx, 0, "a new instance"); err != nil {
 		e.auditFailure(ctx, "create_instance", "image", req.ImageID, err)
@@ -151,7 +188,21 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 			e.auditFailure(ctx, "create_instance", "image", req.ImageID, err)
 		}
 	}
+	e.undoIfUncertain(input.CreationToken, err)
 	return inst, err
+}
+
+// undoIfUncertain undoes the insert of a creation that failed with err,
+// unless err is a refusal, which commits nothing: the insert may have
+// committed all the same.
+func (e *Engine) undoIfUncertain(token string, err error) {
+	var quota *store.QuotaError
+	switch {
+	case err == nil, errors.Is(err, ErrQuotaExceeded), errors.As(err, &quota),
+		errors.Is(err, store.ErrNotFound), errors.Is(err, ErrNoHost), errors.Is(err, store.ErrNoHost):
+		return
+	}
+	e.undoUncertainCreation(token)
 }
 
 func (e *Engine) build(ctx context.Context, inst *store.Instance, steps *createSteps) error {

@@ -246,8 +246,8 @@ const placeInstance = `with candidates as (
 	order by instances, headroom desc, name
 	limit 1
 )
-insert into instances (image_id, owner, expires_at, protected, host)
-	select $1, $2, $3, $4, chosen.name from chosen
+insert into instances (image_id, owner, expires_at, protected, host, creation_token)
+	select $1, $2, $3, $4, chosen.name, $6 from chosen
 	returning ` + instanceColumns
 
 // PlaceInstance records a new instance of an image on the fleet's host
@@ -257,7 +257,7 @@ insert into instances (image_id, owner, expires_at, protected, host)
 // downAfter is the down timeout: a host whose heartbeat is older is not
 // chosen.
 func (s *Store) PlaceInstance(ctx context.Context, in InstanceInput, downAfter time.Duration) (Instance, error) {
-	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, downAfter.Seconds()}
+	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, downAfter.Seconds(), nullText(in.CreationToken)}
 	var inst Instance
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// The image is not marked destroying until this instance

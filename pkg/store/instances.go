@@ -66,6 +66,9 @@ type InstanceInput struct {
 	Protected bool
 	// Quota, if not zero, caps the owner's instances: see InstanceQuota.
 	Quota InstanceQuota
+	// CreationToken, if set, finds the row again (InstanceCreatedAs)
+	// when the insert's answer is lost.
+	CreationToken string
 }
 
 const instanceColumns = `id, image_id, owner, status, coalesce(port, 0) as port,
@@ -125,9 +128,9 @@ func (s *Store) listInstances(ctx context.Context, sql string, args ...any) ([]I
 // refuses it. In a fleet (SetFleetHost) the instance is this host's.
 func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance, error) {
 	const insert = `insert into instances
-		(image_id, owner, expires_at, protected, host) values ($1, $2, $3, $4, $5)
+		(image_id, owner, expires_at, protected, host, creation_token) values ($1, $2, $3, $4, $5, $6)
 		returning ` + instanceColumns
-	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, nullText(s.FleetHost())}
+	args := []any{in.ImageID, in.Owner, utc(in.ExpiresAt), in.Protected, nullText(s.FleetHost()), nullText(in.CreationToken)}
 	var inst Instance
 	var err error
 	if in.Quota == (InstanceQuota{}) {
@@ -162,6 +165,13 @@ func (s *Store) CreateInstance(ctx context.Context, in InstanceInput) (Instance,
 func (s *Store) GetInstance(ctx context.Context, id int64) (Instance, error) {
 	inst, err := s.getInstance(ctx, `select `+instanceColumns+` from instances where id = $1`, id)
 	return inst, wrap(err, "get instance %d", id)
+}
+
+// InstanceCreatedAs reads the instance whose creation carried token
+// (InstanceInput.CreationToken); ErrNotFound if none did.
+func (s *Store) InstanceCreatedAs(ctx context.Context, token string) (Instance, error) {
+	inst, err := s.getInstance(ctx, `select `+instanceColumns+` from instances where creation_token = $1`, token)
+	return inst, wrap(err, "get the instance created as %q", token)
 }
 
 // ListInstances reads the instances of owner ("" for everyone's), oldest
