@@ -306,8 +306,17 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, first *createSt
 		return err
 	}
 	first.step("configured")
+	// Hashed while the postmaster starts, on the other CPU.
+	verifier := make(chan error, 1)
+	var passwordVerifier string
+	go func() {
+		var err error
+		passwordVerifier, err = postgres.PasswordVerifier(inst.Password)
+		verifier <- err
+	}()
 	p, err := c.Start()
 	if err != nil {
+		<-verifier
 		return err
 	}
 	if err := e.opts.Store.SetInstancePID(ctx, inst.ID, p.PID); err != nil {
@@ -322,11 +331,14 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, first *createSt
 	}
 	defer session.Close(context.WithoutCancel(ctx))
 	first.step("accepting")
+	if err := <-verifier; err != nil {
+		return err
+	}
 	// At every start, not only the first: the roles are written with an
 	// asynchronous commit (no WAL flush to wait for on a create), which a
 	// crash in the next moments may lose; the start after it writes them
 	// again.
-	if err := session.SetUpClientRoles(ctx, PasswordRole, inst.Password, e.opts.AllowSuperuser); err != nil {
+	if err := session.SetUpClientRoles(ctx, PasswordRole, passwordVerifier, e.opts.AllowSuperuser); err != nil {
 		return err
 	}
 	first.step("ready")

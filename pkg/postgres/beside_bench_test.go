@@ -41,6 +41,10 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 		defer postgres.WithCloneSettings(try)()
 	}
 	d, seed, owner, mnt := benchImage(b, 24<<30)
+	verifier, err := postgres.PasswordVerifier(seed.Password)
+	if err != nil {
+		b.Fatal(err)
+	}
 	if opts := os.Getenv("SINDRI_BENCH_BESIDE_MOUNT"); opts != "" {
 		if out, err := exec.Command("mount", "-o", "remount,"+opts, mnt).CombinedOutput(); err != nil {
 			b.Fatalf("SINDRI_BENCH_BESIDE_MOUNT=%q: %v %s", opts, err, out)
@@ -99,7 +103,7 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 			b.Fatal(err)
 		}
 		took[3] = time.Since(t3)
-		err = session.SetUpClientRoles(ctx, seed.PasswordRole, seed.Password, false)
+		err = session.SetUpClientRoles(ctx, seed.PasswordRole, verifier, false)
 		session.Close(ctx)
 		if err != nil {
 			b.Fatal(err)

@@ -71,6 +71,10 @@ func BenchmarkIdleClones(b *testing.B) {
 	settle := time.Duration(benchEnvInt(b, "SINDRI_BENCH_IDLE_SETTLE", 60)) * time.Second
 	window := time.Duration(benchEnvInt(b, "SINDRI_BENCH_IDLE_SECONDS", 60)) * time.Second
 	d, seed, owner, _ := benchImage(b, 16<<30)
+	verifier, err := postgres.PasswordVerifier(seed.Password)
+	if err != nil {
+		b.Fatal(err)
+	}
 	sockets := benchSocketDir(b, owner)
 
 	type variant struct {
@@ -141,7 +145,7 @@ func BenchmarkIdleClones(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				err = session.SetUpClientRoles(ctx, seed.PasswordRole, seed.Password, false)
+				err = session.SetUpClientRoles(ctx, seed.PasswordRole, verifier, false)
 				session.Close(ctx)
 				if err != nil {
 					b.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -269,5 +270,81 @@ func TestAlterSystemCannotOverrideSindri(t *testing.T) {
 	}
 	if got != "off (disabled) 7MB" {
 		t.Fatalf("settings after ALTER SYSTEM: %q; want archiving off and the user's other settings kept", got)
+	}
+}
+
+// Client roles of the same names that come with the clone's data, given
+// powers there, lose them: no superuser, CREATEROLE, CREATEDB,
+// replication or RLS bypass, no membership but the password role's of
+// the certificate role, no expiry. The setup needs no PL/pgSQL (the data
+// has dropped it), and the password role logs in with its new password.
+func TestClientRolesThatCameWithTheDataLoseTheirPowers(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	pgtest.Exec(t, c.SocketURL(), fmt.Sprintf(`create role admins superuser;
+		alter role %[1]s superuser createrole createdb replication bypassrls;
+		alter role %[2]s superuser createrole createdb replication bypassrls valid until '2001-01-01';
+		grant admins, pg_execute_server_program, pg_read_server_files to %[1]s;
+		grant admins, pg_write_server_files to %[2]s;
+		revoke %[1]s from %[2]s;
+		grant %[2]s to %[1]s;
+		drop extension plpgsql cascade`, postgres.ClientRole, c.PasswordRole))
+
+	for run := 1; run <= 2; run++ {
+		session, err := c.Cluster.Ready(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		verifier, err := postgres.PasswordVerifier(c.Password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = session.SetUpClientRoles(ctx, c.PasswordRole, verifier, false)
+		session.Close(ctx)
+		if err != nil {
+			t.Fatalf("setting up the roles, run %d: %v", run, err)
+		}
+		conn, err := pgx.Connect(ctx, c.SocketURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		roles := pgtest.MustQueryAll(t, conn, fmt.Sprintf(`select rolname || ': ' || concat_ws(' ', case when rolsuper then 'superuser' end,
+				case when rolcreaterole then 'createrole' end, case when rolcreatedb then 'createdb' end,
+				case when rolreplication then 'replication' end, case when rolbypassrls then 'bypassrls' end,
+				case when not rolcanlogin then 'nologin' end)
+			from pg_roles where rolname in ('%s', '%s') order by 1`, postgres.ClientRole, c.PasswordRole))
+		members := pgtest.MustQueryAll(t, conn, fmt.Sprintf(`select m.rolname || ' in ' || g.rolname from pg_auth_members a
+			join pg_roles g on g.oid = a.roleid join pg_roles m on m.oid = a.member
+			where m.rolname in ('%s', '%s') order by 1`, postgres.ClientRole, c.PasswordRole))
+		conn.Close(ctx)
+		if want := []string{postgres.ClientRole + ": ", c.PasswordRole + ": "}; !slices.Equal(roles, want) {
+			t.Errorf("run %d: roles %q, want %q", run, roles, want)
+		}
+		if want := []string{c.PasswordRole + " in " + postgres.ClientRole}; !slices.Equal(members, want) {
+			t.Errorf("run %d: memberships %q, want %q", run, members, want)
+		}
+		got, err := query(t, fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres user=%s password=%s sslmode=require", c.Port, c.PasswordRole, c.Password),
+			"select current_user::text")
+		if err != nil || got != c.PasswordRole {
+			t.Errorf("run %d: password login: %q %v", run, got, err)
+		}
+	}
+}
+
+// A verifier is not the password: it differs each time (its salt), and
+// a password that is not printable ASCII, which SASLprep might change, is
+// refused rather than hashed into a verifier Postgres would not match.
+func TestPasswordVerifier(t *testing.T) {
+	a, err := postgres.PasswordVerifier("s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := postgres.PasswordVerifier("s3cret")
+	if !strings.HasPrefix(a, "SCRAM-SHA-256$4096:") || a == b || strings.Contains(a, "s3cret") {
+		t.Errorf("verifiers %q and %q of one password", a, b)
+	}
+	for _, bad := range []string{"", "caf\u00e9", "two words", "tab\t"} {
+		if _, err := postgres.PasswordVerifier(bad); err == nil {
+			t.Errorf("PasswordVerifier(%q): no error", bad)
+		}
 	}
 }

@@ -183,7 +183,11 @@ func (i *Instance) Start(t testing.TB) {
 	i.Configure(t)
 	session := i.start(t)
 	defer session.Close(context.Background())
-	if err := session.SetUpClientRoles(context.Background(), i.PasswordRole, i.Password, false); err != nil {
+	verifier, err := postgres.PasswordVerifier(i.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := session.SetUpClientRoles(context.Background(), i.PasswordRole, verifier, false); err != nil {
 		t.Fatal(err)
 	}
 }
