@@ -127,6 +127,7 @@ type Engine struct {
 	exits      chan struct{}        // a watched postmaster ended
 	orphans    map[string]time.Time // volume name → first seen unreferenced
 	reconciled atomic.Bool          // the first Reconcile has run
+	strayScan  atomic.Int64         // when the sweep last looked for stray operations (Unix ns)
 	finalising map[int64]*finaliseRun
 	backups    map[int64]*backupRun
 	backupMu   sync.RWMutex // see CreateBackup

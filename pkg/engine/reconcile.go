@@ -243,9 +243,9 @@ func (e *Engine) reconcileImage(ctx context.Context, img store.Image, volumes ma
 
 // steady tells whether instance listed, whose lock the caller holds, is
 // already as reconcileOne would leave a running instance, without reading
-// its row again: listed running and watched by the supervisor, its volume
-// listed and recording it, made, and the postmaster the listing names
-// alive on it. An operation that finished since the listing (a destroy, a
+// its row again: listed running, its volume listed and recording it,
+// made, and the supervisor watching for the end of the postmaster the
+// listing names, which has not come. An operation that finished since the listing (a destroy, a
 // reset, a crash and restart) leaves one of these untrue, and the
 // instance is read again and reconciled; on a full host the steady ones
 // are nearly all of them, and a reconcile then reads no instance's row.
@@ -253,11 +253,14 @@ func (e *Engine) steady(ctx context.Context, listed store.Instance, volumes map[
 	if listed.Status != store.InstanceRunning || listed.PID == 0 {
 		return false
 	}
+	// The supervisor watches the end of the listed postmaster, which has
+	// not come: no need to read its pid file and /proc.
 	e.mu.Lock()
-	_, watched := e.watched[listed.ID]
+	w := e.watched[listed.ID]
+	alive := w != nil && w.exitPID == listed.PID && w.stopExit != nil
 	e.mu.Unlock()
 	vol, hasVolume := volumes[InstanceVolume(listed.ID)]
-	if !watched || !hasVolume {
+	if !alive || !hasVolume {
 		return false
 	}
 	installation, err := e.installationID(ctx)
@@ -268,8 +271,7 @@ func (e *Engine) steady(ctx context.Context, listed store.Instance, volumes map[
 	if err != nil || !ok || !rec.Made || !rec.is(installation, recordInstance, listed.ID, listed.CreatedAt) {
 		return false
 	}
-	st, err := postgres.Status(vol.Path)
-	return err == nil && st.Alive && st.PID == listed.PID
+	return true
 }
 
 func (e *Engine) reconcileOne(ctx context.Context, inst store.Instance, volumes map[string]storage.Entry) error {

@@ -226,6 +226,11 @@ func (e *Engine) watchExit(id int64, pid int, dataDir string) {
 		old()
 	}
 	stop, err := postgres.OnExit(pid, func() {
+		e.mu.Lock()
+		if w := e.watched[id]; w != nil && w.exitPID == pid {
+			w.exitPID, w.stopExit = 0, nil
+		}
+		e.mu.Unlock()
 		e.markDue(id)
 		select {
 		case e.exits <- struct{}{}: // the supervisor runs now
