@@ -166,8 +166,13 @@ func TestCreationWhoseInsertIsAnsweredByAnOutageIsUndoneOnceTheStoreAnswers(t *t
 	}
 	out.begin(t)
 	resetStandby()
-	if err := <-created; !errors.Is(err, store.ErrUnavailable) {
-		t.Fatalf("a creation whose insert's session ended: %v, want store.ErrUnavailable", err)
+	select {
+	case err := <-created:
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("a creation whose insert's session ended: %v, want store.ErrUnavailable", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the creation still waits 30 s after its session was ended")
 	}
 	time.Sleep(2 * time.Second) // the store still out: the undo waits
 	out.end(t)
