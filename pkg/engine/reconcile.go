@@ -245,10 +245,11 @@ func (e *Engine) reconcileImage(ctx context.Context, img store.Image, volumes ma
 // already as reconcileOne would leave a running instance, without reading
 // its row again: listed running, its volume listed and recording it,
 // made, and the supervisor watching for the end of the postmaster the
-// listing names, which has not come. An operation that finished since the listing (a destroy, a
-// reset, a crash and restart) leaves one of these untrue, and the
-// instance is read again and reconciled; on a full host the steady ones
-// are nearly all of them, and a reconcile then reads no instance's row.
+// listing names, which has not come. An operation that finished since
+// the listing (a destroy, a reset, a crash and restart) leaves one of
+// these untrue, and the instance is read again and reconciled; on a full
+// host the steady ones are nearly all of them, and a reconcile then reads
+// no instance's row, pid file or /proc entry.
 func (e *Engine) steady(ctx context.Context, listed store.Instance, volumes map[string]storage.Entry) bool {
 	if listed.Status != store.InstanceRunning || listed.PID == 0 {
 		return false

@@ -34,8 +34,9 @@ func newOutage(t *testing.T, dbURL string) *outage {
 	return o
 }
 
-// connect opens a session as the test's superuser in database ("" for
-// the test's own). Its commits do not wait for a synchronous standby.
+// connect opens a session, for the caller to close, as the test's
+// superuser in database ("" for the test's own). Its commits do not wait
+// for a synchronous standby.
 func (o *outage) connect(t *testing.T, database string) *pgx.Conn {
 	t.Helper()
 	cfg, err := pgx.ParseConfig(o.dbURL)
@@ -50,7 +51,6 @@ func (o *outage) connect(t *testing.T, database string) *pgx.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(ctx) })
 	return conn
 }
 
