@@ -87,7 +87,7 @@ func (e *Engine) createLocked(ctx context.Context, inst store.Instance) (store.I
 // because the metadata store was out of reach (the store failing is most
 // often why the creation failed too: a failover).
 func (e *Engine) undoLater(id int64, undo func(context.Context, int64) error) {
-	e.untilTheStoreAnswers(id, func(ctx context.Context) (int64, error) {
+	e.untilTheStoreAnswers(func(ctx context.Context) (int64, error) {
 		unlock := e.locks.Lock(id)
 		defer unlock()
 		return id, undo(ctx, id)
@@ -100,7 +100,7 @@ func (e *Engine) undoLater(id int64, undo func(context.Context, int64) error) {
 // row, found by its token, has nothing built for it: this process never
 // learnt its id.
 func (e *Engine) undoUncertainCreation(token string) {
-	e.untilTheStoreAnswers(0, func(ctx context.Context) (int64, error) {
+	e.untilTheStoreAnswers(func(ctx context.Context) (int64, error) {
 		inst, err := e.opts.Store.InstanceCreatedAs(ctx, token)
 		if errors.Is(err, store.ErrNotFound) {
 			return 0, nil // it did not commit
@@ -122,18 +122,15 @@ func (e *Engine) undoUncertainCreation(token string) {
 // short left goes within seconds of the store's return rather than at the
 // reconcile that finds the row abandoned (StartTimeout and a minute after
 // its creation); it gives up at that point, leaving it to reconcile. undo
-// returns the instance's id, once known.
-func (e *Engine) untilTheStoreAnswers(id int64, undo func(context.Context) (int64, error)) {
+// returns the instance's id, once known (0 before).
+func (e *Engine) untilTheStoreAnswers(undo func(context.Context) (int64, error)) {
 	giveUp := time.Now().Add(e.opts.StartTimeout + time.Minute)
 	go func() {
 		wait := 500 * time.Millisecond
 		for {
 			time.Sleep(wait)
 			wait = min(wait*2, 5*time.Second)
-			undone, err := undo(context.Background())
-			if undone != 0 {
-				id = undone
-			}
+			id, err := undo(context.Background())
 			switch {
 			case err == nil:
 				if id != 0 {
@@ -192,14 +189,12 @@ func (e *Engine) recordInstance(ctx context.Context, req InstanceRequest) (store
 	return inst, err
 }
 
-// undoIfUncertain undoes the insert of a creation that failed with err,
-// unless err is a refusal, which commits nothing: the insert may have
-// committed all the same.
+// undoIfUncertain undoes the insert of a creation that failed with err:
+// it may have committed all the same. A refusal (a quota, no host for it)
+// or a missing image commits nothing.
 func (e *Engine) undoIfUncertain(token string, err error) {
-	var quota *store.QuotaError
-	switch {
-	case err == nil, errors.Is(err, ErrQuotaExceeded), errors.As(err, &quota),
-		errors.Is(err, store.ErrNotFound), errors.Is(err, ErrNoHost), errors.Is(err, store.ErrNoHost):
+	var refused *refusal
+	if err == nil || errors.As(err, &refused) || errors.Is(err, store.ErrNotFound) {
 		return
 	}
 	e.undoUncertainCreation(token)
@@ -316,7 +311,6 @@ func (e *Engine) start(ctx context.Context, inst store.Instance, first *createSt
 	}()
 	p, err := c.Start()
 	if err != nil {
-		<-verifier
 		return err
 	}
 	if err := e.opts.Store.SetInstancePID(ctx, inst.ID, p.PID); err != nil {
