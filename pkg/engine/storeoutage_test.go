@@ -3,6 +3,7 @@ package engine_test
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"testing"
 	"time"
 
@@ -34,34 +35,28 @@ func newOutage(t *testing.T, dbURL string) *outage {
 	return o
 }
 
-// connect opens a session, for the caller to close, as the test's
-// superuser in database ("" for the test's own). Its commits do not wait
-// for a synchronous standby.
-func (o *outage) connect(t *testing.T, database string) *pgx.Conn {
+// url reaches database ("" for the test's own) as the test's
+// superuser, in sessions whose commits do not wait for a synchronous
+// standby.
+func (o *outage) url(t *testing.T, database string) string {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(o.dbURL)
+	u, err := url.Parse(o.dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if database != "" {
-		cfg.Database = database
+		u.Path = "/" + database
 	}
-	cfg.RuntimeParams["synchronous_commit"] = "local"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conn
+	q := u.Query()
+	q.Set("synchronous_commit", "local")
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // exec runs sql in the cluster's postgres database.
 func (o *outage) exec(t *testing.T, sql string) {
 	t.Helper()
-	conn := o.connect(t, "postgres")
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
+	pgtest.Exec(t, o.url(t, "postgres"), sql)
 }
 
 func (o *outage) begin(t *testing.T) {
@@ -123,11 +118,14 @@ func TestCreationCutShortByTheStoreIsUndoneOnceItAnswers(t *testing.T) {
 	}
 }
 
-// query runs sql in the cluster's postgres database and returns its one
+// query runs sql in database ("" for the test's own) and returns its one
 // value as text.
-func (o *outage) query(t *testing.T, sql string) string {
+func (o *outage) query(t *testing.T, database, sql string) string {
 	t.Helper()
-	conn := o.connect(t, "postgres")
+	conn, err := pgx.Connect(ctx, o.url(t, database))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer conn.Close(ctx)
 	return pgtest.MustQuery(t, conn, sql)
 }
@@ -158,7 +156,7 @@ func TestCreationWhoseInsertIsAnsweredByAnOutageIsUndoneOnceTheStoreAnswers(t *t
 	waiting := fmt.Sprintf(`select count(*) from pg_stat_activity where datname = '%s'
 		and wait_event = 'SyncRep' and query like 'insert into instances%%'`, out.database)
 	deadline := time.Now().Add(20 * time.Second)
-	for out.query(t, waiting) != "1" {
+	for out.query(t, "postgres", waiting) != "1" {
 		if time.Now().After(deadline) {
 			t.Fatal("the creation's insert never waited for the synchronous standby")
 		}
@@ -180,9 +178,7 @@ func TestCreationWhoseInsertIsAnsweredByAnOutageIsUndoneOnceTheStoreAnswers(t *t
 	deadline = time.Now().Add(20 * time.Second)
 	for {
 		insts, err := w.store.ListInstances(ctx, "")
-		conn := out.connect(t, "")
-		tombstones := pgtest.MustQuery(t, conn, "select count(*) from instance_tombstones")
-		conn.Close(ctx)
+		tombstones := out.query(t, "", "select count(*) from instance_tombstones")
 		if err == nil && len(insts) == 0 && tombstones == "1" {
 			break
 		}
