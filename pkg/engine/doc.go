@@ -107,8 +107,9 @@
 //     it) and, in turn with the others, SuperviseBatch instances every
 //     SupervisePeriod; it restarts one that died (at once, then with
 //     backoff), kills and restarts one that answers no connection
-//     MaxUnanswered times in a row (probing at most ProbesPerTick
-//     instances a tick). Reconcile adopts a live
+//     MaxUnanswered times in a row (asking only a postmaster whose
+//     scheduler statistics leave a doubt that it is awake, at most
+//     ProbesPerTick a tick). Reconcile adopts a live
 //     postmaster (same pid, the record written if missing), starts a dead
 //     one, and marks the instance failed when its volume is gone or its
 //     volume record names something else.

@@ -48,11 +48,13 @@ type Options struct {
 	// MaxCrashes within CrashWindow mark an instance failed.
 	MaxCrashes  int
 	CrashWindow time.Duration
-	// A live postmaster is also asked for a connection every ProbeEvery,
-	// or less often on a host of more than ProbeEvery / SupervisePeriod ×
-	// ProbesPerTick instances (ProbesPerTick, default 2, bounds the probes
-	// a tick makes); after MaxUnanswered attempts in a row with no answer
-	// within ProbeTimeout it is killed and restarted like a dead one.
+	// A live postmaster is also looked at every ProbeEvery, or less often
+	// on a host of more than ProbeEvery / SupervisePeriod × SuperviseBatch
+	// instances, and asked for a connection when its activity leaves a
+	// doubt that it is awake (see hung; ProbesPerTick, default 2, bounds
+	// the asks a tick makes); after MaxUnanswered attempts in a row with
+	// no answer within ProbeTimeout it is killed and restarted like a
+	// dead one.
 	ProbeEvery, ProbeTimeout time.Duration
 	ProbesPerTick            int
 	MaxUnanswered            int

@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"time"
 
+	"github.com/sindri-db/sindri/pkg/postgres"
 	"github.com/sindri-db/sindri/pkg/store"
 )
 
@@ -39,4 +41,23 @@ func WithTickHook(opts Options, f func(due, round int)) Options {
 // finalise does before the freeze.
 func (e *Engine) RecordImageVolume(ctx context.Context, dir string, img store.Image) error {
 	return e.recordImageVolume(ctx, dir, img)
+}
+
+// Look is what the supervisor concludes of a look at a postmaster.
+type Look = look
+
+const (
+	LookAsk    = lookAsk
+	LookAwake  = lookAwake
+	LookAsleep = lookAsleep
+)
+
+// PostmasterWakes bounds how long an idle postmaster sleeps, for the
+// supervisor.
+const PostmasterWakes = postmasterWakes
+
+// JudgeLook is the supervisor's conclusion of a look at postmaster pid,
+// whose activity was then when it last showed it was awake, at at.
+func JudgeLook(pid int, then postgres.Activity, at time.Time, lookPID int, now postgres.Activity, known bool, when time.Time) Look {
+	return quietSince{pid: pid, activity: then, at: at}.judge(lookPID, now, known, when)
 }

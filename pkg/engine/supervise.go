@@ -19,7 +19,8 @@ type watch struct {
 	crashes    []time.Time // deaths within the crash window
 	restartAt  time.Time   // when a death seen is due for its restart
 	path       string      // the data directory, once looked up
-	probedAt   time.Time   // the last connection attempt to a live postmaster
+	lookedAt   time.Time   // the last look at a live postmaster (see hung)
+	quiet      quietSince  // what that postmaster did since it last showed it was awake
 	unanswered int         // connection attempts in a row that got no answer
 	diskWaits  int         // deaths in a row while the disk was full
 	diskStop   bool        // marked stopped for the full disk
@@ -296,8 +297,9 @@ func (e *Engine) superviseOne(ctx context.Context, id int64) {
 		e.mu.Unlock()
 		return
 	}
-	// The next postmaster starts with a clean record of probes.
-	w.unanswered = 0
+	// The next postmaster starts with a clean record of probes, even if
+	// it gets the dead one's pid.
+	w.unanswered, w.quiet = 0, quietSince{}
 	newDeath, startFull := w.restartAt.IsZero(), w.startFull
 	e.mu.Unlock()
 	// A postmaster that died because the disk is full (Postgres stops at
@@ -436,22 +438,84 @@ func (e *Engine) diskStopMessage(c storage.Capacity, dataDir string) string {
 		size(c.FreeBytes), size(c.TotalBytes), e.opts.DiskRetryMax, postgres.LogTail(dataDir, 5))
 }
 
+// postmasterWakes bounds how long an idle postmaster sleeps: its server
+// loop wakes at least once a minute, in every major sindri runs.
+const postmasterWakes = 70 * time.Second
+
+// quietSince is a postmaster's activity when it last showed it was awake.
+type quietSince struct {
+	pid      int // 0: none read
+	activity postgres.Activity
+	at       time.Time
+}
+
+// look is what a look at a postmaster's activity concludes.
+type look int
+
+const (
+	lookAsk    look = iota // ask it for a connection
+	lookAwake              // it showed it is awake
+	lookAsleep             // it has not run since it last showed it, for less than postmasterWakes
+)
+
+// judge concludes a look at postmaster pid, whose activity now is act
+// (known false: unreadable), from what it did since it last showed it
+// was awake.
+func (q quietSince) judge(pid int, act postgres.Activity, known bool, now time.Time) look {
+	if !known || q.pid != pid || act.Stalled() {
+		return lookAsk
+	}
+	since := now.Sub(q.at)
+	ran := act.Runs > q.activity.Runs
+	spun := act.OnCPU-q.activity.OnCPU > since/2
+	switch {
+	case ran && !spun:
+		return lookAwake
+	case !ran && since < postmasterWakes:
+		return lookAsleep
+	}
+	return lookAsk
+}
+
 // hung tells whether a live postmaster has failed MaxUnanswered connection
-// attempts in a row, one every ProbeEvery at the most. A tick probes at
-// most ProbesPerTick instances (each probe forks a child of a postmaster:
-// a few ms of CPU), so that on a dense host each is probed less often
-// than ProbeEvery: every SupervisePeriod × instances / ProbesPerTick.
+// attempts in a row. It looks at each one every ProbeEvery at the most.
+// Each connection forks a child of the postmaster (3–30 ms of CPU,
+// depending on what page faults cost on the host), so a look asks for
+// one only when the postmaster's activity leaves a doubt: the first look
+// at it, or when it is stopped, traced or in an uninterruptible sleep
+// (postgres.Activity.Stalled), spent more than half the time since it
+// last showed it was awake on a CPU (a loop), or has not been on a CPU
+// for postmasterWakes. A tick asks at most ProbesPerTick postmasters.
 // Any answer counts as answering (postgres.Cluster.Answers, which asks
 // for no login): only silence until ProbeTimeout does not.
 func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) bool {
 	e.mu.Lock()
 	w := e.watched[id]
-	if w == nil || time.Since(w.probedAt) < e.opts.ProbeEvery || e.rounds.probes <= 0 {
+	if w == nil || time.Since(w.lookedAt) < e.opts.ProbeEvery {
 		e.mu.Unlock()
 		return false
 	}
+	now := time.Now()
+	act, known := postgres.ReadActivity(st.PID)
+	switch w.quiet.judge(st.PID, act, known, now) {
+	case lookAwake:
+		w.lookedAt, w.quiet.activity, w.quiet.at, w.unanswered = now, act, now, 0
+		e.mu.Unlock()
+		return false
+	case lookAsleep:
+		w.lookedAt = now
+		e.mu.Unlock()
+		return false
+	}
+	if e.rounds.probes <= 0 {
+		e.mu.Unlock()
+		return false // asked at a later tick
+	}
 	e.rounds.probes--
-	w.probedAt = time.Now()
+	w.lookedAt = now
+	if known && w.quiet.pid != st.PID {
+		w.quiet = quietSince{pid: st.PID, activity: act, at: now}
+	}
 	e.mu.Unlock()
 
 	if st.Port <= 0 {
@@ -469,6 +533,9 @@ func (e *Engine) hung(ctx context.Context, id int64, st postgres.ClusterStatus) 
 	defer e.mu.Unlock()
 	if answered {
 		w.unanswered = 0
+		if act, ok := postgres.ReadActivity(st.PID); ok {
+			w.quiet = quietSince{pid: st.PID, activity: act, at: time.Now()}
+		}
 		return false
 	}
 	w.unanswered++

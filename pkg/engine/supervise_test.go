@@ -85,6 +85,74 @@ func TestStoppedPostmasterIsKilledAndRestarted(t *testing.T) {
 	}
 }
 
+// Each connection the supervisor asks of a postmaster forks a child of it,
+// so a look asks only when the postmaster's activity leaves a doubt.
+func TestALookAsksAPostmasterOnlyWhenItsActivityLeavesADoubt(t *testing.T) {
+	const pid = 4242
+	at := time.Now()
+	idle := postgres.Activity{Runs: 10, OnCPU: 5 * time.Millisecond, State: 'S'}
+	ran := func(state byte, onCPU time.Duration) postgres.Activity {
+		return postgres.Activity{Runs: idle.Runs + 2, OnCPU: idle.OnCPU + onCPU, State: state}
+	}
+	for _, c := range []struct {
+		name         string
+		then         postgres.Activity
+		thenPID      int
+		now          postgres.Activity
+		known        bool
+		after        time.Duration
+		want         engine.Look
+		whyItMatters string
+	}{
+		{"first look", postgres.Activity{}, 0, ran('S', time.Millisecond), true, 10 * time.Second, engine.LookAsk, "nothing is known of it yet"},
+		{"another postmaster", idle, pid + 1, ran('S', time.Millisecond), true, 10 * time.Second, engine.LookAsk, "the restart's is new"},
+		{"statistics unreadable", idle, pid, postgres.Activity{}, false, 10 * time.Second, engine.LookAsk, "nothing is known"},
+		{"ran, idle", idle, pid, ran('S', time.Millisecond), true, 10 * time.Second, engine.LookAwake, "its loop turns"},
+		{"running now", idle, pid, ran('R', time.Millisecond), true, 10 * time.Second, engine.LookAwake, "its loop turns"},
+		{"ran, but spinning", idle, pid, ran('R', 6*time.Second), true, 10 * time.Second, engine.LookAsk, "a loop that never reaches accept also runs"},
+		{"stopped", idle, pid, ran('T', 0), true, 10 * time.Second, engine.LookAsk, "SIGSTOP"},
+		{"traced", idle, pid, ran('t', 0), true, 10 * time.Second, engine.LookAsk, "a debugger holds it"},
+		{"uninterruptible", idle, pid, ran('D', 0), true, 10 * time.Second, engine.LookAsk, "stuck on I/O, or frozen"},
+		{"asleep a while", idle, pid, idle, true, 10 * time.Second, engine.LookAsleep, "an idle one sleeps up to a minute"},
+		{"asleep too long", idle, pid, idle, true, engine.PostmasterWakes + time.Second, engine.LookAsk, "a healthy one would have woken"},
+	} {
+		got := engine.JudgeLook(c.thenPID, c.then, at, pid, c.now, c.known, at.Add(c.after))
+		if got != c.want {
+			t.Errorf("%s (%s): got %d, want %d", c.name, c.whyItMatters, got, c.want)
+		}
+	}
+}
+
+// An idle postmaster, looked at five times a second, is asked for a
+// connection (which wakes it twice: to fork a child, then to reap it)
+// only at the first look and when it has not run for a minute: over 3 s
+// it runs a handful of times, where asking at each look would wake it
+// at least 30 times.
+func TestAnIdlePostmasterIsNotAskedForAConnectionAtEveryLook(t *testing.T) {
+	w := newWorld(t, 5)
+	opts := w.options()
+	opts.ProbeEvery = 100 * time.Millisecond
+	inst, vol, st := supervised(t, opts)
+	time.Sleep(time.Second) // the first look, which asks
+	before, ok := postgres.ReadActivity(st.PID)
+	if !ok {
+		t.Fatal("no scheduler statistics for the postmaster")
+	}
+	time.Sleep(3 * time.Second)
+	after, _ := postgres.ReadActivity(st.PID)
+	if woke := after.Runs - before.Runs; woke > 10 {
+		t.Errorf("the idle postmaster ran %d times in 3 s of looks every 200 ms: it is asked for connections", woke)
+	} else {
+		t.Logf("the idle postmaster ran %d times in 3 s", woke)
+	}
+	if now, _ := postgres.Status(vol.Path); now.PID != st.PID {
+		t.Errorf("postmaster %d replaced by %d", st.PID, now.PID)
+	}
+	if _, err := sql(t, passwordConn(inst), "select 'ok'"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The expiry sweeper destroys instances one by one, each shutdown waiting
 // up to its deadline; meanwhile a killed postmaster elsewhere must still
 // be restarted within 2 s.

@@ -51,3 +51,45 @@ func TestAnswersTellsSilenceFromAnswers(t *testing.T) {
 		t.Fatalf("continued: %v", err)
 	}
 }
+
+// A postmaster's Activity counts its runs: a connection wakes it, an
+// idle one barely runs (its autovacuum launcher may ask it for a worker);
+// stopped, it is Stalled.
+func TestActivityCountsAPostmastersRuns(t *testing.T) {
+	c := pgtest.StartInstance(t)
+	pid := c.Process.PID
+	read := func() postgres.Activity {
+		t.Helper()
+		a, ok := postgres.ReadActivity(pid)
+		if !ok {
+			t.Fatalf("no activity for postmaster %d", pid)
+		}
+		return a
+	}
+	before := read()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if answered, err := (&postgres.Cluster{SocketDir: c.SocketDir, Port: c.Port}).Answers(ctx); !answered {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // its child's end, which wakes it again
+	asked := read()
+	if asked.Runs <= before.Runs || asked.Stalled() {
+		t.Fatalf("after a connection: %+v, before %+v; want more runs, not stalled", asked, before)
+	}
+	time.Sleep(time.Second)
+	if idle := read(); idle.Runs > asked.Runs+3 {
+		t.Errorf("idle for a second, it ran %d times", idle.Runs-asked.Runs)
+	}
+	if _, ok := postgres.ReadActivity(1 << 30); ok {
+		t.Error("activity read for a pid that cannot exist")
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	time.Sleep(100 * time.Millisecond)
+	if stopped := read(); !stopped.Stalled() || stopped.State != 'T' {
+		t.Errorf("stopped: %+v, want state T, stalled", stopped)
+	}
+}

@@ -104,6 +104,39 @@ func procStat(pid int) (procfs.ProcStat, bool) {
 	return st, err == nil
 }
 
+// Activity is what the kernel counts of a process's running, from
+// /proc/PID/schedstat, and its state letter then.
+type Activity struct {
+	Runs  uint64        // times it was put on a CPU
+	OnCPU time.Duration // time it spent running
+	State byte
+}
+
+// ReadActivity reads pid's Activity; ok is false when the process is gone
+// or the kernel keeps no scheduler statistics.
+func ReadActivity(pid int) (a Activity, ok bool) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return Activity{}, false
+	}
+	sched, err := p.Schedstat()
+	if err != nil {
+		return Activity{}, false
+	}
+	state, _, ok := ProcessState(pid)
+	return Activity{Runs: sched.RunTimeslices, OnCPU: time.Duration(sched.RunningNanoseconds), State: state}, ok
+}
+
+// Stalled tells whether the process cannot be serving: stopped, traced,
+// in an uninterruptible sleep, or dead.
+func (a Activity) Stalled() bool {
+	switch a.State {
+	case 'T', 't', 'D', 'Z', 'X':
+		return true
+	}
+	return false
+}
+
 // Running tells whether pid is a live postgres process: it exists, is not
 // a zombie, and runs the postgres binary.
 func Running(pid int) bool {
