@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/sindri-db/sindri/pkg/storage"
@@ -40,7 +41,11 @@ type Options struct {
 }
 
 // Member is this host as a member of the fleet.
-type Member struct{ opts Options }
+type Member struct {
+	opts Options
+	// latest are the last figures read, which Run's beats send.
+	latest atomic.Pointer[figures]
+}
 
 // New returns the member; nothing is recorded until Beat or Run.
 func New(opts Options) *Member {
@@ -57,22 +62,47 @@ func New(opts Options) *Member {
 // registers the host the first time. store.ErrConflict if another live
 // host has this name.
 func (m *Member) Beat(ctx context.Context) (store.Host, error) {
-	o := m.opts
-	c, err := o.Capacity(ctx)
+	f, err := m.readFigures(ctx)
 	if err != nil {
-		return store.Host{}, fmt.Errorf("fleet: heartbeat: storage capacity: %w", err)
+		return store.Host{}, err
 	}
+	m.latest.Store(&f)
+	return m.record(ctx, f)
+}
+
+// figures are what a heartbeat tells the others about this host besides
+// that it is alive.
+type figures struct {
+	capacity storage.Capacity
+	memory   *memInfo // nil when /proc/meminfo could not be read
+}
+
+func (m *Member) readFigures(ctx context.Context) (figures, error) {
+	c, err := m.opts.Capacity(ctx)
+	if err != nil {
+		return figures{}, fmt.Errorf("fleet: heartbeat: storage capacity: %w", err)
+	}
+	f := figures{capacity: c}
+	if mem, err := readMemInfo(m.opts.MemInfo); err != nil {
+		m.opts.Logger.Warn("fleet: heartbeat without memory figures", "err", err)
+	} else {
+		f.memory = &mem
+	}
+	return f, nil
+}
+
+// record writes a heartbeat with the figures f.
+func (m *Member) record(ctx context.Context, f figures) (store.Host, error) {
+	o := m.opts
 	hb := store.Heartbeat{
 		Name: o.Name, PeerURL: o.PeerURL, PublicHostname: o.PublicHostname, StorageDriver: o.StorageDriver,
-		TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes, MaxInstances: o.MaxInstances,
+		TotalBytes: f.capacity.TotalBytes, FreeBytes: f.capacity.FreeBytes, MaxInstances: o.MaxInstances,
 	}
 	if o.Reserve != nil {
-		hb.ReserveBytes = o.Reserve(c.TotalBytes)
+		hb.ReserveBytes = o.Reserve(f.capacity.TotalBytes)
 	}
-	if mem, err := readMemInfo(o.MemInfo); err != nil {
-		o.Logger.Warn("fleet: heartbeat without memory figures", "err", err)
-	} else {
-		hb.MemoryTotalBytes, hb.MemoryAvailableBytes = mem.total, mem.available
+	if f.memory != nil {
+		hb.MemoryTotalBytes, hb.MemoryAvailableBytes = f.memory.total, f.memory.available
 	}
 	h, err := o.Store.RecordHeartbeat(ctx, hb, o.DownTimeout)
 	if err != nil {
@@ -143,9 +173,22 @@ func CheckJoin(ctx context.Context, st *store.Store, name, peerURL string, downT
 }
 
 // Run beats every heartbeat interval until ctx ends. A failed beat is
-// logged and the next one tried on time: the host is down for the others
+// logged and the next one tried at the next tick: the host is down for the others
 // only once its beats have failed for the down timeout.
+//
+// The figures are read beside the beats, each interval, and a beat sends
+// the latest: reading them can be slow on a busy host (a `zfs list`
+// waits behind the pool's clones), and it must delay the figures, never
+// the beat that says the host is alive. For the same reason a beat may
+// take up to the down timeout to be written, not just an interval.
 func (m *Member) Run(ctx context.Context) {
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		m.refreshFigures(ctx)
+	}()
+	defer func() { <-refreshed }()
+
 	t := time.NewTicker(m.opts.HeartbeatInterval)
 	defer t.Stop()
 	failing := false
@@ -155,8 +198,12 @@ func (m *Member) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		beatCtx, cancel := context.WithTimeout(ctx, m.opts.HeartbeatInterval)
-		_, err := m.Beat(beatCtx)
+		f := m.latest.Load()
+		if f == nil { // not registered, and no figures read yet
+			continue
+		}
+		beatCtx, cancel := context.WithTimeout(ctx, max(m.opts.DownTimeout, m.opts.HeartbeatInterval))
+		_, err := m.record(beatCtx, *f)
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -165,6 +212,25 @@ func (m *Member) Run(ctx context.Context) {
 		case err == nil && failing:
 			m.opts.Logger.Info("fleet: heartbeat recorded again", "host", m.opts.Name)
 			failing = false
+		}
+	}
+}
+
+// refreshFigures reads the figures every heartbeat interval until ctx
+// ends; a failed read leaves the previous figures in place.
+func (m *Member) refreshFigures(ctx context.Context) {
+	t := time.NewTicker(m.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		if f, err := m.readFigures(ctx); err == nil {
+			m.latest.Store(&f)
+		} else if ctx.Err() == nil {
+			m.opts.Logger.Warn("fleet: heartbeat figures not read; the last ones are sent", "host", m.opts.Name, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,6 +65,80 @@ func TestRegisterAndBeat(t *testing.T) {
 	time.Sleep(400 * time.Millisecond)
 	if h, err := st.GetHost(ctx, "sindri-a", 200*time.Millisecond); err != nil || h.State != store.HostDown {
 		t.Errorf("stopped for 400ms with a down timeout of 200ms: %+v, %v", h, err)
+	}
+}
+
+// A host whose storage is slow to report its figures (zfs-fuse's `zfs
+// list` waits behind a burst of clones for a second and more) is alive
+// all the same: its beats go on with the last figures it read.
+func TestHeartbeatsGoOnWhileTheFiguresAreSlow(t *testing.T) {
+	ctx := context.Background()
+	st, _ := storetest.New(t)
+	const gb = 1 << 30
+	release := make(chan struct{})
+	var reads atomic.Int32
+	m := New(Options{
+		Store: st,
+		Capacity: func(ctx context.Context) (storage.Capacity, error) {
+			if reads.Add(1) == 1 {
+				return storage.Capacity{TotalBytes: 100 * gb, FreeBytes: 50 * gb}, nil
+			}
+			<-release
+			return storage.Capacity{TotalBytes: 100 * gb, FreeBytes: 40 * gb}, nil
+		},
+		Name: "sindri-a", PeerURL: "https://a.internal:8443", StorageDriver: "zfs",
+		HeartbeatInterval: 50 * time.Millisecond, DownTimeout: 200 * time.Millisecond, Logger: storetest.Logger(),
+	})
+	first, err := m.Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+
+	var last store.Host
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		h, err := st.GetHost(ctx, "sindri-a", 200*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.State != store.HostActive {
+			t.Fatalf("the host reads %s %v after its first heartbeat while its storage is slow to answer (heartbeat at %v)",
+				h.State, time.Since(first.HeartbeatAt).Round(time.Millisecond), h.HeartbeatAt)
+		}
+		last = h
+	}
+	if reads.Load() < 2 {
+		t.Fatalf("the figures were read %d times in a second; want a read under way", reads.Load())
+	}
+	if !last.HeartbeatAt.After(first.HeartbeatAt) || last.FreeBytes != 50*gb {
+		t.Errorf("with the figures' read under way: heartbeat at %v (first %v), free %d; want a later heartbeat with the first figures",
+			last.HeartbeatAt, first.HeartbeatAt, last.FreeBytes)
+	}
+
+	close(release)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		h, err := st.GetHost(ctx, "sindri-a", 200*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.FreeBytes == 40*gb {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2s after the storage answered, the host's free bytes read %d, want %d", h.FreeBytes, 40*gb)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
