@@ -173,8 +173,8 @@ func CheckJoin(ctx context.Context, st *store.Store, name, peerURL string, downT
 }
 
 // Run beats every heartbeat interval until ctx ends. A failed beat is
-// logged and the next one tried at the next tick: the host is down for the others
-// only once its beats have failed for the down timeout.
+// logged and the next one tried at the next tick: the host is down for
+// the others only once its beats have failed for the down timeout.
 //
 // The figures are read beside the beats, each interval, and a beat sends
 // the latest: reading them can be slow on a busy host (a `zfs list`
