@@ -217,21 +217,30 @@ func (m *Member) Run(ctx context.Context) {
 }
 
 // refreshFigures reads the figures every heartbeat interval until ctx
-// ends; a failed read leaves the previous figures in place.
+// ends, and at once only if no beat has read them yet.
 func (m *Member) refreshFigures(ctx context.Context) {
 	t := time.NewTicker(m.opts.HeartbeatInterval)
 	defer t.Stop()
+	if m.latest.Load() == nil {
+		m.refreshFiguresOnce(ctx)
+	}
 	for {
-		if f, err := m.readFigures(ctx); err == nil {
-			m.latest.Store(&f)
-		} else if ctx.Err() == nil {
-			m.opts.Logger.Warn("fleet: heartbeat figures not read; the last ones are sent", "host", m.opts.Name, "err", err)
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		m.refreshFiguresOnce(ctx)
+	}
+}
+
+// refreshFiguresOnce reads the figures; a failed read leaves the previous
+// ones in place.
+func (m *Member) refreshFiguresOnce(ctx context.Context) {
+	if f, err := m.readFigures(ctx); err == nil {
+		m.latest.Store(&f)
+	} else if ctx.Err() == nil {
+		m.opts.Logger.Warn("fleet: heartbeat figures not read; the last ones are sent", "host", m.opts.Name, "err", err)
 	}
 }
 
