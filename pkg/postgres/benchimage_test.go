@@ -21,7 +21,12 @@ import (
 // cleanly, as finalise leaves one. The seed's Cluster is the template each
 // clone's settings start from. mnt is where the filesystem is mounted.
 func benchImage(b testing.TB, size int64) (d *btrfs.Driver, seed *pgtest.Instance, owner postgres.OSUser, mnt string) {
-	d, seed, owner, mnt, _ = benchUpload(b, size)
+	d, seed, owner, mnt, upload := benchUpload(b, size)
+	// As finalise does: kept, the seed's statistics would send every
+	// clone's autovacuum into template1's catalogs minutes after its start.
+	if err := postgres.ForgetStatistics(upload); err != nil {
+		b.Fatal(err)
+	}
 	if _, err := d.Freeze(ctx, "upload-1", "image-1"); err != nil {
 		b.Fatal(err)
 	}

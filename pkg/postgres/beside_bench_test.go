@@ -25,6 +25,10 @@ import (
 // reporting the median of each step in ms. SINDRI_BENCH_BESIDE_MOUNT
 // remounts the filesystem with these options first (such as "noatime");
 // SINDRI_BENCH_BESIDE_TRY="name=value,..." changes the clones' settings.
+// SINDRI_BENCH_BESIDE_SETTLE (seconds, default 0) waits that long at each
+// point before the timed clones, for the new clones' first minutes of
+// work to pass, and reports the host's context switches and forks a
+// second over the wait.
 //
 //	go test -run '^$' -bench CloneBesideRunning -benchtime 1x -timeout 60m ./pkg/postgres
 func BenchmarkCloneBesideRunning(b *testing.B) {
@@ -37,6 +41,7 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 		points = append(points, n)
 	}
 	timed := benchEnvInt(b, "SINDRI_BENCH_BESIDE_TIMED", 20)
+	settle := time.Duration(benchEnvInt(b, "SINDRI_BENCH_BESIDE_SETTLE", 0)) * time.Second
 	if try := benchSettings(b, "SINDRI_BENCH_BESIDE_TRY"); try != nil {
 		defer postgres.WithCloneSettings(try)()
 	}
@@ -116,6 +121,13 @@ func BenchmarkCloneBesideRunning(b *testing.B) {
 			for len(running) < point {
 				c, _ := start(b)
 				running = append(running, c)
+			}
+			if settle > 0 {
+				switches, forks, t := pgtest.ContextSwitches(), pgtest.Forks(), time.Now()
+				time.Sleep(settle)
+				secs := time.Since(t).Seconds()
+				b.Logf("beside %d running clones, over %s of quiet: %.0f context switches and %.1f forks a second",
+					len(running), settle, float64(pgtest.ContextSwitches()-switches)/secs, float64(pgtest.Forks()-forks)/secs)
 			}
 			samples := make([][]float64, len(steps))
 			var totals []float64

@@ -187,3 +187,18 @@ func Forks() uint64 {
 	}
 	return s.ProcessCreated
 }
+
+// ContextSwitches is the number of context switches the host has made
+// since it booted (/proc/stat's ctxt), 0 when unreadable: over a quiet
+// window, about twice the wakeups of sleeping processes.
+func ContextSwitches() uint64 {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0
+	}
+	s, err := fs.Stat()
+	if err != nil {
+		return 0
+	}
+	return s.ContextSwitches
+}
