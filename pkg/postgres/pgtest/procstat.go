@@ -176,29 +176,22 @@ func LoadAverage() float64 {
 // (/proc/stat's processes), 0 when unreadable: its growth over a window
 // is every fork on the host, short-lived children that no sample sees
 // included.
-func Forks() uint64 {
-	fs, err := procfs.NewDefaultFS()
-	if err != nil {
-		return 0
-	}
-	s, err := fs.Stat()
-	if err != nil {
-		return 0
-	}
-	return s.ProcessCreated
-}
+func Forks() uint64 { return hostStat().ProcessCreated }
 
 // ContextSwitches is the number of context switches the host has made
 // since it booted (/proc/stat's ctxt), 0 when unreadable: over a quiet
 // window, about twice the wakeups of sleeping processes.
-func ContextSwitches() uint64 {
+func ContextSwitches() uint64 { return hostStat().ContextSwitches }
+
+// hostStat is /proc/stat, zero when unreadable.
+func hostStat() procfs.Stat {
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
-		return 0
+		return procfs.Stat{}
 	}
 	s, err := fs.Stat()
 	if err != nil {
-		return 0
+		return procfs.Stat{}
 	}
-	return s.ContextSwitches
+	return s
 }
