@@ -146,6 +146,15 @@ func TestCreationWhoseInsertIsAnsweredByAnOutageIsUndoneOnceTheStoreAnswers(t *t
 	t.Cleanup(resetStandby)
 	out.exec(t, "alter system set synchronous_standby_names = 'sindri_test_absent_standby'")
 	out.exec(t, "select pg_reload_conf()")
+	// pg_reload_conf only signals the postmaster, which rereads the file
+	// and then signals the store's sessions: a new session sees the
+	// setting once that is done, and the store's next statements after it.
+	for deadline := time.Now().Add(10 * time.Second); out.query(t, "postgres", "show synchronous_standby_names") != "sindri_test_absent_standby"; {
+		if time.Now().After(deadline) {
+			t.Fatal("the store's server did not reload synchronous_standby_names")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	e := engine.New(w.options())
 	created := make(chan error, 1)
@@ -157,8 +166,15 @@ func TestCreationWhoseInsertIsAnsweredByAnOutageIsUndoneOnceTheStoreAnswers(t *t
 		and wait_event = 'SyncRep' and query like 'insert into instances%%'`, out.database)
 	deadline := time.Now().Add(20 * time.Second)
 	for out.query(t, "postgres", waiting) != "1" {
+		select {
+		case err := <-created:
+			t.Fatalf("the creation ended before its insert waited for the synchronous standby: %v", err)
+		default:
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("the creation's insert never waited for the synchronous standby")
+			t.Fatalf("the creation's insert never waited for the synchronous standby; sessions of the store: %s",
+				out.query(t, "postgres", fmt.Sprintf(`select coalesce(string_agg(state || ' ' || coalesce(wait_event, '-') || ': ' || left(query, 60), '; '), 'none')
+					from pg_stat_activity where datname = '%s'`, out.database)))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
